@@ -1,0 +1,18 @@
+"""windowguide: sliding-window guidance, weak-to-strong guidance and large-content fusion for diffusion models.
+
+    import windowguide as wg
+    from windowguide.guidance import CFG, MSWG
+    images = wg.sample(denoiser, shape=(3, 64, 64), seeds=range(8), guidance=CFG(1.0) + MSWG(0.5, window=40),
+                       cond=labels)
+"""
+from . import guidance, sampling, windows
+from .denoiser import (Denoiser, EDMDenoiser, EpsDenoiser, FlowDenoiser, VDenoiser, VPSchedule, as_denoiser)
+from .generate import parse_seeds, sample
+from .guidance import (CFG, MSWG, SWG, AutoGuidance, Custom, Guidance, GuidedDenoiser, Interval, Segmented,
+                       guided)
+
+__version__ = "0.1.0"
+
+__all__ = ["sample", "parse_seeds", "guidance", "sampling", "windows", "Denoiser", "EDMDenoiser", "EpsDenoiser",
+           "VDenoiser", "FlowDenoiser", "VPSchedule", "as_denoiser", "CFG", "MSWG", "SWG", "AutoGuidance", "Custom",
+           "Guidance", "GuidedDenoiser", "Interval", "Segmented", "guided"]

@@ -1,0 +1,221 @@
+"""Layer 4: sigma schedules and samplers as plain functions of a denoiser (ALGORITHMS.md §5).
+
+Every sampler works on the VE state x = x0 + sigma * n and takes ``sigmas`` (descending, ending in
+0). Stochastic samplers draw their noise from ``noise(like)``; ``PerSampleNoise`` draws each sample's
+noise from its own generator, so a sample never depends on the batch it was drawn in.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import trange
+
+from .denoiser import flow_t_to_sigma
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+
+def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
+    """EDM schedule, then 0: sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0 < sigma_min < sigma_max < math.inf:
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return torch.cat([(hi + ramp * (lo - hi)) ** rho, torch.zeros(1, dtype=torch.float64)])
+
+
+def flow_shift(t: float, shift: float) -> float:
+    """SD3's time shift: t' = shift t / (1 + (shift - 1) t)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def flow_sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
+    """Flow-matching schedule: t_i = 1 - i/N shifted, as VE sigma = t/(1-t), then 0."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not shift > 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    ts = [flow_shift(1 - i / steps, shift) for i in range(steps)]
+    return torch.tensor([flow_t_to_sigma(t) for t in ts] + [0.0], dtype=torch.float64)
+
+
+def check_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    if sigmas.numel() < 2 or not torch.isfinite(sigmas).all() or (sigmas[:-1] <= 0).any() or sigmas[-1] < 0:
+        raise ValueError("sigmas must be finite, positive, and may end in 0; got "
+                         f"{sigmas.tolist()[:6]}{'...' if sigmas.numel() > 6 else ''}")
+    if not (sigmas[1:] < sigmas[:-1]).all():
+        raise ValueError("sigmas must be strictly decreasing")
+    return sigmas
+
+
+# ---------------------------------------------------------------------------------------------- noise
+
+class PerSampleNoise:
+    """Standard normal noise, each sample's from its own generator (EDM2's way).
+
+    Generators live on the CPU and the noise is moved to x's device, so a seed gives the same noise
+    on any device and in any batch.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator]):
+        self.generators = list(generators)
+
+    @classmethod
+    def from_seeds(cls, seeds: Sequence[int]) -> "PerSampleNoise":
+        return cls([torch.Generator().manual_seed(int(s)) for s in seeds])
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        if like.shape[0] != len(self.generators):
+            raise ValueError(f"noise for {like.shape[0]} samples asked from {len(self.generators)} generators")
+        z = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in self.generators])
+        return z.to(device=like.device, dtype=like.dtype)
+
+
+def _noise_or_default(noise):
+    if noise is not None:
+        return noise
+    return lambda like: torch.randn_like(like)
+
+
+# ---------------------------------------------------------------------------------------------- samplers
+
+def _steps(sigmas, progress, desc):
+    return trange(len(sigmas) - 1, disable=not progress, desc=desc, leave=False)
+
+
+def _churn(x, sigma, n_steps, churn, s_tmin, s_tmax, s_noise, noise):
+    """EDM's stochastic 'churn': raise sigma to sigma_hat = sigma (1 + gamma) by adding fresh noise."""
+    gamma = min(churn / n_steps, math.sqrt(2) - 1) if churn > 0 and s_tmin <= sigma <= s_tmax else 0.0
+    if gamma == 0:
+        return x, sigma
+    sigma_hat = sigma * (1 + gamma)
+    return x + math.sqrt(sigma_hat ** 2 - sigma ** 2) * s_noise * noise(x), sigma_hat
+
+
+@torch.no_grad()
+def sample_euler(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, noise=None, churn: float = 0.0,
+                 s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
+                 callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
+    """Euler on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma, optionally with churn:
+
+        x_{i+1} = D + (sigma_{i+1} / sigma_i) (x_i - D).
+    """
+    sigmas = check_sigmas(sigmas).tolist()
+    noise = _noise_or_default(noise)
+    for i in _steps(sigmas, progress, "euler"):
+        x, s = _churn(x, sigmas[i], len(sigmas) - 1, churn, s_tmin, s_tmax, s_noise, noise)
+        denoised = denoiser(x, s, cond)
+        if callback is not None:
+            callback(i, x, denoised, s)
+        x = denoised + (sigmas[i + 1] / s) * (x - denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_heun(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, noise=None, churn: float = 0.0,
+                s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
+                callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
+    """EDM's Heun sampler (Karras et al. 2022, Algorithm 2): an Euler step, corrected by the mean of
+    the slopes d = (x - D) / sigma at both ends; no correction on the last step (sigma_{i+1} = 0)."""
+    sigmas = check_sigmas(sigmas).tolist()
+    noise = _noise_or_default(noise)
+    for i in _steps(sigmas, progress, "heun"):
+        x, s = _churn(x, sigmas[i], len(sigmas) - 1, churn, s_tmin, s_tmax, s_noise, noise)
+        s_next = sigmas[i + 1]
+        denoised = denoiser(x, s, cond)
+        if callback is not None:
+            callback(i, x, denoised, s)
+        d = (x - denoised) / s
+        x_next = x + (s_next - s) * d
+        if s_next > 0:
+            d_next = (x_next - denoiser(x_next, s_next, cond)) / s_next
+            x_next = x + (s_next - s) * (d + d_next) / 2
+        else:
+            x_next = denoised
+        x = x_next
+    return x
+
+
+def ddim_coefficients(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """(sigma_down, sigma_up) of a DDIM step in VE form.
+
+    diffusers' DDIM step x_prev = sqrt(a') x0 + sqrt(1 - a' - s_t^2) eps + s_t z, divided by sqrt(a'):
+        sigma_up   = eta * sigma' * sqrt(sigma^2 - sigma'^2) / sigma,
+        sigma_down = sqrt(sigma'^2 - sigma_up^2),
+        x' = D + sigma_down * (x - D) / sigma + sigma_up * z.
+    eta = 1 is DDPM's ancestral step with the posterior variance ("fixed_small").
+    """
+    up = eta * sigma_next * math.sqrt(max(sigma ** 2 - sigma_next ** 2, 0.0)) / sigma
+    return math.sqrt(max(sigma_next ** 2 - up ** 2, 0.0)), up
+
+
+@torch.no_grad()
+def sample_ddim(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, eta: float = 0.0, noise=None,
+                callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
+    """DDIM (Song et al. 2021) with stochasticity eta; eta = 0 is deterministic, eta = 1 is DDPM.
+
+        x' = D + sigma_down (x - D) / sigma + sigma_up z     (see ``ddim_coefficients``)
+    """
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    sigmas = check_sigmas(sigmas).tolist()
+    noise = _noise_or_default(noise)
+    for i in _steps(sigmas, progress, "ddim" if eta < 1 else "ddpm"):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = denoiser(x, s, cond)
+        if callback is not None:
+            callback(i, x, denoised, s)
+        down, up = ddim_coefficients(s, s_next, eta)
+        x = denoised + (down / s) * (x - denoised)
+        if up > 0:
+            x = x + up * noise(x)
+    return x
+
+
+def sample_ddpm(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, noise=None,
+                callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020): each step draws from the posterior
+    q(x' | x, x0 = D):  x' = D + (sigma'^2 / sigma^2)(x - D) + sigma' sqrt(sigma^2 - sigma'^2)/sigma z."""
+    return sample_ddim(denoiser, x, sigmas, cond, eta=1.0, noise=noise, callback=callback, progress=progress)
+
+
+def sample_flow_euler(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, noise=None,
+                      callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
+    """Flow-matching Euler, x_t' = x_t + (t' - t) u with u = (x_t - D) / t.
+
+    In VE coordinates (x = x_t / (1 - t), sigma = t / (1 - t)) this is exactly the Euler step
+    x' = D + (sigma'/sigma)(x - D), so it runs ``sample_euler`` on the flow schedule."""
+    return sample_euler(denoiser, x, sigmas, cond, noise=noise, callback=callback, progress=progress)
+
+
+SAMPLERS = {
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "ddim": sample_ddim,
+    "ddpm": sample_ddpm,
+    "flow_euler": sample_flow_euler,
+}
+
+STOCHASTIC = {"ddpm"}  # and euler/heun with churn > 0, ddim with eta > 0
+
+
+def init_noise_scale(sampler: str, sigma_max: float) -> float:
+    """Scale of the initial noise: sigma (VE), sqrt(1 + sigma^2) (VP: x_vp ~ N(0, I), as diffusers),
+    1 + sigma (flow: x_t = n at t = 1)."""
+    if sampler in ("ddim", "ddpm"):
+        return math.sqrt(1 + sigma_max ** 2)
+    if sampler == "flow_euler":
+        return 1 + sigma_max
+    return sigma_max
+
+
+__all__ = ["karras_sigmas", "flow_sigmas", "flow_shift", "check_sigmas", "PerSampleNoise", "sample_euler",
+           "sample_heun", "sample_ddim", "sample_ddpm", "sample_flow_euler", "ddim_coefficients", "SAMPLERS",
+           "init_noise_scale"]

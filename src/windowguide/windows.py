@@ -1,0 +1,211 @@
+"""Layer 2: window geometry. Positions, crops, folds with weights, overlap counts and masks.
+
+No model inside. A layout of K windows of size h x w on an H x W canvas crops a batch [N, C, H, W]
+into one stacked tensor [N*K, C, h, w] (sample-major: all windows of sample 0 first) and folds window
+outputs back as the weighted average
+
+    fold(y)[p] = sum_k  m_k[p] * y_k[p]  /  sum_k m_k[p],
+
+m_k the window's weight map (uniform, guided-fusion cone or gaussian) placed at its position. The last
+window along an axis always sits flush with the edge, so every pixel is covered (the released SWG
+and MultiDiffusion code can leave border pixels uncovered). Along the width the layout may be
+circular (wrap-around) for 360-degree canvases.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+WEIGHTINGS = ("uniform", "cone", "gaussian")
+CONE_EPS = 1e-4  # guided-fusion cone: no pixel gets zero total weight (the released code zeroes corners)
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
+        a, b = v
+    else:
+        a = b = v
+    if isinstance(a, bool) or isinstance(b, bool) or int(a) != a or int(b) != b or a < 1 or b < 1:
+        raise ValueError(f"{name} must be positive integers, got {v!r}")
+    return int(a), int(b)
+
+
+def axis_positions(size: int, window: int, stride: int | None = None, n: int | None = None,
+                   circular: bool = False) -> tuple[int, ...]:
+    """Start positions of windows along one axis; give exactly one of ``stride`` and ``n``.
+
+    Non-circular, n windows: p_i = floor(i * (size - window) / (n - 1)), which is the official SWG
+    stride (size - window) // (n - 1) whenever it divides, and otherwise spreads the remainder so the
+    last window is flush with the edge. With a stride: 0, s, 2s, ... and a last window at
+    size - window. Circular: windows start at 0, s, ... < size and wrap around the edge.
+    """
+    if window > size:
+        raise ValueError(f"window {window} is larger than the image side {size}; accepted: window <= {size}")
+    if (stride is None) == (n is None):
+        raise ValueError("give exactly one of stride and windows per side")
+    if circular:
+        if n is None:
+            if not 1 <= stride <= window:
+                raise ValueError(f"stride {stride} must be in 1..{window} (the window) so windows cover the canvas")
+            n = math.ceil(size / stride)
+            return tuple(i * stride for i in range(n))
+        if n < 1 or n * window < size:
+            raise ValueError(f"{n} circular windows of {window} cannot cover a side of {size}; "
+                             f"need at least {math.ceil(size / window)}")
+        return tuple((i * size) // n for i in range(n))
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"windows per side must be >= 1, got {n}")
+        if n == 1:
+            if window != size:
+                raise ValueError(f"one window of {window} cannot cover a side of {size}; use >= 2 windows")
+            return (0,)
+        if (n - 1) * window + window < size:
+            raise ValueError(f"{n} windows of {window} cannot cover a side of {size}")
+        return tuple((i * (size - window)) // (n - 1) for i in range(n))
+    if not 1 <= stride <= window:
+        raise ValueError(f"stride {stride} must be in 1..{window} (the window) so windows cover the image")
+    pos = list(range(0, size - window + 1, stride))
+    if pos[-1] != size - window:
+        pos.append(size - window)  # flush with the edge
+    return tuple(pos)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """K = len(tops) * len(lefts) windows of size (h, w) on an H x W canvas, row-major order."""
+
+    height: int
+    width: int
+    window: tuple[int, int]
+    tops: tuple[int, ...]
+    lefts: tuple[int, ...]
+    circular: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.tops) * len(self.lefts)
+
+    @property
+    def positions(self) -> list[tuple[int, int]]:
+        return [(t, l) for t in self.tops for l in self.lefts]
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[-2:] != (self.height, self.width):
+            raise ValueError(f"tensor of shape {tuple(x.shape)} does not fit this layout's canvas "
+                             f"{self.height}x{self.width} (expected NCHW)")
+
+    def _wrapped(self, x: torch.Tensor) -> torch.Tensor:
+        """x with the first w-1 columns appended, so wrapping windows are plain slices."""
+        w = self.window[1]
+        if self.circular and max(self.lefts) + w > self.width:
+            return torch.cat([x, x[..., : w - 1]], dim=-1)
+        return x
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, H, W] -> [N*K, C, h, w], one stacked tensor, windows of sample 0 first."""
+        self._check(x)
+        h, w = self.window
+        xx = self._wrapped(x)
+        crops = torch.stack([xx[:, :, t:t + h, l:l + w] for t, l in self.positions], dim=1)
+        return crops.reshape(-1, *crops.shape[2:])
+
+    def fold(self, windows: torch.Tensor, weighting: str | torch.Tensor = "uniform") -> torch.Tensor:
+        """[N*K, C, h, w] -> [N, C, H, W]: sum_k m_k * y_k / sum_k m_k at every pixel."""
+        h, w = self.window
+        if windows.dim() != 4 or windows.shape[0] % self.n or windows.shape[-2:] != (h, w):
+            raise ValueError(f"windows of shape {tuple(windows.shape)} do not fit this layout "
+                             f"({self.n} windows of {h}x{w} per sample)")
+        m = window_weights(weighting, h, w, windows.device, windows.dtype)
+        y = windows.reshape(-1, self.n, *windows.shape[1:]) * m
+        ext = self.width + (w - 1 if self.circular else 0)
+        out = windows.new_zeros(y.shape[0], y.shape[2], self.height, ext)
+        for k, (t, l) in enumerate(self.positions):
+            out[:, :, t:t + h, l:l + w] += y[:, k]
+        return self._unwrap(out) / self.total_weight(weighting, windows.device, windows.dtype)
+
+    def _unwrap(self, ext: torch.Tensor) -> torch.Tensor:
+        if ext.shape[-1] == self.width:
+            return ext
+        out = ext[..., : self.width].clone()
+        over = ext.shape[-1] - self.width
+        out[..., :over] += ext[..., self.width:]
+        return out
+
+    def total_weight(self, weighting: str | torch.Tensor = "uniform", device=None, dtype=torch.float32) -> torch.Tensor:
+        """sum_k m_k at every pixel, [H, W] (the overlap count for uniform weights)."""
+        if isinstance(weighting, torch.Tensor):
+            return self._total(weighting.to(device=device, dtype=dtype))
+        return _cached_total(self, weighting, device, dtype)
+
+    def _total(self, m: torch.Tensor) -> torch.Tensor:
+        h, w = self.window
+        ext = self.width + (w - 1 if self.circular else 0)
+        tot = m.new_zeros(self.height, ext)
+        for t, l in self.positions:
+            tot[t:t + h, l:l + w] += m
+        return self._unwrap(tot)
+
+    def count(self, device=None) -> torch.Tensor:
+        """How many windows cover each pixel, [H, W] (int64)."""
+        return self.total_weight("uniform", device, torch.float32).round().long()
+
+    def overlap_mask(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """M-SWG's mask M = (count > 1), [H, W]."""
+        return (self.count(device) > 1).to(dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_total(layout: Layout, weighting: str, device, dtype) -> torch.Tensor:
+    return layout._total(window_weights(weighting, *layout.window, device, dtype))
+
+
+def layout(height: int, width: int, window, stride=None, windows_per_side=None, circular: bool = False) -> Layout:
+    """Build a Layout. ``window``, ``stride`` and ``windows_per_side`` are ints or (h, w) pairs;
+    give exactly one of stride and windows_per_side. ``circular`` wraps along the width."""
+    h, w = _pair(window, "window")
+    if (stride is None) == (windows_per_side is None):
+        raise ValueError("give exactly one of stride and windows_per_side")
+    sh, sw = _pair(stride, "stride") if stride is not None else (None, None)
+    nh, nw = _pair(windows_per_side, "windows_per_side") if windows_per_side is not None else (None, None)
+    if circular and w > width:
+        raise ValueError(f"window width {w} is larger than the canvas width {width}")
+    tops = axis_positions(height, h, sh, nh)
+    lefts = axis_positions(width, w, sw, nw, circular=circular)
+    return Layout(int(height), int(width), (h, w), tops, lefts, bool(circular))
+
+
+def window_weights(weighting: str | torch.Tensor, h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """A window's weight map m, [h, w].
+
+    uniform:  m = 1.
+    cone:     guided fusion, m = 1 - d / d_corner + 1e-4, d the Euclidean distance from the centre
+              ((h-1)/2, (w-1)/2), d_corner = that distance at a corner (sqrt(2) c for a square).
+    gaussian: Mixture of Diffusers, m = exp(-(i-ci)^2 / (2 (0.1 h)^2) - (j-cj)^2 / (2 (0.1 w)^2)).
+    A tensor of shape [h, w] is used as given (it must be positive).
+    """
+    if isinstance(weighting, torch.Tensor):
+        if weighting.shape != (h, w) or not (weighting > 0).all():
+            raise ValueError(f"a weight map must be positive with shape ({h}, {w}), got {tuple(weighting.shape)}")
+        return weighting.to(device=device, dtype=dtype)
+    ci, cj = (h - 1) / 2, (w - 1) / 2
+    i = torch.arange(h, dtype=torch.float64).view(-1, 1) - ci
+    j = torch.arange(w, dtype=torch.float64).view(1, -1) - cj
+    if weighting == "uniform":
+        m = torch.ones(h, w, dtype=torch.float64)
+    elif weighting == "cone":
+        corner = math.hypot(ci, cj)
+        m = (1 - (i ** 2 + j ** 2).sqrt() / corner if corner > 0 else torch.ones(h, w, dtype=torch.float64)) + CONE_EPS
+    elif weighting == "gaussian":
+        m = torch.exp(-(i ** 2) / (2 * (0.1 * h) ** 2) - (j ** 2) / (2 * (0.1 * w) ** 2))
+    else:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS} or a tensor, got {weighting!r}")
+    return m.to(device=device, dtype=dtype)
+
+
+__all__ = ["Layout", "layout", "axis_positions", "window_weights", "WEIGHTINGS", "CONE_EPS"]
