@@ -41,8 +41,14 @@ def flow_sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not shift > 0:
         raise ValueError(f"shift must be > 0, got {shift}")
-    ts = [flow_shift(1 - i / steps, shift) for i in range(steps)]
-    return torch.tensor([flow_t_to_sigma(t) for t in ts] + [0.0], dtype=torch.float64)
+    return sigmas_from_flow_t([flow_shift(1 - i / steps, shift) for i in range(steps)] + [0.0])
+
+
+def sigmas_from_flow_t(ts) -> torch.Tensor:
+    """VE sigmas sigma = t / (1 - t) of flow times t (e.g. a diffusers flow scheduler's ``sigmas``);
+    t = 1 is held at 1 - 1e-6, t = 0 gives 0."""
+    return torch.tensor([flow_t_to_sigma(t) if t > 0 else 0.0 for t in torch.as_tensor(ts).tolist()],
+                        dtype=torch.float64)
 
 
 def check_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
@@ -217,5 +223,5 @@ def init_noise_scale(sampler: str, sigma_max: float) -> float:
 
 
 __all__ = ["karras_sigmas", "flow_sigmas", "flow_shift", "check_sigmas", "PerSampleNoise", "sample_euler",
-           "sample_heun", "sample_ddim", "sample_ddpm", "sample_flow_euler", "ddim_coefficients", "SAMPLERS",
+           "sample_heun", "sigmas_from_flow_t", "sample_ddim", "sample_ddpm", "sample_flow_euler", "ddim_coefficients", "SAMPLERS",
            "init_noise_scale"]

@@ -1,0 +1,66 @@
+"""Shared references for the tests: closed-form denoisers and a batch-invariant toy network."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def gaussian_denoiser(mu: torch.Tensor, cov: torch.Tensor):
+    """Exact posterior mean of x0 ~ N(mu, Sigma) given x = x0 + sigma n, for data shaped [N, d, 1, 1]:
+
+        D(x, sigma) = mu + Sigma (Sigma + sigma^2 I)^-1 (x - mu).
+    """
+    mu64 = mu.double()
+    lam, Q = torch.linalg.eigh(cov.double())   # Sigma = Q diag(lam) Q^T, so the gain is diagonal in Q
+
+    def D(x, sigma, cond=None):
+        y = (x.double().flatten(1) - mu64) @ Q                      # [N, d] in the eigenbasis
+        gain = lam / (lam + sigma.double().view(-1, 1) ** 2)
+        return (mu64 + (gain * y) @ Q.T).to(x.dtype).view_as(x)
+    return D
+
+
+def mixture_denoiser(means: torch.Tensor, weights: torch.Tensor, std: float):
+    """Exact posterior mean for an isotropic Gaussian mixture sum_k p_k N(m_k, std^2 I) in d dims:
+    responsibilities r_k(x) ∝ p_k N(x; m_k, (std^2 + sigma^2) I), and per component the Gaussian
+    posterior mean m_k + std^2 / (std^2 + sigma^2) (x - m_k)."""
+    means, logp = means.double(), weights.double().log()
+
+    def D(x, sigma, cond=None):
+        xf = x.double().flatten(1)                                  # [N, d]
+        var = std ** 2 + sigma.double().view(-1, 1) ** 2             # [N, 1]
+        d2 = ((xf[:, None, :] - means[None]) ** 2).sum(-1)           # [N, K]
+        r = torch.softmax(logp[None] - d2 / (2 * var), dim=1)        # [N, K]
+        comp = means[None] + (std ** 2 / var)[:, :, None] * (xf[:, None, :] - means[None])
+        return (r[:, :, None] * comp).sum(1).to(x.dtype).view_as(x)
+    return D
+
+
+class InvariantNet:
+    """A toy conditional denoiser built only from elementwise ops and per-sample reductions, so its
+    output for a sample does not depend on the batch it is in (unlike oneDNN/cuDNN convolutions).
+    It mixes space (through the per-sample mean), so crops see different context than the full image."""
+
+    def __init__(self, channels: int = 3, classes: int = 10, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.a = torch.randn(channels, generator=g).view(1, -1, 1, 1)
+        self.emb = torch.randn(classes + 1, channels, generator=g)
+        self.null = torch.tensor(classes)
+
+    def __call__(self, x, sigma, cond=None):
+        s = sigma.view(-1, 1, 1, 1)
+        ctx = torch.tanh(x.mean(dim=(2, 3), keepdim=True) * self.a)
+        out = x / (1 + s ** 2) + ctx * s / (1 + s) + torch.sin(x * self.a) * 0.1
+        if cond is not None:
+            out = out + self.emb[cond].view(x.shape[0], -1, 1, 1) * torch.cos(x)
+        return out
+
+
+def sample_stats(x: torch.Tensor):
+    """Mean and covariance of samples [N, d, 1, 1]."""
+    f = x.double().flatten(1)
+    return f.mean(0), torch.cov(f.T)
+
+
+SQRT2 = math.sqrt(2)
