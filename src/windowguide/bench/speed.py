@@ -1,0 +1,134 @@
+"""``windowguide bench speed``: what guidance costs, measured side by side in one run.
+
+(a) overhead: guided sampling (CFG + M-SWG) through ``GuidedDenoiser`` divided by exactly the same
+    network calls made by hand (one full-size batch of cond+uncond, one batch of all crops per step).
+(b) batched_speedup: one call per crop (the released code's loop; ``max_batch=1`` at batch size 1)
+    divided by all crops in one call.
+(c) mswg_cost_ratio: M-SWG sampling divided by unguided sampling, next to the FLOP-based
+    expectation 1 + N (k/H)^2 for N crops of side k on an H x H image.
+
+Methods are run interleaved (A B C A B C ...) and the median of each is kept, so a noisy machine
+affects all of them alike.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from ..generate import sample
+from ..guidance import CFG, MSWG, GuidedDenoiser
+from ..models.unet import SmallUNet, param_count
+from ..sampling import PerSampleNoise, karras_sigmas
+from ..windows import layout
+
+
+def _time_interleaved(fns: dict[str, Callable], repeats: int, device) -> dict[str, float]:
+    times = {k: [] for k in fns}
+    for fn in fns.values():      # warm-up: allocator, oneDNN/cuDNN algorithm choice
+        fn()
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+@torch.no_grad()
+def _direct_cfg_mswg(net, x, sigmas, labels, null, lay, w_cfg, w_swg):
+    """Hand-written Euler sampling with CFG + M-SWG: the same network calls, no library in between."""
+    n = x.shape[0]
+    mask = lay.overlap_mask(x.device, x.dtype)
+    for i in range(len(sigmas) - 1):
+        s = torch.full((n,), sigmas[i], device=x.device)
+        both = net(torch.cat([x, x]), torch.cat([s, s]), torch.cat([labels, null]))
+        pos, unc = both[:n], both[n:]
+        crops = net(lay.crop(x), s.repeat_interleave(lay.n), labels.repeat_interleave(lay.n))
+        swg = lay.fold(crops)
+        d = pos + w_cfg * (pos - unc) + w_swg * mask * (pos - swg)
+        x = d + (sigmas[i + 1] / sigmas[i]) * (x - d)
+    return x
+
+
+def measure(size: int, batch: int, steps: int, repeats: int, device, base: int = 32) -> dict:
+    torch.manual_seed(0)
+    net = SmallUNet(3, base, (1, 2, 2), num_classes=10)
+    torch.nn.init.normal_(net.conv_out.weight, std=0.05)   # untrained, but not the zero output of a fresh net
+    net = net.to(device).eval()
+    window = (size * 5) // 8 // net.multiple * net.multiple      # k ≈ 5/8 H (40 for 64)
+    den = net.denoiser()
+    seeds = list(range(batch))
+    labels = torch.arange(batch, device=device) % 10
+    null = torch.full_like(labels, 10)
+    sigmas = karras_sigmas(steps, 0.002, 80.0).tolist()
+    lay = layout(size, size, window, windows_per_side=2)
+    shape = (3, size, size)
+    x0 = PerSampleNoise.from_seeds(seeds)(torch.empty(batch, *shape, device=device)) * sigmas[0]
+    g = CFG(1.0) + MSWG(0.5, window=window)
+
+    def guided_lib():
+        return sample(den, shape, seeds, steps=steps, sampler="euler", guidance=g, cond=labels, device=device)
+
+    def guided_direct():
+        return _direct_cfg_mswg(net, x0, sigmas, labels, null, lay, 1.0, 0.5)
+
+    # (a) is checked for identical output before it is timed
+    diff = (guided_lib() - guided_direct()).abs().max().item()
+    one = dict(
+        lib=guided_lib, direct=guided_direct,
+        unguided=lambda: sample(den, shape, seeds, steps=steps, sampler="euler", device=device),
+        mswg=lambda: sample(den, shape, seeds, steps=steps, sampler="euler", guidance=MSWG(0.5, window=window),
+                            device=device),
+        mswg_b1=lambda: sample(den, shape, [0], steps=steps, sampler="euler", guidance=MSWG(0.5, window=window),
+                               device=device),
+        mswg_b1_per_crop=lambda: sample(den, shape, [0], steps=steps, sampler="euler",
+                                        guidance=MSWG(0.5, window=window), max_batch=1, device=device),
+    )
+    t = _time_interleaved(one, repeats, device)
+    n_crops = lay.n
+    return {
+        "image": size, "window": window, "windows": n_crops, "batch": batch, "steps": steps,
+        "net_params": param_count(net),
+        "seconds": {k: round(v, 5) for k, v in t.items()},
+        "overhead": t["lib"] / t["direct"],
+        "lib_vs_direct_max_abs_diff": diff,
+        "batched_speedup": t["mswg_b1_per_crop"] / t["mswg_b1"],
+        "mswg_cost_ratio": t["mswg"] / t["unguided"],
+        "flop_expectation": 1 + n_crops * (window / size) ** 2,
+    }
+
+
+def run(json_path: str | None = None, quick: bool = False, device: str | None = None) -> dict:
+    """Run the speed benchmark at 64x64 and 128x128; write and return the report."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    repeats, steps = (3, 4) if quick else (7, 8)
+    report = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "results": [measure(64, 4, steps, repeats, dev), measure(128, 2, steps, repeats, dev)],
+    }
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"device {report['device']}, {report['threads']} threads, torch {report['torch']}",
+             f"{'image':>6} {'overhead':>9} {'batched_speedup':>16} {'mswg_cost_ratio':>16} {'flop_expectation':>17}"]
+    for r in report["results"]:
+        lines.append(f"{r['image']:>6} {r['overhead']:>9.3f} {r['batched_speedup']:>16.2f} "
+                     f"{r['mswg_cost_ratio']:>16.2f} {r['flop_expectation']:>17.2f}")
+    return "\n".join(lines)
+
+
+__all__ = ["run", "measure", "format_report", "GuidedDenoiser"]

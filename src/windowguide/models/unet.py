@@ -1,0 +1,117 @@
+"""A small fully convolutional UNet with EDM preconditioning (Karras et al. 2022, Table 1).
+
+    D(x, sigma, label) = c_skip x + c_out F(c_in x, c_noise, label),
+    c_skip = sd^2 / (sigma^2 + sd^2),  c_out = sigma sd / sqrt(sigma^2 + sd^2),
+    c_in = 1 / sqrt(sigma^2 + sd^2),   c_noise = log(sigma) / 4.
+
+Fully convolutional, so it runs on crops (SWG) and on any size that is a multiple of its total
+downsampling factor ``multiple`` = 2^(levels - 1). Class labels use index ``num_classes`` as the null
+label (trained by label dropout), which is what CFG asks for.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..denoiser import EDMDenoiser
+
+
+def _groups(ch: int) -> int:
+    return math.gcd(ch, 8)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb: int):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(_groups(cin), cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb, cout)
+        self.norm2, self.conv2 = nn.GroupNorm(_groups(cout), cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class SmallUNet(nn.Module):
+    """UNet of ``len(mults)`` levels with ``base * mult`` channels and one ResBlock per level and side."""
+
+    def __init__(self, channels: int = 3, base: int = 32, mults: tuple[int, ...] = (1, 2, 2),
+                 num_classes: int = 0, sigma_data: float = 0.5, emb: int | None = None):
+        super().__init__()
+        self.config = dict(channels=channels, base=base, mults=tuple(mults), num_classes=num_classes,
+                           sigma_data=sigma_data)
+        emb = emb or 4 * base
+        self.sigma_data, self.num_classes = sigma_data, num_classes
+        self.multiple = 2 ** (len(mults) - 1)
+        self.register_buffer("freqs", torch.randn(base // 2, generator=torch.Generator().manual_seed(0)) * 4)
+        self.noise_mlp = nn.Sequential(nn.Linear(base, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.label_emb = nn.Embedding(num_classes + 1, emb) if num_classes else None
+        chans = [base * m for m in mults]
+        self.conv_in = nn.Conv2d(channels, chans[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        prev = chans[0]
+        for ch in chans:
+            self.down.append(ResBlock(prev, ch, emb))
+            prev = ch
+        self.mid = ResBlock(prev, prev, emb)
+        self.up = nn.ModuleList()
+        for ch in reversed(chans):
+            self.up.append(ResBlock(prev + ch, ch, emb))
+            prev = ch
+        self.norm_out = nn.GroupNorm(_groups(prev), prev)
+        self.conv_out = nn.Conv2d(prev, channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def embed(self, c_noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        ang = c_noise[:, None] * self.freqs[None] * 2 * math.pi
+        e = self.noise_mlp(torch.cat([ang.cos(), ang.sin()], dim=1))
+        if self.label_emb is not None:
+            if labels is None:
+                labels = torch.full((c_noise.shape[0],), self.num_classes, device=c_noise.device)
+            e = e + self.label_emb(labels.long())
+        return F.silu(e)
+
+    def raw(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """F(x, c_noise, labels): the network without preconditioning."""
+        if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
+            raise ValueError(f"input of size {tuple(x.shape[-2:])} is not a multiple of {self.multiple}, "
+                             f"this UNet's downsampling factor")
+        e = self.embed(c_noise, labels)
+        h = self.conv_in(x)
+        skips = []
+        for i, block in enumerate(self.down):
+            h = block(h, e)
+            skips.append(h)
+            if i < len(self.down) - 1:
+                h = F.avg_pool2d(h, 2)
+        h = self.mid(h, e)
+        for i, block in enumerate(self.up):
+            h = block(torch.cat([h, skips.pop()], dim=1), e)
+            if i < len(self.up) - 1:
+                h = F.interpolate(h, scale_factor=2, mode="nearest")
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The preconditioned denoiser D(x, sigma, labels)."""
+        sd = self.sigma_data
+        s = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
+        c_skip = sd ** 2 / (s ** 2 + sd ** 2)
+        c_out = s * sd / (s ** 2 + sd ** 2).sqrt()
+        c_in = 1 / (s ** 2 + sd ** 2).sqrt()
+        return c_skip * x + c_out * self.raw(c_in * x, s.flatten().log() / 4, labels)
+
+    def denoiser(self) -> EDMDenoiser:
+        """This net as a windowguide Denoiser (null label = num_classes for CFG)."""
+        null = torch.tensor(self.num_classes) if self.num_classes else None
+        return EDMDenoiser(self, multiple=self.multiple, null_cond=null)
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
