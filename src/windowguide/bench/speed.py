@@ -7,8 +7,8 @@
 (c) mswg_cost_ratio: M-SWG sampling divided by unguided sampling, next to the FLOP-based
     expectation 1 + N (k/H)^2 for N crops of side k on an H x H image.
 
-Methods are run interleaved (A B C A B C ...) and the median of each is kept, so a noisy machine
-affects all of them alike.
+Methods are run interleaved, in alternating order (A B C, C B A, ...), and the median of each is
+kept, so a noisy machine affects all of them alike.
 """
 from __future__ import annotations
 
@@ -31,8 +31,11 @@ def _time_interleaved(fns: dict[str, Callable], repeats: int, device) -> dict[st
     times = {k: [] for k in fns}
     for fn in fns.values():      # warm-up: allocator, oneDNN/cuDNN algorithm choice
         fn()
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    order = list(fns)
+    for r in range(repeats):
+        # alternate the order (ABC, CBA, ...) so no method always follows the same neighbour
+        for k in (order if r % 2 == 0 else order[::-1]):
+            fn = fns[k]
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -110,7 +113,7 @@ def measure(size: int, batch: int, steps: int, repeats: int, device, base: int =
 def run(json_path: str | None = None, quick: bool = False, device: str | None = None) -> dict:
     """Run the speed benchmark at 64x64 and 128x128; write and return the report."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    repeats, steps = (3, 4) if quick else (7, 8)
+    repeats, steps = (3, 4) if quick else (10, 8)
     report = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "torch": torch.__version__,

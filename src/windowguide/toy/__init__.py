@@ -1,6 +1,6 @@
 """2-D experiments whose ground truth is known exactly (``windowguide toy NAME``)."""
-from . import triangle
+from . import tree, triangle
 
-EXPERIMENTS = {"triangle": triangle}
+EXPERIMENTS = {"triangle": triangle, "tree": tree}
 
-__all__ = ["EXPERIMENTS", "triangle"]
+__all__ = ["EXPERIMENTS", "triangle", "tree"]
