@@ -29,7 +29,8 @@ DEPTHS = (3, 6)
 WEIGHTS = (1.0, 2.0)
 
 
-def cell(classes: int, depth: int, n_per_class: int):
+def cell(classes: int, depth: int, n_samples: int):
+    """Train the cell's two models, sample every method; returns (gmm, metrics per method, samples shown)."""
     level = CLASS_LEVELS[classes]
     gmm = fractal_tree(depth, class_level=level, width_ratio=0.12, root=(0.0, -1.0))
     main, weak = trained(gmm, MAIN).denoiser(), trained(gmm, WEAK).denoiser()
@@ -40,7 +41,7 @@ def cell(classes: int, depth: int, n_per_class: int):
             continue
         rows[name] = []
         for w in ([0.0] if name == "none" else WEIGHTS):
-            x, cls = sample_toy(main, make(w), max(1, n_per_class // classes) * 1, classes)
+            x, cls = sample_toy(main, make(w), max(1, n_samples // classes), classes)
             rows[name].append(dict(weight=w, **evaluate(gmm, x, cls, thresholds)))
             if w in (0.0, WEIGHTS[0]):
                 shown[name] = (x, cls)
