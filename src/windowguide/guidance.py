@@ -227,17 +227,19 @@ class SWG(Term):
                              f"{H}x{W}: no pixel is covered twice, so it would not guide; use a larger "
                              f"window or more windows per side")
 
-    def term_mask(self, x):
+    def term_mask(self, x, lay: Layout | None = None):
+        """M = (count > 1) for M-SWG (times a user mask, if any); ``lay`` reuses a cached layout."""
         base = super().term_mask(x)
         if not self.masked:
             return base
-        m = self.layout(*x.shape[-2:]).overlap_mask(x.device, x.dtype)
+        lay = lay or self.layout(*x.shape[-2:])
+        m = lay.overlap_mask(x.device, x.dtype)
         return m if base is None else m * base
 
     def negative(self, ctx, x, sigma, cond):
         lay = ctx.layout_for(self, x)
         req = _Request(ctx.denoiser, lay.crop(x), sigma.repeat_interleave(lay.n), cond_repeat(cond, lay.n))
-        return _Plan([req], lambda: lay.fold(req.result, "uniform"))
+        return _Plan([req], lambda: lay.fold(req.result, "uniform"), self.term_mask(x, lay))
 
 
 def MSWG(weight: float, window: Any = 40, windows_per_side: Any = 2, **kwargs) -> SWG:
@@ -342,7 +344,8 @@ class GuidedDenoiser(Denoiser):
             idx = None if on.all() else on.nonzero().flatten()
             xs = x if idx is None else x[idx]
             plan = term.negative(self, xs, sigma if idx is None else sigma[idx], cond_select(cond, idx))
-            plan.mask = term.term_mask(xs)
+            if plan.mask is None:
+                plan.mask = term.term_mask(xs)
             plans.append((term, idx, plan))
         self._run([pos] + [r for _, _, p in plans for r in p.requests])
         if not plans:

@@ -52,6 +52,7 @@ def sigmas_from_flow_t(ts) -> torch.Tensor:
 
 
 def check_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+    """A schedule as float64 [N+1]: finite, strictly decreasing, positive but for a final 0."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
     if sigmas.numel() < 2 or not torch.isfinite(sigmas).all() or (sigmas[:-1] <= 0).any() or sigmas[-1] < 0:
         raise ValueError("sigmas must be finite, positive, and may end in 0; got "

@@ -114,4 +114,5 @@ class SmallUNet(nn.Module):
 
 
 def param_count(module: nn.Module) -> int:
+    """Number of parameters of a module."""
     return sum(p.numel() for p in module.parameters())

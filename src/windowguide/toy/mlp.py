@@ -47,6 +47,7 @@ class ToyMLP(nn.Module):
         return d.view_as(x)
 
     def denoiser(self) -> EDMDenoiser:
+        """This net as a windowguide Denoiser (null label = num_classes for CFG)."""
         null = torch.tensor(self.num_classes) if self.num_classes else None
         return EDMDenoiser(self, null_cond=null)
 
