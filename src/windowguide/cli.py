@@ -24,8 +24,47 @@ def _bench(args) -> int:
         from .bench import speed
         report = speed.run(args.json, quick=args.quick, device=args.device)
         print(speed.format_report(report))
+    elif args.what == "quality":
+        from .bench import quality
+        report = quality.run(args.json, quick=args.quick, out_dir=args.out or "runs/bench/quality")
+        print(quality.format_report(report))
     if args.json:
         print(f"report: {args.json}")
+    return 0
+
+
+def _mults(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mults {text!r}: expected integers such as 1,2,2") from None
+
+
+def _train(args) -> int:
+    from .commands import train
+    settings = dict(steps=args.steps, batch=args.batch, lr=args.lr, base=args.base, mults=args.mults,
+                    weight_decay=args.weight_decay, label_dropout=args.label_dropout, seed=args.seed,
+                    checkpoint_every=args.checkpoint_every)
+    if args.unconditional:
+        settings["conditional"] = False
+    if args.classifier:
+        settings = dict(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+    path = train.run(args.dataset, args.out, args.preset, args.classifier, progress=True, **settings)
+    print(f"model: {path}")
+    return 0
+
+
+def _sample(args) -> int:
+    from .commands import sample
+    sample.run(args.model, args.guidance, args.seeds, args.out, args.klass, args.steps, args.sampler,
+               args.batch_size, args.device or "cpu")
+    print(f"samples: {args.out}/ (PNG per seed, grid.png, samples.npz, settings.json)")
+    return 0
+
+
+def _demo(args) -> int:
+    from .commands import demo
+    demo.run(args.out, args.model)
     return 0
 
 
@@ -41,11 +80,47 @@ def build_parser() -> argparse.ArgumentParser:
     toy.set_defaults(func=_toy)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=["speed"])
+    bench.add_argument("what", choices=["speed", "quality"])
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    bench.add_argument("--out", help="folder for plots and grids")
     bench.set_defaults(func=_bench)
+
+    demo = sub.add_parser("demo", help="no guidance vs M-SWG on the bundled model, as one PNG (< 1 min)")
+    demo.add_argument("--out", default=".", help="folder for windowguide_demo.png (default: here)")
+    demo.add_argument("--model", default="mirror", help="bundled name or checkpoint (default: mirror)")
+    demo.set_defaults(func=_demo)
+
+    smp = sub.add_parser("sample", help="sample a model with a guidance SPEC (see the README)")
+    smp.add_argument("--model", required=True, help="bundled name (e.g. digits, mirror) or a .safetensors file")
+    smp.add_argument("--guidance", default="none", help="e.g. 'cfg:w=1+mswg:w=0.5,window=16' (default none)")
+    smp.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,7-9")
+    smp.add_argument("--class", dest="klass", default=None,
+                     help="class index, 'all' (seed mod K, the default) or 'none' (unconditional)")
+    smp.add_argument("--out", default="runs/sample")
+    smp.add_argument("--steps", type=int, default=32)
+    smp.add_argument("--sampler", default="heun")
+    smp.add_argument("--batch-size", type=int, default=64)
+    smp.add_argument("--device")
+    smp.set_defaults(func=_sample)
+
+    tr = sub.add_parser("train", help="train a diffusion model (EDM) or, with --classifier, a classifier")
+    tr.add_argument("--preset", help="recipe of a bundled model (digits, digits-weak, digits-wd, mirror, ...)")
+    tr.add_argument("--dataset", help="digits, mirror, a folder of images or an .npz file")
+    tr.add_argument("--out", required=True, help="folder: state.safetensors (resumable) and model.safetensors")
+    tr.add_argument("--classifier", action="store_true", help="train the feature classifier instead")
+    tr.add_argument("--steps", type=int)
+    tr.add_argument("--batch", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--base", type=int, help="UNet width")
+    tr.add_argument("--mults", type=_mults, help="channel multipliers per level, e.g. 1,2,2")
+    tr.add_argument("--weight-decay", type=float)
+    tr.add_argument("--label-dropout", type=float)
+    tr.add_argument("--unconditional", action="store_true")
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--checkpoint-every", type=int)
+    tr.set_defaults(func=_train)
     return p
 
 

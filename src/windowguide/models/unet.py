@@ -31,7 +31,9 @@ class ResBlock(nn.Module):
         self.norm2, self.conv2 = nn.GroupNorm(_groups(cout), cout), nn.Conv2d(cout, cout, 3, padding=1)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x, emb):
+    def forward(self, x, emb, skip: bool = False):
+        if skip:   # skip-layer guidance: the residual branch is dropped, the shortcut kept
+            return self.skip(x)
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.emb(emb)[:, :, None, None]
         h = self.conv2(F.silu(self.norm2(h)))
@@ -78,8 +80,18 @@ class SmallUNet(nn.Module):
             e = e + self.label_emb(labels.long())
         return F.silu(e)
 
-    def raw(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """F(x, c_noise, labels): the network without preconditioning."""
+    def block_names(self) -> list[str]:
+        """Names of the ResBlocks, for skip-layer guidance: down0.., mid, up0.."""
+        return ([f"down{i}" for i in range(len(self.down))] + ["mid"] +
+                [f"up{i}" for i in range(len(self.up))])
+
+    def raw(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None,
+            skip: tuple[str, ...] = ()) -> torch.Tensor:
+        """F(x, c_noise, labels): the network without preconditioning; blocks named in ``skip``
+        keep only their shortcut (skip-layer guidance's weak prediction)."""
+        unknown = sorted(set(skip) - set(self.block_names()))
+        if unknown:
+            raise ValueError(f"unknown blocks {unknown} to skip; this UNet has {self.block_names()}")
         if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
             raise ValueError(f"input of size {tuple(x.shape[-2:])} is not a multiple of {self.multiple}, "
                              f"this UNet's downsampling factor")
@@ -87,25 +99,26 @@ class SmallUNet(nn.Module):
         h = self.conv_in(x)
         skips = []
         for i, block in enumerate(self.down):
-            h = block(h, e)
+            h = block(h, e, f"down{i}" in skip)
             skips.append(h)
             if i < len(self.down) - 1:
                 h = F.avg_pool2d(h, 2)
-        h = self.mid(h, e)
+        h = self.mid(h, e, "mid" in skip)
         for i, block in enumerate(self.up):
-            h = block(torch.cat([h, skips.pop()], dim=1), e)
+            h = block(torch.cat([h, skips.pop()], dim=1), e, f"up{i}" in skip)
             if i < len(self.up) - 1:
                 h = F.interpolate(h, scale_factor=2, mode="nearest")
         return self.conv_out(F.silu(self.norm_out(h)))
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None,
+                skip: tuple[str, ...] = ()) -> torch.Tensor:
         """The preconditioned denoiser D(x, sigma, labels)."""
         sd = self.sigma_data
         s = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
         c_skip = sd ** 2 / (s ** 2 + sd ** 2)
         c_out = s * sd / (s ** 2 + sd ** 2).sqrt()
         c_in = 1 / (s ** 2 + sd ** 2).sqrt()
-        return c_skip * x + c_out * self.raw(c_in * x, s.flatten().log() / 4, labels)
+        return c_skip * x + c_out * self.raw(c_in * x, s.flatten().log() / 4, labels, skip)
 
     def denoiser(self) -> EDMDenoiser:
         """This net as a windowguide Denoiser (null label = num_classes for CFG)."""

@@ -1,0 +1,1 @@
+"""The jobs behind the command line; each is also callable from Python."""

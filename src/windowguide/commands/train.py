@@ -1,0 +1,22 @@
+"""``windowguide train``: a diffusion model (EDM loss) or the benchmark's classifier."""
+from __future__ import annotations
+
+import os
+
+from ..train.classifier import ClassifierConfig, train_classifier
+from ..train.edm import config_from, train
+
+
+def run(dataset: str | None, out: str, preset: str | None = None, classifier: bool = False,
+        progress: bool = True, **settings) -> str:
+    """Train into ``out``; returns the path of the model file."""
+    if classifier:
+        cfg = ClassifierConfig(dataset=dataset or "digits",
+                               **{k: v for k, v in settings.items() if v is not None and k in
+                                  ClassifierConfig.__dataclass_fields__})
+        path = os.path.join(out, "model.safetensors")
+        acc = train_classifier(cfg, path, progress)
+        print(f"test accuracy {acc:.4f}")
+        return path
+    cfg = config_from(preset, dataset=dataset, **settings)
+    return train(cfg, out, progress, name=preset)

@@ -1,0 +1,207 @@
+"""Image datasets for training and benchmarking, as float tensors in [-1, 1], NCHW.
+
+- ``digits``: scikit-learn's 1797 handwritten digits (8x8, 17 grey levels), bilinearly upsampled to a
+  working size; 10 classes. A fixed split holds out 297 images (``split="test"``).
+- ``mirror``: procedural, exactly mirror-symmetric colour images: objects of one kind (class 0 disc,
+  1 square, 2 diamond) on the left half and their reflection on the right. Objects near the edges have
+  partners ``size`` pixels away, out of reach of any smaller window: a long-range dependency whose
+  violation ``metrics.pixels.asymmetry`` measures exactly (0 on every real image).
+- ``load_images``: a user's folder of images (sub-folders = classes) or an ``.npz`` array.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+
+@dataclass
+class Dataset:
+    """images [N, C, H, W] float32 in [-1, 1]; labels [N] int64 or None; class names."""
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+DIGITS_TEST = 297   # held out from the 1797 for the classifier's accuracy
+
+
+def digits(size: int = 24, split: str = "train") -> Dataset:
+    """sklearn digits in [-1, 1] at ``size`` x ``size`` (bilinear from 8x8): x = 2 v / 16 - 1.
+    split: 'train' (1500), 'test' (297, a fixed random subset) or 'all'."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16 * 2 - 1
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(-1, 1)
+    y = torch.tensor(d.target, dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    idx = _split(order, DIGITS_TEST, split)
+    return Dataset("digits", x[idx], y[idx], tuple(str(i) for i in range(10)))
+
+
+def _split(order: torch.Tensor, n_test: int, split: str) -> torch.Tensor:
+    if split == "test":
+        return order[:n_test]
+    if split == "train":
+        return order[n_test:]
+    if split == "all":
+        return order
+    raise ValueError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
+
+
+MIRROR_CLASSES = ("disc", "square", "diamond")
+
+
+def mirror(n: int = 6000, size: int = 24, seed: int = 0, objects: int = 2) -> Dataset:
+    """``n`` mirror-symmetric images: x[..., j] == x[..., size-1-j] exactly.
+
+    Dark random background; ``objects`` shapes of the image's class, each of radius 2.5-4.5 px and a
+    bright random colour, centred in the left half, drawn with a 1-px soft edge; the left half is then
+    reflected onto the right half."""
+    if size % 2:
+        raise ValueError(f"mirror images need an even size, got {size}")
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(MIRROR_CLASSES), n)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    images = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        img = np.broadcast_to(rng.uniform(-1, -0.4, (3, 1, 1)), (3, size, size)).copy()
+        for _ in range(objects):
+            cy, cx = rng.uniform(3, size - 3), rng.uniform(2, size / 2)
+            r = rng.uniform(2.5, 4.5)
+            dy, dx = np.abs(yy - cy), np.abs(xx - cx)
+            dist = [np.hypot(dy, dx), np.maximum(dy, dx), (dy + dx) / np.sqrt(2)][labels[i]]
+            alpha = np.clip(r - dist + 0.5, 0, 1)        # soft edge, one pixel wide
+            colour = rng.uniform(-0.2, 1, (3, 1, 1))
+            colour[rng.integers(0, 3)] = 1.0              # saturated
+            img = img * (1 - alpha) + colour * alpha
+        half = size // 2
+        img[:, :, half:] = img[:, :, :half][:, :, ::-1]
+        images[i] = img
+    return Dataset("mirror", torch.from_numpy(images), torch.from_numpy(labels), MIRROR_CLASSES)
+
+
+BUILTIN = {"digits": digits, "mirror": mirror}
+
+
+def builtin(name: str, split: str = "train", size: int = 24) -> Dataset:
+    """A built-in dataset by name. For ``mirror`` the splits are disjoint seeds (train 0, test 1)."""
+    if name == "digits":
+        return digits(size, split)
+    if name == "mirror":
+        if split not in ("train", "test", "all"):
+            raise ValueError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
+        return mirror(2000 if split == "test" else 6000, size, seed=1 if split == "test" else 0)
+    raise ValueError(f"unknown dataset {name!r}; accepted: {sorted(BUILTIN)} or a folder / .npz path")
+
+
+# ---------------------------------------------------------------- user data
+
+def to_unit_range(a: np.ndarray, what: str) -> np.ndarray:
+    """uint8 -> a/127.5 - 1; float in [0, 1] -> 2a - 1; float with negatives is taken as [-1, 1]."""
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 127.5 - 1
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{what}: images must be uint8 or float, got dtype {a.dtype}")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what}: images contain NaN or inf")
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0 and hi <= 1:
+        return a * 2 - 1
+    if lo >= -1 and hi <= 1:
+        return a
+    raise ValueError(f"{what}: float images must lie in [0, 1] or [-1, 1], found [{lo:.3g}, {hi:.3g}]")
+
+
+def to_nchw(a: np.ndarray, what: str) -> np.ndarray:
+    """N x H x W, N x C x H x W or N x H x W x C (C in 1, 3, 4) -> N x C x H x W."""
+    if a.ndim == 3:
+        return a[:, None]
+    if a.ndim == 4 and a.shape[1] in (1, 3, 4):
+        return a
+    if a.ndim == 4 and a.shape[-1] in (1, 3, 4):
+        return a.transpose(0, 3, 1, 2)
+    raise ValueError(f"{what}: expected N x H x W, N x C x H x W or N x H x W x C with C in (1, 3, 4), "
+                     f"got shape {a.shape}")
+
+
+def load_images(path: str, labels: str | None = None) -> Dataset:
+    """A user's images: an ``.npz`` (array 'images' or the first one; labels from 'labels' or the
+    file ``labels`` names) or a folder of images (PNG/JPEG/...; sub-folders are classes). All images
+    must share one size."""
+    if os.path.isdir(path):
+        return _load_folder(path)
+    if not os.path.exists(path):
+        raise ValueError(f"no dataset at {path!r}; accepted: 'digits', 'mirror', a folder or an .npz file")
+    if not path.endswith(".npz"):
+        raise ValueError(f"{path!r}: accepted files are .npz arrays (or give a folder of images)")
+    with np.load(path) as z:
+        keys = list(z.keys())
+        a = z["images"] if "images" in z else z[keys[0]]
+        y = z["labels"] if "labels" in z else None
+    if labels is not None:
+        y = np.load(labels)
+    x = torch.from_numpy(np.ascontiguousarray(to_unit_range(to_nchw(a, path), path)))
+    return _with_labels(os.path.basename(path), x, y, path)
+
+
+def _with_labels(name: str, x: torch.Tensor, y, what: str, names: tuple[str, ...] = ()) -> Dataset:
+    if y is None:
+        return Dataset(name, x, None, ())
+    y = torch.as_tensor(np.asarray(y)).long().flatten()
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"{what}: {y.shape[0]} labels for {x.shape[0]} images")
+    if y.min() < 0:
+        raise ValueError(f"{what}: labels must be >= 0, got {int(y.min())}")
+    names = names or tuple(str(i) for i in range(int(y.max()) + 1))
+    return Dataset(name, x, y, names)
+
+
+IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _load_folder(path: str) -> Dataset:
+    from PIL import Image
+    subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    groups = [(i, os.path.join(path, d)) for i, d in enumerate(subdirs)] or [(None, path)]
+    arrays, ys = [], []
+    for label, folder in groups:
+        for f in sorted(os.listdir(folder)):
+            if f.lower().endswith(IMAGE_EXT):
+                with Image.open(os.path.join(folder, f)) as im:
+                    arrays.append(np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB")))
+                ys.append(label)
+    if not arrays:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXT)}) in {path!r}")
+    sizes = {a.shape for a in arrays}
+    if len(sizes) > 1:
+        raise ValueError(f"images in {path!r} have different shapes {sorted(sizes)}; resize them to one size")
+    x = torch.from_numpy(to_unit_range(to_nchw(np.stack(arrays), path), path).copy())
+    y = None if ys[0] is None else np.array(ys)
+    return _with_labels(os.path.basename(os.path.normpath(path)), x, y, path, tuple(subdirs))
+
+
+def load(name_or_path: str, split: str = "train") -> Dataset:
+    """A built-in dataset by name or a user's folder / .npz."""
+    if name_or_path in BUILTIN:
+        return builtin(name_or_path, split)
+    return load_images(name_or_path)
+
+
+__all__ = ["Dataset", "digits", "mirror", "builtin", "load_images", "load", "to_unit_range", "to_nchw"]

@@ -1,0 +1,67 @@
+"""Distances between sets of features (FD, KID), the Inception Score, and k-NN precision/recall."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import linalg
+
+
+def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, covariance) of [N, D] features, in float64; covariance with 1/(N-1)."""
+    f = features.double().cpu().numpy()
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"features must be [N >= 2, D], got shape {tuple(f.shape)}")
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(a, b) -> float:
+    """FD = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between the Gaussians fitted to two
+    feature sets (each [N, D] features or a (mean, cov) pair)."""
+    mu1, s1 = a if isinstance(a, tuple) else gaussian_stats(a)
+    mu2, s2 = b if isinstance(b, tuple) else gaussian_stats(b)
+    with np.errstate(all="ignore"):
+        covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():   # singular product: regularise as pytorch-fid does
+        eps = 1e-6 * np.eye(s1.shape[0])
+        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def inception_score(probs: torch.Tensor) -> float:
+    """IS = exp(E_x KL(p(y|x) || p(y))) on [N, K] class probabilities (one split)."""
+    p = probs.double().clamp_min(1e-12)
+    marginal = p.mean(0, keepdim=True)
+    return float((p * (p.log() - marginal.log())).sum(1).mean().exp())
+
+
+def kernel_inception_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Unbiased MMD^2 with the cubic kernel k(x, y) = (x.y / D + 1)^3 (Binkowski et al. 2018)."""
+    a, b = a.double(), b.double()
+    d = a.shape[1]
+    kxx, kyy, kxy = [(u @ v.T / d + 1) ** 3 for u, v in ((a, a), (b, b), (a, b))]
+    m, n = a.shape[0], b.shape[0]
+    xx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+    yy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+    return float(xx + yy - 2 * kxy.mean())
+
+
+def _radii(f: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each point to its k-th nearest neighbour in the same set (itself excluded)."""
+    d = torch.cdist(f, f)
+    return d.kthvalue(k + 1, dim=1).values
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN balls, k = 3 as in
+    torch-fidelity. precision = share of fake points inside some real ball |f - r| <= radius_k(r);
+    recall = share of real points inside some fake ball."""
+    real, fake = real.double(), fake.double()
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, "
+                         f"got {len(real)} real and {len(fake)} generated")
+
+    def covered(points, centres):
+        return (torch.cdist(points, centres) <= _radii(centres, k)[None]).any(1).double().mean().item()
+
+    return covered(fake, real), covered(real, fake)

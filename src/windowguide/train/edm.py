@@ -1,0 +1,146 @@
+"""The EDM training loop (Karras et al. 2022) for the built-in UNet.
+
+    sigma = exp(P_mean + P_std * n),  loss = lambda(sigma) |D(x0 + sigma e, sigma, label) - x0|^2,
+    lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2.
+
+Labels are replaced by the null label with probability ``label_dropout`` so that the same net gives
+the unconditional prediction CFG needs. The EMA of the weights is what gets exported. Every random
+draw of step i comes from a generator seeded by (seed, i), so a run resumed from a checkpoint is the
+same run. ``PRESETS`` are the recipes of the bundled models.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from tqdm import tqdm
+
+from ..data import Dataset, load
+from ..models.checkpoint import save_model
+from ..models.unet import SmallUNet, param_count
+from .state import load_state, save_state
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "digits"
+    base: int = 32
+    mults: tuple[int, ...] = (1, 2, 2)
+    conditional: bool = True
+    label_dropout: float = 0.1
+    steps: int = 3000
+    batch: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    ema: float = 0.999
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_data: float = 0.5
+    seed: int = 0
+    checkpoint_every: int = 250
+
+    def __post_init__(self):
+        self.mults = tuple(int(m) for m in self.mults)
+        for name in ("steps", "batch", "base", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.ema < 1:
+            raise ValueError(f"need lr > 0, weight_decay >= 0, 0 <= ema < 1; got {self.lr}, "
+                             f"{self.weight_decay}, {self.ema}")
+
+
+# The bundled models (``windowguide train --preset NAME``). "-weak": smaller and a quarter of the
+# training (autoguidance's weak model); "-wd": the main architecture with weight decay 1.0 (AdamW,
+# decoupled), the M-SWG paper's weight-regularised weak model.
+PRESETS: dict[str, TrainConfig] = {}
+for _ds in ("digits", "mirror"):
+    PRESETS[_ds] = TrainConfig(dataset=_ds, steps=3000)
+    PRESETS[f"{_ds}-weak"] = TrainConfig(dataset=_ds, base=16, mults=(1, 2), steps=750)
+    PRESETS[f"{_ds}-wd"] = TrainConfig(dataset=_ds, steps=3000, weight_decay=1.0)
+
+
+def config_from(preset: str | None = None, **overrides) -> TrainConfig:
+    """A preset (or the defaults) with some fields replaced."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; accepted: {sorted(PRESETS)}")
+    base = asdict(PRESETS[preset]) if preset else {}
+    names = {f.name for f in fields(TrainConfig)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise ValueError(f"unknown training settings {bad}; accepted: {sorted(names)}")
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**base)
+
+
+def build_net(cfg: TrainConfig, data: Dataset) -> SmallUNet:
+    channels, h, w = data.shape
+    net = SmallUNet(channels, cfg.base, cfg.mults, data.num_classes if cfg.conditional else 0, cfg.sigma_data)
+    if h % net.multiple or w % net.multiple:
+        raise ValueError(f"images of {h}x{w} are not a multiple of {net.multiple} (the UNet's factor "
+                         f"for mults {cfg.mults})")
+    if cfg.conditional and data.labels is None:
+        raise ValueError(f"dataset {cfg.dataset!r} has no labels; train with conditional=False")
+    return net
+
+
+def edm_loss(net, x0, labels, gen, cfg: TrainConfig) -> torch.Tensor:
+    """lambda(sigma) |D(x0 + sigma e) - x0|^2 averaged, sigma log-normal."""
+    sigma = (torch.randn(x0.shape[0], generator=gen) * cfg.p_std + cfg.p_mean).exp()
+    noisy = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=gen)
+    sd = cfg.sigma_data
+    weight = ((sigma ** 2 + sd ** 2) / (sigma * sd) ** 2).view(-1, 1, 1, 1)
+    return (weight * (net(noisy, sigma, labels) - x0) ** 2).mean()
+
+
+def _batch(data: Dataset, net: SmallUNet, gen, cfg: TrainConfig):
+    idx = torch.randint(0, len(data), (cfg.batch,), generator=gen)
+    labels = None
+    if net.num_classes:
+        drop = torch.rand(cfg.batch, generator=gen) < cfg.label_dropout
+        labels = torch.where(drop, torch.full_like(data.labels[idx], net.num_classes), data.labels[idx])
+    return data.images[idx], labels
+
+
+def train(cfg: TrainConfig, out_dir: str, progress: bool = True, name: str | None = None) -> str:
+    """Train (or resume) into ``out_dir``: ``state.safetensors`` (resumable) and ``model.safetensors``
+    (the EMA net with its record), both rewritten every ``checkpoint_every`` steps. Returns the model path."""
+    data = load(cfg.dataset, "train")
+    torch.manual_seed(cfg.seed)     # the initial weights
+    net = build_net(cfg, data)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state_path, model_path = os.path.join(out_dir, "state.safetensors"), os.path.join(out_dir, "model.safetensors")
+    config = asdict(cfg)
+    start = load_state(state_path, config, net, ema, opt) if os.path.exists(state_path) else 0
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
+               desc=f"train {name or cfg.dataset}")
+    loss_avg = None
+    for step in bar:
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        x0, labels = _batch(data, net, gen, cfg)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        loss = edm_loss(net, x0, labels, gen, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(p, 1 - decay)
+        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{loss_avg:.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_state(state_path, step + 1, config, net, ema, opt)
+            save_model(model_path, ema, "unet", dataset=data.name, shape=list(data.shape),
+                       class_names=list(data.class_names), train=config, steps_done=step + 1,
+                       loss=loss_avg, params=param_count(net), preset=name)
+    if start >= cfg.steps and not os.path.exists(model_path):
+        save_model(model_path, ema, "unet", dataset=data.name, shape=list(data.shape),
+                   class_names=list(data.class_names), train=config, steps_done=start, preset=name)
+    return model_path
