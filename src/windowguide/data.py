@@ -96,7 +96,52 @@ def mirror(n: int = 6000, size: int = 24, seed: int = 0, objects: int = 2) -> Da
     return Dataset("mirror", torch.from_numpy(images), torch.from_numpy(labels), MIRROR_CLASSES)
 
 
-BUILTIN = {"digits": digits, "mirror": mirror}
+SCENE_CLASSES = ("day", "dusk", "night")
+_PALETTES = {   # (sky top, sky at the horizon, ground) in [0, 1] RGB
+    "day": ((0.20, 0.45, 0.90), (0.70, 0.85, 1.00), (0.25, 0.55, 0.20)),
+    "dusk": ((0.35, 0.20, 0.50), (0.95, 0.55, 0.30), (0.40, 0.28, 0.15)),
+    "night": ((0.02, 0.03, 0.12), (0.10, 0.15, 0.35), (0.05, 0.15, 0.08)),
+}
+
+
+def scenes(n: int = 500, height: int = 24, width: int = 96, seed: int = 0) -> Dataset:
+    """``n`` wide landscapes, statistically stationary along the width (every crop position has the same
+    distribution): a sky gradient, a horizon of hills h(x) = sum_k a_k sin(2 pi x / T_k + phi_k) with
+    uniform phases, a ground with i.i.d. texture (std 0.06) that gives the images their high
+    frequencies. Class = palette (day, dusk, night), one per scene, with a jitter of +-0.05."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(SCENE_CLASSES), n)
+    rows = np.arange(height, dtype=np.float32)[:, None] + 0.5
+    cols = np.arange(width, dtype=np.float32)[None, :]
+    images = np.empty((n, 3, height, width), np.float32)
+    for i in range(n):
+        top, horizon, ground = (np.array(c)[:, None, None] + rng.uniform(-0.05, 0.05, (3, 1, 1))
+                                for c in _PALETTES[SCENE_CLASSES[labels[i]]])
+        hills = 0.55 * height + sum(rng.uniform(0.5, 2.5) * np.sin(2 * np.pi * cols / rng.uniform(15, 60)
+                                                                   + rng.uniform(0, 2 * np.pi)) for _ in range(3))
+        t = np.clip(rows / (0.6 * height), 0, 1)[None]
+        sky = top * (1 - t) + horizon * t
+        alpha = np.clip(rows - hills + 0.5, 0, 1)[None]          # 1-px soft horizon
+        land = ground + 0.06 * rng.standard_normal((3, height, width))
+        images[i] = np.clip(sky * (1 - alpha) + land * alpha, 0, 1) * 2 - 1
+    return Dataset("scenes", torch.from_numpy(images), torch.from_numpy(labels), SCENE_CLASSES)
+
+
+def random_crops(d: Dataset, size: int, per_image: int, seed: int = 0) -> Dataset:
+    """``per_image`` random size x size crops of every image (labels kept)."""
+    g = torch.Generator().manual_seed(seed)
+    _, _, h, w = d.images.shape
+    crops, labels = [], []
+    for i in range(len(d)):
+        for _ in range(per_image):
+            t = int(torch.randint(0, h - size + 1, (1,), generator=g))
+            l = int(torch.randint(0, w - size + 1, (1,), generator=g))
+            crops.append(d.images[i, :, t:t + size, l:l + size])
+            labels.append(d.labels[i])
+    return Dataset(f"{d.name}-crops", torch.stack(crops), torch.stack(labels), d.class_names)
+
+
+BUILTIN = {"digits": digits, "mirror": mirror, "scenes": scenes}
 
 
 def builtin(name: str, split: str = "train", size: int = 24) -> Dataset:
@@ -107,6 +152,12 @@ def builtin(name: str, split: str = "train", size: int = 24) -> Dataset:
         if split not in ("train", "test", "all"):
             raise ValueError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
         return mirror(2000 if split == "test" else 6000, size, seed=1 if split == "test" else 0)
+    if name == "scenes":   # the models see 24 x 24 crops of 24 x 96 scenes
+        if split not in ("train", "test", "all"):
+            raise ValueError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
+        test = split == "test"
+        return random_crops(scenes(500 if test else 1500, size, 4 * size, seed=1 if test else 0), size, 4,
+                            seed=1 if test else 0)
     raise ValueError(f"unknown dataset {name!r}; accepted: {sorted(BUILTIN)} or a folder / .npz path")
 
 

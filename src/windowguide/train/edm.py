@@ -62,6 +62,7 @@ for _ds in ("digits", "mirror"):
     PRESETS[_ds] = TrainConfig(dataset=_ds, steps=3000)
     PRESETS[f"{_ds}-weak"] = TrainConfig(dataset=_ds, base=16, mults=(1, 2), steps=750)
     PRESETS[f"{_ds}-wd"] = TrainConfig(dataset=_ds, steps=3000, weight_decay=1.0)
+PRESETS["scenes"] = TrainConfig(dataset="scenes", steps=3000)   # 24 x 24 crops of wide scenes (panoramas)
 
 
 def config_from(preset: str | None = None, **overrides) -> TrainConfig:

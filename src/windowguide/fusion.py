@@ -1,0 +1,208 @@
+"""Layer 5: sampling on a canvas larger than the model by fusing windows (ALGORITHMS.md §4).
+
+Windows of the model's native size cover the canvas (``windows.layout``; the last window flush with the
+edge, or wrapping around for 360-degree panoramas). Two places to fuse, ``fuse=``:
+
+- ``"state"`` (MultiDiffusion, Guided Fusion): every window takes its own sampler step from its own
+  crop, with its own noise z_i; the next canvas state is the weighted mean of the window states,
+      x' = sum_i m_i x'_i / sum_i m_i.
+- ``"prediction"`` (Mixture of Diffusers): the window predictions are fused into one canvas
+  prediction D = sum_i m_i D_i / sum_i m_i and the sampler takes one global step (noise drawn once).
+
+For single-evaluation deterministic steps (DDIM, Euler) the two are the same, since the step is
+affine in D with the same coefficients for every window. For stochastic steps, averaging n window
+states averages n independent noises: the noise std shrinks to s / sqrt(n) and the image blurs.
+Variance-Corrected Fusion (VCF) restores it; with W = sum m_i, S = sum m_i^2 per pixel:
+      x' = (W / sqrt(S)) xbar_w + (1 - W / sqrt(S)) mubar_w  = mubar_w + s sum_i m_i z_i / sqrt(S),
+(uniform weights: W / sqrt(S) = sqrt(n)). Here it is applied by scaling every window's noise by
+W / sqrt(S) before the states are averaged, which gives exactly that value (``vcf_fuse`` is the
+paper's form, and the tests check one against the other).
+
+Style Alignment (SA) slerps the initial canvas noise toward a reference window-sized noise tile
+repeated over a grid of window-sized cells.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .conds import Cond, check_cond, cond_repeat, cond_to
+from .denoiser import Denoiser, as_denoiser
+from .generate import _sampler_options, parse_seeds, schedule_sigmas
+from .guidance import GuidedDenoiser, guided
+from .sampling import SAMPLERS, PerSampleNoise, check_sigmas, init_noise_scale
+from .windows import Layout, layout
+
+MODES = {   # mode -> (what is fused, window weights)
+    "multidiffusion": ("state", "uniform"),
+    "gf": ("state", "cone"),
+    "gaussian": ("prediction", "gaussian"),
+}
+
+
+class FusedDenoiser(Denoiser):
+    """Prediction fusion: D(x) = sum_i m_i ⊙ D(crop_i x) / sum_i m_i on the whole canvas."""
+
+    def __init__(self, window_denoiser: Any, lay: Layout, weighting: Any = "uniform"):
+        self.inner = as_denoiser(window_denoiser)
+        self.layout, self.weighting = lay, weighting
+        self.multiple = 1
+        self.sigma_min, self.sigma_max = self.inner.sigma_min, self.inner.sigma_max
+        self.null_cond = self.inner.null_cond
+
+    def forward(self, x, sigma, cond):
+        k = self.layout.n
+        out = self.inner(self.layout.crop(x), sigma.repeat_interleave(k), cond_repeat(cond, k))
+        return self.layout.fold(out, self.weighting)
+
+
+def vcf_fuse(states: torch.Tensor, means: torch.Tensor, lay: Layout, weighting: Any = "uniform") -> torch.Tensor:
+    """Guided VCF (the paper's form) of window states x_i = mu_i + s z_i, both [N*K, C, h, w]:
+
+        x = (W / sqrt(S)) xbar_w + (1 - W / sqrt(S)) mubar_w,   W = sum m_i, S = sum m_i^2.
+    """
+    ratio = _vcf_ratio(lay, weighting, states.device, states.dtype)
+    return ratio * lay.fold(states, weighting) + (1 - ratio) * lay.fold(means, weighting)
+
+
+def _vcf_ratio(lay: Layout, weighting: Any, device, dtype) -> torch.Tensor:
+    """W / sqrt(S) at every canvas pixel, [H, W]."""
+    from .windows import window_weights
+    m = window_weights(weighting, *lay.window, device, dtype)
+    return lay.total_weight(m, device, dtype) / lay.total_weight(m * m, device, dtype).sqrt()
+
+
+class WindowNoise:
+    """Independent noise for every window of every sample, each sample's from its own generator.
+    With ``scale`` (a [H, W] canvas map, VCF's W / sqrt(S)) each window's noise is multiplied by the
+    crop of that map."""
+
+    def __init__(self, base: PerSampleNoise, lay: Layout, scale: torch.Tensor | None = None):
+        self.base, self.layout, self.scale = base, lay, scale
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        k = self.layout.n
+        z = torch.stack([torch.randn((k, *like.shape[1:]), generator=g) for g in self.base.generators])
+        z = z.reshape(-1, *like.shape[1:]).to(device=like.device, dtype=like.dtype)
+        if self.scale is not None:
+            z = z * self.layout.crop(self.scale[None, None].to(z)).repeat(len(self.base.generators), 1, 1, 1)
+        return z
+
+
+def is_stochastic(sampler: str, options: dict) -> bool:
+    """Whether a sampler draws fresh noise during sampling with these options."""
+    if sampler == "ddpm":
+        return True
+    if sampler == "ddim":
+        return options.get("eta", 0.0) > 0
+    if sampler in ("euler", "heun"):
+        return options.get("churn", 0.0) > 0 and options.get("s_noise", 1.0) > 0
+    return False
+
+
+def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond: Cond, lay: Layout,
+                        weighting: Any = "uniform", sampler: str = "ddim", noise: PerSampleNoise | None = None,
+                        vcf: bool = False, progress: bool = False, **options) -> torch.Tensor:
+    """State fusion: each step, every window takes one ``sampler`` step from its crop with its own noise,
+    and the canvas becomes the weighted mean of the window states (VCF-corrected if ``vcf``)."""
+    from tqdm.auto import trange
+    window_denoiser = as_denoiser(window_denoiser)
+    sigmas = check_sigmas(sigmas)
+    k, n_steps = lay.n, len(sigmas) - 1
+    options = dict(options)
+    if "churn" in options:          # EDM's churn is per step: churn / N of the whole schedule
+        options["churn"] = options["churn"] / n_steps
+    scale = _vcf_ratio(lay, weighting, x.device, x.dtype) if vcf else None
+    wnoise = WindowNoise(noise or PerSampleNoise.from_seeds(range(x.shape[0])), lay, scale)
+    cond_w = cond_repeat(cond, k)
+    step = SAMPLERS[sampler]
+    for i in trange(n_steps, disable=not progress, desc=f"{sampler} (fused states)", leave=False):
+        states = step(window_denoiser, lay.crop(x), sigmas[i:i + 2], cond_w, noise=wnoise, **options)
+        x = lay.fold(states, weighting)
+    return x
+
+
+def style_aligned_noise(z: torch.Tensor, window: tuple[int, int], alpha: float,
+                        generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """SA: slerp(z, z_ref, alpha) per sample, z_ref a window-sized noise tile (from the sample's
+    generator) repeated over a grid of window-sized cells and cut to the canvas; the angle
+    theta = arccos(<z, z_ref> / |z| |z_ref|) is taken over the whole tensor:
+
+        slerp = sin((1 - alpha) theta) / sin(theta) z + sin(alpha theta) / sin(theta) z_ref.
+
+    alpha = 0 returns z itself."""
+    if not 0 <= alpha <= 1 or not math.isfinite(alpha):
+        raise ValueError(f"style alpha must be in [0, 1], got {alpha}")
+    if alpha == 0:
+        return z
+    n, c, height, width = z.shape
+    h, w = window
+    out = torch.empty_like(z)
+    for i, g in enumerate(generators):
+        tile = torch.randn((c, h, w), generator=g).to(z)
+        ref = tile.repeat(1, math.ceil(height / h), math.ceil(width / w))[:, :height, :width]
+        a, b = z[i].double().flatten(), ref.double().flatten()
+        theta = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
+        s = torch.sin(theta)
+        mixed = (torch.sin((1 - alpha) * theta) / s) * a + (torch.sin(alpha * theta) / s) * b
+        out[i] = mixed.view(c, height, width).to(z)
+    return out
+
+
+def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stride: Any = 8,
+             mode: str = "multidiffusion", fuse: str | None = None, weighting: Any = None,
+             sampler: str = "ddim", steps: int = 50, guidance: Any = None, cond: Cond = None,
+             sigmas: Any = None, vcf: bool = False, style_alpha: float = 0.0, circular: bool = False,
+             max_batch: int | None = None, device: Any = None, dtype: torch.dtype = torch.float32,
+             progress: bool = False, **sampler_options) -> torch.Tensor:
+    """Sample a (C, H, W) ``canvas`` larger than the model from windows of the model's size.
+
+    window: the model's native (h, w); stride: between windows (the last one is flush with the edge;
+    ``circular`` wraps along the width). mode: 'multidiffusion' (uniform, states), 'gf' (cone
+    weights, states) or 'gaussian' (gaussian weights, predictions); ``fuse`` and ``weighting``
+    override the mode's. guidance: any recipe, applied inside every window (M-SWG included).
+    vcf: variance-corrected state fusion (stochastic samplers only). style_alpha: SA strength.
+    max_batch: cap on window-sized inputs per network call. Returns [len(seeds), C, H, W]."""
+    if mode not in MODES:
+        raise ValueError(f"unknown fusion mode {mode!r}; accepted: {sorted(MODES)}")
+    fuse = fuse or MODES[mode][0]
+    weighting = weighting if weighting is not None else MODES[mode][1]
+    if fuse not in ("state", "prediction"):
+        raise ValueError(f"fuse must be 'state' or 'prediction', got {fuse!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; accepted: {sorted(SAMPLERS)}")
+    options = _sampler_options(sampler, sampler_options)
+    if vcf and not is_stochastic(sampler, options):
+        raise ValueError(f"VCF corrects the noise of stochastic steps, but sampler {sampler!r} with "
+                         f"{options or 'default options'} draws none; use ddpm, ddim with eta > 0, or "
+                         f"euler/heun with churn > 0")
+    if vcf and fuse != "state":
+        raise ValueError("VCF corrects fused window states; with fuse='prediction' the noise is drawn once "
+                         "on the canvas and already has the sampler's variance")
+    c, height, width = (int(v) for v in canvas)
+    seeds = parse_seeds(seeds)
+    check_cond(cond, len(seeds))
+    lay = layout(height, width, window, stride=stride, circular=circular)
+    base = as_denoiser(denoiser)
+    inner = guided(base, guidance, max_batch)
+    if isinstance(inner, GuidedDenoiser):
+        inner.check((c, *lay.window))
+    elif base.multiple > 1 and any(v % base.multiple for v in lay.window):
+        raise ValueError(f"window {lay.window} is not a multiple of the model's factor {base.multiple}")
+    sigmas = (check_sigmas(sigmas) if sigmas is not None else
+              schedule_sigmas(sampler, base, steps, shift=sampler_options.get("shift", 1.0)))
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    noise = PerSampleNoise.from_seeds(seeds)
+    z = noise(torch.empty(len(seeds), c, height, width, device=device, dtype=dtype))
+    x = style_aligned_noise(z, lay.window, style_alpha, noise.generators) * init_noise_scale(sampler, sigmas[0].item())
+    cond = cond_to(cond, device)
+    if fuse == "prediction":
+        return SAMPLERS[sampler](FusedDenoiser(inner, lay, weighting), x, sigmas, cond, noise=noise,
+                                 progress=progress, **options)
+    return sample_fused_states(inner, x, sigmas, cond, lay, weighting, sampler, noise, vcf, progress, **options)
+
+
+__all__ = ["MODES", "FusedDenoiser", "vcf_fuse", "WindowNoise", "is_stochastic", "sample_fused_states",
+           "style_aligned_noise", "panorama"]
