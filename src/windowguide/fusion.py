@@ -23,15 +23,16 @@ repeated over a grid of window-sized cells.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .conds import Cond, check_cond, cond_repeat, cond_to
+from .conds import Cond, check_cond, cond_batch_size, cond_repeat, cond_to
 from .denoiser import Denoiser, as_denoiser
 from .generate import _sampler_options, parse_seeds, schedule_sigmas
-from .guidance import GuidedDenoiser, guided
+from .guidance import CFG, Guidance, GuidedDenoiser, guided
 from .sampling import SAMPLERS, PerSampleNoise, check_sigmas, init_noise_scale
 from .windows import Layout, layout
 
@@ -151,6 +152,17 @@ def style_aligned_noise(z: torch.Tensor, window: tuple[int, int], alpha: float,
     return out
 
 
+def _per_window_nulls(guidance: Any, n: int, k: int) -> Guidance:
+    """CFG nulls given per sample ([n, ...]) repeated for the k windows of each sample."""
+    terms = []
+    for term in Guidance.of(guidance):
+        null = getattr(term, "null", None)
+        if isinstance(term, CFG) and null is not None and cond_batch_size(null) == n and n > 0:
+            term = dataclasses.replace(term, null=cond_repeat(null, k))
+        terms.append(term)
+    return Guidance(tuple(terms))
+
+
 def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stride: Any = 8,
              mode: str = "multidiffusion", fuse: str | None = None, weighting: Any = None,
              sampler: str = "ddim", steps: int = 50, guidance: Any = None, cond: Cond = None,
@@ -186,7 +198,7 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     check_cond(cond, len(seeds))
     lay = layout(height, width, window, stride=stride, circular=circular)
     base = as_denoiser(denoiser)
-    inner = guided(base, guidance, max_batch)
+    inner = guided(base, _per_window_nulls(guidance, len(seeds), lay.n), max_batch)
     if isinstance(inner, GuidedDenoiser):
         inner.check((c, *lay.window))
     elif base.multiple > 1 and any(v % base.multiple for v in lay.window):

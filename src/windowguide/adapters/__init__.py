@@ -1,0 +1,1 @@
+"""Adapters from other libraries' models to windowguide denoisers."""
