@@ -78,3 +78,20 @@ def test_cli_errors_are_one_line_with_the_syntax(tmp_path, tiny_model, capsys):
     assert main(["sample", "--model", tiny_model, "--guidance", "mswg:w=1,window=5", "--out",
                  str(tmp_path / "x"), "--steps", "2"]) == 2
     assert "multiple" in capsys.readouterr().err
+
+
+def test_panorama_command_writes_images_and_settings(tmp_path, tiny_model, capsys):
+    out = str(tmp_path / "p")
+    assert main(["panorama", "--model", tiny_model, "--width", "20", "--stride", "4", "--mode", "gf",
+                 "--sampler", "ddpm", "--vcf", "--style-alpha", "0.3", "--seeds", "3-4", "--steps", "3",
+                 "--guidance", "cfg:w=1", "--out", out]) == 0
+    assert sorted(os.listdir(out)) == ["panorama_000003.png", "panorama_000004.png", "panoramas.png",
+                                       "settings.json"]
+    s = json.load(open(os.path.join(out, "settings.json")))
+    assert s["canvas"] == [1, 8, 20] and s["window"] == [8, 8] and s["vcf"] and s["style_alpha"] == 0.3
+    assert s["seeds"] == [3, 4] and s["labels"] == [0, 1] and s["mode"] == "gf"
+    from PIL import Image
+    assert Image.open(os.path.join(out, "panorama_000003.png")).size == (20, 8)
+    capsys.readouterr()
+    assert main(["panorama", "--model", tiny_model, "--width", "20", "--vcf", "--out", out]) == 2
+    assert "VCF corrects the noise of stochastic steps" in capsys.readouterr().err

@@ -24,6 +24,11 @@ def _bench(args) -> int:
         from .bench import speed
         report = speed.run(args.json, quick=args.quick, device=args.device)
         print(speed.format_report(report))
+    elif args.what == "panorama":
+        from .bench import panorama
+        report = panorama.run(args.json, quick=args.quick, out_dir=args.out or "runs/bench/panorama",
+                              device=args.device or "cpu")
+        print(panorama.format_report(report))
     elif args.what == "quality":
         from .bench import quality
         report = quality.run(args.json, quick=args.quick, out_dir=args.out or "runs/bench/quality")
@@ -62,6 +67,16 @@ def _sample(args) -> int:
     return 0
 
 
+def _panorama(args) -> int:
+    from .commands import panorama
+    options = {k: v for k, v in (("eta", args.eta), ("churn", args.churn)) if v is not None}
+    panorama.run(args.model, args.width, args.height, args.stride, args.mode, args.fuse, args.sampler, args.steps,
+                 args.vcf, args.style_alpha, args.circular, args.guidance, args.klass, args.seeds, args.out,
+                 args.max_batch, args.device or "cpu", True, **options)
+    print(f"panoramas: {args.out}/ (panorama_SEED.png, panoramas.png, settings.json)")
+    return 0
+
+
 def _demo(args) -> int:
     from .commands import demo
     demo.run(args.out, args.model)
@@ -80,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.set_defaults(func=_toy)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=["speed", "quality"])
+    bench.add_argument("what", choices=["speed", "quality", "panorama"])
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
@@ -104,6 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--batch-size", type=int, default=64)
     smp.add_argument("--device")
     smp.set_defaults(func=_sample)
+
+    pano = sub.add_parser("panorama", help="a canvas larger than the model, from fused windows")
+    pano.add_argument("--model", default="scenes", help="bundled name or checkpoint (default: scenes)")
+    pano.add_argument("--width", type=int, default=96, help="canvas width in pixels")
+    pano.add_argument("--height", type=int, help="canvas height (default: the model's)")
+    pano.add_argument("--stride", type=int, default=8, help="step between windows")
+    pano.add_argument("--mode", default="multidiffusion", choices=["multidiffusion", "gf", "gaussian"])
+    pano.add_argument("--fuse", choices=["state", "prediction"], help="override the mode's fused quantity")
+    pano.add_argument("--sampler", default="ddim", help="ddim, ddpm, euler, heun")
+    pano.add_argument("--steps", type=int, default=32)
+    pano.add_argument("--eta", type=float, help="DDIM eta (stochastic if > 0)")
+    pano.add_argument("--churn", type=float, help="EDM churn for euler/heun")
+    pano.add_argument("--vcf", action="store_true", help="variance-corrected fusion (stochastic samplers)")
+    pano.add_argument("--style-alpha", type=float, default=0.0, help="style alignment strength, 0 = off")
+    pano.add_argument("--circular", action="store_true", help="wrap around the width (360 degrees)")
+    pano.add_argument("--guidance", default="none", help="SPEC applied inside every window")
+    pano.add_argument("--class", dest="klass", default=None, help="class index, 'all' or 'none'")
+    pano.add_argument("--seeds", default="0-3")
+    pano.add_argument("--out", default="runs/panorama")
+    pano.add_argument("--max-batch", type=int, help="window-sized inputs per network call (memory cap)")
+    pano.add_argument("--device")
+    pano.set_defaults(func=_panorama)
 
     tr = sub.add_parser("train", help="train a diffusion model (EDM) or, with --classifier, a classifier")
     tr.add_argument("--preset", help="recipe of a bundled model (digits, digits-weak, digits-wd, mirror, ...)")
