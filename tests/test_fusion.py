@@ -191,3 +191,17 @@ def test_guidance_inside_every_window_batches_all_windows():
     assert (guided - plain).abs().max() > 1e-4
     # 4 windows x 2 samples; per step one call with the windows and all their crops (2 sizes -> 2 calls)
     assert counted.calls == 3 * 2 and counted.rows == 3 * (8 + 8 * 9)
+
+
+def test_panorama_bench_seam_score():
+    from windowguide.bench.panorama import border_columns, crops_of, seam_score
+    cols = border_columns(40, 16, 8)                 # windows at 0, 8, 16, 24: borders 8, 16, 24, 32
+    assert cols == [8, 16, 24, 32]
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.randn(64, 1, 4, 40, generator=g) * 0.1
+    assert abs(seam_score(smooth, cols) - 1) < 0.1
+    seamed = smooth.clone()
+    for c in cols:
+        seamed[..., c:] += 0.5 * torch.randn(64, 1, 4, 1, generator=g)   # a jump into every border column
+    assert seam_score(seamed, cols) > 3
+    assert crops_of(torch.arange(2 * 1 * 2 * 8.0).view(2, 1, 2, 8), 4).shape == (4, 1, 2, 4)

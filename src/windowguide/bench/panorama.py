@@ -19,7 +19,6 @@ UNet2DConditionModel, canvas, steps and views, interleaved runs, output compared
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -29,6 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from .. import metrics
+from . import write_report
 from ..data import load, scenes
 from ..fusion import panorama
 from ..images import grid, save_png
@@ -225,10 +225,7 @@ def run(json_path: str | None = None, quick: bool = False, out_dir: str = "runs/
     if speed:
         report["speed"] = run_speed(repeats=2 if quick else 3, device=device)
     report["seconds"] = time.perf_counter() - t0
-    if json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        with open(json_path, "w") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, json_path)
     return report
 
 

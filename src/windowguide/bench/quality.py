@@ -9,7 +9,6 @@ and the share of values the sampler put outside [-1, 1].
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import metrics
+from . import write_report
 from ..commands.sample import labels_for, prepare
 from ..data import load
 from ..generate import sample
@@ -190,10 +190,7 @@ def run(json_path: str | None = None, quick: bool = False, out_dir: str = "runs/
         reports.append(rep)
     report = dict(settings={k: getattr(s, k) for k in Settings.__dataclass_fields__}, datasets=reports,
                   seconds=time.perf_counter() - t0, torch_threads=torch.get_num_threads())
-    if json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        with open(json_path, "w") as f:
-            json.dump(report, f, indent=1)
+    write_report(report, json_path)
     return report
 
 

@@ -1,0 +1,75 @@
+"""The bundled models: present, small, loadable, and what their records say; the benchmark and demo on them."""
+import os
+
+import pytest
+import torch
+
+from windowguide.models.checkpoint import WEIGHTS_DIR, bundled_names, load_model, read_info
+
+EXPECTED = ["digits", "digits-weak", "digits-wd", "digits-classifier",
+            "mirror", "mirror-weak", "mirror-wd", "mirror-classifier", "scenes", "scenes-classifier"]
+
+
+def test_every_bundled_model_is_there_and_all_fit_in_30_mb():
+    assert sorted(EXPECTED) == sorted(n for n in bundled_names() if n in EXPECTED)
+    total = sum(os.path.getsize(os.path.join(WEIGHTS_DIR, f)) for f in os.listdir(WEIGHTS_DIR))
+    assert total < 30 * 2 ** 20
+
+
+@pytest.mark.parametrize("name", [n for n in EXPECTED if not n.endswith("classifier")])
+def test_bundled_diffusion_models_record_their_recipe(name):
+    info = read_info(name)
+    assert info["preset"] == name and info["steps_done"] == info["train"]["steps"]
+    net, _ = load_model(name, "unet")
+    assert net.num_classes == len(info["class_names"]) > 0
+
+
+@pytest.mark.parametrize("name, floor", [("digits", 0.95), ("mirror", 0.95), ("scenes", 0.95)])
+def test_bundled_classifiers_accuracy_recomputed_on_the_held_out_split(name, floor):
+    from windowguide.data import load
+    from windowguide.train.classifier import accuracy
+    net, info = load_model(f"{name}-classifier", "classifier")
+    test = load(name, "test")
+    acc = accuracy(net, test.images, test.labels)
+    assert acc == pytest.approx(info["test_accuracy"]) and acc >= floor
+
+
+def test_bundled_mirror_model_draws_near_symmetric_images():
+    """Sanity of the trained net: its samples are far more symmetric than its noise-level structure."""
+    from windowguide import metrics, sample
+    from windowguide.models.checkpoint import load_denoiser
+    denoiser, _, net = load_denoiser("mirror")
+    with torch.no_grad():
+        x = sample(denoiser, (3, 24, 24), range(16), steps=8, cond=torch.arange(16) % 3)
+    shuffled = x[:, :, :, torch.randperm(24, generator=torch.Generator().manual_seed(0))]
+    assert metrics.asymmetry(x).mean() < 0.5 * metrics.asymmetry(shuffled).mean()
+
+
+def test_quality_bench_is_deterministic_and_complete(tmp_path):
+    from windowguide.bench import quality
+    s = quality.Settings(datasets=("mirror",), weights=(1.0,), samples=24, steps=4, methods=("none", "M-SWG", "CFG"))
+    a = quality.run(str(tmp_path / "a.json"), out_dir=str(tmp_path / "a"), settings=s, progress=False)
+    b = quality.run(None, out_dir=str(tmp_path / "b"), settings=s, progress=False)
+    strip = lambda rep: [{k: v for k, v in r.items() if k != "seconds"} for r in rep["datasets"][0]["rows"]]
+    assert strip(a) == strip(b)
+    rows = strip(a)
+    assert [r["method"] for r in rows] == ["none", "CFG", "M-SWG"]
+    assert {"fd", "kid", "inception_score", "precision", "recall", "asymmetry", "contrast", "saturation",
+            "clipped"} <= set(rows[0])
+    table = quality.format_report(a)
+    assert "M-SWG" in table and "real (held out)" in table
+    assert (tmp_path / "a" / "mirror_sweeps.png").exists() and (tmp_path / "a" / "mirror" / "M-SWG_w1.png").exists()
+
+
+def test_demo_writes_its_png(tmp_path, capsys):
+    from windowguide.commands import demo
+    r = demo.run(out=str(tmp_path), samples=24, steps=4)
+    assert os.path.exists(tmp_path / "windowguide_demo.png") and len(r["results"]) == 3
+    assert "asymmetry" in capsys.readouterr().out
+
+
+def test_panorama_bench_quality_part(tmp_path):
+    from windowguide.bench import panorama
+    r = panorama.run_quality(panorama.Settings(samples=4, steps=4, alphas=(0.0,)), str(tmp_path), progress=False)
+    assert len(r["rows"]) == 7 and {"seam", "hf_ratio", "texture_ratio", "style", "fd_crops"} <= set(r["rows"][0])
+    assert 0.8 < r["real"]["seam"] < 1.25 and r["real"]["style"] > 0.9
