@@ -46,3 +46,33 @@ def test_multidiffusion_reproduces_diffusers_panorama_latents(circular, view_bat
                                cond=pos, circular=circular, max_batch=2 * view_batch)
     assert ref.shape == ours.shape
     assert (ours - ref).abs().max() <= 1e-4
+
+
+def test_vae_decode_tiles_large_latents_and_restores_the_vae():
+    from diffusers import AutoencoderKL
+
+    from windowguide.adapters.diffusers import decode
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=8, sample_size=32).eval()
+    pipe = type("Pipe", (), {"vae": vae})()
+    small = torch.randn(1, 4, 8, 8)
+    wide = torch.randn(1, 4, 8, 40)
+    with torch.no_grad():
+        plain = decode(pipe, small, tile_above=96)
+        direct = vae.decode(small / vae.config.scaling_factor).sample.clamp(-1, 1)
+        tiled = decode(pipe, wide, tile_above=16)
+    assert torch.equal(plain, direct)
+    assert tiled.shape == (1, 3, 16, 80) and tiled.abs().max() <= 1
+    assert not vae.use_tiling
+
+
+def test_sd_denoiser_reads_the_prediction_type():
+    from windowguide.adapters.diffusers import sd_denoiser
+    from windowguide.denoiser import EpsDenoiser, VDenoiser
+    unet = tiny_unet()
+    assert isinstance(sd_denoiser(unet=unet, scheduler=DDIMScheduler())[0], EpsDenoiser)
+    assert isinstance(sd_denoiser(unet=unet, scheduler=DDIMScheduler(prediction_type="v_prediction"))[0], VDenoiser)
+    with pytest.raises(ValueError, match="prediction_type 'sample'"):
+        sd_denoiser(unet=unet, scheduler=DDIMScheduler(prediction_type="sample"))
