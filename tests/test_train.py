@@ -103,3 +103,16 @@ def test_augment_shifts_within_bounds():
     z = augment(x, torch.Generator().manual_seed(0), shift=2, noise=0.0)
     assert z.shape == x.shape
     assert ClassifierConfig().dataset == "digits"
+
+
+def test_train_command_line(tmp_path, tiny_npz, capsys):
+    from windowguide.cli import main
+    out = str(tmp_path / "cli")
+    assert main(["train", "--dataset", tiny_npz, "--out", out, "--steps", "2", "--base", "8", "--mults", "1,2",
+                 "--batch", "4", "--label-dropout", "0.3"]) == 0
+    info = read_info(out + "/model.safetensors")
+    assert info["train"]["mults"] == [1, 2] and info["train"]["label_dropout"] == 0.3 and info["steps_done"] == 2
+    assert main(["train", "--preset", "nope", "--out", out]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", tiny_npz, "--out", out, "--mults", "one"])

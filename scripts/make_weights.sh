@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Re-create every bundled model from its preset (seeded: the same weights on the same machine and
+# torch build). About 50 minutes on a 2-core CPU; each run resumes if interrupted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=src/windowguide/weights
+for p in digits mirror digits-weak mirror-weak digits-wd mirror-wd scenes; do
+  windowguide train --preset "$p" --out "runs/train/$p"
+  cp "runs/train/$p/model.safetensors" "$W/$p.safetensors"
+done
+for d in digits mirror scenes; do
+  windowguide train --classifier --dataset "$d" --out "runs/train/$d-classifier"
+  cp "runs/train/$d-classifier/model.safetensors" "$W/$d-classifier.safetensors"
+done
