@@ -40,8 +40,8 @@ METHODS = [
 @dataclass
 class Settings:
     datasets: tuple[str, ...] = ("digits", "mirror")
-    weights: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
-    samples: int = 500
+    weights: tuple[float, ...] = (0.5, 1.0, 2.0)
+    samples: int = 300
     steps: int = 16
     window: int = 16            # 2/3 of the 24-px side, a multiple of the UNet's factor 4
     split: float = 1.0          # SGG: CFG for sigma > 1, autoguidance below
@@ -49,7 +49,7 @@ class Settings:
     methods: tuple[str, ...] = field(default_factory=lambda: tuple(m for m, _ in METHODS))
 
 
-QUICK = Settings(weights=(0.5, 1.5), samples=150, steps=10)
+QUICK = Settings(weights=(1.0,), samples=100, steps=10)
 
 
 class Evaluator:
