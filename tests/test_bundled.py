@@ -71,5 +71,5 @@ def test_demo_writes_its_png(tmp_path, capsys):
 def test_panorama_bench_quality_part(tmp_path):
     from windowguide.bench import panorama
     r = panorama.run_quality(panorama.Settings(samples=4, steps=4, alphas=(0.0,)), str(tmp_path), progress=False)
-    assert len(r["rows"]) == 7 and {"seam", "hf_ratio", "texture_ratio", "style", "fd_crops"} <= set(r["rows"][0])
+    assert len(r["rows"]) == 8 and {"seam", "hf_ratio", "texture_ratio", "style", "fd_crops"} <= set(r["rows"][0])
     assert 0.8 < r["real"]["seam"] < 1.25 and r["real"]["style"] > 0.9

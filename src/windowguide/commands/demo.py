@@ -23,7 +23,7 @@ DEMO_METHODS = [("no guidance", "none"), ("M-SWG w=1", "mswg:w=1,window=16"),
                 ("CFG w=1 + M-SWG w=1", "cfg:w=1+mswg:w=1,window=16")]
 
 
-def run(out: str = ".", model: str = DEFAULT_MODEL, samples: int = 200, steps: int = 12,
+def run(out: str = ".", model: str = DEFAULT_MODEL, samples: int = 128, steps: int = 12,
         progress: bool = True) -> dict:
     """Sample ``samples`` seeds per method, write ``windowguide_demo.png`` into ``out``; returns the figures."""
     t0 = time.perf_counter()
