@@ -116,3 +116,15 @@ def test_train_command_line(tmp_path, tiny_npz, capsys):
     assert "unknown preset 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--dataset", tiny_npz, "--out", out, "--mults", "one"])
+
+
+def test_classifier_on_user_data_is_measured_on_held_out_images(tmp_path, tiny_npz):
+    from windowguide.data import held_out, load
+    from windowguide.train.classifier import train_classifier
+    rest, test = held_out(load(tiny_npz, "all"))
+    assert len(rest) + len(test) == 16 and len(test) == 2
+    assert not (set(map(tuple, rest.images.flatten(1)[:, :4].tolist())) & set(map(tuple, test.images.flatten(1)[:, :4].tolist())))
+    acc = train_classifier(ClassifierConfig(dataset=tiny_npz, width=8, steps=3, batch=4), str(tmp_path / "c.safetensors"),
+                           progress=False)
+    assert acc in (0.0, 0.5, 1.0)            # measured on the 2 held-out images
+    assert read_info(str(tmp_path / "c.safetensors"))["test_accuracy"] == acc

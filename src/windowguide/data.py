@@ -249,10 +249,24 @@ def _load_folder(path: str) -> Dataset:
 
 
 def load(name_or_path: str, split: str = "train") -> Dataset:
-    """A built-in dataset by name or a user's folder / .npz."""
+    """A built-in dataset by name or a user's folder / .npz. User data has no split of its own: 'train'
+    and 'all' give every image, 'test' a fixed random seventh of them (``held_out``)."""
     if name_or_path in BUILTIN:
         return builtin(name_or_path, split)
-    return load_images(name_or_path)
+    d = load_images(name_or_path)
+    if split == "test":
+        return held_out(d)[1]
+    if split not in ("train", "all"):
+        raise ValueError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
+    return d
+
+
+def held_out(d: Dataset, fraction: float = 1 / 7, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(the rest, a fixed random ``fraction``) of a dataset, e.g. to measure a classifier on unseen images."""
+    order = torch.randperm(len(d), generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, int(len(d) * fraction))
+    pick = lambda idx: Dataset(d.name, d.images[idx], None if d.labels is None else d.labels[idx], d.class_names)
+    return pick(order[n_test:]), pick(order[:n_test])
 
 
 __all__ = ["Dataset", "digits", "mirror", "builtin", "load_images", "load", "to_unit_range", "to_nchw"]
