@@ -84,6 +84,7 @@ def _demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of every subcommand."""
     from .toy import EXPERIMENTS
     p = argparse.ArgumentParser(prog="windowguide", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand; bad input gives one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

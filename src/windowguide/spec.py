@@ -66,6 +66,7 @@ class Context:
     model_name: str | None = None
 
     def weak(self, keys: dict, suffix: str):
+        """The weak model named by model=..., else the main model's NAME-suffix."""
         name = keys.get("model") or (f"{self.model_name}-{suffix}" if self.model_name else None)
         if name is None:
             raise _error(f"give the weak model as model=NAME_OR_PATH (the main model has no name to derive "

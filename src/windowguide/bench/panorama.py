@@ -39,6 +39,7 @@ from ..windows import layout
 
 @dataclass
 class Settings:
+    """What the panorama benchmark draws: panoramas, steps, canvas width, stride, SA alphas."""
     samples: int = 48
     steps: int = 32
     width: int = 96
@@ -50,6 +51,7 @@ QUICK = Settings(samples=12, steps=16, alphas=(0.0, 0.5))
 
 
 def configs(alphas) -> list[dict]:
+    """Every fusion setting: mode x sampler x VCF (stochastic state fusion only) x SA alpha."""
     out = []
     for mode in ("multidiffusion", "gf", "gaussian"):
         for sampler in ("ddim", "ddpm"):
@@ -88,6 +90,7 @@ def crops_of(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class PanoramaMetrics:
+    """Seam, high-frequency, texture, style and FD-on-crops figures against real scenes."""
     def __init__(self, width: int, window: int, stride: int):
         self.real = scenes(200, window, width, seed=2).images
         self.classifier, self.cinfo = load_model("scenes-classifier", "classifier")
@@ -117,10 +120,12 @@ class PanoramaMetrics:
                     fd_crops=metrics.frechet_distance(self.real_feats, feats))
 
     def real_row(self) -> dict:
+        """The same figures for real scenes: the values a perfect sampler would reach."""
         return self(self.real[: max(32, len(self.real) // 2)])
 
 
 def run_quality(s: Settings, out_dir: str, progress: bool = True) -> dict:
+    """Every fusion setting on the bundled scenes model; rows of figures and grids in out_dir."""
     denoiser, info, net = load_denoiser("scenes")
     window = info["shape"][1]
     pm = PanoramaMetrics(s.width, window, s.stride)
@@ -221,6 +226,7 @@ def run_speed(unet_size: str = "small", steps: int = 3, width: int = 640, repeat
 
 def run(json_path: str | None = None, quick: bool = False, out_dir: str = "runs/bench/panorama",
         speed: bool = True, device: str = "cpu", progress: bool = True) -> dict:
+    """Quality part and (optionally) the speed part; writes the JSON report."""
     s = QUICK if quick else Settings()
     t0 = time.perf_counter()
     report = dict(quality=run_quality(s, out_dir, progress))
@@ -232,6 +238,7 @@ def run(json_path: str | None = None, quick: bool = False, out_dir: str = "runs/
 
 
 def format_report(report: dict) -> str:
+    """The report as a plain-text table."""
     q = report["quality"]
     lines = [f"panorama {q['window']}x{q['width']}, windows {q['window']} stride {q['stride']}, "
              f"{q['samples']} samples, {q['steps']} steps (classifier accuracy {q['classifier_test_accuracy']:.3f})",

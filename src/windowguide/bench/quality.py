@@ -39,6 +39,7 @@ METHODS = [
 
 @dataclass
 class Settings:
+    """What the quality benchmark sweeps: datasets, weights, samples, steps, SWG window, SGG split."""
     datasets: tuple[str, ...] = ("digits", "mirror")
     weights: tuple[float, ...] = (0.5, 1.0, 2.0)
     samples: int = 300
@@ -64,6 +65,7 @@ class Evaluator:
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, batch: int = 500):
+        """(features, class probabilities) of images, clipped to [-1, 1], in batches."""
         dev = next(self.classifier.parameters()).device
         feats, probs = [], []
         for i in range(0, len(x), batch):
@@ -92,6 +94,7 @@ def _real_row(ev: Evaluator, dataset: str, n: int) -> dict:
 
 
 def run_dataset(dataset: str, s: Settings, out_dir: str, progress: bool = True) -> dict:
+    """Every method at every weight on one dataset: rows of metrics, grids in out_dir/dataset."""
     ev = Evaluator(dataset)
     seeds = list(range(s.samples))
     rows = []
@@ -132,6 +135,7 @@ def best_rows(rows: list[dict]) -> list[dict]:
 
 
 def plot(report: dict, path: str) -> str:
+    """Each metric against w, one line per method, none and real as horizontal lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -157,6 +161,7 @@ def plot(report: dict, path: str) -> str:
 
 
 def format_table(report: dict) -> str:
+    """The paper's layout: per method the best weight for FD and (mirror) the best for coherence."""
     has_asym = "asymmetry" in report["rows"][0]
     head = (f"{'method':16s} | {'w(FD)':>5s} {'FD':>7s} {'IS':>5s} {'prec':>5s} {'rec':>5s}"
             + (f" {'asym':>6s} | {'w(coh)':>6s} {'asym':>6s} {'FD':>7s}" if has_asym else "")
@@ -195,6 +200,7 @@ def run(json_path: str | None = None, quick: bool = False, out_dir: str = "runs/
 
 
 def format_report(report: dict) -> str:
+    """All datasets' tables and the run time."""
     parts = [format_table(r) for r in report["datasets"]]
     parts.append(f"total {report['seconds']:.0f} s; plots and grids under the output folder")
     return "\n\n".join(parts)

@@ -18,6 +18,7 @@ from ..models.classifier import SmallClassifier
 
 @dataclass
 class ClassifierConfig:
+    """Recipe of the feature classifier (the bundled ones use the defaults)."""
     dataset: str = "digits"
     width: int = 32
     steps: int = 1500

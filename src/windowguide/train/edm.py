@@ -25,6 +25,7 @@ from .state import load_state, save_state
 
 @dataclass
 class TrainConfig:
+    """Recipe of a diffusion model: data, UNet size, EDM loss settings, optimiser, EMA, checkpoints."""
     dataset: str = "digits"
     base: int = 32
     mults: tuple[int, ...] = (1, 2, 2)
@@ -79,6 +80,7 @@ def config_from(preset: str | None = None, **overrides) -> TrainConfig:
 
 
 def build_net(cfg: TrainConfig, data: Dataset) -> SmallUNet:
+    """The SmallUNet a recipe describes for a dataset (checks size and labels)."""
     channels, h, w = data.shape
     net = SmallUNet(channels, cfg.base, cfg.mults, data.num_classes if cfg.conditional else 0, cfg.sigma_data)
     if h % net.multiple or w % net.multiple:
