@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from windowguide import fusion
-from windowguide.guidance import CFG, MSWG, GuidedDenoiser
+from windowguide.guidance import MSWG
 from windowguide.sampling import PerSampleNoise, ddim_coefficients
 from windowguide.windows import layout
 

@@ -34,7 +34,7 @@ from .denoiser import Denoiser, as_denoiser
 from .generate import _sampler_options, parse_seeds, schedule_sigmas
 from .guidance import CFG, Guidance, GuidedDenoiser, guided
 from .sampling import SAMPLERS, PerSampleNoise, check_sigmas, init_noise_scale
-from .windows import Layout, layout
+from .windows import Layout, layout, window_weights
 
 MODES = {   # mode -> (what is fused, window weights)
     "multidiffusion": ("state", "uniform"),
@@ -70,7 +70,6 @@ def vcf_fuse(states: torch.Tensor, means: torch.Tensor, lay: Layout, weighting: 
 
 def _vcf_ratio(lay: Layout, weighting: Any, device, dtype) -> torch.Tensor:
     """W / sqrt(S) at every canvas pixel, [H, W]."""
-    from .windows import window_weights
     m = window_weights(weighting, *lay.window, device, dtype)
     return lay.total_weight(m, device, dtype) / lay.total_weight(m * m, device, dtype).sqrt()
 
@@ -107,7 +106,11 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
                         weighting: Any = "uniform", sampler: str = "ddim", noise: PerSampleNoise | None = None,
                         vcf: bool = False, progress: bool = False, **options) -> torch.Tensor:
     """State fusion: each step, every window takes one ``sampler`` step from its crop with its own noise,
-    and the canvas becomes the weighted mean of the window states (VCF-corrected if ``vcf``)."""
+    and the canvas becomes the weighted mean of the window states (VCF-corrected if ``vcf``):
+
+        x' = sum_i m_i x'_i / sum_i m_i,   x'_i = step(crop_i x, D_i, z_i).
+
+    ``noise`` holds one generator per sample (default: seeds 0..N-1)."""
     from tqdm.auto import trange
     window_denoiser = as_denoiser(window_denoiser)
     sigmas = check_sigmas(sigmas)
@@ -147,7 +150,10 @@ def style_aligned_noise(z: torch.Tensor, window: tuple[int, int], alpha: float,
         a, b = z[i].double().flatten(), ref.double().flatten()
         theta = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
         s = torch.sin(theta)
-        mixed = (torch.sin((1 - alpha) * theta) / s) * a + (torch.sin(alpha * theta) / s) * b
+        if s < 1e-6:     # (anti)parallel: slerp's limit is the straight line, and 0/0 must not give NaN
+            mixed = (1 - alpha) * a + alpha * b
+        else:
+            mixed = (torch.sin((1 - alpha) * theta) / s) * a + (torch.sin(alpha * theta) / s) * b
         out[i] = mixed.view(c, height, width).to(z)
     return out
 
@@ -166,7 +172,8 @@ def _per_window_nulls(guidance: Any, n: int, k: int) -> Guidance:
 def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stride: Any = 8,
              mode: str = "multidiffusion", fuse: str | None = None, weighting: Any = None,
              sampler: str = "ddim", steps: int = 50, guidance: Any = None, cond: Cond = None,
-             sigmas: Any = None, vcf: bool = False, style_alpha: float = 0.0, circular: bool = False,
+             sigmas: Any = None, shift: float = 1.0, vcf: bool = False, style_alpha: float = 0.0,
+             circular: bool = False,
              max_batch: int | None = None, device: Any = None, dtype: torch.dtype = torch.float32,
              progress: bool = False, **sampler_options) -> torch.Tensor:
     """Sample a (C, H, W) ``canvas`` larger than the model from windows of the model's size.
@@ -175,6 +182,7 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     ``circular`` wraps along the width). mode: 'multidiffusion' (uniform, states), 'gf' (cone
     weights, states) or 'gaussian' (gaussian weights, predictions); ``fuse`` and ``weighting``
     override the mode's. guidance: any recipe, applied inside every window (M-SWG included).
+    sigmas: an explicit schedule, else the sampler's default (``shift``: flow models' time shift).
     vcf: variance-corrected state fusion (stochastic samplers only). style_alpha: SA strength.
     max_batch: cap on window-sized inputs per network call. Returns [len(seeds), C, H, W]."""
     if mode not in MODES:
@@ -204,7 +212,7 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     elif base.multiple > 1 and any(v % base.multiple for v in lay.window):
         raise ValueError(f"window {lay.window} is not a multiple of the model's factor {base.multiple}")
     sigmas = (check_sigmas(sigmas) if sigmas is not None else
-              schedule_sigmas(sampler, base, steps, shift=sampler_options.get("shift", 1.0)))
+              schedule_sigmas(sampler, base, steps, shift=shift))
     device = torch.device(device) if device is not None else torch.device("cpu")
     noise = PerSampleNoise.from_seeds(seeds)
     z = noise(torch.empty(len(seeds), c, height, width, device=device, dtype=dtype))
