@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from .errors import WindowguideError
 
 Cond = Any  # None | Tensor | dict[str, Tensor]
 
@@ -23,7 +24,7 @@ def cond_batch_size(cond: Cond) -> int | None:
         sizes = {k: cond_batch_size(v) for k, v in cond.items()}
         distinct = set(sizes.values())
         if len(distinct) != 1:
-            raise ValueError(f"condition dict has entries of different batch sizes: {sizes}")
+            raise WindowguideError(f"condition dict has entries of different batch sizes: {sizes}")
         return distinct.pop()
     raise TypeError(f"a condition must be None, a tensor or a dict of tensors, got {type(cond).__name__}")
 
@@ -32,7 +33,7 @@ def check_cond(cond: Cond, n: int) -> None:
     """Raise unless ``cond`` is None or has batch size ``n``."""
     size = cond_batch_size(cond)
     if cond is not None and size != n:
-        raise ValueError(f"condition has batch size {size}, but x has {n} samples; "
+        raise WindowguideError(f"condition has batch size {size}, but x has {n} samples; "
                          f"give one condition per sample (first dimension {n})")
 
 
@@ -59,12 +60,12 @@ def cond_cat(conds: Sequence[Cond]) -> Cond:
     if all(c is None for c in conds):
         return None
     if any(c is None for c in conds):
-        raise ValueError("cannot batch a conditional call with an unconditional call of the same network; "
+        raise WindowguideError("cannot batch a conditional call with an unconditional call of the same network; "
                          "give the unconditional case an explicit null condition")
     if all(isinstance(c, dict) for c in conds):
         keys = conds[0].keys()
         if any(c.keys() != keys for c in conds):
-            raise ValueError("condition dicts with different keys cannot share a batch")
+            raise WindowguideError("condition dicts with different keys cannot share a batch")
         return {k: cond_cat([c[k] for c in conds]) for k in keys}
     return torch.cat(list(conds), dim=0)
 
@@ -83,7 +84,7 @@ def broadcast_null(null: Cond, like: Cond, n: int) -> Cond:
         return null
     if null.dim() == 0:
         return null.expand(n).clone()
-    raise ValueError(f"null condition of shape {tuple(null.shape)} fits neither one sample "
+    raise WindowguideError(f"null condition of shape {tuple(null.shape)} fits neither one sample "
                      f"nor a batch of {n}")
 
 

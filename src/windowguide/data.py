@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.nn import functional as F
+from .errors import WindowguideError
 
 
 @dataclass
@@ -61,7 +62,7 @@ def _split(order: torch.Tensor, n_test: int, split: str) -> torch.Tensor:
         return order[n_test:]
     if split == "all":
         return order
-    raise ValueError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
+    raise WindowguideError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
 
 
 MIRROR_CLASSES = ("disc", "square", "diamond")
@@ -74,7 +75,7 @@ def mirror(n: int = 6000, size: int = 24, seed: int = 0, objects: int = 2) -> Da
     bright random colour, centred in the left half, drawn with a 1-px soft edge; the left half is then
     reflected onto the right half."""
     if size % 2:
-        raise ValueError(f"mirror images need an even size, got {size}")
+        raise WindowguideError(f"mirror images need an even size, got {size}")
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, len(MIRROR_CLASSES), n)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
@@ -150,15 +151,15 @@ def builtin(name: str, split: str = "train", size: int = 24) -> Dataset:
         return digits(size, split)
     if name == "mirror":
         if split not in ("train", "test", "all"):
-            raise ValueError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
+            raise WindowguideError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
         return mirror(2000 if split == "test" else 6000, size, seed=1 if split == "test" else 0)
     if name == "scenes":   # the models see 24 x 24 crops of 24 x 96 scenes
         if split not in ("train", "test", "all"):
-            raise ValueError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
+            raise WindowguideError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
         test = split == "test"
         return random_crops(scenes(500 if test else 1500, size, 4 * size, seed=1 if test else 0), size, 4,
                             seed=1 if test else 0)
-    raise ValueError(f"unknown dataset {name!r}; accepted: {sorted(BUILTIN)} or a folder / .npz path")
+    raise WindowguideError(f"unknown dataset {name!r}; accepted: {sorted(BUILTIN)} or a folder / .npz path")
 
 
 # ---------------------------------------------------------------- user data
@@ -168,16 +169,16 @@ def to_unit_range(a: np.ndarray, what: str) -> np.ndarray:
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 127.5 - 1
     if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{what}: images must be uint8 or float, got dtype {a.dtype}")
+        raise WindowguideError(f"{what}: images must be uint8 or float, got dtype {a.dtype}")
     a = a.astype(np.float32)
     if not np.isfinite(a).all():
-        raise ValueError(f"{what}: images contain NaN or inf")
+        raise WindowguideError(f"{what}: images contain NaN or inf")
     lo, hi = float(a.min()), float(a.max())
     if lo >= 0 and hi <= 1:
         return a * 2 - 1
     if lo >= -1 and hi <= 1:
         return a
-    raise ValueError(f"{what}: float images must lie in [0, 1] or [-1, 1], found [{lo:.3g}, {hi:.3g}]")
+    raise WindowguideError(f"{what}: float images must lie in [0, 1] or [-1, 1], found [{lo:.3g}, {hi:.3g}]")
 
 
 def to_nchw(a: np.ndarray, what: str) -> np.ndarray:
@@ -188,7 +189,7 @@ def to_nchw(a: np.ndarray, what: str) -> np.ndarray:
         return a
     if a.ndim == 4 and a.shape[-1] in (1, 3, 4):
         return a.transpose(0, 3, 1, 2)
-    raise ValueError(f"{what}: expected N x H x W, N x C x H x W or N x H x W x C with C in (1, 3, 4), "
+    raise WindowguideError(f"{what}: expected N x H x W, N x C x H x W or N x H x W x C with C in (1, 3, 4), "
                      f"got shape {a.shape}")
 
 
@@ -199,9 +200,9 @@ def load_images(path: str, labels: str | None = None) -> Dataset:
     if os.path.isdir(path):
         return _load_folder(path)
     if not os.path.exists(path):
-        raise ValueError(f"no dataset at {path!r}; accepted: 'digits', 'mirror', a folder or an .npz file")
+        raise WindowguideError(f"no dataset at {path!r}; accepted: 'digits', 'mirror', a folder or an .npz file")
     if not path.endswith(".npz"):
-        raise ValueError(f"{path!r}: accepted files are .npz arrays (or give a folder of images)")
+        raise WindowguideError(f"{path!r}: accepted files are .npz arrays (or give a folder of images)")
     with np.load(path) as z:
         keys = list(z.keys())
         a = z["images"] if "images" in z else z[keys[0]]
@@ -217,9 +218,9 @@ def _with_labels(name: str, x: torch.Tensor, y, what: str, names: tuple[str, ...
         return Dataset(name, x, None, ())
     y = torch.as_tensor(np.asarray(y)).long().flatten()
     if y.shape[0] != x.shape[0]:
-        raise ValueError(f"{what}: {y.shape[0]} labels for {x.shape[0]} images")
+        raise WindowguideError(f"{what}: {y.shape[0]} labels for {x.shape[0]} images")
     if y.min() < 0:
-        raise ValueError(f"{what}: labels must be >= 0, got {int(y.min())}")
+        raise WindowguideError(f"{what}: labels must be >= 0, got {int(y.min())}")
     names = names or tuple(str(i) for i in range(int(y.max()) + 1))
     return Dataset(name, x, y, names)
 
@@ -239,10 +240,10 @@ def _load_folder(path: str) -> Dataset:
                     arrays.append(np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB")))
                 ys.append(label)
     if not arrays:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXT)}) in {path!r}")
+        raise WindowguideError(f"no images ({', '.join(IMAGE_EXT)}) in {path!r}")
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
-        raise ValueError(f"images in {path!r} have different shapes {sorted(sizes)}; resize them to one size")
+        raise WindowguideError(f"images in {path!r} have different shapes {sorted(sizes)}; resize them to one size")
     x = torch.from_numpy(to_unit_range(to_nchw(np.stack(arrays), path), path).copy())
     y = None if ys[0] is None else np.array(ys)
     return _with_labels(os.path.basename(os.path.normpath(path)), x, y, path, tuple(subdirs))
@@ -257,7 +258,7 @@ def load(name_or_path: str, split: str = "train") -> Dataset:
     if split == "test":
         return held_out(d)[1]
     if split not in ("train", "all"):
-        raise ValueError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
+        raise WindowguideError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
     return d
 
 

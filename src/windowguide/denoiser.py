@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from .conds import Cond, check_cond
+from .errors import WindowguideError
 
 
 def as_sigma(sigma: Any, x: torch.Tensor) -> torch.Tensor:
@@ -23,10 +24,10 @@ def as_sigma(sigma: Any, x: torch.Tensor) -> torch.Tensor:
     if sigma.dim() == 0:
         sigma = sigma.expand(x.shape[0])
     if sigma.shape != (x.shape[0],):
-        raise ValueError(f"sigma has shape {tuple(sigma.shape)}; expected a scalar or shape ({x.shape[0]},) "
+        raise WindowguideError(f"sigma has shape {tuple(sigma.shape)}; expected a scalar or shape ({x.shape[0]},) "
                          f"to match x of shape {tuple(x.shape)}")
     if not torch.isfinite(sigma).all() or (sigma <= 0).any():
-        raise ValueError(f"sigma must be finite and > 0, got {sigma.tolist()}")
+        raise WindowguideError(f"sigma must be finite and > 0, got {sigma.tolist()}")
     return sigma
 
 
@@ -47,12 +48,12 @@ class Denoiser:
 
     def __call__(self, x: torch.Tensor, sigma: Any, cond: Cond = None) -> torch.Tensor:
         if x.dim() != 4:
-            raise ValueError(f"x must be NCHW (4 dims), got shape {tuple(x.shape)}")
+            raise WindowguideError(f"x must be NCHW (4 dims), got shape {tuple(x.shape)}")
         sigma = as_sigma(sigma, x)
         check_cond(cond, x.shape[0])
         out = self.forward(x, sigma, cond)
         if out.shape != x.shape:
-            raise ValueError(f"{type(self).__name__} returned shape {tuple(out.shape)} for input "
+            raise WindowguideError(f"{type(self).__name__} returned shape {tuple(out.shape)} for input "
                              f"{tuple(x.shape)}; a denoiser must return x0 of the input's shape")
         return out
 
@@ -63,7 +64,7 @@ class Denoiser:
         """The condition of the unconditional prediction for n samples (CFG's negative)."""
         from .conds import broadcast_null
         if self.null_cond is None:
-            raise ValueError(f"{type(self).__name__} has no null condition: pass CFG(w, null=...) or "
+            raise WindowguideError(f"{type(self).__name__} has no null condition: pass CFG(w, null=...) or "
                              f"build the denoiser with null_cond=...")
         return broadcast_null(self.null_cond, cond, n)
 
@@ -92,7 +93,7 @@ class VPSchedule:
     def __init__(self, alphas_cumprod: Any):
         a = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
         if a.numel() < 2 or not ((a > 0) & (a < 1)).all() or not (a[1:] < a[:-1]).all():
-            raise ValueError("alphas_cumprod must be strictly decreasing values in (0, 1), at least two")
+            raise WindowguideError("alphas_cumprod must be strictly decreasing values in (0, 1), at least two")
         self.alphas_cumprod = a
         self.sigmas = ((1 - a) / a).sqrt()
         self.log_sigmas = self.sigmas.log()
@@ -123,7 +124,7 @@ class VPSchedule:
         s = sigma.detach().double().cpu()
         top = self.sigmas[-1].item()
         if (s > top * (1 + 1e-4)).any():
-            raise ValueError(f"sigma {s.max().item():.4g} is above the schedule's largest sigma {top:.4g}; "
+            raise WindowguideError(f"sigma {s.max().item():.4g} is above the schedule's largest sigma {top:.4g}; "
                              f"use sigma_max <= {top:.4g} for this model")
         log_s = s.clamp(min=self.sigmas[0].item(), max=top).log()
         hi = torch.searchsorted(self.log_sigmas, log_s).clamp(1, self.T - 1)
@@ -142,7 +143,7 @@ class VPSchedule:
         """Descending inference timesteps, as diffusers' schedulers space them."""
         T = self.T
         if not 1 <= steps <= T:
-            raise ValueError(f"steps must be in 1..{T} for this schedule, got {steps}")
+            raise WindowguideError(f"steps must be in 1..{T} for this schedule, got {steps}")
         if spacing == "leading":
             ts = [i * (T // steps) + offset for i in range(steps)][::-1]
         elif spacing == "trailing":
@@ -151,7 +152,7 @@ class VPSchedule:
         elif spacing == "linspace":
             ts = [int(round(v)) for v in torch.linspace(0, T - 1, steps, dtype=torch.float64).tolist()][::-1]
         else:
-            raise ValueError(f"spacing must be 'leading', 'trailing' or 'linspace', got {spacing!r}")
+            raise WindowguideError(f"spacing must be 'leading', 'trailing' or 'linspace', got {spacing!r}")
         return ts
 
     def step_sigmas(self, steps: int, spacing: str = "leading", offset: int = 0,

@@ -35,6 +35,7 @@ from .generate import _sampler_options, parse_seeds, schedule_sigmas
 from .guidance import CFG, Guidance, GuidedDenoiser, guided
 from .sampling import SAMPLERS, PerSampleNoise, check_sigmas, init_noise_scale
 from .windows import Layout, layout, window_weights
+from .errors import WindowguideError
 
 MODES = {   # mode -> (what is fused, window weights)
     "multidiffusion": ("state", "uniform"),
@@ -138,7 +139,7 @@ def style_aligned_noise(z: torch.Tensor, window: tuple[int, int], alpha: float,
 
     alpha = 0 returns z itself."""
     if not 0 <= alpha <= 1 or not math.isfinite(alpha):
-        raise ValueError(f"style alpha must be in [0, 1], got {alpha}")
+        raise WindowguideError(f"style alpha must be in [0, 1], got {alpha}")
     if alpha == 0:
         return z
     n, c, height, width = z.shape
@@ -186,20 +187,20 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     vcf: variance-corrected state fusion (stochastic samplers only). style_alpha: SA strength.
     max_batch: cap on window-sized inputs per network call. Returns [len(seeds), C, H, W]."""
     if mode not in MODES:
-        raise ValueError(f"unknown fusion mode {mode!r}; accepted: {sorted(MODES)}")
+        raise WindowguideError(f"unknown fusion mode {mode!r}; accepted: {sorted(MODES)}")
     fuse = fuse or MODES[mode][0]
     weighting = weighting if weighting is not None else MODES[mode][1]
     if fuse not in ("state", "prediction"):
-        raise ValueError(f"fuse must be 'state' or 'prediction', got {fuse!r}")
+        raise WindowguideError(f"fuse must be 'state' or 'prediction', got {fuse!r}")
     if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; accepted: {sorted(SAMPLERS)}")
+        raise WindowguideError(f"unknown sampler {sampler!r}; accepted: {sorted(SAMPLERS)}")
     options = _sampler_options(sampler, sampler_options)
     if vcf and not is_stochastic(sampler, options):
-        raise ValueError(f"VCF corrects the noise of stochastic steps, but sampler {sampler!r} with "
+        raise WindowguideError(f"VCF corrects the noise of stochastic steps, but sampler {sampler!r} with "
                          f"{options or 'default options'} draws none; use ddpm, ddim with eta > 0, or "
                          f"euler/heun with churn > 0")
     if vcf and fuse != "state":
-        raise ValueError("VCF corrects fused window states; with fuse='prediction' the noise is drawn once "
+        raise WindowguideError("VCF corrects fused window states; with fuse='prediction' the noise is drawn once "
                          "on the canvas and already has the sampler's variance")
     c, height, width = (int(v) for v in canvas)
     seeds = parse_seeds(seeds)
@@ -210,7 +211,7 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     if isinstance(inner, GuidedDenoiser):
         inner.check((c, *lay.window))
     elif base.multiple > 1 and any(v % base.multiple for v in lay.window):
-        raise ValueError(f"window {lay.window} is not a multiple of the model's factor {base.multiple}")
+        raise WindowguideError(f"window {lay.window} is not a multiple of the model's factor {base.multiple}")
     sigmas = (check_sigmas(sigmas) if sigmas is not None else
               schedule_sigmas(sampler, base, steps, shift=shift))
     device = torch.device(device) if device is not None else torch.device("cpu")

@@ -14,6 +14,7 @@ from .conds import Cond, check_cond, cond_select, cond_to
 from .denoiser import VPSchedule, as_denoiser
 from .guidance import GuidedDenoiser, guided
 from .sampling import SAMPLERS, PerSampleNoise, check_sigmas, flow_sigmas, init_noise_scale, karras_sigmas
+from .errors import WindowguideError
 
 
 def parse_seeds(seeds: Any) -> list[int]:
@@ -29,13 +30,13 @@ def parse_seeds(seeds: Any) -> list[int]:
                 else:
                     out.append(int(part))
             except ValueError:
-                raise ValueError(f"bad seed range {part!r}; accepted: '7', '0-63', '1,5,7-9'") from None
+                raise WindowguideError(f"bad seed range {part!r}; accepted: '7', '0-63', '1,5,7-9'") from None
         seeds = out
     elif isinstance(seeds, int):
         seeds = [seeds]
     seeds = [int(s) for s in seeds]
     if not seeds or any(s < 0 for s in seeds):
-        raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+        raise WindowguideError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
     return seeds
 
 
@@ -61,7 +62,7 @@ def _sampler_options(sampler: str, options: dict) -> dict:
                                                                           "noise", "callback", "progress")]
     bad = sorted(set(options) - set(accepted))
     if bad:
-        raise ValueError(f"sampler {sampler!r} does not take {bad}; it accepts {accepted}")
+        raise WindowguideError(f"sampler {sampler!r} does not take {bad}; it accepts {accepted}")
     return options
 
 
@@ -80,10 +81,10 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     Returns [len(seeds), C, H, W].
     """
     if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; accepted: {sorted(SAMPLERS)}")
+        raise WindowguideError(f"unknown sampler {sampler!r}; accepted: {sorted(SAMPLERS)}")
     shape = tuple(shape)
     if len(shape) != 3 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in shape):
-        raise ValueError(f"shape must be (C, H, W) of positive ints, got {shape!r}")
+        raise WindowguideError(f"shape must be (C, H, W) of positive ints, got {shape!r}")
     seeds = parse_seeds(seeds)
     check_cond(cond, len(seeds))
     options = _sampler_options(sampler, sampler_options)
@@ -96,7 +97,7 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     device = torch.device(device) if device is not None else torch.device("cpu")
     size = len(seeds) if batch_size is None else int(batch_size)
     if size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise WindowguideError(f"batch_size must be >= 1, got {batch_size}")
     scale = init_noise_scale(sampler, sigmas[0].item())
     out = []
     for start in range(0, len(seeds), size):

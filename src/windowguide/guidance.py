@@ -21,23 +21,24 @@ import torch
 from .conds import Cond, broadcast_null, cond_cat, cond_repeat, cond_select
 from .denoiser import Denoiser, as_denoiser
 from .windows import Layout, layout
+from .errors import WindowguideError
 
 INF = math.inf
 
 
 def _check_weight(weight: Any, name: str) -> float:
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise ValueError(f"{name}: weight must be a number, got {weight!r}")
+        raise WindowguideError(f"{name}: weight must be a number, got {weight!r}")
     w = float(weight)
     if not math.isfinite(w) or w < 0:
-        raise ValueError(f"{name}: weight must be finite and >= 0 (0 = off), got {weight!r}")
+        raise WindowguideError(f"{name}: weight must be finite and >= 0 (0 = off), got {weight!r}")
     return w
 
 
 def _check_range(lo: float, hi: float, name: str) -> tuple[float, float]:
     lo, hi = float(lo), float(hi)
     if math.isnan(lo) or math.isnan(hi) or lo < 0 or not lo < hi:
-        raise ValueError(f"{name}: sigma range ({lo}, {hi}] is empty or invalid; need 0 <= lo < hi")
+        raise WindowguideError(f"{name}: sigma range ({lo}, {hi}] is empty or invalid; need 0 <= lo < hi")
     return lo, hi
 
 
@@ -69,7 +70,7 @@ class Term:
         """The same term, active only where also lo < sigma <= hi (intersection of ranges)."""
         new_lo, new_hi = max(self.sigma_lo, lo), min(self.sigma_hi, hi)
         if not new_lo < new_hi:
-            raise ValueError(f"{type(self).__name__}: restricting ({self.sigma_lo}, {self.sigma_hi}] to "
+            raise WindowguideError(f"{type(self).__name__}: restricting ({self.sigma_lo}, {self.sigma_hi}] to "
                              f"({lo}, {hi}] leaves an empty sigma range")
         return replace(self, sigma_lo=new_lo, sigma_hi=new_hi)
 
@@ -86,7 +87,7 @@ class Term:
         try:
             torch.broadcast_shapes(m.shape, x.shape)
         except RuntimeError:
-            raise ValueError(f"{type(self).__name__}: mask of shape {tuple(m.shape)} does not broadcast to "
+            raise WindowguideError(f"{type(self).__name__}: mask of shape {tuple(m.shape)} does not broadcast to "
                              f"the image shape {tuple(x.shape)}") from None
         return m
 
@@ -138,7 +139,7 @@ class CFG(Term):
 
     def negative(self, ctx, x, sigma, cond):
         if cond is None:
-            raise ValueError("CFG needs a condition: pass cond=... (one per sample)")
+            raise WindowguideError("CFG needs a condition: pass cond=... (one per sample)")
         n = x.shape[0]
         null = ctx.denoiser.null_condition(cond, n) if self.null is None else broadcast_null(self.null, cond, n)
         return _same_net_plan(ctx, x, sigma, null)
@@ -183,7 +184,7 @@ class Custom(Term):
         def finish():
             out = self.negative_fn(x, sigma, cond)
             if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-                raise ValueError(f"{self.name}: negative returned {getattr(out, 'shape', type(out))}, "
+                raise WindowguideError(f"{self.name}: negative returned {getattr(out, 'shape', type(out))}, "
                                  f"expected a tensor of shape {tuple(x.shape)}")
             return out
         return _Plan([], finish)
@@ -220,10 +221,10 @@ class SWG(Term):
         h, w = lay.window
         m = getattr(denoiser, "multiple", 1)
         if h % m or w % m:
-            raise ValueError(f"SWG window {h}x{w} is not a multiple of {m}, the factor the model needs; "
+            raise WindowguideError(f"SWG window {h}x{w} is not a multiple of {m}, the factor the model needs; "
                              f"accepted: window sizes divisible by {m}")
         if self.masked and lay.overlap_mask().sum() == 0:
-            raise ValueError(f"M-SWG mask is empty for window {h}x{w} with {lay.tops}/{lay.lefts} on "
+            raise WindowguideError(f"M-SWG mask is empty for window {h}x{w} with {lay.tops}/{lay.lefts} on "
                              f"{H}x{W}: no pixel is covered twice, so it would not guide; use a larger "
                              f"window or more windows per side")
 
@@ -297,7 +298,7 @@ def Segmented(high: Any, low: Any, sigma_split: float) -> Guidance:
     With one term each side it stays at 2 network evaluations per step."""
     split = float(sigma_split)
     if not (math.isfinite(split) and split > 0):
-        raise ValueError(f"Segmented: sigma_split must be finite and > 0, got {sigma_split!r}")
+        raise WindowguideError(f"Segmented: sigma_split must be finite and > 0, got {sigma_split!r}")
     return Guidance.of(high).restrict(split, INF) + Guidance.of(low).restrict(0.0, split)
 
 
@@ -313,7 +314,7 @@ class GuidedDenoiser(Denoiser):
         self.denoiser = as_denoiser(denoiser)
         self.guidance = Guidance.of(guidance)
         if max_batch is not None and (isinstance(max_batch, bool) or int(max_batch) != max_batch or max_batch < 1):
-            raise ValueError(f"max_batch must be a positive integer or None, got {max_batch!r}")
+            raise WindowguideError(f"max_batch must be a positive integer or None, got {max_batch!r}")
         self.max_batch = None if max_batch is None else int(max_batch)
         self.multiple = self.denoiser.multiple
         self.sigma_min, self.sigma_max = self.denoiser.sigma_min, self.denoiser.sigma_max

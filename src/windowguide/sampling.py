@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import trange
 
 from .denoiser import flow_t_to_sigma
+from .errors import WindowguideError
 
 
 # ---------------------------------------------------------------------------------------------- schedules
@@ -20,11 +21,11 @@ from .denoiser import flow_t_to_sigma
 def karras_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
     """EDM schedule, then 0: sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho."""
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise WindowguideError(f"steps must be >= 1, got {steps}")
     if not 0 < sigma_min < sigma_max < math.inf:
-        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        raise WindowguideError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho}")
+        raise WindowguideError(f"rho must be > 0, got {rho}")
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return torch.cat([(hi + ramp * (lo - hi)) ** rho, torch.zeros(1, dtype=torch.float64)])
@@ -38,9 +39,9 @@ def flow_shift(t: float, shift: float) -> float:
 def flow_sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
     """Flow-matching schedule: t_i = 1 - i/N shifted, as VE sigma = t/(1-t), then 0."""
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise WindowguideError(f"steps must be >= 1, got {steps}")
     if not shift > 0:
-        raise ValueError(f"shift must be > 0, got {shift}")
+        raise WindowguideError(f"shift must be > 0, got {shift}")
     return sigmas_from_flow_t([flow_shift(1 - i / steps, shift) for i in range(steps)] + [0.0])
 
 
@@ -55,10 +56,10 @@ def check_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     """A schedule as float64 [N+1]: finite, strictly decreasing, positive but for a final 0."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
     if sigmas.numel() < 2 or not torch.isfinite(sigmas).all() or (sigmas[:-1] <= 0).any() or sigmas[-1] < 0:
-        raise ValueError("sigmas must be finite, positive, and may end in 0; got "
+        raise WindowguideError("sigmas must be finite, positive, and may end in 0; got "
                          f"{sigmas.tolist()[:6]}{'...' if sigmas.numel() > 6 else ''}")
     if not (sigmas[1:] < sigmas[:-1]).all():
-        raise ValueError("sigmas must be strictly decreasing")
+        raise WindowguideError("sigmas must be strictly decreasing")
     return sigmas
 
 
@@ -80,7 +81,7 @@ class PerSampleNoise:
 
     def __call__(self, like: torch.Tensor) -> torch.Tensor:
         if like.shape[0] != len(self.generators):
-            raise ValueError(f"noise for {like.shape[0]} samples asked from {len(self.generators)} generators")
+            raise WindowguideError(f"noise for {like.shape[0]} samples asked from {len(self.generators)} generators")
         z = torch.stack([torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in self.generators])
         return z.to(device=like.device, dtype=like.dtype)
 
@@ -171,7 +172,7 @@ def sample_ddim(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, eta: flo
         x' = D + sigma_down (x - D) / sigma + sigma_up z     (see ``ddim_coefficients``)
     """
     if not 0 <= eta <= 1:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
+        raise WindowguideError(f"eta must be in [0, 1], got {eta}")
     sigmas = check_sigmas(sigmas).tolist()
     noise = _noise_or_default(noise)
     for i in _steps(sigmas, progress, "ddim" if eta < 1 else "ddpm"):

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from .errors import WindowguideError
 
 WEIGHTINGS = ("uniform", "cone", "gaussian")
 CONE_EPS = 1e-4  # guided-fusion cone: no pixel gets zero total weight (the released code zeroes corners)
@@ -26,12 +27,12 @@ CONE_EPS = 1e-4  # guided-fusion cone: no pixel gets zero total weight (the rele
 def _pair(v, name: str) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
+            raise WindowguideError(f"{name} must be an int or a pair (h, w), got {v!r}")
         a, b = v
     else:
         a = b = v
     if isinstance(a, bool) or isinstance(b, bool) or int(a) != a or int(b) != b or a < 1 or b < 1:
-        raise ValueError(f"{name} must be positive integers, got {v!r}")
+        raise WindowguideError(f"{name} must be positive integers, got {v!r}")
     return int(a), int(b)
 
 
@@ -45,31 +46,31 @@ def axis_positions(size: int, window: int, stride: int | None = None, n: int | N
     size - window. Circular: windows start at 0, s, ... < size and wrap around the edge.
     """
     if window > size:
-        raise ValueError(f"window {window} is larger than the image side {size}; accepted: window <= {size}")
+        raise WindowguideError(f"window {window} is larger than the image side {size}; accepted: window <= {size}")
     if (stride is None) == (n is None):
-        raise ValueError("give exactly one of stride and windows per side")
+        raise WindowguideError("give exactly one of stride and windows per side")
     if circular:
         if n is None:
             if not 1 <= stride <= window:
-                raise ValueError(f"stride {stride} must be in 1..{window} (the window) so windows cover the canvas")
+                raise WindowguideError(f"stride {stride} must be in 1..{window} (the window) so windows cover the canvas")
             n = math.ceil(size / stride)
             return tuple(i * stride for i in range(n))
         if n < 1 or n * window < size:
-            raise ValueError(f"{n} circular windows of {window} cannot cover a side of {size}; "
+            raise WindowguideError(f"{n} circular windows of {window} cannot cover a side of {size}; "
                              f"need at least {math.ceil(size / window)}")
         return tuple((i * size) // n for i in range(n))
     if n is not None:
         if n < 1:
-            raise ValueError(f"windows per side must be >= 1, got {n}")
+            raise WindowguideError(f"windows per side must be >= 1, got {n}")
         if n == 1:
             if window != size:
-                raise ValueError(f"one window of {window} cannot cover a side of {size}; use >= 2 windows")
+                raise WindowguideError(f"one window of {window} cannot cover a side of {size}; use >= 2 windows")
             return (0,)
         if (n - 1) * window + window < size:
-            raise ValueError(f"{n} windows of {window} cannot cover a side of {size}")
+            raise WindowguideError(f"{n} windows of {window} cannot cover a side of {size}")
         return tuple((i * (size - window)) // (n - 1) for i in range(n))
     if not 1 <= stride <= window:
-        raise ValueError(f"stride {stride} must be in 1..{window} (the window) so windows cover the image")
+        raise WindowguideError(f"stride {stride} must be in 1..{window} (the window) so windows cover the image")
     pos = list(range(0, size - window + 1, stride))
     if pos[-1] != size - window:
         pos.append(size - window)  # flush with the edge
@@ -97,7 +98,7 @@ class Layout:
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[-2:] != (self.height, self.width):
-            raise ValueError(f"tensor of shape {tuple(x.shape)} does not fit this layout's canvas "
+            raise WindowguideError(f"tensor of shape {tuple(x.shape)} does not fit this layout's canvas "
                              f"{self.height}x{self.width} (expected NCHW)")
 
     def _wrapped(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,7 +120,7 @@ class Layout:
         """[N*K, C, h, w] -> [N, C, H, W]: sum_k m_k * y_k / sum_k m_k at every pixel."""
         h, w = self.window
         if windows.dim() != 4 or windows.shape[0] % self.n or windows.shape[-2:] != (h, w):
-            raise ValueError(f"windows of shape {tuple(windows.shape)} do not fit this layout "
+            raise WindowguideError(f"windows of shape {tuple(windows.shape)} do not fit this layout "
                              f"({self.n} windows of {h}x{w} per sample)")
         m = window_weights(weighting, h, w, windows.device, windows.dtype)
         y = windows.reshape(-1, self.n, *windows.shape[1:]) * m
@@ -170,11 +171,11 @@ def layout(height: int, width: int, window, stride=None, windows_per_side=None, 
     give exactly one of stride and windows_per_side. ``circular`` wraps along the width."""
     h, w = _pair(window, "window")
     if (stride is None) == (windows_per_side is None):
-        raise ValueError("give exactly one of stride and windows_per_side")
+        raise WindowguideError("give exactly one of stride and windows_per_side")
     sh, sw = _pair(stride, "stride") if stride is not None else (None, None)
     nh, nw = _pair(windows_per_side, "windows_per_side") if windows_per_side is not None else (None, None)
     if circular and w > width:
-        raise ValueError(f"window width {w} is larger than the canvas width {width}")
+        raise WindowguideError(f"window width {w} is larger than the canvas width {width}")
     tops = axis_positions(height, h, sh, nh)
     lefts = axis_positions(width, w, sw, nw, circular=circular)
     return Layout(int(height), int(width), (h, w), tops, lefts, bool(circular))
@@ -191,7 +192,7 @@ def window_weights(weighting: str | torch.Tensor, h: int, w: int, device=None, d
     """
     if isinstance(weighting, torch.Tensor):
         if weighting.shape != (h, w) or not (weighting > 0).all():
-            raise ValueError(f"a weight map must be positive with shape ({h}, {w}), got {tuple(weighting.shape)}")
+            raise WindowguideError(f"a weight map must be positive with shape ({h}, {w}), got {tuple(weighting.shape)}")
         return weighting.to(device=device, dtype=dtype)
     ci, cj = (h - 1) / 2, (w - 1) / 2
     i = torch.arange(h, dtype=torch.float64).view(-1, 1) - ci
@@ -204,7 +205,7 @@ def window_weights(weighting: str | torch.Tensor, h: int, w: int, device=None, d
     elif weighting == "gaussian":
         m = torch.exp(-(i ** 2) / (2 * (0.1 * h) ** 2) - (j ** 2) / (2 * (0.1 * w) ** 2))
     else:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS} or a tensor, got {weighting!r}")
+        raise WindowguideError(f"weighting must be one of {WEIGHTINGS} or a tensor, got {weighting!r}")
     return m.to(device=device, dtype=dtype)
 
 

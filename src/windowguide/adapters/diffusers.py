@@ -15,12 +15,13 @@ from typing import Any
 import torch
 
 from ..denoiser import EpsDenoiser, VDenoiser, VPSchedule
+from ..errors import WindowguideError
 
 
 def schedule_of(scheduler: Any) -> VPSchedule:
     """The VP schedule of a diffusers scheduler (its ``alphas_cumprod``)."""
     if not hasattr(scheduler, "alphas_cumprod"):
-        raise ValueError(f"{type(scheduler).__name__} has no alphas_cumprod; a discrete VP scheduler "
+        raise WindowguideError(f"{type(scheduler).__name__} has no alphas_cumprod; a discrete VP scheduler "
                          f"(DDIM, DDPM, Euler, ...) is needed")
     return VPSchedule(scheduler.alphas_cumprod)
 
@@ -40,7 +41,7 @@ def sd_denoiser(pipe: Any = None, unet: Any = None, scheduler: Any = None):
         return EpsDenoiser(model, schedule, multiple=factor), schedule
     if kind == "v_prediction":
         return VDenoiser(model, schedule, multiple=factor), schedule
-    raise ValueError(f"prediction_type {kind!r} is not supported; accepted: 'epsilon', 'v_prediction'")
+    raise WindowguideError(f"prediction_type {kind!r} is not supported; accepted: 'epsilon', 'v_prediction'")
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from .. import spec
 from ..generate import parse_seeds, sample
 from ..images import grid, save_png, to_uint8
 from ..models.checkpoint import bundled_names, load_denoiser
+from ..errors import WindowguideError
 
 
 def labels_for(seeds: list[int], num_classes: int, klass: Any) -> torch.Tensor | None:
@@ -23,7 +24,7 @@ def labels_for(seeds: list[int], num_classes: int, klass: Any) -> torch.Tensor |
     (unconditional), or one class index for all."""
     if not num_classes:
         if klass not in (None, "none", "all"):
-            raise ValueError(f"--class {klass}: this model is unconditional")
+            raise WindowguideError(f"--class {klass}: this model is unconditional")
         return None
     if klass in (None, "all"):
         return torch.tensor([s % num_classes for s in seeds])
@@ -32,9 +33,9 @@ def labels_for(seeds: list[int], num_classes: int, klass: Any) -> torch.Tensor |
     try:
         k = int(klass)
     except (TypeError, ValueError):
-        raise ValueError(f"--class {klass!r}: accepted 'all', 'none' or 0..{num_classes - 1}") from None
+        raise WindowguideError(f"--class {klass!r}: accepted 'all', 'none' or 0..{num_classes - 1}") from None
     if not 0 <= k < num_classes:
-        raise ValueError(f"--class {k} out of range: this model has classes 0..{num_classes - 1}")
+        raise WindowguideError(f"--class {k} out of range: this model has classes 0..{num_classes - 1}")
     return torch.full((len(seeds),), k)
 
 
@@ -63,7 +64,7 @@ def run(model: str, guidance: str = "none", seeds: Any = "0-63", out: str = "run
         with open(settings_path) as f:
             old = json.load(f)
         if {k: v for k, v in old.items() if k != "seeds"} != {k: v for k, v in settings.items() if k != "seeds"}:
-            raise ValueError(f"{out} holds samples made with other settings; choose another --out")
+            raise WindowguideError(f"{out} holds samples made with other settings; choose another --out")
     with open(settings_path, "w") as f:
         json.dump(settings, f, indent=1)
     png = lambda s: os.path.join(out, f"{s:06d}.png")

@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import linalg
+from ..errors import WindowguideError
 
 
 def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(mean, covariance) of [N, D] features, in float64; covariance with 1/(N-1)."""
     f = features.double().cpu().numpy()
     if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"features must be [N >= 2, D], got shape {tuple(f.shape)}")
+        raise WindowguideError(f"features must be [N >= 2, D], got shape {tuple(f.shape)}")
     return f.mean(0), np.cov(f, rowvar=False)
 
 
@@ -58,7 +59,7 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     recall = share of real points inside some fake ball."""
     real, fake = real.double(), fake.double()
     if min(len(real), len(fake)) <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, "
+        raise WindowguideError(f"precision/recall with k={k} needs more than {k} samples per set, "
                          f"got {len(real)} real and {len(fake)} generated")
 
     def covered(points, centres):

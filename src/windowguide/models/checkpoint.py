@@ -16,6 +16,7 @@ from torch import nn
 
 from .classifier import SmallClassifier
 from .unet import SmallUNet
+from ..errors import WindowguideError
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights")
 ARCHITECTURES = {"unet": SmallUNet, "classifier": SmallClassifier}
@@ -32,7 +33,7 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str,
 def save_model(path: str, net: nn.Module, kind: str, **info: Any) -> None:
     """Write ``net``'s weights and {kind, config, **info} (JSON) to ``path``."""
     if kind not in ARCHITECTURES:
-        raise ValueError(f"unknown model kind {kind!r}; accepted: {sorted(ARCHITECTURES)}")
+        raise WindowguideError(f"unknown model kind {kind!r}; accepted: {sorted(ARCHITECTURES)}")
     record = dict(kind=kind, config=net.config, **info)
     atomic_save(net.state_dict(), path, {"windowguide": json.dumps(record)})
 
@@ -51,7 +52,7 @@ def resolve(name_or_path: str) -> str:
     path = os.path.join(WEIGHTS_DIR, name_or_path + ".safetensors")
     if os.path.isfile(path):
         return path
-    raise ValueError(f"no model {name_or_path!r}: not a file, and not a bundled model "
+    raise WindowguideError(f"no model {name_or_path!r}: not a file, and not a bundled model "
                      f"(bundled: {', '.join(bundled_names()) or 'none'})")
 
 
@@ -61,7 +62,7 @@ def read_info(name_or_path: str) -> dict[str, Any]:
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}
     if "windowguide" not in meta:
-        raise ValueError(f"{path} is not a windowguide model file (no 'windowguide' metadata)")
+        raise WindowguideError(f"{path} is not a windowguide model file (no 'windowguide' metadata)")
     return json.loads(meta["windowguide"])
 
 
@@ -70,7 +71,7 @@ def load_model(name_or_path: str, kind: str | None = None, device: Any = "cpu") 
     path = resolve(name_or_path)
     info = read_info(path)
     if kind is not None and info["kind"] != kind:
-        raise ValueError(f"{name_or_path!r} is a {info['kind']}, expected a {kind}")
+        raise WindowguideError(f"{name_or_path!r} is a {info['kind']}, expected a {kind}")
     config = dict(info["config"])
     if "mults" in config:
         config["mults"] = tuple(config["mults"])

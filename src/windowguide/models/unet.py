@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..denoiser import EDMDenoiser
+from ..errors import WindowguideError
 
 
 def _groups(ch: int) -> int:
@@ -91,9 +92,9 @@ class SmallUNet(nn.Module):
         keep only their shortcut (skip-layer guidance's weak prediction)."""
         unknown = sorted(set(skip) - set(self.block_names()))
         if unknown:
-            raise ValueError(f"unknown blocks {unknown} to skip; this UNet has {self.block_names()}")
+            raise WindowguideError(f"unknown blocks {unknown} to skip; this UNet has {self.block_names()}")
         if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
-            raise ValueError(f"input of size {tuple(x.shape[-2:])} is not a multiple of {self.multiple}, "
+            raise WindowguideError(f"input of size {tuple(x.shape[-2:])} is not a multiple of {self.multiple}, "
                              f"this UNet's downsampling factor")
         e = self.embed(c_noise, labels)
         h = self.conv_in(x)

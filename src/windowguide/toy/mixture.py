@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from ..errors import WindowguideError
 
 LOG2PI = math.log(2 * math.pi)
 
@@ -99,7 +100,7 @@ def fractal_tree(depth: int, class_level: int = 1, spread: float = 0.5, shrink: 
     classes). Weights: equal per component."""
     first = class_level if first_depth is None else first_depth
     if not 0 <= class_level <= first <= depth:
-        raise ValueError(f"need 0 <= class_level ({class_level}) <= first_depth ({first}) <= depth ({depth})")
+        raise WindowguideError(f"need 0 <= class_level ({class_level}) <= first_depth ({first}) <= depth ({depth})")
     comps = []
 
     def grow(start, ang, ln, level, cls):

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ..data import load
 from ..models.checkpoint import save_model
 from ..models.classifier import SmallClassifier
+from ..errors import WindowguideError
 
 
 @dataclass
@@ -59,7 +60,7 @@ def train_classifier(cfg: ClassifierConfig, path: str, progress: bool = True) ->
     else:                       # a user's images: hold a seventh out for the accuracy
         data, test = held_out(load(cfg.dataset, "all"))
     if data.labels is None:
-        raise ValueError(f"dataset {cfg.dataset!r} has no labels: a classifier cannot be trained")
+        raise WindowguideError(f"dataset {cfg.dataset!r} has no labels: a classifier cannot be trained")
     torch.manual_seed(cfg.seed)
     net = SmallClassifier(data.shape[0], data.num_classes, cfg.width)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -21,6 +21,7 @@ from ..data import Dataset, load
 from ..models.checkpoint import save_model
 from ..models.unet import SmallUNet, param_count
 from .state import load_state, save_state
+from ..errors import WindowguideError
 
 
 @dataclass
@@ -47,11 +48,11 @@ class TrainConfig:
         self.mults = tuple(int(m) for m in self.mults)
         for name in ("steps", "batch", "base", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise WindowguideError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.label_dropout < 1:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+            raise WindowguideError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.ema < 1:
-            raise ValueError(f"need lr > 0, weight_decay >= 0, 0 <= ema < 1; got {self.lr}, "
+            raise WindowguideError(f"need lr > 0, weight_decay >= 0, 0 <= ema < 1; got {self.lr}, "
                              f"{self.weight_decay}, {self.ema}")
 
 
@@ -69,12 +70,12 @@ PRESETS["scenes"] = TrainConfig(dataset="scenes", steps=3000)   # 24 x 24 crops 
 def config_from(preset: str | None = None, **overrides) -> TrainConfig:
     """A preset (or the defaults) with some fields replaced."""
     if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; accepted: {sorted(PRESETS)}")
+        raise WindowguideError(f"unknown preset {preset!r}; accepted: {sorted(PRESETS)}")
     base = asdict(PRESETS[preset]) if preset else {}
     names = {f.name for f in fields(TrainConfig)}
     bad = sorted(set(overrides) - names)
     if bad:
-        raise ValueError(f"unknown training settings {bad}; accepted: {sorted(names)}")
+        raise WindowguideError(f"unknown training settings {bad}; accepted: {sorted(names)}")
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**base)
 
@@ -84,10 +85,10 @@ def build_net(cfg: TrainConfig, data: Dataset) -> SmallUNet:
     channels, h, w = data.shape
     net = SmallUNet(channels, cfg.base, cfg.mults, data.num_classes if cfg.conditional else 0, cfg.sigma_data)
     if h % net.multiple or w % net.multiple:
-        raise ValueError(f"images of {h}x{w} are not a multiple of {net.multiple} (the UNet's factor "
+        raise WindowguideError(f"images of {h}x{w} are not a multiple of {net.multiple} (the UNet's factor "
                          f"for mults {cfg.mults})")
     if cfg.conditional and data.labels is None:
-        raise ValueError(f"dataset {cfg.dataset!r} has no labels; train with conditional=False")
+        raise WindowguideError(f"dataset {cfg.dataset!r} has no labels; train with conditional=False")
     return net
 
 

@@ -10,6 +10,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ..models.checkpoint import atomic_save
+from ..errors import WindowguideError
 
 
 def save_state(path: str, step: int, config: dict, net: nn.Module, ema: nn.Module | None,
@@ -36,7 +37,7 @@ def load_state(path: str, config: dict, net: nn.Module, ema: nn.Module | None,
         saved = json.loads(meta["config"])
         if saved != json.loads(json.dumps(config, sort_keys=True)):
             diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            raise ValueError(f"{path} was written by a run with other settings ({', '.join(diff)}); "
+            raise WindowguideError(f"{path} was written by a run with other settings ({', '.join(diff)}); "
                              f"use another --out folder or the same settings to resume")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
