@@ -109,8 +109,10 @@ def test_prediction_fusion_with_noise_once_is_distributed_as_gvcf():
 
 def test_vcf_and_mode_errors():
     kw = dict(canvas=(1, 8, 16), seeds=[0], window=8, stride=4, steps=2)
-    with pytest.raises(ValueError, match="VCF corrects the noise of stochastic steps.*'ddim'"):
+    with pytest.raises(ValueError, match="VCF corrects noise added after the fused update.*'ddim'"):
         fusion.panorama(PixelNet(), sampler="ddim", vcf=True, **kw)
+    with pytest.raises(ValueError, match="churn is drawn once on the canvas"):
+        fusion.panorama(PixelNet(), sampler="heun", vcf=True, churn=10, **kw)
     with pytest.raises(ValueError, match="fuse='prediction'"):
         fusion.panorama(PixelNet(), sampler="ddpm", vcf=True, fuse="prediction", **kw)
     with pytest.raises(ValueError, match="unknown fusion mode"):
@@ -118,7 +120,48 @@ def test_vcf_and_mode_errors():
     with pytest.raises(ValueError, match="larger than the image side"):
         fusion.panorama(PixelNet(), **{**kw, "window": 10})
     fusion.panorama(PixelNet(), sampler="ddim", vcf=True, eta=0.5, **kw)           # stochastic: fine
-    fusion.panorama(PixelNet(), sampler="heun", vcf=True, churn=10, **kw)
+    fusion.panorama(PixelNet(), sampler="heun", churn=10, **kw)
+
+
+class InputRecorder:
+    """D = 0 (so the state is pure noise, x = sigma z), recording the window inputs and their sigmas."""
+    multiple = 1
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, sigma, cond=None):
+        self.calls.append((x.clone(), sigma[0].item()))
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("sampler, options, vcf", [
+    ("euler", dict(churn=4.0), False), ("heun", dict(churn=4.0), False),
+    ("ddpm", {}, True), ("ddim", dict(eta=0.7), True), ("euler", dict(churn=4.0, s_tmax=5.0), False)])
+def test_every_window_input_carries_the_samplers_noise(sampler, options, vcf):
+    """The noise std in every window's input equals the sigma the network is called at (EDM churn
+    drawn once on the canvas; VCF for noise added after the update), at every step and pixel."""
+    n, lay = 3000, layout(8, 16, 8, stride=4)
+    net = InputRecorder()
+    x0 = 10.0 * torch.randn(n, 1, 8, 16, generator=torch.Generator().manual_seed(1))
+    fusion.sample_fused_states(net, x0,
+                               torch.tensor([10.0, 4.0, 2.0, 1.0, 0.0]), None, lay, "uniform", sampler,
+                               PerSampleNoise.from_seeds(range(n)), vcf=vcf, **options)
+    assert len(net.calls) >= 4
+    for x, sigma in net.calls:
+        std = x.view(n, lay.n, -1).std(0)                 # per window, per pixel, over samples
+        assert (std / sigma - 1).abs().max() < 6 * math.sqrt(1 / (2 * n)), (sigma, std.min(), std.max())
+
+
+def test_without_vcf_ddpm_averages_the_window_noise_away():
+    n, lay = 3000, layout(8, 16, 8, stride=4)
+    net = InputRecorder()
+    x0 = 10.0 * torch.randn(n, 1, 8, 16, generator=torch.Generator().manual_seed(1))
+    fusion.sample_fused_states(net, x0, torch.tensor([10.0, 4.0, 0.0]), None, lay, "uniform", "ddpm",
+                               PerSampleNoise.from_seeds(range(n)))
+    x, sigma = net.calls[-1]
+    overlap = x[::lay.n, :, :, 4:].std(0)               # window 0's right half, shared with window 1
+    assert (overlap / sigma).max() < 0.9                # the overlap holds the mean of 2 noises
 
 
 @pytest.mark.parametrize("mode", ["multidiffusion", "gf", "gaussian"])

@@ -189,18 +189,31 @@ def test_karras_and_flow_schedules_follow_their_formulas():
     assert s[0].item() == pytest.approx(80) and s[-2].item() == pytest.approx(0.002) and s[-1] == 0
     ramp = 0.25
     assert s[1].item() == pytest.approx((80 ** (1 / 7) + ramp * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7)
-    f = flow_sigmas(4, shift=3.0)
-    t = f[:-1] / (1 + f[:-1])
-    for i, ti in enumerate(t.tolist()):
-        raw = 1 - i / 4
-        assert ti == pytest.approx(3 * raw / (1 + 2 * raw), abs=2e-6)  # t = 1 is held at 1 - 1e-6
-    assert f[-1] == 0
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 28, 50])
+@pytest.mark.parametrize("shift", [1.0, 3.0, 0.5])
+def test_flow_schedule_equals_diffusers_flow_match_scheduler(steps, shift):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    sched = FlowMatchEulerDiscreteScheduler(shift=shift)
+    sched.set_timesteps(steps)
+    f = flow_sigmas(steps, shift=shift)
+    t = (f / (1 + f)).float()
+    assert f[-1] == 0 and len(f) == steps + 1
+    torch.testing.assert_close(t[1:], sched.sigmas[1:].float(), atol=1e-6, rtol=0)
+    assert abs(t[0].item() - sched.sigmas[0].item()) <= 1.1e-6      # t = 1 is held at 1 - 1e-6
+
+
+def test_flow_schedule_sd3_last_nonzero_time():
+    f = flow_sigmas(28, shift=3.0)
+    shift = lambda t: 3 * t / (1 + 2 * t)                # shifted twice, as diffusers does
+    assert (f[-2] / (1 + f[-2])).item() == pytest.approx(shift(shift(1e-3)), rel=1e-7)   # 0.00893
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(sampler="dpm"), "unknown sampler 'dpm'"),
     (dict(shape=(3, 8)), "shape must be"),
-    (dict(seeds=[]), "non-empty"),
+    (dict(seeds=[]), "no seeds given"),
     (dict(seeds="0-x"), "bad seed range"),
     (dict(eta=0.5), "does not take"),
     (dict(sigmas=[1.0, 2.0, 0.0]), "strictly decreasing"),

@@ -57,7 +57,7 @@ def test_slg_negative_is_the_net_with_the_block_skipped(ctx):
     ("cfgg:w=1", "unknown guidance 'cfgg'"),
     ("cfg:w", "is not key=value"),
     ("cfg:weight=1", "does not take"),
-    ("mswg:w=1,window=big", "window='big' is not a number"),
+    ("mswg:w=1,window=big", "window='big' is not an integer"),
     ("cfg", "needs a weight"),
     ("sgg:split=1,cfg=2", "exactly one of"),
     ("slg:w=1,skip=nope", "unknown blocks"),

@@ -10,6 +10,7 @@ speak only this language. eps, v and flow-velocity predictions are affine in D f
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -59,6 +60,15 @@ class Denoiser:
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
         raise NotImplementedError
+
+    def init_noise_scale(self, sigma: float) -> float:
+        """The VE state a sampler starts from is this times z ~ N(0, I), at the schedule's first sigma.
+
+        The rule follows the model's parameterization (its reference samplers' starting point), never
+        the sampler: EDM/VE nets start at sigma z (EDM's sampler); VP (eps, v) at x_vp = z, i.e.
+        sqrt(1 + sigma^2) z (diffusers' DDPM/DDIM); flow at x_t = z, i.e. (1 + sigma) z.
+        """
+        return float(sigma)
 
     def null_condition(self, cond: Cond, n: int) -> Cond:
         """The condition of the unconditional prediction for n samples (CFG's negative)."""
@@ -174,6 +184,10 @@ class _VPModelDenoiser(Denoiser):
         self.sigma_min = self.schedule.sigmas[0].item()
         self.sigma_max = self.schedule.sigmas[-1].item()
 
+    def init_noise_scale(self, sigma: float) -> float:
+        """x_vp = z at the start: x = sqrt(1 + sigma^2) z."""
+        return math.sqrt(1 + float(sigma) ** 2)
+
     def _inputs(self, x, sigma):
         t = self.schedule.timestep(sigma, self.quantize).to(device=x.device, dtype=x.dtype)
         s = sigma.view(-1, 1, 1, 1)
@@ -221,6 +235,10 @@ class FlowDenoiser(Denoiser):
 
     def __init__(self, model: Callable, time_scale: float = 1.0, multiple: int = 1, null_cond: Cond = None):
         self.model, self.time_scale, self.multiple, self.null_cond = model, float(time_scale), int(multiple), null_cond
+
+    def init_noise_scale(self, sigma: float) -> float:
+        """x_t = z at the start: x = (1 + sigma) z."""
+        return 1 + float(sigma)
 
     def forward(self, x, sigma, cond):
         s = sigma.view(-1, 1, 1, 1)

@@ -33,7 +33,7 @@ from .conds import Cond, check_cond, cond_batch_size, cond_repeat, cond_to
 from .denoiser import Denoiser, as_denoiser
 from .generate import _sampler_options, parse_seeds, schedule_sigmas
 from .guidance import CFG, Guidance, GuidedDenoiser, guided
-from .sampling import SAMPLERS, PerSampleNoise, check_sigmas, init_noise_scale
+from .sampling import SAMPLERS, PerSampleNoise, _churn, begin_step, check_finite, check_sigmas, finite_check, init_noise_scale
 from .windows import Layout, layout, window_weights
 from .errors import WindowguideError
 
@@ -53,6 +53,9 @@ class FusedDenoiser(Denoiser):
         self.multiple = 1
         self.sigma_min, self.sigma_max = self.inner.sigma_min, self.inner.sigma_max
         self.null_cond = self.inner.null_cond
+
+    def begin_step(self, i, sigmas):
+        begin_step(self.inner, i, sigmas)
 
     def forward(self, x, sigma, cond):
         k = self.layout.n
@@ -94,39 +97,61 @@ class WindowNoise:
 
 def is_stochastic(sampler: str, options: dict) -> bool:
     """Whether a sampler draws fresh noise during sampling with these options."""
-    if sampler == "ddpm":
-        return True
-    if sampler == "ddim":
-        return options.get("eta", 0.0) > 0
-    if sampler in ("euler", "heun"):
-        return options.get("churn", 0.0) > 0 and options.get("s_noise", 1.0) > 0
-    return False
+    return adds_noise_after_update(sampler, options) or (
+        sampler in ("euler", "heun") and options.get("churn", 0.0) > 0 and options.get("s_noise", 1.0) > 0)
+
+
+def adds_noise_after_update(sampler: str, options: dict) -> bool:
+    """Whether a step adds noise after the update (DDPM, DDIM with eta > 0): the noise VCF corrects."""
+    return sampler == "ddpm" or (sampler == "ddim" and options.get("eta", 0.0) > 0)
 
 
 def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond: Cond, lay: Layout,
                         weighting: Any = "uniform", sampler: str = "ddim", noise: PerSampleNoise | None = None,
-                        vcf: bool = False, progress: bool = False, **options) -> torch.Tensor:
+                        vcf: bool = False, progress: bool = False, callback: Callable | None = None,
+                        **options) -> torch.Tensor:
     """State fusion: each step, every window takes one ``sampler`` step from its crop with its own noise,
     and the canvas becomes the weighted mean of the window states (VCF-corrected if ``vcf``):
 
         x' = sum_i m_i x'_i / sum_i m_i,   x'_i = step(crop_i x, D_i, z_i).
 
-    ``noise`` holds one generator per sample (default: seeds 0..N-1)."""
+    EDM churn (noise added *before* the network is called) is drawn once on the canvas, so every
+    window sees input noise of exactly sigma_hat; only noise added after the update (DDPM, DDIM
+    eta > 0) is drawn per window and is what VCF corrects. ``noise`` holds one generator per sample
+    (default: seeds 0..N-1); ``callback(i, x, None, sigma)`` sees each fused state."""
     from tqdm.auto import trange
     window_denoiser = as_denoiser(window_denoiser)
-    sigmas = check_sigmas(sigmas)
+    sigmas = check_sigmas(sigmas).tolist()
     k, n_steps = lay.n, len(sigmas) - 1
-    options = dict(options)
-    if "churn" in options:          # EDM's churn is per step: churn / N of the whole schedule
-        options["churn"] = options["churn"] / n_steps
+    churn = {key: options.pop(key) for key in ("churn", "s_tmin", "s_tmax", "s_noise") if key in options}
+    if vcf and not adds_noise_after_update(sampler, options):
+        raise WindowguideError(f"VCF corrects noise added after the fused update (ddpm, ddim with eta > 0); "
+                               f"{sampler!r} with {churn or options or 'default options'} adds none (EDM churn "
+                               f"is drawn once on the canvas and needs no correction)")
+    noise = noise or PerSampleNoise.from_seeds(range(x.shape[0]))
     scale = _vcf_ratio(lay, weighting, x.device, x.dtype) if vcf else None
-    wnoise = WindowNoise(noise or PerSampleNoise.from_seeds(range(x.shape[0])), lay, scale)
+    wnoise = WindowNoise(noise, lay, scale)
     cond_w = cond_repeat(cond, k)
     step = SAMPLERS[sampler]
+    # the per-window step must not restart the step count: it sees a plain callable
+    windows = lambda x_w, sigma, c: window_denoiser(x_w, sigma, c)
     for i in trange(n_steps, disable=not progress, desc=f"{sampler} (fused states)", leave=False):
-        states = step(window_denoiser, lay.crop(x), sigmas[i:i + 2], cond_w, noise=wnoise, **options)
+        begin_step(window_denoiser, i, sigmas)
+        s = sigmas[i]
+        if churn.get("churn", 0.0) > 0:
+            x, s = _churn(x, s, n_steps, churn["churn"], churn.get("s_tmin", 0.0), churn.get("s_tmax", math.inf),
+                          churn.get("s_noise", 1.0), noise)
+        states = step(windows, lay.crop(x), [s, sigmas[i + 1]], cond_w, noise=wnoise,
+                      callback=_window_callback(callback, i, x, lay, weighting), **options)
         x = lay.fold(states, weighting)
     return x
+
+
+def _window_callback(callback: Callable | None, i: int, x: torch.Tensor, lay: Layout, weighting: Any):
+    """The per-window step's callback, passed on as the fused prediction of canvas step i."""
+    if callback is None:
+        return None
+    return lambda _, x_w, denoised, sigma: callback(i, x, lay.fold(denoised, weighting), sigma)
 
 
 def style_aligned_noise(z: torch.Tensor, window: tuple[int, int], alpha: float,
@@ -170,6 +195,29 @@ def _per_window_nulls(guidance: Any, n: int, k: int) -> Guidance:
     return Guidance(tuple(terms))
 
 
+def check_fusion(mode: str, fuse: str | None, weighting: Any, sampler: str, vcf: bool,
+                 sampler_options: dict) -> tuple[str, Any, dict]:
+    """(fuse, weighting, sampler options) of a fusion recipe, or a WindowguideError; cheap, so a
+    command checks it before it writes anything."""
+    if mode not in MODES:
+        raise WindowguideError(f"unknown fusion mode {mode!r}; accepted: {sorted(MODES)}")
+    fuse = fuse or MODES[mode][0]
+    weighting = weighting if weighting is not None else MODES[mode][1]
+    if fuse not in ("state", "prediction"):
+        raise WindowguideError(f"fuse must be 'state' or 'prediction', got {fuse!r}")
+    if sampler not in SAMPLERS:
+        raise WindowguideError(f"unknown sampler {sampler!r}; accepted: {sorted(SAMPLERS)}")
+    options = _sampler_options(sampler, sampler_options)
+    if vcf and not adds_noise_after_update(sampler, options):
+        raise WindowguideError(f"VCF corrects noise added after the fused update, but sampler {sampler!r} "
+                               f"with {options or 'default options'} adds none; use ddpm or ddim with eta > 0 "
+                               f"(EDM churn is drawn once on the canvas and needs no correction)")
+    if vcf and fuse != "state":
+        raise WindowguideError("VCF corrects fused window states; with fuse='prediction' the noise is drawn once "
+                               "on the canvas and already has the sampler's variance")
+    return fuse, weighting, options
+
+
 def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stride: Any = 8,
              mode: str = "multidiffusion", fuse: str | None = None, weighting: Any = None,
              sampler: str = "ddim", steps: int = 50, guidance: Any = None, cond: Cond = None,
@@ -186,22 +234,7 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     sigmas: an explicit schedule, else the sampler's default (``shift``: flow models' time shift).
     vcf: variance-corrected state fusion (stochastic samplers only). style_alpha: SA strength.
     max_batch: cap on window-sized inputs per network call. Returns [len(seeds), C, H, W]."""
-    if mode not in MODES:
-        raise WindowguideError(f"unknown fusion mode {mode!r}; accepted: {sorted(MODES)}")
-    fuse = fuse or MODES[mode][0]
-    weighting = weighting if weighting is not None else MODES[mode][1]
-    if fuse not in ("state", "prediction"):
-        raise WindowguideError(f"fuse must be 'state' or 'prediction', got {fuse!r}")
-    if sampler not in SAMPLERS:
-        raise WindowguideError(f"unknown sampler {sampler!r}; accepted: {sorted(SAMPLERS)}")
-    options = _sampler_options(sampler, sampler_options)
-    if vcf and not is_stochastic(sampler, options):
-        raise WindowguideError(f"VCF corrects the noise of stochastic steps, but sampler {sampler!r} with "
-                         f"{options or 'default options'} draws none; use ddpm, ddim with eta > 0, or "
-                         f"euler/heun with churn > 0")
-    if vcf and fuse != "state":
-        raise WindowguideError("VCF corrects fused window states; with fuse='prediction' the noise is drawn once "
-                         "on the canvas and already has the sampler's variance")
+    fuse, weighting, options = check_fusion(mode, fuse, weighting, sampler, vcf, sampler_options)
     c, height, width = (int(v) for v in canvas)
     seeds = parse_seeds(seeds)
     check_cond(cond, len(seeds))
@@ -217,13 +250,17 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     device = torch.device(device) if device is not None else torch.device("cpu")
     noise = PerSampleNoise.from_seeds(seeds)
     z = noise(torch.empty(len(seeds), c, height, width, device=device, dtype=dtype))
-    x = style_aligned_noise(z, lay.window, style_alpha, noise.generators) * init_noise_scale(sampler, sigmas[0].item())
+    x = style_aligned_noise(z, lay.window, style_alpha, noise.generators) * init_noise_scale(base, sigmas[0].item())
     cond = cond_to(cond, device)
+    check = finite_check(seeds, len(sigmas) - 1)
     if fuse == "prediction":
-        return SAMPLERS[sampler](FusedDenoiser(inner, lay, weighting), x, sigmas, cond, noise=noise,
-                                 progress=progress, **options)
-    return sample_fused_states(inner, x, sigmas, cond, lay, weighting, sampler, noise, vcf, progress, **options)
+        x = SAMPLERS[sampler](FusedDenoiser(inner, lay, weighting), x, sigmas, cond, noise=noise,
+                              progress=progress, callback=check, **options)
+    else:
+        x = sample_fused_states(inner, x, sigmas, cond, lay, weighting, sampler, noise, vcf, progress,
+                                callback=check, **options)
+    return check_finite(x, seeds)
 
 
-__all__ = ["MODES", "FusedDenoiser", "vcf_fuse", "WindowNoise", "is_stochastic", "sample_fused_states",
-           "style_aligned_noise", "panorama"]
+__all__ = ["MODES", "FusedDenoiser", "vcf_fuse", "WindowNoise", "is_stochastic", "adds_noise_after_update", "sample_fused_states",
+           "style_aligned_noise", "panorama", "check_fusion"]

@@ -5,39 +5,115 @@ every stochastic step, so a sample is the same whatever the batch size or the pr
 """
 from __future__ import annotations
 
+import bisect
 import inspect
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from .conds import Cond, check_cond, cond_select, cond_to
 from .denoiser import VPSchedule, as_denoiser
 from .guidance import GuidedDenoiser, guided
-from .sampling import SAMPLERS, PerSampleNoise, check_sigmas, flow_sigmas, init_noise_scale, karras_sigmas
+from .sampling import (SAMPLERS, PerSampleNoise, check_finite, check_sigmas, finite_check, flow_sigmas,
+                       init_noise_scale, karras_sigmas)
 from .errors import WindowguideError
 
 
-def parse_seeds(seeds: Any) -> list[int]:
-    """A list of non-negative ints from an int, a list, or a string such as '0-63' or '1,5,7-9'."""
+SEED_LIMIT = 2 ** 63
+SEED_SYNTAX = "accepted: '7', '0-63', '1,5,7-9' (integers in [0, 2^63), ranges ascending)"
+
+
+class Seeds(Sequence):
+    """An ordered list of seeds held as ranges, so '0-9999999999' costs nothing until it is used.
+
+    Indexing and iteration give ints; ``str(seeds)`` is the canonical text ('0-63' or '1,5,7-9').
+    """
+
+    def __init__(self, ranges: list[tuple[int, int]]):
+        self.ranges = [(int(a), int(b)) for a, b in ranges]       # inclusive
+        self._starts = [0]
+        for a, b in self.ranges:
+            self._starts.append(self._starts[-1] + b - a + 1)
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i) + (len(self) if i < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = bisect.bisect_right(self._starts, i) - 1
+        return self.ranges[k][0] + i - self._starts[k]
+
+    def __iter__(self):
+        for a, b in self.ranges:
+            yield from range(a, b + 1)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Seeds):
+            return self.ranges == other.ranges or list(self) == list(other)
+        return isinstance(other, (list, tuple)) and len(other) == len(self) and list(self) == list(other)
+
+    def __str__(self) -> str:
+        return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in self.ranges)
+
+    def __repr__(self) -> str:
+        return f"Seeds({str(self)!r})"
+
+
+def _seed_int(v: Any, text: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise WindowguideError(f"seed {v!r} in {text!r} is not an integer; {SEED_SYNTAX}")
+    if not 0 <= int(v) < SEED_LIMIT:
+        raise WindowguideError(f"seed {int(v)} in {text!r} is outside [0, 2^63); {SEED_SYNTAX}")
+    return int(v)
+
+
+def _parse_part(part: str, text: str) -> tuple[int, int]:
+    a, dash, b = part.partition("-")
+    try:
+        lo, hi = int(a), int(b) if dash else int(a)
+    except ValueError:
+        raise WindowguideError(f"bad seed range {part!r} in {text!r}; {SEED_SYNTAX}") from None
+    lo, hi = _seed_int(lo, text), _seed_int(hi, text)
+    if hi < lo:
+        raise WindowguideError(f"seed range {part!r} in {text!r} is descending; write {hi}-{lo}")
+    return lo, hi
+
+
+def parse_seeds(seeds: Any) -> Seeds:
+    """Seeds from an int, a list of ints, or a string such as '0-63' or '1,5,7-9'.
+
+    Refused: empty, non-integers (1.5, True), descending ranges ('5-1'), values outside [0, 2^63)."""
+    if isinstance(seeds, Seeds):
+        return seeds
     if isinstance(seeds, str):
-        out = []
-        for part in seeds.split(","):
-            part = part.strip()
-            try:
-                if "-" in part:
-                    a, b = part.split("-")
-                    out.extend(range(int(a), int(b) + 1))
-                else:
-                    out.append(int(part))
-            except ValueError:
-                raise WindowguideError(f"bad seed range {part!r}; accepted: '7', '0-63', '1,5,7-9'") from None
-        seeds = out
-    elif isinstance(seeds, int):
-        seeds = [seeds]
-    seeds = [int(s) for s in seeds]
-    if not seeds or any(s < 0 for s in seeds):
-        raise WindowguideError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
-    return seeds
+        ranges = [_parse_part(p.strip(), seeds) for p in seeds.split(",")]
+    elif isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        ranges = [(_seed_int(seeds, seeds),) * 2]
+    elif isinstance(seeds, torch.Tensor) and not seeds.dtype.is_floating_point and seeds.dtype != torch.bool:
+        ranges = [(_seed_int(int(v), "seeds"),) * 2 for v in seeds.flatten().tolist()]
+    elif isinstance(seeds, (list, tuple, range, np.ndarray)):
+        ranges = [(_seed_int(v, list(seeds)[:8]),) * 2 for v in seeds]
+    else:
+        raise WindowguideError(f"seeds must be an int, a list of ints or a string, got {type(seeds).__name__}; "
+                               f"{SEED_SYNTAX}")
+    if not ranges:
+        raise WindowguideError(f"no seeds given; {SEED_SYNTAX}")
+    order = sorted(ranges)
+    for (a0, b0), (a1, b1) in zip(order, order[1:]):
+        if a1 <= b0:
+            raise WindowguideError(f"seed {a1} is given twice in {seeds!r}; each seed makes one sample")
+    merged = [ranges[0]]
+    for a, b in ranges[1:]:    # adjacent ranges and single seeds merge, so a list of ints stays small
+        if a == merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], b)
+        else:
+            merged.append((a, b))
+    return Seeds(merged)
 
 
 def schedule_sigmas(sampler: str, denoiser: Any, steps: int, sigma_min: float | None = None,
@@ -78,7 +154,8 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     (first dimension len(seeds)). sigmas: an explicit schedule (descending, ending in 0), else the
     sampler's default (``schedule_sigmas``). batch_size: seeds per batch (results do not depend on it).
     max_batch: cap on samples per network call. Extra keywords go to the sampler (churn, eta, ...).
-    Returns [len(seeds), C, H, W].
+    Returns [len(seeds), C, H, W]. Each step's prediction is checked to be finite: a NaN or inf
+    raises ``NonFiniteError`` naming the step, its sigma and the seeds.
     """
     if sampler not in SAMPLERS:
         raise WindowguideError(f"unknown sampler {sampler!r}; accepted: {sorted(SAMPLERS)}")
@@ -98,7 +175,7 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     size = len(seeds) if batch_size is None else int(batch_size)
     if size < 1:
         raise WindowguideError(f"batch_size must be >= 1, got {batch_size}")
-    scale = init_noise_scale(sampler, sigmas[0].item())
+    scale = init_noise_scale(base, sigmas[0].item())
     out = []
     for start in range(0, len(seeds), size):
         chunk = seeds[start:start + size]
@@ -106,8 +183,10 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
         x = noise(torch.empty(len(chunk), *shape, device=device, dtype=dtype)) * scale
         idx = None if cond is None else torch.arange(start, start + len(chunk))
         c = cond_to(cond_select(cond, idx), device)
-        out.append(SAMPLERS[sampler](model, x, sigmas, c, noise=noise, progress=progress, **options))
+        x = SAMPLERS[sampler](model, x, sigmas, c, noise=noise, progress=progress,
+                              callback=finite_check(chunk, len(sigmas) - 1), **options)
+        out.append(check_finite(x, chunk))
     return torch.cat(out)
 
 
-__all__ = ["sample", "parse_seeds", "schedule_sigmas"]
+__all__ = ["sample", "parse_seeds", "Seeds", "schedule_sigmas"]

@@ -42,23 +42,85 @@ def _check_range(lo: float, hi: float, name: str) -> tuple[float, float]:
     return lo, hi
 
 
+@dataclass(frozen=True)
+class StepRange:
+    """Where a term is on by sampler step, for a schedule of N steps (i = 0 .. N-1):
+
+    - ``StepRange(first, last)``: inclusive step indices, first <= i <= last (the M-SWG and
+      autoguidance authors' code);
+    - ``StepRange(start, stop, fraction=True)``: diffusers guiders' start/stop, on for
+      int(start N) <= i < int(stop N).
+
+    Every evaluation inside step i (Heun's correction included) follows step i's decision.
+    """
+
+    lo: float
+    hi: float
+    fraction: bool = False
+
+    def __post_init__(self):
+        lo, hi = self.lo, self.hi
+        if self.fraction:
+            if not (0 <= lo < hi <= 1):
+                raise WindowguideError(f"step fractions ({lo}, {hi}): need 0 <= start < stop <= 1")
+        elif (isinstance(lo, bool) or isinstance(hi, bool) or int(lo) != lo or int(hi) != hi
+              or not 0 <= lo <= hi):
+            raise WindowguideError(f"step indices ({lo}, {hi}): need integers 0 <= first <= last")
+
+    def on(self, i: int, n: int) -> bool:
+        if self.fraction:
+            return int(self.lo * n) <= i < int(self.hi * n)
+        return self.lo <= i <= self.hi
+
+    def __and__(self, other: "StepRange | None") -> "StepRange":
+        if other is None:
+            return self
+        if other.fraction != self.fraction:
+            raise WindowguideError("cannot intersect a step-index range with a step-fraction range")
+        lo, hi = max(self.lo, other.lo), min(self.hi, other.hi)
+        if lo > hi or (self.fraction and lo == hi):
+            raise WindowguideError(f"step ranges {self} and {other} do not overlap")
+        return StepRange(lo, hi, self.fraction)
+
+
+def flow_t_range(t_lo: float, t_hi: float) -> tuple[float, float]:
+    """A flow-time interval (t_lo, t_hi] as the VE sigma interval, sigma = t / (1 - t) (t = 1: inf)."""
+    if not 0 <= t_lo < t_hi <= 1:
+        raise WindowguideError(f"flow time range ({t_lo}, {t_hi}]: need 0 <= t_lo < t_hi <= 1")
+    to_sigma = lambda t: INF if t >= 1 else t / (1 - t)
+    return to_sigma(t_lo), to_sigma(t_hi)
+
+
 class Term:
     """A guidance term ``w * M ⊙ (D_pos - D_neg)``, active for sigma in (sigma_lo, sigma_hi].
 
-    Subclasses are frozen dataclasses with fields ``weight``, ``sigma_lo``, ``sigma_hi`` and
-    implement ``negative(ctx, x, sigma, cond) -> _Plan``.
+    Subclasses are frozen dataclasses with fields ``weight``, ``sigma_lo``, ``sigma_hi``, ``mask``,
+    ``steps`` (a ``StepRange`` or None) and ``weight_end`` (None, or the weight reached at the last step
+    where the term is on: the weight then ramps linearly in the step index across the term's steps),
+    and implement ``negative(ctx, x, sigma, cond) -> _Plan``.
     """
 
     weight: float
     sigma_lo: float
     sigma_hi: float
     mask: torch.Tensor | None
+    steps: StepRange | None
+    weight_end: float | None
 
     def __post_init__(self):
         object.__setattr__(self, "weight", _check_weight(self.weight, type(self).__name__))
         lo, hi = _check_range(self.sigma_lo, self.sigma_hi, type(self).__name__)
         object.__setattr__(self, "sigma_lo", lo)
         object.__setattr__(self, "sigma_hi", hi)
+        if self.weight_end is not None:
+            object.__setattr__(self, "weight_end", _check_weight(self.weight_end, type(self).__name__))
+        if self.steps is not None and not isinstance(self.steps, StepRange):
+            object.__setattr__(self, "steps", StepRange(*self.steps))
+        if self.mask is not None:
+            if not isinstance(self.mask, torch.Tensor):
+                raise WindowguideError(f"{type(self).__name__}: mask must be a tensor, got {type(self.mask).__name__}")
+            if not bool(torch.isfinite(self.mask).all()):
+                raise WindowguideError(f"{type(self).__name__}: mask holds NaN or inf; it must be finite")
 
     def __add__(self, other) -> "Guidance":
         return Guidance((self,)) + other
@@ -66,29 +128,59 @@ class Term:
     def __radd__(self, other) -> "Guidance":
         return Guidance.of(other) + self
 
-    def restrict(self, lo: float, hi: float) -> "Term":
-        """The same term, active only where also lo < sigma <= hi (intersection of ranges)."""
+    def restrict(self, lo: float = 0.0, hi: float = INF, steps: StepRange | None = None) -> "Term":
+        """The same term, active only where also lo < sigma <= hi and within ``steps``."""
         new_lo, new_hi = max(self.sigma_lo, lo), min(self.sigma_hi, hi)
         if not new_lo < new_hi:
             raise WindowguideError(f"{type(self).__name__}: restricting ({self.sigma_lo}, {self.sigma_hi}] to "
                              f"({lo}, {hi}] leaves an empty sigma range")
-        return replace(self, sigma_lo=new_lo, sigma_hi=new_hi)
+        new_steps = self.steps if steps is None else steps & self.steps
+        return replace(self, sigma_lo=new_lo, sigma_hi=new_hi, steps=new_steps)
 
-    def active(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Which samples this term guides at their sigma: bool [N]."""
+    @property
+    def needs_step(self) -> bool:
+        """Whether the term needs the sampler's step index (a step range or a weight ramp)."""
+        return self.steps is not None or self.weight_end is not None
+
+    def on_at(self, j: int, sigmas: list[float]) -> bool:
+        """Whether the term is on at step j of the schedule ``sigmas`` (by its step range and sigma range)."""
+        return ((self.steps is None or self.steps.on(j, len(sigmas) - 1))
+                and self.sigma_lo < sigmas[j] <= self.sigma_hi)
+
+    def weight_at(self, step: tuple[int, list[float]] | None) -> float:
+        """w at step i: ``weight``, or with ``weight_end`` the linear ramp over the steps where it is on,
+            w_i = weight + (weight_end - weight) (i - a) / (b - a),   a, b its first and last step."""
+        if self.weight_end is None:
+            return self.weight
+        i, sigmas = step
+        on = [j for j in range(len(sigmas) - 1) if self.on_at(j, sigmas)]
+        if len(on) < 2:
+            return self.weight
+        return self.weight + (self.weight_end - self.weight) * (i - on[0]) / (on[-1] - on[0])
+
+    def active(self, sigma: torch.Tensor, step: tuple[int, list[float]] | None = None) -> torch.Tensor:
+        """Which samples this term guides at their sigma (and at sampler step ``(i, sigmas)``): bool [N]."""
         on = (sigma > self.sigma_lo) & (sigma <= self.sigma_hi)
-        return on if self.weight != 0 else torch.zeros_like(on)
+        if self.needs_step and step is None:
+            raise WindowguideError(f"{type(self).__name__} has a step range or a weight ramp: it needs the "
+                                   f"sampler's step index; run it through a windowguide sampler")
+        if self.steps is not None and not self.steps.on(step[0], len(step[1]) - 1):
+            on = torch.zeros_like(on)
+        return on if (self.weight != 0 or self.weight_end) else torch.zeros_like(on)
 
-    def term_mask(self, x: torch.Tensor) -> torch.Tensor | None:
-        """M for an image like x, or None for M = 1."""
+    def term_mask(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The user's M for the samples ``idx`` of the batch (x holds only those), or None for M = 1.
+        A per-sample mask ([N, ...] with N > 1) is indexed to the active samples."""
         if self.mask is None:
             return None
         m = self.mask.to(device=x.device, dtype=x.dtype)
+        if idx is not None and m.dim() == x.dim() and m.shape[0] > 1:
+            m = m[idx.to(m.device)]
         try:
             torch.broadcast_shapes(m.shape, x.shape)
         except RuntimeError:
-            raise WindowguideError(f"{type(self).__name__}: mask of shape {tuple(m.shape)} does not broadcast to "
-                             f"the image shape {tuple(x.shape)}") from None
+            raise WindowguideError(f"{type(self).__name__}: mask of shape {tuple(self.mask.shape)} does not "
+                                   f"broadcast to the image shape {tuple(x.shape)}") from None
         return m
 
     def check(self, denoiser: Denoiser, shape: tuple[int, int, int]) -> None:
@@ -136,6 +228,8 @@ class CFG(Term):
     sigma_lo: float = 0.0
     sigma_hi: float = INF
     mask: torch.Tensor | None = None
+    steps: StepRange | None = None
+    weight_end: float | None = None
 
     def negative(self, ctx, x, sigma, cond):
         if cond is None:
@@ -158,6 +252,8 @@ class AutoGuidance(Term):
     sigma_lo: float = 0.0
     sigma_hi: float = INF
     mask: torch.Tensor | None = None
+    steps: StepRange | None = None
+    weight_end: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "weak", as_denoiser(self.weak))
@@ -178,6 +274,8 @@ class Custom(Term):
     sigma_lo: float = 0.0
     sigma_hi: float = INF
     mask: torch.Tensor | None = None
+    steps: StepRange | None = None
+    weight_end: float | None = None
     name: str = "custom"
 
     def negative(self, ctx, x, sigma, cond):
@@ -194,12 +292,15 @@ class Custom(Term):
 class SWG(Term):
     """Sliding-window guidance: D_neg = the model itself on overlapping crops, averaged.
 
-    Crops of size ``window`` (int or (h, w)), ``windows_per_side`` per side (or a ``stride``), go to
-    the model at their native size with the same sigma and condition; the crop predictions are
-    averaged uniformly where they overlap (ALGORITHMS.md §2).
+    Crops of size ``window`` (an int or (h, w); a list of those averages several crop sizes, as the
+    M-SWG authors' code allows), ``windows_per_side`` per side (or a ``stride``), go to the model at
+    their native size with the same sigma and condition; the crop predictions are averaged uniformly
+    where they overlap, then over the sizes. ``net``: evaluate the crops on another (e.g. weaker)
+    denoiser instead of the model itself (the M-SWG paper's "SWG with a weak model").
 
     SWG:   D = D_pos + w (D_pos - D_swg)
-    M-SWG: D = D_pos + w M ⊙ (D_pos - D_swg),  M = (window count > 1)   (``masked=True``)
+    M-SWG: D = D_pos + w M ⊙ (D_pos - D_swg),  M = (window count > 1)   (``masked=True``;
+           with several sizes, M = 1 where some size covers the pixel twice)
     """
 
     weight: float
@@ -210,37 +311,56 @@ class SWG(Term):
     sigma_lo: float = 0.0
     sigma_hi: float = INF
     mask: torch.Tensor | None = None
+    steps: StepRange | None = None
+    weight_end: float | None = None
+    net: Any = None
+
+    def __post_init__(self):
+        if self.net is not None:
+            object.__setattr__(self, "net", as_denoiser(self.net))
+        if isinstance(self.window, list) and not self.window:
+            raise WindowguideError("SWG: an empty list of window sizes")
+        super().__post_init__()
+
+    @property
+    def sizes(self) -> list:
+        return list(self.window) if isinstance(self.window, list) else [self.window]
+
+    def layouts(self, height: int, width: int) -> list[Layout]:
+        per_side = None if self.stride is not None else self.windows_per_side
+        return [layout(height, width, k, stride=self.stride, windows_per_side=per_side) for k in self.sizes]
 
     def layout(self, height: int, width: int) -> Layout:
-        per_side = None if self.stride is not None else self.windows_per_side
-        return layout(height, width, self.window, stride=self.stride, windows_per_side=per_side)
+        """The layout of the first (or only) crop size."""
+        return self.layouts(height, width)[0]
 
     def check(self, denoiser, shape):
         _, H, W = shape
-        lay = self.layout(H, W)
-        h, w = lay.window
-        m = getattr(denoiser, "multiple", 1)
-        if h % m or w % m:
-            raise WindowguideError(f"SWG window {h}x{w} is not a multiple of {m}, the factor the model needs; "
-                             f"accepted: window sizes divisible by {m}")
-        if self.masked and lay.overlap_mask().sum() == 0:
-            raise WindowguideError(f"M-SWG mask is empty for window {h}x{w} with {lay.tops}/{lay.lefts} on "
-                             f"{H}x{W}: no pixel is covered twice, so it would not guide; use a larger "
-                             f"window or more windows per side")
+        lays = self.layouts(H, W)
+        m = getattr(self.net or denoiser, "multiple", 1)
+        for lay in lays:
+            h, w = lay.window
+            if h % m or w % m:
+                raise WindowguideError(f"SWG window {h}x{w} is not a multiple of {m}, the factor the model needs; "
+                                       f"accepted: window sizes divisible by {m}")
+        if self.masked and self.overlap_mask(torch.zeros(1, 1, H, W), lays).sum() == 0:
+            raise WindowguideError(f"M-SWG mask is empty for window {self.window} with {lays[0].tops}/"
+                                   f"{lays[0].lefts} on {H}x{W}: no pixel is covered twice, so it would not "
+                                   f"guide; use a larger window or more windows per side")
 
-    def term_mask(self, x, lay: Layout | None = None):
-        """M = (count > 1) for M-SWG (times a user mask, if any); ``lay`` reuses a cached layout."""
-        base = super().term_mask(x)
+    def overlap_mask(self, x, lays: list[Layout] | None = None):
+        """M-SWG's M = (count > 1) (any size), or None for SWG; ``lays`` reuses cached layouts."""
         if not self.masked:
-            return base
-        lay = lay or self.layout(*x.shape[-2:])
-        m = lay.overlap_mask(x.device, x.dtype)
-        return m if base is None else m * base
+            return None
+        lays = lays or self.layouts(*x.shape[-2:])
+        return torch.stack([lay.overlap_mask(x.device, x.dtype) for lay in lays]).amax(0)
 
     def negative(self, ctx, x, sigma, cond):
-        lay = ctx.layout_for(self, x)
-        req = _Request(ctx.denoiser, lay.crop(x), sigma.repeat_interleave(lay.n), cond_repeat(cond, lay.n))
-        return _Plan([req], lambda: lay.fold(req.result, "uniform"), self.term_mask(x, lay))
+        lays = ctx.layout_for(self, x)
+        net = self.net or ctx.denoiser
+        reqs = [_Request(net, lay.crop(x), sigma.repeat_interleave(lay.n), cond_repeat(cond, lay.n)) for lay in lays]
+        finish = lambda: sum(lay.fold(r.result, "uniform") for lay, r in zip(lays, reqs)) / len(lays)
+        return _Plan(reqs, finish, self.overlap_mask(x, lays))
 
 
 def MSWG(weight: float, window: Any = 40, windows_per_side: Any = 2, **kwargs) -> SWG:
@@ -282,24 +402,58 @@ class Guidance:
     def __len__(self):
         return len(self.terms)
 
-    def restrict(self, lo: float, hi: float) -> "Guidance":
-        return Guidance(tuple(t.restrict(lo, hi) for t in self.terms))
+    def restrict(self, lo: float = 0.0, hi: float = INF, steps: StepRange | None = None) -> "Guidance":
+        return Guidance(tuple(t.restrict(lo, hi, steps) for t in self.terms))
 
 
-def Interval(guidance: Any, sigma_lo: float = 0.0, sigma_hi: float = INF) -> Guidance:
-    """Guidance interval (Kynkäänniemi et al. 2024): terms active only for sigma in (lo, hi]."""
+def Interval(guidance: Any, sigma_lo: float = 0.0, sigma_hi: float = INF, *, t: tuple | None = None,
+             steps: tuple | None = None, fraction: tuple | None = None) -> Guidance:
+    """Guidance interval (Kynkäänniemi et al. 2024): terms active only for sigma in (lo, hi].
+
+    The interval may instead be given in the units other codes use, converted here:
+    ``t=(t_lo, t_hi)`` flow time (sigma = t / (1 - t)); ``steps=(first, last)`` inclusive step
+    indices; ``fraction=(start, stop)`` diffusers' step fractions, on for int(start N) <= i < int(stop N).
+    """
+    if t is not None:
+        sigma_lo, sigma_hi = flow_t_range(*t)
     _check_range(sigma_lo, sigma_hi, "Interval")
-    return Guidance.of(guidance).restrict(sigma_lo, sigma_hi)
+    rng = StepRange(*steps) if steps is not None else StepRange(*fraction, True) if fraction is not None else None
+    return Guidance(tuple(term.restrict(sigma_lo, sigma_hi, rng) for term in Guidance.of(guidance)))
 
 
-def Segmented(high: Any, low: Any, sigma_split: float) -> Guidance:
-    """Segmented guidance (SGG): ``high`` terms where sigma > sigma_split (condition-dependent, e.g.
-    CFG), ``low`` terms where sigma <= sigma_split (condition-agnostic: autoguidance, SWG, ...).
-    With one term each side it stays at 2 network evaluations per step."""
-    split = float(sigma_split)
-    if not (math.isfinite(split) and split > 0):
-        raise WindowguideError(f"Segmented: sigma_split must be finite and > 0, got {sigma_split!r}")
-    return Guidance.of(high).restrict(split, INF) + Guidance.of(low).restrict(0.0, split)
+def Segmented(high: Any, low: Any, sigma_split: float | None = None, *, t_split: float | None = None,
+              step_split: int | None = None, fraction_split: float | None = None) -> Guidance:
+    """Segmented guidance (SGG): ``high`` terms at high noise (condition-dependent, e.g. CFG), ``low``
+    terms at low noise (condition-agnostic: autoguidance, SWG, skip-layer, ...). With one term each
+    side it stays at 2 network evaluations per step. The split, given once, in one of four units:
+
+        sigma_split:    high where sigma > split, low where sigma <= split (VE sigma);
+        t_split:        the same in flow time t (SD3's "0.75" is t, sigma = t / (1 - t) = 3);
+        step_split:     high on steps i < split, low on i >= split (0-based step indices);
+        fraction_split: high on i < int(f N), low on i >= int(f N) (diffusers' fractions).
+    """
+    given = [v is not None for v in (sigma_split, t_split, step_split, fraction_split)]
+    if sum(given) != 1:
+        raise WindowguideError("Segmented: give exactly one of sigma_split, t_split, step_split, fraction_split")
+    if t_split is not None:
+        if not 0 < t_split < 1:
+            raise WindowguideError(f"Segmented: t_split must be in (0, 1), got {t_split!r}")
+        sigma_split = t_split / (1 - t_split)
+    if sigma_split is not None:
+        split = float(sigma_split)
+        if not (math.isfinite(split) and split > 0):
+            raise WindowguideError(f"Segmented: sigma_split must be finite and > 0, got {sigma_split!r}")
+        return Guidance.of(high).restrict(split, INF) + Guidance.of(low).restrict(0.0, split)
+    if step_split is not None:
+        if isinstance(step_split, bool) or int(step_split) != step_split or step_split < 1:
+            raise WindowguideError(f"Segmented: step_split must be an integer >= 1, got {step_split!r}")
+        hi_rng, lo_rng = StepRange(0, int(step_split) - 1), StepRange(int(step_split), 2 ** 62)
+    else:
+        if not 0 < fraction_split < 1:
+            raise WindowguideError(f"Segmented: fraction_split must be in (0, 1), got {fraction_split!r}")
+        hi_rng, lo_rng = StepRange(0.0, fraction_split, True), StepRange(fraction_split, 1.0, True)
+    return (Guidance(tuple(t.restrict(steps=hi_rng) for t in Guidance.of(high)))
+            + Guidance(tuple(t.restrict(steps=lo_rng) for t in Guidance.of(low))))
 
 
 class GuidedDenoiser(Denoiser):
@@ -328,25 +482,32 @@ class GuidedDenoiser(Denoiser):
         for term in self.guidance:
             term.check(self.denoiser, tuple(shape))
 
-    def layout_for(self, term: SWG, x: torch.Tensor) -> Layout:
+    def layout_for(self, term: SWG, x: torch.Tensor) -> list[Layout]:
         key = (id(term), tuple(x.shape[-2:]))
         if key not in self._layouts:
             term.check(self.denoiser, tuple(x.shape[1:]))
-            self._layouts[key] = term.layout(*x.shape[-2:])
+            self._layouts[key] = term.layouts(*x.shape[-2:])
         return self._layouts[key]
+
+    def begin_step(self, i: int, sigmas: list[float]) -> None:
+        """Called by the samplers before step i of the schedule ``sigmas``: step ranges and weight
+        ramps follow it (Heun's second evaluation inside step i included)."""
+        self.step = (int(i), list(sigmas))
 
     def forward(self, x, sigma, cond):
         pos = _Request(self.denoiser, x, sigma, cond)
         plans = []
+        step = getattr(self, "step", None)
         for term in self.guidance:
-            on = term.active(sigma)
+            on = term.active(sigma, step)
             if not on.any():
                 continue
             idx = None if on.all() else on.nonzero().flatten()
             xs = x if idx is None else x[idx]
             plan = term.negative(self, xs, sigma if idx is None else sigma[idx], cond_select(cond, idx))
-            if plan.mask is None:
-                plan.mask = term.term_mask(xs)
+            user = term.term_mask(xs, idx)
+            if user is not None:
+                plan.mask = user if plan.mask is None else plan.mask * user
             plans.append((term, idx, plan))
         self._run([pos] + [r for _, _, p in plans for r in p.requests])
         if not plans:
@@ -354,11 +515,11 @@ class GuidedDenoiser(Denoiser):
         d_pos, out = pos.result, pos.result.clone()
         for term, idx, plan in plans:
             diff = (d_pos if idx is None else d_pos[idx]) - plan.finish()
-            step = term.weight * (diff if plan.mask is None else plan.mask * diff)
+            update = term.weight_at(step) * (diff if plan.mask is None else plan.mask * diff)
             if idx is None:
-                out += step
+                out += update
             else:
-                out[idx] += step
+                out[idx] += update
         return out
 
     def _run(self, requests: list[_Request]) -> None:
@@ -396,6 +557,6 @@ def guided(denoiser: Any, guidance: Any = None, max_batch: int | None = None) ->
     return GuidedDenoiser(denoiser, g, max_batch)
 
 
-__all__ = ["Term", "CFG", "AutoGuidance", "SWG", "MSWG", "Custom", "Guidance", "Interval", "Segmented",
+__all__ = ["Term", "StepRange", "flow_t_range", "CFG", "AutoGuidance", "SWG", "MSWG", "Custom", "Guidance", "Interval", "Segmented",
            "GuidedDenoiser", "guided"]
 

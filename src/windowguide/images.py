@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
@@ -30,8 +29,6 @@ def grid(x: torch.Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1)
 
 
 def save_png(array: np.ndarray, path: str) -> str:
-    """Write an [H, W, C] uint8 array (C = 1 or 3) as PNG; returns the path."""
-    from PIL import Image
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
-    return path
+    """Write an [H, W, C] uint8 array (C = 1 or 3) as PNG, atomically; returns the path."""
+    from .files import write_png
+    return write_png(array, path)

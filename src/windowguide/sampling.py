@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import trange
 
 from .denoiser import flow_t_to_sigma
-from .errors import WindowguideError
+from .errors import NonFiniteError, WindowguideError
 
 
 # ---------------------------------------------------------------------------------------------- schedules
@@ -36,13 +36,20 @@ def flow_shift(t: float, shift: float) -> float:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def flow_sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """Flow-matching schedule: t_i = 1 - i/N shifted, as VE sigma = t/(1-t), then 0."""
+def flow_sigmas(steps: int, shift: float = 1.0, train_steps: int = 1000) -> torch.Tensor:
+    """Flow-matching schedule of SD3 / diffusers' ``FlowMatchEulerDiscreteScheduler.set_timesteps(N)``:
+
+        t_min = shift(1 / T),   t_i = shift(linspace(1, t_min, N)_i),   then 0,
+
+    (the training grid's last time, already shifted, is shifted once more, as diffusers does), as VE
+    sigma = t / (1 - t)."""
     if steps < 1:
         raise WindowguideError(f"steps must be >= 1, got {steps}")
-    if not shift > 0:
-        raise WindowguideError(f"shift must be > 0, got {shift}")
-    return sigmas_from_flow_t([flow_shift(1 - i / steps, shift) for i in range(steps)] + [0.0])
+    if not (shift > 0 and math.isfinite(shift)):
+        raise WindowguideError(f"shift must be finite and > 0, got {shift}")
+    t_min = flow_shift(1 / train_steps, shift)
+    ramp = torch.linspace(1.0, t_min, steps, dtype=torch.float64) if steps > 1 else torch.ones(1, dtype=torch.float64)
+    return sigmas_from_flow_t([flow_shift(t, shift) for t in ramp.tolist()] + [0.0])
 
 
 def sigmas_from_flow_t(ts) -> torch.Tensor:
@@ -86,6 +93,29 @@ class PerSampleNoise:
         return z.to(device=like.device, dtype=like.dtype)
 
 
+def finite_check(seeds=None, steps: int | None = None, what: str = "prediction") -> Callable:
+    """A sampler callback that raises ``NonFiniteError`` when a step's prediction holds NaN or inf,
+    naming the step, its sigma and the seeds affected. One reduction per step; the seeds are only
+    looked up when it fails."""
+    def callback(i, x, denoised, sigma):
+        if not bool(torch.isfinite(denoised).all()):
+            raise NonFiniteError(f"step {i + 1}{f'/{steps}' if steps else ''} (sigma={float(sigma):.4g}): the "
+                                 f"{what} is NaN or infinite for seeds {_bad_samples(denoised, seeds)}")
+    return callback
+
+
+def check_finite(x: torch.Tensor, seeds=None, what: str = "sample") -> torch.Tensor:
+    """x itself, or ``NonFiniteError`` naming the seeds whose values are NaN or infinite."""
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(f"the {what} is NaN or infinite for seeds {_bad_samples(x, seeds)}")
+    return x
+
+
+def _bad_samples(x: torch.Tensor, seeds) -> list:
+    bad = (~torch.isfinite(x.flatten(1))).any(1).nonzero().flatten().tolist()
+    return [seeds[i] for i in bad] if seeds is not None else bad
+
+
 def _noise_or_default(noise):
     if noise is not None:
         return noise
@@ -93,6 +123,14 @@ def _noise_or_default(noise):
 
 
 # ---------------------------------------------------------------------------------------------- samplers
+
+def begin_step(denoiser, i: int, sigmas: list[float]) -> None:
+    """Tell a denoiser that step i of ``sigmas`` starts (guidance with step ranges or weight ramps
+    listens; plain callables do not have to)."""
+    hook = getattr(denoiser, "begin_step", None)
+    if hook is not None:
+        hook(i, sigmas)
+
 
 def _steps(sigmas, progress, desc):
     return trange(len(sigmas) - 1, disable=not progress, desc=desc, leave=False)
@@ -118,6 +156,7 @@ def sample_euler(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, noise=N
     sigmas = check_sigmas(sigmas).tolist()
     noise = _noise_or_default(noise)
     for i in _steps(sigmas, progress, "euler"):
+        begin_step(denoiser, i, sigmas)
         x, s = _churn(x, sigmas[i], len(sigmas) - 1, churn, s_tmin, s_tmax, s_noise, noise)
         denoised = denoiser(x, s, cond)
         if callback is not None:
@@ -135,6 +174,7 @@ def sample_heun(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, noise=No
     sigmas = check_sigmas(sigmas).tolist()
     noise = _noise_or_default(noise)
     for i in _steps(sigmas, progress, "heun"):
+        begin_step(denoiser, i, sigmas)
         x, s = _churn(x, sigmas[i], len(sigmas) - 1, churn, s_tmin, s_tmax, s_noise, noise)
         s_next = sigmas[i + 1]
         denoised = denoiser(x, s, cond)
@@ -176,6 +216,7 @@ def sample_ddim(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, eta: flo
     sigmas = check_sigmas(sigmas).tolist()
     noise = _noise_or_default(noise)
     for i in _steps(sigmas, progress, "ddim" if eta < 1 else "ddpm"):
+        begin_step(denoiser, i, sigmas)
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, s, cond)
         if callback is not None:
@@ -214,16 +255,15 @@ SAMPLERS = {
 STOCHASTIC = {"ddpm"}  # and euler/heun with churn > 0, ddim with eta > 0
 
 
-def init_noise_scale(sampler: str, sigma_max: float) -> float:
-    """Scale of the initial noise: sigma (VE), sqrt(1 + sigma^2) (VP: x_vp ~ N(0, I), as diffusers),
-    1 + sigma (flow: x_t = n at t = 1)."""
-    if sampler in ("ddim", "ddpm"):
-        return math.sqrt(1 + sigma_max ** 2)
-    if sampler == "flow_euler":
-        return 1 + sigma_max
-    return sigma_max
+def init_noise_scale(denoiser, sigma_max: float) -> float:
+    """Scale of the initial noise x = scale * z: the denoiser's rule (``Denoiser.init_noise_scale``:
+    sigma for EDM/VE nets, sqrt(1 + sigma^2) for VP eps/v nets, 1 + sigma for flow nets), whatever
+    the sampler; a plain callable counts as an EDM denoiser."""
+    base = getattr(denoiser, "denoiser", denoiser)      # a GuidedDenoiser asks the net it guides
+    rule = getattr(base, "init_noise_scale", None)
+    return float(rule(sigma_max)) if callable(rule) else float(sigma_max)
 
 
-__all__ = ["karras_sigmas", "flow_sigmas", "flow_shift", "check_sigmas", "PerSampleNoise", "sample_euler",
+__all__= ["karras_sigmas", "flow_sigmas", "flow_shift", "check_sigmas", "PerSampleNoise", "sample_euler",
            "sample_heun", "sigmas_from_flow_t", "sample_ddim", "sample_ddpm", "sample_flow_euler", "ddim_coefficients", "SAMPLERS",
-           "init_noise_scale"]
+           "init_noise_scale", "begin_step", "finite_check", "check_finite"]

@@ -3,42 +3,51 @@
     SPEC := 'none' | TERM ('+' TERM)*
     TERM := NAME [':' KEY=VALUE (',' KEY=VALUE)*]
 
-| NAME  | term | keys (besides w, lo, hi) |
+| NAME  | term | keys (besides the common ones) |
 |-------|------|------|
 | cfg   | CFG with the model's null label | |
 | ag    | AutoGuidance by a weaker model | model (default: the main model's NAME-weak) |
 | wd    | AutoGuidance by the weight-decayed model | model (default: NAME-wd) |
-| swg   | SWG | window, n (windows per side), stride |
-| mswg  | M-SWG | window, n, stride |
+| swg   | SWG | window (several sizes joined by '/'), n (windows per side) or stride, model (crops on a weak net) |
+| mswg  | M-SWG | as swg |
 | slg   | skip-layer guidance: the same net with blocks skipped | skip (blocks joined by '/', default mid) |
-| sgg   | segmented: CFG above split, one other term below | split, cfg (weight), and one of ag / wd / swg / mswg / slg = weight, plus that term's keys |
+| sgg   | segmented: CFG at high noise, one other term at low noise | one split (split, tsplit, stepsplit, fsplit), cfg (weight), cfgend, and one of ag / wd / swg / mswg / slg = weight, plus that term's keys |
 
-w is the weight (0 = off); lo, hi restrict the term to sigma in (lo, hi] (a guidance interval).
-Example: ``cfg:w=1+mswg:w=0.5,window=16`` or ``sgg:split=0.75,cfg=2,ag=1``.
+Common keys: w (the weight, 0 = off), wend (the weight reached at the term's last step: a linear
+ramp), and where the term is on, in one unit: lo, hi (VE sigma in (lo, hi]); tlo, thi (flow time
+t in (tlo, thi]); first, last (inclusive step indices, 0-based); start, stop (diffusers' step
+fractions: on for int(start N) <= i < int(stop N)). A key may appear once.
+Examples: ``cfg:w=1+mswg:w=0.5,window=16``, ``sgg:tsplit=0.75,cfg=3.5,slg=3``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .guidance import CFG, SWG, AutoGuidance, Custom, Guidance, Segmented
+from .errors import WindowguideError
+from .guidance import CFG, SWG, AutoGuidance, Custom, Guidance, Segmented, StepRange, flow_t_range
 
 SYNTAX = ("SPEC is 'none' or TERM+TERM+..., TERM = NAME[:key=value,...]; NAME in cfg, ag, wd, swg, mswg, "
-          "slg, sgg; keys: w (weight), lo, hi (sigma interval); swg/mswg: window, n, stride; ag/wd: model; "
-          "slg: skip=mid; sgg: split, cfg, and one of ag/wd/swg/mswg/slg = weight. "
-          "Example: cfg:w=1+mswg:w=0.5,window=16")
+          "slg, sgg; keys: w (weight), wend (ramp), lo/hi (sigma) or tlo/thi (flow t) or first/last (steps) "
+          "or start/stop (step fractions); swg/mswg: window (a/b for several sizes), n or stride, model; "
+          "ag/wd: model; slg: skip=mid; sgg: split|tsplit|stepsplit|fsplit, cfg, cfgend, and one of "
+          "ag/wd/swg/mswg/slg = weight. Example: cfg:w=1+mswg:w=0.5,window=16")
 
-KEYS = {"cfg": set(), "ag": {"model"}, "wd": {"model"}, "swg": {"window", "n", "stride"},
-        "mswg": {"window", "n", "stride"}, "slg": {"skip"}}
+KEYS = {"cfg": set(), "ag": {"model"}, "wd": {"model"}, "swg": {"window", "n", "stride", "model"},
+        "mswg": {"window", "n", "stride", "model"}, "slg": {"skip"}}
+COMMON = {"w", "wend", "lo", "hi", "tlo", "thi", "first", "last", "start", "stop"}
+SPLITS = ("split", "tsplit", "stepsplit", "fsplit")
 LOW_TERMS = ("ag", "wd", "swg", "mswg", "slg")
 
 
-def _error(msg: str) -> ValueError:
-    return ValueError(f"{msg}\n{SYNTAX}")
+def _error(msg: str) -> WindowguideError:
+    return WindowguideError(f"{msg}\n{SYNTAX}")
 
 
 def parse(spec: str) -> list[tuple[str, dict[str, str]]]:
     """'cfg:w=1+mswg:w=0.5' -> [('cfg', {'w': '1'}), ('mswg', {'w': '0.5'})]; [] for 'none'."""
+    if not isinstance(spec, str):
+        raise _error(f"a SPEC is a string, got {type(spec).__name__}")
     spec = spec.strip()
     if spec.lower() in ("none", ""):
         return []
@@ -51,11 +60,20 @@ def parse(spec: str) -> list[tuple[str, dict[str, str]]]:
         keys: dict[str, str] = {}
         for item in filter(None, (s.strip() for s in rest.split(","))):
             key, eq, value = item.partition("=")
-            if not eq or not value.strip():
+            key = key.strip().lower()
+            if not eq or not value.strip() or not key:
                 raise _error(f"{item!r} in {spec!r} is not key=value")
-            keys[key.strip().lower()] = value.strip()
+            if key in keys:
+                raise _error(f"{name}: key {key!r} given twice in {spec!r}")
+            keys[key] = value.strip()
         terms.append((name, keys))
     return terms
+
+
+def canonical(spec: str) -> str:
+    """The SPEC with names and keys normalised (lower case, keys sorted), for comparing recipes."""
+    return "+".join(name + (":" + ",".join(f"{k}={v}" for k, v in sorted(keys.items())) if keys else "")
+                    for name, keys in parse(spec)) or "none"
 
 
 @dataclass
@@ -78,14 +96,45 @@ def _number(keys: dict, key: str, default: Any, cast=float) -> Any:
     if key not in keys:
         return default
     try:
-        return cast(keys[key])
+        value = cast(keys[key])
     except ValueError:
-        raise _error(f"{key}={keys[key]!r} is not a number") from None
+        raise _error(f"{key}={keys[key]!r} is not a{'n integer' if cast is int else ' number'}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise _error(f"{key}={keys[key]!r} must be finite")
+    return value
+
+
+def _window(keys: dict) -> Any:
+    if "window" not in keys:
+        return 16
+    sizes = [_number({"window": v}, "window", None, int) for v in keys["window"].split("/")]
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+def _where(keys: dict) -> dict:
+    """The term's sigma range and step range from the one unit given."""
+    units = [u for u in (("lo", "hi"), ("tlo", "thi"), ("first", "last"), ("start", "stop"))
+             if u[0] in keys or u[1] in keys]
+    if len(units) > 1:
+        raise _error(f"give where a term is on in one unit, got {[k for u in units for k in u if k in keys]}")
+    rng: dict = {}
+    if ("lo", "hi") in units:
+        rng = dict(sigma_lo=_number(keys, "lo", 0.0), sigma_hi=_number(keys, "hi", float("inf")))
+    elif ("tlo", "thi") in units:
+        lo, hi = flow_t_range(_number(keys, "tlo", 0.0), _number(keys, "thi", 1.0))
+        rng = dict(sigma_lo=lo, sigma_hi=hi)
+    elif ("first", "last") in units:
+        rng = dict(steps=StepRange(_number(keys, "first", 0, int), _number(keys, "last", 2 ** 62, int)))
+    elif ("start", "stop") in units:
+        rng = dict(steps=StepRange(_number(keys, "start", 0.0), _number(keys, "stop", 1.0), True))
+    if "wend" in keys:
+        rng["weight_end"] = _number(keys, "wend", None)
+    return rng
 
 
 def _term(name: str, keys: dict, ctx: Context, weight: float | None = None):
     """One term; its weight is ``weight`` if given (inside sgg) else the key w."""
-    allowed = KEYS[name] | {"w", "lo", "hi"}
+    allowed = KEYS[name] | COMMON
     bad = sorted(set(keys) - allowed)
     if bad:
         raise _error(f"{name} does not take {bad}; it takes {sorted(allowed)}")
@@ -93,14 +142,17 @@ def _term(name: str, keys: dict, ctx: Context, weight: float | None = None):
         if "w" not in keys:
             raise _error(f"{name} needs a weight w=...")
         weight = _number(keys, "w", 0.0)
-    rng = dict(sigma_lo=_number(keys, "lo", 0.0), sigma_hi=_number(keys, "hi", float("inf")))
+    rng = _where(keys)
     if name == "cfg":
         return CFG(weight, **rng)
     if name in ("ag", "wd"):
         return AutoGuidance(ctx.weak(keys, "weak" if name == "ag" else "wd"), weight, **rng)
     if name in ("swg", "mswg"):
-        return SWG(weight, window=_number(keys, "window", 16, int), windows_per_side=_number(keys, "n", 2, int),
-                   stride=_number(keys, "stride", None, int), masked=name == "mswg", **rng)
+        if "stride" in keys and "n" in keys:
+            raise _error(f"{name}: give n (windows per side) or stride, not both")
+        net = ctx.load(keys["model"]) if "model" in keys else None
+        return SWG(weight, window=_window(keys), windows_per_side=_number(keys, "n", 2, int),
+                   stride=_number(keys, "stride", None, int), masked=name == "mswg", net=net, **rng)
     blocks = tuple(keys.get("skip", "mid").split("/"))
     net = ctx.net
     if not hasattr(net, "block_names"):
@@ -114,12 +166,21 @@ def _term(name: str, keys: dict, ctx: Context, weight: float | None = None):
 
 def _segmented(keys: dict, ctx: Context) -> Guidance:
     low = [k for k in LOW_TERMS if k in keys]
-    if "split" not in keys or "cfg" not in keys or len(low) != 1:
-        raise _error(f"sgg needs split=, cfg= and exactly one of {LOW_TERMS} = weight, got {sorted(keys)}")
+    splits = [k for k in SPLITS if k in keys]
+    if len(splits) != 1 or "cfg" not in keys or len(low) != 1:
+        raise _error(f"sgg needs one of {SPLITS}, cfg= and exactly one of {LOW_TERMS} = weight, got {sorted(keys)}")
     name = low[0]
-    rest = {k: v for k, v in keys.items() if k not in ("split", "cfg", name)}
-    high = CFG(_number(keys, "cfg", 0.0))
-    return Segmented(high, _term(name, rest, ctx, _number(keys, name, 0.0)), _number(keys, "split", 0.0))
+    rest = {k: v for k, v in keys.items() if k not in ("cfg", "cfgend", name, *SPLITS)}
+    bad = sorted(set(rest) - (KEYS[name] | {"wend"}))
+    if bad:
+        raise _error(f"sgg with {name} does not take {bad}; besides the split, cfg, cfgend and {name}, it takes "
+                     f"{sorted(KEYS[name] | {'wend'})}")
+    high = CFG(_number(keys, "cfg", 0.0), weight_end=_number(keys, "cfgend", None))
+    low_term = _term(name, rest, ctx, _number(keys, name, 0.0))
+    split = splits[0]
+    unit = {"split": "sigma_split", "tsplit": "t_split", "stepsplit": "step_split", "fsplit": "fraction_split"}
+    value = _number(keys, split, None, int if split == "stepsplit" else float)
+    return Segmented(high, low_term, **{unit[split]: value})
 
 
 def build(spec: str, ctx: Context) -> Guidance:

@@ -1,8 +1,8 @@
 """Benchmarks that print figures and write JSON reports."""
 from __future__ import annotations
 
-import json
 import os
+from ..files import write_json
 
 
 def write_report(report: dict, json_path: str | None) -> None:
@@ -10,5 +10,4 @@ def write_report(report: dict, json_path: str | None) -> None:
     if not json_path:
         return
     os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=1)
+    write_json(json_path, report)

@@ -17,7 +17,7 @@ import torch
 
 from .. import metrics
 from . import write_report
-from ..commands.sample import labels_for, prepare
+from ..commands.common import labels_for, prepare
 from ..data import load
 from ..generate import sample
 from ..images import grid, save_png

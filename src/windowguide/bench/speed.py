@@ -12,7 +12,6 @@ kept, so a noisy machine affects all of them alike.
 """
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
@@ -25,6 +24,7 @@ from ..guidance import CFG, MSWG, GuidedDenoiser
 from ..models.unet import SmallUNet, param_count
 from ..sampling import PerSampleNoise, karras_sigmas
 from ..windows import layout
+from ..files import write_json
 
 
 def _time_interleaved(fns: dict[str, Callable], repeats: int, device) -> dict[str, float]:
@@ -120,8 +120,7 @@ def run(json_path: str | None = None, quick: bool = False, device: str | None = 
         "results": [measure(64, 4, steps, repeats, dev), measure(128, 2, steps, repeats, dev)],
     }
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(json_path, report)
     return report
 
 

@@ -16,7 +16,7 @@ import torch
 from ..bench.quality import Evaluator
 from ..generate import sample
 from ..images import grid
-from .sample import labels_for, prepare
+from .common import labels_for, prepare
 
 DEFAULT_MODEL = "mirror"
 DEMO_METHODS = [("no guidance", "none"), ("M-SWG w=1", "mswg:w=1,window=16"),

@@ -1,48 +1,92 @@
 """``windowguide panorama``: a canvas wider (or taller) than the model, from fused windows.
 
-Writes ``panorama_SEED.png`` per seed, ``panoramas.png`` (all of them stacked) and ``settings.json``
-(every setting and seed). Built-in models are EDM nets: the schedule is Karras's (0.002..80).
+Writes ``panorama_SEED.png`` per seed, ``panoramas.png`` (the first 16 stacked) and ``settings.json``
+(the recipe). As with ``sample``, everything is checked before anything is written, seeds are drawn
+in batches (memory does not grow with their number), each PNG is written atomically, and a seed
+whose PNG exists and decodes is not drawn again. Built-in models are EDM nets: the schedule is
+Karras's (0.002..80).
 """
 from __future__ import annotations
 
-import json
 import os
+import re
 from typing import Any
 
+import numpy as np
 import torch
 
-from ..fusion import panorama
+from .. import spec
+from ..errors import WindowguideError
+from ..files import check_out_dir, locked, read_png, write_png
+from ..fusion import check_fusion, panorama
 from ..generate import parse_seeds
-from ..images import grid, save_png, to_uint8
+from ..images import grid, to_uint8
 from ..sampling import karras_sigmas
-from .sample import labels_for, prepare
+from ..windows import layout
+from .common import check_count, check_device, check_guidance, labels_for, normalise_class, prepare
+from .sample import _claim, _done
+
+STACK_LIMIT = 16       # panoramas.png stacks the first 16 panoramas (by seed)
+_PNG = re.compile(r"^panorama_(\d+)\.png$")
 
 
 def run(model: str = "scenes", width: int = 96, height: int | None = None, stride: int = 8,
         mode: str = "multidiffusion", fuse: str | None = None, sampler: str = "ddim", steps: int = 32,
         vcf: bool = False, style_alpha: float = 0.0, circular: bool = False, guidance: str = "none",
         klass: Any = None, seeds: Any = "0-3", out: str = "runs/panorama", max_batch: int | None = None,
-        device: Any = "cpu", progress: bool = True, **sampler_options) -> dict:
+        device: Any = "cpu", progress: bool = True, batch_size: int = 4, **sampler_options) -> dict:
     """Sample the panoramas and write them to ``out``; returns the settings record."""
     seeds = parse_seeds(seeds)
+    check_count(steps, "--steps")
+    check_count(batch_size, "--batch-size")
+    check_count(width, "--width")
+    if max_batch is not None:
+        check_count(max_batch, "--max-batch")
+    check_fusion(mode, fuse, None, sampler, vcf, sampler_options)
+    if not (0 <= style_alpha <= 1):
+        raise WindowguideError(f"--style-alpha {style_alpha}: accepted: a number in [0, 1]")
+    device = check_device(device)
+    check_out_dir(out)
     denoiser, net, info, g = prepare(model, guidance, device)
     c, h, w = info["shape"]
     height = height or h
-    cond = labels_for(seeds, net.num_classes, klass)
+    check_count(height, "--height")
+    layout(height, width, (h, w), stride=stride, circular=circular)      # refuses a bad canvas or stride now
+    klass = normalise_class(klass, net.num_classes)
+    check_guidance(g, denoiser, (c, h, w), klass)
     settings = dict(model=model, canvas=[c, height, width], window=[h, w], stride=stride, mode=mode, fuse=fuse,
                     sampler=sampler, steps=steps, vcf=vcf, style_alpha=style_alpha, circular=circular,
-                    guidance=guidance, terms=[repr(t) for t in g], klass=klass, seeds=seeds,
-                    labels=None if cond is None else cond.tolist(), max_batch=max_batch,
+                    guidance=spec.canonical(guidance), klass=klass, max_batch=max_batch,
                     sampler_options=sampler_options, schedule="karras 0.002..80 rho 7")
-    with torch.no_grad():
-        x = panorama(denoiser, (c, height, width), seeds, window=(h, w), stride=stride, mode=mode, fuse=fuse,
-                     sampler=sampler, sigmas=karras_sigmas(steps, 0.002, 80.0), guidance=g, cond=cond, vcf=vcf,
-                     style_alpha=style_alpha, circular=circular, max_batch=max_batch, device=device,
-                     progress=progress, **sampler_options)
-    os.makedirs(out, exist_ok=True)
-    for s, im in zip(seeds, to_uint8(x)):
-        save_png(im, os.path.join(out, f"panorama_{s:06d}.png"))
-    save_png(grid(x, nrow=1, scale=max(1, 96 // height)), os.path.join(out, "panoramas.png"))
-    with open(os.path.join(out, "settings.json"), "w") as f:
-        json.dump(settings, f, indent=1)
+    sigmas = karras_sigmas(steps, 0.002, 80.0)
+    draw = lambda batch: panorama(denoiser, (c, height, width), batch, window=(h, w), stride=stride, mode=mode,
+                                  fuse=fuse, sampler=sampler, sigmas=sigmas, guidance=g,
+                                  cond=labels_for(batch, net.num_classes, klass), vcf=vcf, style_alpha=style_alpha,
+                                  circular=circular, max_batch=max_batch, device=device, progress=progress,
+                                  **sampler_options)
+    _claim(out, settings)
+    todo = []
+    for s in seeds:
+        if not _done(_path(out, s)):
+            todo.append(s)
+        if len(todo) == batch_size or (todo and s == seeds[-1]):
+            with torch.no_grad():
+                x = draw(todo)
+            for seed, im in zip(todo, to_uint8(x)):
+                write_png(im, _path(out, seed))
+            todo = []
+    with locked(out):
+        _stack(out, height)
     return settings
+
+
+def _path(out: str, seed: int) -> str:
+    return os.path.join(out, f"panorama_{seed:06d}.png")
+
+
+def _stack(out: str, height: int) -> None:
+    names = sorted((n for n in os.listdir(out) if _PNG.match(n)), key=lambda n: (len(n), n))[:STACK_LIMIT]
+    images = [a for a in (read_png(os.path.join(out, n)) for n in names) if a is not None]
+    if images and len({a.shape for a in images}) == 1:
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        write_png(grid(x, nrow=1, scale=max(1, 96 // height)), os.path.join(out, "panoramas.png"))

@@ -1,50 +1,37 @@
 """``windowguide sample``: one PNG per seed, a grid, an .npz of all samples and a JSON of the settings.
 
-Seeds whose PNG already exists (from a run with the same settings) are not drawn again, so an
-interrupted run continues where it stopped.
+Everything is checked before anything is written. The per-seed PNGs are the truth: each is written
+atomically, a seed whose PNG exists and decodes is not drawn again (an interrupted run continues
+where it stopped; a PNG that does not decode is redrawn, with a warning), and ``samples.npz`` and
+``grid.png`` are rebuilt from the PNGs on disk. Several processes may write into one folder at once
+(disjoint or overlapping seeds): ``settings.json`` (the recipe, not the seeds) is written once, under
+a lock, and every later run must match it.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
 from .. import spec
-from ..generate import parse_seeds, sample
-from ..images import grid, save_png, to_uint8
-from ..models.checkpoint import bundled_names, load_denoiser
 from ..errors import WindowguideError
+from ..files import check_out_dir, locked, read_png, write_json, write_npz, write_png
+from ..generate import _sampler_options, parse_seeds, sample, schedule_sigmas
+from ..images import grid, to_uint8
+from ..sampling import SAMPLERS
+from .common import check_count, check_device, check_guidance, labels_for, normalise_class, prepare
+
+GRID_LIMIT = 256        # grid.png shows the first 256 samples (by seed); samples.npz holds them all
+_PNG = re.compile(r"^(\d+)\.png$")
 
 
-def labels_for(seeds: list[int], num_classes: int, klass: Any) -> torch.Tensor | None:
-    """Labels of the seeds: 'all' = seed mod K (every class equally often), 'none' = the null label
-    (unconditional), or one class index for all."""
-    if not num_classes:
-        if klass not in (None, "none", "all"):
-            raise WindowguideError(f"--class {klass}: this model is unconditional")
-        return None
-    if klass in (None, "all"):
-        return torch.tensor([s % num_classes for s in seeds])
-    if klass == "none":
-        return torch.full((len(seeds),), num_classes)
-    try:
-        k = int(klass)
-    except (TypeError, ValueError):
-        raise WindowguideError(f"--class {klass!r}: accepted 'all', 'none' or 0..{num_classes - 1}") from None
-    if not 0 <= k < num_classes:
-        raise WindowguideError(f"--class {k} out of range: this model has classes 0..{num_classes - 1}")
-    return torch.full((len(seeds),), k)
-
-
-def prepare(model: str, guidance: str, device: Any = "cpu"):
-    """(denoiser, net, model record, Guidance) for a model name/path and a SPEC string."""
-    denoiser, info, net = load_denoiser(model, device)
-    name = model if model in bundled_names() else None
-    ctx = spec.Context(net=net, load=lambda n: load_denoiser(n, device)[0], model_name=name)
-    return denoiser, net, info, spec.build(guidance, ctx)
+def png_path(out: str, seed: int) -> str:
+    return os.path.join(out, f"{seed:06d}.png")
 
 
 def run(model: str, guidance: str = "none", seeds: Any = "0-63", out: str = "runs/sample", klass: Any = None,
@@ -52,41 +39,91 @@ def run(model: str, guidance: str = "none", seeds: Any = "0-63", out: str = "run
         progress: bool = True, **sampler_options) -> dict:
     """Sample and write everything to ``out``; returns the settings record."""
     seeds = parse_seeds(seeds)
+    check_count(steps, "--steps")
+    check_count(batch_size, "--batch-size")
+    if sampler not in SAMPLERS:
+        raise WindowguideError(f"--sampler {sampler!r}: accepted: {', '.join(sorted(SAMPLERS))}")
+    _sampler_options(sampler, sampler_options)
+    device = check_device(device)
+    check_out_dir(out)
     denoiser, net, info, g = prepare(model, guidance, device)
-    labels = labels_for(seeds, net.num_classes, klass)
     shape = tuple(info["shape"])
+    klass = normalise_class(klass, net.num_classes)
+    check_guidance(g, denoiser, shape, klass)
+    schedule_sigmas(sampler, denoiser, steps, **{k: v for k, v in sampler_options.items() if k == "shift"})
     settings = dict(model=model, model_record={k: info.get(k) for k in ("dataset", "preset", "steps_done")},
-                    guidance=guidance, terms=[repr(t) for t in g], seeds=seeds, klass=klass, steps=steps,
-                    sampler=sampler, shape=list(shape), sampler_options=sampler_options)
-    os.makedirs(out, exist_ok=True)
-    settings_path = os.path.join(out, "settings.json")
-    if os.path.exists(settings_path):
-        with open(settings_path) as f:
-            old = json.load(f)
-        if {k: v for k, v in old.items() if k != "seeds"} != {k: v for k, v in settings.items() if k != "seeds"}:
-            raise WindowguideError(f"{out} holds samples made with other settings; choose another --out")
-    with open(settings_path, "w") as f:
-        json.dump(settings, f, indent=1)
-    png = lambda s: os.path.join(out, f"{s:06d}.png")
-    todo = [i for i, s in enumerate(seeds) if not os.path.exists(png(s))]
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start:start + batch_size]
-        cond = None if labels is None else labels[idx]
-        with torch.no_grad():
-            x = sample(denoiser, shape, [seeds[i] for i in idx], steps=steps, sampler=sampler, guidance=g,
-                       cond=cond, device=device, progress=progress, **sampler_options)
-        for i, im in zip(idx, to_uint8(x)):
-            save_png(im, png(seeds[i]))
-    images = np.stack([_read(png(s)) for s in seeds])
-    np.savez(os.path.join(out, "samples.npz"), images=images, seeds=np.array(seeds),
-             labels=np.array([] if labels is None else labels.numpy()))
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-    save_png(grid(x, scale=max(1, 96 // shape[1])), os.path.join(out, "grid.png"))
+                    guidance=spec.canonical(guidance), klass=klass, steps=steps, sampler=sampler,
+                    shape=list(shape), sampler_options=sampler_options)
+    _claim(out, settings)
+    todo: list[int] = []
+    for s in seeds:                              # lazily: a range of 10^10 seeds is never listed
+        if not _done(png_path(out, s)):
+            todo.append(s)
+        if len(todo) == batch_size:
+            _draw(todo, denoiser, net, g, shape, klass, out, steps, sampler, device, progress, sampler_options)
+            todo = []
+    if todo:
+        _draw(todo, denoiser, net, g, shape, klass, out, steps, sampler, device, progress, sampler_options)
+    with locked(out):
+        collect(out, net.num_classes, klass, shape)
     return settings
 
 
-def _read(path: str) -> np.ndarray:
-    from PIL import Image
-    with Image.open(path) as im:
-        a = np.asarray(im)
-    return a[..., None] if a.ndim == 2 else a
+def _draw(seeds, denoiser, net, g, shape, klass, out, steps, sampler, device, progress, options) -> None:
+    labels = labels_for(seeds, net.num_classes, klass)
+    with torch.no_grad():
+        x = sample(denoiser, shape, seeds, steps=steps, sampler=sampler, guidance=g, cond=labels, device=device,
+                   progress=progress, **options)
+    for s, im in zip(seeds, to_uint8(x)):
+        write_png(im, png_path(out, s))
+
+
+def _done(path: str) -> bool:
+    """Whether the seed's PNG is on disk and decodes; a broken one is reported and drawn again."""
+    if not os.path.exists(path):
+        return False
+    if read_png(path) is None:
+        warnings.warn(f"{path} does not decode; drawing it again", stacklevel=3)
+        return False
+    return True
+
+
+def _claim(out: str, settings: dict) -> None:
+    """Write settings.json once, or check that the folder's recipe is this one (naming what differs)."""
+    path = os.path.join(out, "settings.json")
+    with locked(out):
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    old = json.load(f)
+            except (OSError, ValueError):
+                raise WindowguideError(f"{path} is not readable JSON; remove it or choose another --out") from None
+            new = json.loads(json.dumps(settings))
+            differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if differ:
+                detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in differ)
+                raise WindowguideError(f"{out} holds samples made with other settings ({detail}); choose another "
+                                       f"--out or the same settings")
+        else:
+            write_json(path, settings)
+
+
+def collect(out: str, num_classes: int, klass: Any, shape) -> int:
+    """Rebuild samples.npz (every decodable PNG in ``out``, sorted by seed, each once) and grid.png
+    (the first ``GRID_LIMIT``); returns the number of samples."""
+    seeds, images = [], []
+    for name in sorted(os.listdir(out), key=lambda n: (len(n), n)):
+        m = _PNG.match(name)
+        if m:
+            a = read_png(os.path.join(out, name))
+            if a is not None and a.shape == (shape[1], shape[2], shape[0]):
+                seeds.append(int(m.group(1)))
+                images.append(a)
+    if not images:
+        return 0
+    labels = labels_for(seeds, num_classes, klass)
+    write_npz(os.path.join(out, "samples.npz"), images=np.stack(images), seeds=np.array(seeds, dtype=np.int64),
+              labels=np.array([] if labels is None else labels.numpy()))
+    x = torch.from_numpy(np.stack(images[:GRID_LIMIT])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    write_png(grid(x, scale=max(1, 96 // shape[1])), os.path.join(out, "grid.png"))
+    return len(seeds)

@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from .classifier import SmallClassifier
 from .unet import SmallUNet
 from ..errors import WindowguideError
+from ..files import write_bytes
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights")
 ARCHITECTURES = {"unet": SmallUNet, "classifier": SmallClassifier}
@@ -24,10 +25,8 @@ ARCHITECTURES = {"unet": SmallUNet, "classifier": SmallClassifier}
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
     """save_file to a temporary name, then rename: an interrupted write never leaves a half file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    write_bytes(path, data)
 
 
 def save_model(path: str, net: nn.Module, kind: str, **info: Any) -> None:

@@ -12,7 +12,6 @@ autoguidance wins with a well-fitted model and coarse classes (keeps diversity),
 """
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -21,6 +20,7 @@ from .metrics import evaluate, outlier_thresholds
 from .mixture import fractal_tree
 from .mlp import TrainConfig, trained
 from .tree import METRICS, methods, sample_toy, sgg_split
+from ..files import write_json
 
 MAIN = TrainConfig(hidden=96, layers=3, steps=3000)
 WEAK = TrainConfig(hidden=48, layers=2, steps=750)
@@ -62,8 +62,7 @@ def run(out_dir: str | None = None, json_path: str | None = None, n_samples: int
         os.makedirs(out_dir, exist_ok=True)
         report["figures"] = [_plot(out_dir, panels)]
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(json_path, report)
     return report
 
 

@@ -9,7 +9,6 @@ middle step, as the SGG paper's recipe switches after half the steps. Metrics: `
 """
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -20,6 +19,7 @@ from ..sampling import karras_sigmas
 from . import metrics as M
 from .mixture import GMM, interleaved_trees
 from .mlp import TrainConfig, trained
+from ..files import write_json
 
 STEPS = 32
 MAIN = TrainConfig(hidden=128, layers=4, steps=5000)
@@ -85,8 +85,7 @@ def run(out_dir: str | None = None, json_path: str | None = None, weights=(0.5, 
         os.makedirs(out_dir, exist_ok=True)
         report["figures"] = plot_sweep(out_dir, "tree", gmm, report["table"], result["samples"], weights)
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(json_path, report)
     return report
 
 

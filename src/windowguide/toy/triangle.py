@@ -12,7 +12,6 @@ denoiser protocol, AutoGuidance term and Euler sampler.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -22,6 +21,7 @@ from ..denoiser import EDMDenoiser
 from ..generate import sample
 from ..guidance import AutoGuidance, GuidedDenoiser
 from ..sampling import PerSampleNoise, karras_sigmas, sample_euler
+from ..files import write_json
 
 PAPER = {"guided": 5.8e-2, "positive": 1.2e-1, "negative": 2.4e-1}
 
@@ -106,8 +106,7 @@ def run(out_dir: str | None = None, json_path: str | None = None, delta_pos: flo
         if plot:
             report["figures"] = _plot(out_dir, points, runs, report)
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(json_path, report)
     return report
 
 

@@ -1,0 +1,102 @@
+"""What every command checks before it writes or computes anything: the device, counts, the class
+choice, and the guidance SPEC against the model (weak models of the same shape and classes)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .. import spec
+from ..errors import WindowguideError
+from ..guidance import CFG, Guidance, GuidedDenoiser
+from ..models.checkpoint import bundled_names, load_denoiser
+
+
+def check_device(device: Any) -> torch.device:
+    """A torch.device that exists on this machine (cuda needs a visible GPU, mps Apple's backend)."""
+    try:
+        dev = torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError):
+        raise WindowguideError(f"--device {device!r}: not a device; accepted: cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise WindowguideError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise WindowguideError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise WindowguideError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise WindowguideError(f"--device {device}: accepted: cpu, cuda, cuda:N, mps")
+    return dev
+
+
+def check_count(value: Any, flag: str, minimum: int = 1) -> int:
+    """An integer >= minimum (bools refused), or a WindowguideError naming the flag."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise WindowguideError(f"{flag} {value!r}: accepted: an integer >= {minimum}")
+    return value
+
+
+def normalise_class(klass: Any, num_classes: int) -> Any:
+    """--class as recorded: 'all' (the default on a conditional model: seed mod K), 'none', an index
+    in 0..K-1; None for an unconditional model."""
+    if not num_classes:
+        if klass not in (None, "none", "all"):
+            raise WindowguideError(f"--class {klass}: this model is unconditional; leave --class out")
+        return None
+    if klass in (None, "all", "none"):
+        return klass or "all"
+    try:
+        k = int(klass)
+    except (TypeError, ValueError):
+        raise WindowguideError(f"--class {klass!r}: accepted 'all', 'none' or 0..{num_classes - 1}") from None
+    if not 0 <= k < num_classes:
+        raise WindowguideError(f"--class {k} out of range: this model has classes 0..{num_classes - 1}")
+    return k
+
+
+def labels_for(seeds, num_classes: int, klass: Any) -> torch.Tensor | None:
+    """Labels of the seeds: 'all' = seed mod K (every class equally often), 'none' = the null label
+    (unconditional), or one class index for all."""
+    klass = normalise_class(klass, num_classes)
+    if klass is None:
+        return None
+    if klass == "all":
+        return torch.tensor([s % num_classes for s in seeds])
+    return torch.full((len(seeds),), num_classes if klass == "none" else klass)
+
+
+def _weak_loader(main_info: dict, device: Any):
+    """Load a weak model by name or path, refusing one that cannot guide the main model."""
+    def load(name: str):
+        denoiser, info, _ = load_denoiser(name, device)
+        for key in ("shape",):
+            if list(info.get(key, [])) != list(main_info.get(key, [])):
+                raise WindowguideError(f"weak model {name!r} makes images of shape {info.get(key)}, the main "
+                                       f"model {main_info.get(key)}; a weak model must match the main one")
+        k_weak, k_main = info["config"].get("num_classes", 0), main_info["config"].get("num_classes", 0)
+        if k_weak != k_main:
+            raise WindowguideError(f"weak model {name!r} has {k_weak} classes, the main model {k_main}; a weak "
+                                   f"model must take the same conditions")
+        return denoiser
+    return load
+
+
+def prepare(model: str, guidance: str, device: Any = "cpu"):
+    """(denoiser, net, model record, Guidance) for a model name/path and a SPEC string; weak models
+    named in the SPEC are loaded and checked against the main model."""
+    denoiser, info, net = load_denoiser(model, device)
+    name = model if model in bundled_names() else None
+    ctx = spec.Context(net=net, load=_weak_loader(info, device), model_name=name)
+    return denoiser, net, info, spec.build(guidance, ctx)
+
+
+def check_guidance(g: Guidance, denoiser, shape, klass: Any) -> None:
+    """Refuse guidance that cannot run: CFG without a class condition, windows the model cannot take."""
+    if klass is None and any(isinstance(t, CFG) for t in g):
+        raise WindowguideError("cfg needs a class-conditional model; this model is unconditional (use "
+                               "swg/mswg, or ag with a weak model)")
+    GuidedDenoiser(denoiser, g).check(tuple(shape))
+
+
+__all__ = ["check_device", "check_count", "normalise_class", "labels_for", "prepare", "check_guidance"]
