@@ -88,10 +88,12 @@ def test_config_errors_name_the_value():
         config_from(None, colour="red")
 
 
-def test_unconditional_user_data_without_labels(tmp_path):
+def test_unlabelled_data_trains_an_unconditional_model_and_says_so(tmp_path, capsys):
     np.savez(tmp_path / "u.npz", np.zeros((4, 8, 8), np.uint8))
-    with pytest.raises(ValueError, match="no labels"):
-        train(tiny(str(tmp_path / "u.npz")), str(tmp_path / "x"), progress=False)
+    path = train(tiny(str(tmp_path / "u.npz")), str(tmp_path / "x"), progress=False)
+    assert "has no labels: training an unconditional model" in capsys.readouterr().out
+    net, info = load_model(path)
+    assert net.num_classes == 0 and info["train"]["conditional"] is False
     path = train(tiny(str(tmp_path / "u.npz"), conditional=False), str(tmp_path / "y"), progress=False)
     assert load_model(path)[0].num_classes == 0
 

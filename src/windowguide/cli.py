@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+
+from .errors import RunError, WindowguideError
 
 
 def _toy(args) -> int:
@@ -36,6 +39,19 @@ def _bench(args) -> int:
     if args.json:
         print(f"report: {args.json}")
     return 0
+
+
+def _finite(low: float = 0.0):
+    """argparse type: a finite float >= low."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not math.isfinite(v) or v < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: accepted: a finite number >= {low:g}")
+        return v
+    return parse
 
 
 def _mults(text: str) -> tuple[int, ...]:
@@ -72,7 +88,7 @@ def _panorama(args) -> int:
     options = {k: v for k, v in (("eta", args.eta), ("churn", args.churn)) if v is not None}
     panorama.run(args.model, args.width, args.height, args.stride, args.mode, args.fuse, args.sampler, args.steps,
                  args.vcf, args.style_alpha, args.circular, args.guidance, args.klass, args.seeds, args.out,
-                 args.max_batch, args.device or "cpu", True, **options)
+                 args.max_batch, args.device or "cpu", True, args.batch_size, **options)
     print(f"panoramas: {args.out}/ (panorama_SEED.png, panoramas.png, settings.json)")
     return 0
 
@@ -87,15 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every subcommand."""
     from .toy import EXPERIMENTS
     p = argparse.ArgumentParser(prog="windowguide", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of a failure")
     sub = p.add_subparsers(dest="command", required=True)
 
-    toy = sub.add_parser("toy", help="2-D experiments with exact ground truth")
+    toy = sub.add_parser("toy", parents=[common], help="2-D experiments with exact ground truth")
     toy.add_argument("name", choices=sorted(EXPERIMENTS))
     toy.add_argument("--json", help="write the report here")
     toy.add_argument("--out", help="folder for figures (default runs/toy/NAME)")
     toy.set_defaults(func=_toy)
 
-    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench = sub.add_parser("bench", parents=[common], help="benchmarks that print figures")
     bench.add_argument("what", choices=["speed", "quality", "panorama"])
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and steps")
@@ -103,12 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="folder for plots and grids")
     bench.set_defaults(func=_bench)
 
-    demo = sub.add_parser("demo", help="no guidance vs M-SWG on the bundled model, as one PNG (< 1 min)")
+    demo = sub.add_parser("demo", parents=[common], help="no guidance vs M-SWG on the bundled model, as one PNG (< 1 min)")
     demo.add_argument("--out", default=".", help="folder for windowguide_demo.png (default: here)")
     demo.add_argument("--model", default="mirror", help="bundled name or checkpoint (default: mirror)")
     demo.set_defaults(func=_demo)
 
-    smp = sub.add_parser("sample", help="sample a model with a guidance SPEC (see the README)")
+    smp = sub.add_parser("sample", parents=[common], help="sample a model with a guidance SPEC (see the README)")
     smp.add_argument("--model", required=True, help="bundled name (e.g. digits, mirror) or a .safetensors file")
     smp.add_argument("--guidance", default="none", help="e.g. 'cfg:w=1+mswg:w=0.5,window=16' (default none)")
     smp.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,7-9")
@@ -121,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--device")
     smp.set_defaults(func=_sample)
 
-    pano = sub.add_parser("panorama", help="a canvas larger than the model, from fused windows")
+    pano = sub.add_parser("panorama", parents=[common], help="a canvas larger than the model, from fused windows")
     pano.add_argument("--model", default="scenes", help="bundled name or checkpoint (default: scenes)")
     pano.add_argument("--width", type=int, default=96, help="canvas width in pixels")
     pano.add_argument("--height", type=int, help="canvas height (default: the model's)")
@@ -130,31 +150,32 @@ def build_parser() -> argparse.ArgumentParser:
     pano.add_argument("--fuse", choices=["state", "prediction"], help="override the mode's fused quantity")
     pano.add_argument("--sampler", default="ddim", help="ddim, ddpm, euler, heun")
     pano.add_argument("--steps", type=int, default=32)
-    pano.add_argument("--eta", type=float, help="DDIM eta (stochastic if > 0)")
-    pano.add_argument("--churn", type=float, help="EDM churn for euler/heun")
+    pano.add_argument("--eta", type=_finite(), help="DDIM eta (stochastic if > 0)")
+    pano.add_argument("--churn", type=_finite(), help="EDM churn for euler/heun")
     pano.add_argument("--vcf", action="store_true", help="variance-corrected fusion (stochastic samplers)")
-    pano.add_argument("--style-alpha", type=float, default=0.0, help="style alignment strength, 0 = off")
+    pano.add_argument("--style-alpha", type=_finite(), default=0.0, help="style alignment strength, 0 = off")
     pano.add_argument("--circular", action="store_true", help="wrap around the width (360 degrees)")
     pano.add_argument("--guidance", default="none", help="SPEC applied inside every window")
     pano.add_argument("--class", dest="klass", default=None, help="class index, 'all' or 'none'")
     pano.add_argument("--seeds", default="0-3")
     pano.add_argument("--out", default="runs/panorama")
     pano.add_argument("--max-batch", type=int, help="window-sized inputs per network call (memory cap)")
+    pano.add_argument("--batch-size", type=int, default=4, help="panoramas drawn together (default 4)")
     pano.add_argument("--device")
     pano.set_defaults(func=_panorama)
 
-    tr = sub.add_parser("train", help="train a diffusion model (EDM) or, with --classifier, a classifier")
+    tr = sub.add_parser("train", parents=[common], help="train a diffusion model (EDM) or, with --classifier, a classifier")
     tr.add_argument("--preset", help="recipe of a bundled model (digits, digits-weak, digits-wd, mirror, ...)")
     tr.add_argument("--dataset", help="digits, mirror, a folder of images or an .npz file")
     tr.add_argument("--out", required=True, help="folder: state.safetensors (resumable) and model.safetensors")
     tr.add_argument("--classifier", action="store_true", help="train the feature classifier instead")
     tr.add_argument("--steps", type=int)
     tr.add_argument("--batch", type=int)
-    tr.add_argument("--lr", type=float)
+    tr.add_argument("--lr", type=_finite())
     tr.add_argument("--base", type=int, help="UNet width")
     tr.add_argument("--mults", type=_mults, help="channel multipliers per level, e.g. 1,2,2")
-    tr.add_argument("--weight-decay", type=float)
-    tr.add_argument("--label-dropout", type=float)
+    tr.add_argument("--weight-decay", type=_finite())
+    tr.add_argument("--label-dropout", type=_finite())
     tr.add_argument("--unconditional", action="store_true")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--checkpoint-every", type=int)
@@ -163,13 +184,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a subcommand; bad input gives one line on stderr and exit status 2."""
+    """Run a subcommand. Failures are one line on stderr: exit status 2 for bad input (the value and
+    what is accepted), 1 for a run that failed, 130 for Ctrl-C; ``--debug`` shows the traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError) as e:   # bad input: one clear line, not a traceback
-        print(f"windowguide: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("windowguide: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except RunError as e:
+        if args.debug:
+            raise
+        print(f"windowguide: failed: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except (WindowguideError, ValueError, TypeError) as e:   # bad input: one clear line, not a traceback
+        if args.debug:
+            raise
+        print(f"windowguide: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:                                     # anything else is still one line
+        if args.debug:
+            raise
+        print(f"windowguide: failed: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    """The message's first line, plus the SPEC syntax line when there is one."""
+    return " ".join(str(e).split("\n"))
 
 
 if __name__ == "__main__":

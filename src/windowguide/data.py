@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 from .errors import WindowguideError
+from .models.unet import MAX_CLASSES
 
 
 @dataclass
@@ -165,11 +167,14 @@ def builtin(name: str, split: str = "train", size: int = 24) -> Dataset:
 # ---------------------------------------------------------------- user data
 
 def to_unit_range(a: np.ndarray, what: str) -> np.ndarray:
-    """uint8 -> a/127.5 - 1; float in [0, 1] -> 2a - 1; float with negatives is taken as [-1, 1]."""
+    """Integers by their bit depth: uint8 -> a / 127.5 - 1, uint16 -> a / 32767.5 - 1; floats in
+    [0, 1] -> 2a - 1; floats with negatives are taken as [-1, 1]."""
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 127.5 - 1
+    if a.dtype == np.uint16:
+        return (a.astype(np.float64) / 32767.5 - 1).astype(np.float32)
     if not np.issubdtype(a.dtype, np.floating):
-        raise WindowguideError(f"{what}: images must be uint8 or float, got dtype {a.dtype}")
+        raise WindowguideError(f"{what}: images must be uint8, uint16 or float, got dtype {a.dtype}")
     a = a.astype(np.float32)
     if not np.isfinite(a).all():
         raise WindowguideError(f"{what}: images contain NaN or inf")
@@ -183,6 +188,8 @@ def to_unit_range(a: np.ndarray, what: str) -> np.ndarray:
 
 def to_nchw(a: np.ndarray, what: str) -> np.ndarray:
     """N x H x W, N x C x H x W or N x H x W x C (C in 1, 3, 4) -> N x C x H x W."""
+    if a.ndim in (3, 4) and (a.shape[0] == 0 or min(a.shape) == 0):
+        raise WindowguideError(f"{what}: no images (array of shape {a.shape})")
     if a.ndim == 3:
         return a[:, None]
     if a.ndim == 4 and a.shape[1] in (1, 3, 4):
@@ -194,7 +201,7 @@ def to_nchw(a: np.ndarray, what: str) -> np.ndarray:
 
 
 def load_images(path: str, labels: str | None = None) -> Dataset:
-    """A user's images: an ``.npz`` (array 'images' or the first one; labels from 'labels' or the
+    """A user's images: an ``.npz`` (array 'images', or its only array; labels from 'labels' or the
     file ``labels`` names) or a folder of images (PNG/JPEG/...; sub-folders are classes). All images
     must share one size."""
     if os.path.isdir(path):
@@ -203,47 +210,104 @@ def load_images(path: str, labels: str | None = None) -> Dataset:
         raise WindowguideError(f"no dataset at {path!r}; accepted: 'digits', 'mirror', a folder or an .npz file")
     if not path.endswith(".npz"):
         raise WindowguideError(f"{path!r}: accepted files are .npz arrays (or give a folder of images)")
-    with np.load(path) as z:
-        keys = list(z.keys())
-        a = z["images"] if "images" in z else z[keys[0]]
-        y = z["labels"] if "labels" in z else None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.keys()}
+    except Exception as e:
+        raise WindowguideError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
+    images = [k for k in arrays if k != "labels"]
+    if "images" in arrays:
+        a = arrays["images"]
+    elif len(images) == 1:
+        a = arrays[images[0]]
+    else:
+        raise WindowguideError(f"{path}: no array named 'images' (found {sorted(arrays) or 'none'}); name the "
+                               f"image array 'images'")
+    y = arrays.get("labels")
     if labels is not None:
-        y = np.load(labels)
+        y = np.load(labels, allow_pickle=False)
     x = torch.from_numpy(np.ascontiguousarray(to_unit_range(to_nchw(a, path), path)))
     return _with_labels(os.path.basename(path), x, y, path)
 
 
 def _with_labels(name: str, x: torch.Tensor, y, what: str, names: tuple[str, ...] = ()) -> Dataset:
+    """Labels as int64 0..K-1. Non-integers are refused; labels that are not 0..K-1 (e.g. 3, 7, 1000000)
+    are remapped in sorted order, with a warning; K is at most ``MAX_CLASSES``."""
     if y is None:
         return Dataset(name, x, None, ())
-    y = torch.as_tensor(np.asarray(y)).long().flatten()
+    y = np.asarray(y).reshape(-1)
+    if y.dtype == bool or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise WindowguideError(f"{what}: labels must be integers, got dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.floating) and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        bad = y[~(np.isfinite(y) & (y == np.round(y)))][:3].tolist()
+        raise WindowguideError(f"{what}: labels must be integers, found {bad}")
     if y.shape[0] != x.shape[0]:
         raise WindowguideError(f"{what}: {y.shape[0]} labels for {x.shape[0]} images")
+    y = y.astype(np.int64)
     if y.min() < 0:
         raise WindowguideError(f"{what}: labels must be >= 0, got {int(y.min())}")
+    values = np.unique(y)
+    if len(values) > MAX_CLASSES:
+        raise WindowguideError(f"{what}: {len(values)} distinct labels; at most {MAX_CLASSES} classes are accepted")
+    if not names and (values[-1] != len(values) - 1):
+        warnings.warn(f"{what}: labels {values[:8].tolist()}{'...' if len(values) > 8 else ''} are not 0..K-1; "
+                      f"remapped in sorted order to 0..{len(values) - 1} (class names keep the original values)",
+                      stacklevel=3)
+        names = tuple(str(v) for v in values)
+        y = np.searchsorted(values, y)
     names = names or tuple(str(i) for i in range(int(y.max()) + 1))
-    return Dataset(name, x, y, names)
+    return Dataset(name, x, torch.from_numpy(y), names)
 
 
 IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def _load_folder(path: str) -> Dataset:
+def _read_image(file: str) -> np.ndarray:
+    """One image file as uint8 or uint16 (16-bit greyscale keeps its depth), or an error naming it."""
     from PIL import Image
-    subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    try:
+        with Image.open(file) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L"):
+                return np.asarray(im).astype(np.uint16)
+            return np.asarray(im.convert("L" if im.mode in ("L", "1", "LA") else "RGB"))
+    except (OSError, SyntaxError, ValueError) as e:
+        raise WindowguideError(f"{file}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def _inside(root: str, file: str) -> bool:
+    root = os.path.realpath(root)
+    return os.path.realpath(file).startswith(root + os.sep)
+
+
+def _load_folder(path: str) -> Dataset:
+    entries = sorted(os.listdir(path))
+    subdirs = [d for d in entries if os.path.isdir(os.path.join(path, d)) and _inside(path, os.path.join(path, d))]
+    loose = [f for f in entries if f.lower().endswith(IMAGE_EXT) and os.path.isfile(os.path.join(path, f))]
+    if subdirs and loose:
+        raise WindowguideError(f"{path}: images {loose[:3]}{'...' if len(loose) > 3 else ''} lie beside the class "
+                               f"folders {subdirs[:3]}; move them into a class folder (or remove the folders)")
     groups = [(i, os.path.join(path, d)) for i, d in enumerate(subdirs)] or [(None, path)]
-    arrays, ys = [], []
+    arrays, ys, outside = [], [], []
     for label, folder in groups:
         for f in sorted(os.listdir(folder)):
-            if f.lower().endswith(IMAGE_EXT):
-                with Image.open(os.path.join(folder, f)) as im:
-                    arrays.append(np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB")))
-                ys.append(label)
+            file = os.path.join(folder, f)
+            if not f.lower().endswith(IMAGE_EXT) or not os.path.isfile(file):
+                continue
+            if not _inside(path, file):      # a link out of the dataset is not part of it
+                outside.append(file)
+                continue
+            arrays.append(_read_image(file))
+            ys.append(label)
+    if outside:
+        warnings.warn(f"{path}: {len(outside)} symbolic link(s) leading out of the folder were not followed, "
+                      f"e.g. {outside[0]}", stacklevel=3)
     if not arrays:
         raise WindowguideError(f"no images ({', '.join(IMAGE_EXT)}) in {path!r}")
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         raise WindowguideError(f"images in {path!r} have different shapes {sorted(sizes)}; resize them to one size")
+    if len({a.dtype for a in arrays}) > 1:
+        raise WindowguideError(f"{path}: 8-bit and 16-bit images are mixed; use one bit depth")
     x = torch.from_numpy(to_unit_range(to_nchw(np.stack(arrays), path), path).copy())
     y = None if ys[0] is None else np.array(ys)
     return _with_labels(os.path.basename(os.path.normpath(path)), x, y, path, tuple(subdirs))

@@ -136,8 +136,17 @@ def _steps(sigmas, progress, desc):
     return trange(len(sigmas) - 1, disable=not progress, desc=desc, leave=False)
 
 
+def check_churn(churn: float, s_noise: float = 1.0) -> None:
+    """Refuse a churn or s_noise that is not a finite number >= 0."""
+    for name, v in (("churn", churn), ("s_noise", s_noise)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise WindowguideError(f"{name} {v!r}: accepted: a finite number >= 0 (0 = deterministic)")
+
+
 def _churn(x, sigma, n_steps, churn, s_tmin, s_tmax, s_noise, noise):
-    """EDM's stochastic 'churn': raise sigma to sigma_hat = sigma (1 + gamma) by adding fresh noise."""
+    """EDM's stochastic 'churn': raise sigma to sigma_hat = sigma (1 + gamma) by adding fresh noise,
+    gamma = min(churn / N, sqrt(2) - 1) for sigma in [s_tmin, s_tmax]."""
+    check_churn(churn, s_noise)
     gamma = min(churn / n_steps, math.sqrt(2) - 1) if churn > 0 and s_tmin <= sigma <= s_tmax else 0.0
     if gamma == 0:
         return x, sigma

@@ -55,30 +55,87 @@ def resolve(name_or_path: str) -> str:
                      f"(bundled: {', '.join(bundled_names()) or 'none'})")
 
 
+def _open(path: str):
+    """safe_open, with a clear error for a file that is not safetensors (empty, truncated, random)."""
+    try:
+        return safe_open(path, "pt", device="cpu")
+    except Exception as e:   # safetensors raises its own SafetensorError, an OSError, or a ValueError
+        raise WindowguideError(f"{path}: not a readable .safetensors file ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+
+
+REQUIRED = {"unet": ("config", "shape"), "classifier": ("config",)}
+
+
 def read_info(name_or_path: str) -> dict[str, Any]:
-    """The JSON record stored with a model file."""
+    """The JSON record stored with a model file, checked to name a known kind and its fields."""
     path = resolve(name_or_path)
-    with safe_open(path, "pt") as f:
+    with _open(path) as f:
         meta = f.metadata() or {}
     if "windowguide" not in meta:
         raise WindowguideError(f"{path} is not a windowguide model file (no 'windowguide' metadata)")
-    return json.loads(meta["windowguide"])
+    try:
+        info = json.loads(meta["windowguide"])
+    except ValueError:
+        raise WindowguideError(f"{path}: the 'windowguide' metadata is not JSON") from None
+    kind = info.get("kind") if isinstance(info, dict) else None
+    if kind not in ARCHITECTURES:
+        raise WindowguideError(f"{path}: model kind {kind!r} is unknown; accepted: {sorted(ARCHITECTURES)}")
+    missing = [k for k in REQUIRED[kind] if k not in info]
+    if missing or not isinstance(info["config"], dict):
+        raise WindowguideError(f"{path}: the model record lacks {missing or ['a config dict']}; it cannot be "
+                               f"rebuilt (was it written by windowguide?)")
+    return info
+
+
+def _build(path: str, info: dict) -> nn.Module:
+    """The architecture of the record, on the meta device (no memory), or a clear error."""
+    config = dict(info["config"])
+    if "mults" in config and isinstance(config["mults"], list):
+        config["mults"] = tuple(config["mults"])
+    try:
+        with torch.device("meta"):
+            return ARCHITECTURES[info["kind"]](**config)
+    except TypeError as e:
+        raise WindowguideError(f"{path}: the config {info['config']} does not fit a {info['kind']} ({e})") from None
+    except WindowguideError as e:
+        raise WindowguideError(f"{path}: {e}") from None
+
+
+def _check_header(path: str, f, net: nn.Module) -> None:
+    """The file's tensor names and shapes must be the architecture's, before anything is allocated."""
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(stored) if expected[k] != stored[k])
+    if missing or extra or wrong:
+        detail = "; ".join(part for part in (
+            f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}" if missing else "",
+            f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}" if extra else "",
+            f"{wrong[0]} is {stored[wrong[0]]}, the recipe needs {expected[wrong[0]]}" if wrong else "") if part)
+        raise WindowguideError(f"{path}: the weights do not fit the architecture in its record ({detail})")
 
 
 def load_model(name_or_path: str, kind: str | None = None, device: Any = "cpu") -> tuple[nn.Module, dict]:
-    """(net in eval mode, its record). ``kind`` checks the file holds that kind of model."""
+    """(net in eval mode, its record). ``kind`` checks the file holds that kind of model. The record is
+    checked and the tensor shapes in the file's header are compared with the architecture before
+    any weight is read."""
     path = resolve(name_or_path)
     info = read_info(path)
     if kind is not None and info["kind"] != kind:
         raise WindowguideError(f"{name_or_path!r} is a {info['kind']}, expected a {kind}")
+    meta_net = _build(path, info)
+    with _open(path) as f:
+        _check_header(path, f, meta_net)
+        try:
+            state = {key: f.get_tensor(key) for key in f.keys()}
+        except Exception as e:
+            raise WindowguideError(f"{path}: the weights cannot be read ({type(e).__name__}); the file is "
+                                   f"truncated or damaged") from None
     config = dict(info["config"])
     if "mults" in config:
         config["mults"] = tuple(config["mults"])
     net = ARCHITECTURES[info["kind"]](**config)
-    state = {}
-    with safe_open(path, "pt", device="cpu") as f:
-        for key in f.keys():
-            state[key] = f.get_tensor(key)
     net.load_state_dict(state)
     return net.to(device).eval().requires_grad_(False), info
 

@@ -11,6 +11,7 @@ label (trained by label dropout), which is what CFG asks for.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +19,25 @@ from torch.nn import functional as F
 
 from ..denoiser import EDMDenoiser
 from ..errors import WindowguideError
+
+
+MAX_CLASSES = 1000      # ImageNet's; a label beyond this is a data error, not a class
+
+
+def check_unet_config(channels: Any, base: Any, mults: Any, num_classes: Any, sigma_data: Any) -> None:
+    """Refuse an architecture that cannot be built or would be absurdly large, naming the value."""
+    def integer(v, lo, hi):
+        return not isinstance(v, bool) and isinstance(v, int) and lo <= v <= hi
+    if not integer(channels, 1, 16):
+        raise WindowguideError(f"channels {channels!r}: accepted: an integer in 1..16")
+    if not integer(base, 2, 1024) or base % 2:
+        raise WindowguideError(f"base {base!r}: accepted: an even integer in 2..1024 (the UNet width)")
+    if not isinstance(mults, (tuple, list)) or not 1 <= len(mults) <= 6 or not all(integer(m, 1, 16) for m in mults):
+        raise WindowguideError(f"mults {mults!r}: accepted: 1 to 6 integers in 1..16, e.g. 1,2,2")
+    if not integer(num_classes, 0, MAX_CLASSES):
+        raise WindowguideError(f"num_classes {num_classes!r}: accepted: an integer in 0..{MAX_CLASSES}")
+    if isinstance(sigma_data, bool) or not isinstance(sigma_data, (int, float)) or not 0 < sigma_data < math.inf:
+        raise WindowguideError(f"sigma_data {sigma_data!r}: accepted: a finite number > 0")
 
 
 def _groups(ch: int) -> int:
@@ -47,6 +67,7 @@ class SmallUNet(nn.Module):
     def __init__(self, channels: int = 3, base: int = 32, mults: tuple[int, ...] = (1, 2, 2),
                  num_classes: int = 0, sigma_data: float = 0.5, emb: int | None = None):
         super().__init__()
+        check_unet_config(channels, base, mults, num_classes, sigma_data)
         self.config = dict(channels=channels, base=base, mults=tuple(mults), num_classes=num_classes,
                            sigma_data=sigma_data)
         emb = emb or 4 * base

@@ -11,8 +11,9 @@ same run. ``PRESETS`` are the recipes of the bundled models.
 from __future__ import annotations
 
 import copy
+import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from tqdm import tqdm
@@ -20,8 +21,9 @@ from tqdm import tqdm
 from ..data import Dataset, load
 from ..models.checkpoint import save_model
 from ..models.unet import SmallUNet, param_count
-from .state import load_state, save_state
-from ..errors import WindowguideError
+from .state import load_state, resume_step, save_state
+from ..errors import NonFiniteError, WindowguideError
+from ..files import check_out_dir
 
 
 @dataclass
@@ -45,10 +47,17 @@ class TrainConfig:
     checkpoint_every: int = 250
 
     def __post_init__(self):
-        self.mults = tuple(int(m) for m in self.mults)
-        for name in ("steps", "batch", "base", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise WindowguideError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.mults, (tuple, list)) or not all(isinstance(m, int) for m in self.mults):
+            raise WindowguideError(f"mults {self.mults!r}: accepted: integers such as 1,2,2")
+        self.mults = tuple(self.mults)
+        for name in ("steps", "batch", "base", "checkpoint_every", "warmup"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise WindowguideError(f"{name} {v!r}: accepted: an integer >= 1")
+        for name in ("lr", "weight_decay", "ema", "label_dropout", "p_mean", "p_std", "sigma_data"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise WindowguideError(f"{name} {v!r}: accepted: a finite number")
         if not 0 <= self.label_dropout < 1:
             raise WindowguideError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.ema < 1:
@@ -83,12 +92,13 @@ def config_from(preset: str | None = None, **overrides) -> TrainConfig:
 def build_net(cfg: TrainConfig, data: Dataset) -> SmallUNet:
     """The SmallUNet a recipe describes for a dataset (checks size and labels)."""
     channels, h, w = data.shape
+    if cfg.conditional and data.labels is None:
+        raise WindowguideError(f"dataset {cfg.dataset!r} has no labels; a conditional model needs them "
+                               f"(--unconditional, or let train() choose)")
     net = SmallUNet(channels, cfg.base, cfg.mults, data.num_classes if cfg.conditional else 0, cfg.sigma_data)
     if h % net.multiple or w % net.multiple:
         raise WindowguideError(f"images of {h}x{w} are not a multiple of {net.multiple} (the UNet's factor "
                          f"for mults {cfg.mults})")
-    if cfg.conditional and data.labels is None:
-        raise WindowguideError(f"dataset {cfg.dataset!r} has no labels; train with conditional=False")
     return net
 
 
@@ -110,10 +120,22 @@ def _batch(data: Dataset, net: SmallUNet, gen, cfg: TrainConfig):
     return data.images[idx], labels
 
 
+def _check_weights(net, ema, step: int, out_dir: str, saved: int) -> None:
+    """Never overwrite a good checkpoint with non-finite weights."""
+    for name, module in (("weights", net), ("EMA weights", ema)):
+        if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+            raise NonFiniteError(f"step {step}: the {name} are NaN or infinite; training stopped, the files in "
+                                 f"{out_dir} are from step {saved} (lower --lr?)")
+
+
 def train(cfg: TrainConfig, out_dir: str, progress: bool = True, name: str | None = None) -> str:
     """Train (or resume) into ``out_dir``: ``state.safetensors`` (resumable) and ``model.safetensors``
     (the EMA net with its record), both rewritten every ``checkpoint_every`` steps. Returns the model path."""
     data = load(cfg.dataset, "train")
+    if cfg.conditional and data.labels is None:
+        print(f"dataset {cfg.dataset!r} has no labels: training an unconditional model", flush=True)
+        cfg = replace(cfg, conditional=False)
+    check_out_dir(out_dir)
     torch.manual_seed(cfg.seed)     # the initial weights
     net = build_net(cfg, data)
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -130,6 +152,9 @@ def train(cfg: TrainConfig, out_dir: str, progress: bool = True, name: str | Non
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         loss = edm_loss(net, x0, labels, gen, cfg)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"step {step + 1}: the loss is {loss.item()}; training stopped, the files in "
+                                 f"{out_dir} are from step {resume_step(state_path)} (lower --lr?)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -140,6 +165,7 @@ def train(cfg: TrainConfig, out_dir: str, progress: bool = True, name: str | Non
         loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
         bar.set_postfix(loss=f"{loss_avg:.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            _check_weights(net, ema, step + 1, out_dir, resume_step(state_path))
             save_state(state_path, step + 1, config, net, ema, opt)
             save_model(model_path, ema, "unet", dataset=data.name, shape=list(data.shape),
                        class_names=list(data.class_names), train=config, steps_done=step + 1,

@@ -32,13 +32,20 @@ def load_state(path: str, config: dict, net: nn.Module, ema: nn.Module | None,
                opt: torch.optim.Optimizer) -> int:
     """Restore a run saved by ``save_state``; returns the step to continue from. A state written by
     a different configuration is refused rather than silently continued."""
-    with safe_open(path, "pt", device="cpu") as f:
+    config = json.loads(json.dumps(config, sort_keys=True))     # tuples as lists, as stored
+    try:
+        f = safe_open(path, "pt", device="cpu")
+    except Exception as e:
+        raise WindowguideError(f"{path}: not a readable training state ({type(e).__name__}); remove it to start "
+                               f"over") from None
+    with f:
         meta = f.metadata()
         saved = json.loads(meta["config"])
-        if saved != json.loads(json.dumps(config, sort_keys=True)):
+        if saved != config:
             diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            raise WindowguideError(f"{path} was written by a run with other settings ({', '.join(diff)}); "
-                             f"use another --out folder or the same settings to resume")
+            detail = "; ".join(f"{k}: {saved.get(k)!r} there, {config.get(k)!r} now" for k in diff)
+            raise WindowguideError(f"{path} was written by a run with other settings ({detail}); "
+                                   f"use another --out folder or the same settings to resume")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
     if ema is not None:
