@@ -123,6 +123,27 @@ def test_ddim_matches_diffusers_scheduler(config, eta):
     assert (out * (1 + sigmas[-1] ** 2) ** -0.5 - ref).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ddim_default_schedule_is_the_schedulers_config(eta):
+    """SD's scheduler config (steps_offset 1, set_alpha_to_one False) reaches the default schedule,
+    without passing sigmas; and the same options given to ``sample`` directly."""
+    from windowguide.adapters.diffusers import schedule_of
+    sd = dict(steps_offset=1, set_alpha_to_one=False, beta_schedule="scaled_linear", beta_start=0.00085,
+              beta_end=0.012)
+    sched = DDIMScheduler(clip_sample=False, **sd)
+    model = TinyEps(sched.alphas_cumprod)
+    ref = diffusers_loop(sched, model, [3], (2, 8, 8), 20, eta=eta)
+    final = VPSchedule.scaled_linear().sigmas[0]
+    out = wg.sample(EpsDenoiser(model, schedule_of(sched)), (2, 8, 8), seeds=[3], sampler="ddim", steps=20, eta=eta)
+    assert (out / (1 + final ** 2).sqrt() - ref).abs().max() <= 1e-5
+    direct = wg.sample(EpsDenoiser(model, VPSchedule.scaled_linear()), (2, 8, 8), seeds=[3], sampler="ddim",
+                       steps=20, eta=eta, steps_offset=1, set_alpha_to_one=False)
+    assert (out - direct).abs().max() <= 1e-4           # (float32 vs float64 alphas)
+    plain = wg.sample(EpsDenoiser(model, VPSchedule.scaled_linear()), (2, 8, 8), seeds=[3], sampler="ddim",
+                      steps=20, eta=eta)
+    assert (plain - out).abs().max() > 1e-3          # the offset matters
+
+
 def test_ddpm_matches_diffusers_scheduler():
     sched = DDPMScheduler(clip_sample=False)
     model = TinyEps(sched.alphas_cumprod)

@@ -100,7 +100,11 @@ class VPSchedule:
     does), so a sigma that is not on the training grid still gets a sensible timestep.
     """
 
-    def __init__(self, alphas_cumprod: Any):
+    def __init__(self, alphas_cumprod: Any, spacing: str = "leading", steps_offset: int = 0,
+                 set_alpha_to_one: bool = True):
+        """``spacing``, ``steps_offset`` and ``set_alpha_to_one`` are the defaults of ``step_sigmas``,
+        as a diffusers scheduler config names them (SD 1.x/2.x: leading, 1, False)."""
+        self.spacing, self.steps_offset, self.set_alpha_to_one = spacing, int(steps_offset), bool(set_alpha_to_one)
         a = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
         if a.numel() < 2 or not ((a > 0) & (a < 1)).all() or not (a[1:] < a[:-1]).all():
             raise WindowguideError("alphas_cumprod must be strictly decreasing values in (0, 1), at least two")
@@ -165,10 +169,14 @@ class VPSchedule:
             raise WindowguideError(f"spacing must be 'leading', 'trailing' or 'linspace', got {spacing!r}")
         return ts
 
-    def step_sigmas(self, steps: int, spacing: str = "leading", offset: int = 0,
-                    final_alpha_one: bool = True) -> torch.Tensor:
+    def step_sigmas(self, steps: int, spacing: str | None = None, offset: int | None = None,
+                    final_alpha_one: bool | None = None) -> torch.Tensor:
         """Sigmas of the inference timesteps, then the final sigma: 0 (alpha_bar = 1, diffusers'
-        ``set_alpha_to_one``) or sigma at t = 0. Float64, shape [steps + 1]."""
+        ``set_alpha_to_one``) or sigma at t = 0. Float64, shape [steps + 1]. Arguments left None
+        take the schedule's own (``spacing``, ``steps_offset``, ``set_alpha_to_one``)."""
+        spacing = self.spacing if spacing is None else spacing
+        offset = self.steps_offset if offset is None else offset
+        final_alpha_one = self.set_alpha_to_one if final_alpha_one is None else final_alpha_one
         ts = self.timesteps(steps, spacing, offset)
         final = torch.zeros(1, dtype=torch.float64) if final_alpha_one else self.sigmas[:1]
         return torch.cat([self.sigmas[torch.tensor(ts)], final])

@@ -118,13 +118,15 @@ def parse_seeds(seeds: Any) -> Seeds:
 
 def schedule_sigmas(sampler: str, denoiser: Any, steps: int, sigma_min: float | None = None,
                     sigma_max: float | None = None, rho: float = 7.0, shift: float = 1.0,
-                    spacing: str = "leading", offset: int = 0) -> torch.Tensor:
+                    spacing: str | None = None, steps_offset: int | None = None,
+                    set_alpha_to_one: bool | None = None) -> torch.Tensor:
     """The default schedule of a sampler: Karras for euler/heun, the model's discrete VP timesteps
-    for ddim/ddpm (diffusers' spacing), the shifted flow schedule for flow_euler."""
+    for ddim/ddpm (diffusers' ``timestep_spacing``, ``steps_offset`` and ``set_alpha_to_one``, the
+    model schedule's own unless given), the shifted flow schedule for flow_euler."""
     base = denoiser.denoiser if isinstance(denoiser, GuidedDenoiser) else denoiser
     if sampler in ("ddim", "ddpm"):
         schedule = getattr(base, "schedule", None) or VPSchedule.linear()
-        return schedule.step_sigmas(steps, spacing, offset)
+        return schedule.step_sigmas(steps, spacing, steps_offset, set_alpha_to_one)
     if sampler == "flow_euler":
         return flow_sigmas(steps, shift)
     smin = getattr(base, "sigma_min", 0.002) if sigma_min is None else sigma_min
@@ -144,7 +146,8 @@ def _sampler_options(sampler: str, options: dict) -> dict:
 
 def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sampler: str = "heun",
            guidance: Any = None, cond: Cond = None, sigmas: Any = None, sigma_min: float | None = None,
-           sigma_max: float | None = None, rho: float = 7.0, shift: float = 1.0, batch_size: int | None = None,
+           sigma_max: float | None = None, rho: float = 7.0, shift: float = 1.0, spacing: str | None = None,
+           steps_offset: int | None = None, set_alpha_to_one: bool | None = None, batch_size: int | None = None,
            max_batch: int | None = None, device: Any = None, dtype: torch.dtype = torch.float32,
            progress: bool = False, **sampler_options) -> torch.Tensor:
     """Draw one sample per seed: x_0 = scale(sigma_0) * z(seed), then ``sampler`` on the guided denoiser.
@@ -152,7 +155,8 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     shape: (C, H, W) of one sample. seeds: ints or a string '0-63'. guidance: terms from
     ``windowguide.guidance`` summed with ``+`` (None = unguided). cond: one condition per seed
     (first dimension len(seeds)). sigmas: an explicit schedule (descending, ending in 0), else the
-    sampler's default (``schedule_sigmas``). batch_size: seeds per batch (results do not depend on it).
+    sampler's default (``schedule_sigmas``; spacing, steps_offset, set_alpha_to_one: diffusers' DDIM
+    options, taken from the model's schedule unless given). batch_size: seeds per batch (results do not depend on it).
     max_batch: cap on samples per network call. Extra keywords go to the sampler (churn, eta, ...).
     Returns [len(seeds), C, H, W]. Each step's prediction is checked to be finite: a NaN or inf
     raises ``NonFiniteError`` naming the step, its sigma and the seeds.
@@ -170,7 +174,8 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     if isinstance(model, GuidedDenoiser):
         model.check(shape)
     sigmas = (check_sigmas(sigmas) if sigmas is not None else
-              schedule_sigmas(sampler, base, steps, sigma_min, sigma_max, rho, shift))
+              schedule_sigmas(sampler, base, steps, sigma_min, sigma_max, rho, shift, spacing, steps_offset,
+                              set_alpha_to_one))
     device = torch.device(device) if device is not None else torch.device("cpu")
     size = len(seeds) if batch_size is None else int(batch_size)
     if size < 1:

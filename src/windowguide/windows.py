@@ -55,6 +55,8 @@ def axis_positions(size: int, window: int, stride: int | None = None, n: int | N
                 raise WindowguideError(f"stride {stride} must be in 1..{window} (the window) so windows cover the canvas")
             n = math.ceil(size / stride)
             return tuple(i * stride for i in range(n))
+        if n > size:
+            raise WindowguideError(f"{n} circular windows on a side of {size}: at most {size} distinct positions")
         if n < 1 or n * window < size:
             raise WindowguideError(f"{n} circular windows of {window} cannot cover a side of {size}; "
                              f"need at least {math.ceil(size / window)}")
@@ -68,6 +70,9 @@ def axis_positions(size: int, window: int, stride: int | None = None, n: int | N
             return (0,)
         if (n - 1) * window + window < size:
             raise WindowguideError(f"{n} windows of {window} cannot cover a side of {size}")
+        if n > size - window + 1:     # more windows than distinct positions: repeats, and unbounded memory
+            raise WindowguideError(f"{n} windows per side of {window} on a side of {size}: there are only "
+                                   f"{size - window + 1} distinct positions; accepted: n <= {size - window + 1}")
         return tuple((i * (size - window)) // (n - 1) for i in range(n))
     if not 1 <= stride <= window:
         raise WindowguideError(f"stride {stride} must be in 1..{window} (the window) so windows cover the image")

@@ -23,7 +23,9 @@ def schedule_of(scheduler: Any) -> VPSchedule:
     if not hasattr(scheduler, "alphas_cumprod"):
         raise WindowguideError(f"{type(scheduler).__name__} has no alphas_cumprod; a discrete VP scheduler "
                          f"(DDIM, DDPM, Euler, ...) is needed")
-    return VPSchedule(scheduler.alphas_cumprod)
+    c = scheduler.config
+    return VPSchedule(scheduler.alphas_cumprod, getattr(c, "timestep_spacing", "leading"),
+                      getattr(c, "steps_offset", 0), getattr(c, "set_alpha_to_one", True))
 
 
 def sd_denoiser(pipe: Any = None, unet: Any = None, scheduler: Any = None):
