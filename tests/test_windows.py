@@ -19,9 +19,9 @@ def layouts(draw):
         kw = dict(stride=(draw(st.integers(1, h)), draw(st.integers(1, w))))
     else:
         hmin = 1 if h == H else max(2, math.ceil(H / h))
-        nh = draw(st.integers(hmin, hmin + 4))
+        nh = draw(st.integers(hmin, min(hmin + 4, H - h + 1)))     # at most the distinct positions
         nmin = math.ceil(W / w) if circular else (1 if w == W else max(2, math.ceil(W / w)))
-        nw = draw(st.integers(nmin, nmin + 4))
+        nw = draw(st.integers(nmin, min(nmin + 4, W if circular else W - w + 1)))
         kw = dict(windows_per_side=(nh, nw))
     return layout(H, W, (h, w), circular=circular, **kw)
 
