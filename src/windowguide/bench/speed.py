@@ -6,6 +6,8 @@
     divided by all crops in one call.
 (c) mswg_cost_ratio: M-SWG sampling divided by unguided sampling, next to the FLOP-based
     expectation 1 + N (k/H)^2 for N crops of side k on an H x H image.
+(d) finite_check_cost: unguided Euler sampling with the per-step NaN/inf check divided by the same
+    loop without it (the check is one reduction of the prediction per step).
 
 Methods are run interleaved, in alternating order (A B C, C B A, ...), and the median of each is
 kept, so a noisy machine affects all of them alike.
@@ -22,7 +24,7 @@ import torch
 from ..generate import sample
 from ..guidance import CFG, MSWG, GuidedDenoiser
 from ..models.unet import SmallUNet, param_count
-from ..sampling import PerSampleNoise, karras_sigmas
+from ..sampling import PerSampleNoise, finite_check, karras_sigmas, sample_euler
 from ..windows import layout
 from ..files import write_json
 
@@ -95,6 +97,9 @@ def measure(size: int, batch: int, steps: int, repeats: int, device, base: int =
                                device=device),
         mswg_b1_per_crop=lambda: sample(den, shape, [0], steps=steps, sampler="euler",
                                         guidance=MSWG(0.5, window=window), max_batch=1, device=device),
+        # (d) the per-step finite check alone: the same sampler loop with and without it
+        euler_checked=lambda: sample_euler(den, x0, sigmas, callback=finite_check(seeds, steps)),
+        euler_unchecked=lambda: sample_euler(den, x0, sigmas),
     )
     t = _time_interleaved(one, repeats, device)
     n_crops = lay.n
@@ -107,6 +112,7 @@ def measure(size: int, batch: int, steps: int, repeats: int, device, base: int =
         "batched_speedup": t["mswg_b1_per_crop"] / t["mswg_b1"],
         "mswg_cost_ratio": t["mswg"] / t["unguided"],
         "flop_expectation": 1 + n_crops * (window / size) ** 2,
+        "finite_check_cost": t["euler_checked"] / t["euler_unchecked"],
     }
 
 
@@ -126,10 +132,11 @@ def run(json_path: str | None = None, quick: bool = False, device: str | None = 
 
 def format_report(report: dict) -> str:
     lines = [f"device {report['device']}, {report['threads']} threads, torch {report['torch']}",
-             f"{'image':>6} {'overhead':>9} {'batched_speedup':>16} {'mswg_cost_ratio':>16} {'flop_expectation':>17}"]
+             f"{'image':>6} {'overhead':>9} {'batched_speedup':>16} {'mswg_cost_ratio':>16} {'flop_expectation':>17} "
+             f"{'finite_check_cost':>18}"]
     for r in report["results"]:
         lines.append(f"{r['image']:>6} {r['overhead']:>9.3f} {r['batched_speedup']:>16.2f} "
-                     f"{r['mswg_cost_ratio']:>16.2f} {r['flop_expectation']:>17.2f}")
+                     f"{r['mswg_cost_ratio']:>16.2f} {r['flop_expectation']:>17.2f} {r['finite_check_cost']:>18.3f}")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..bench.quality import Evaluator
+from ..files import check_out_dir
 from ..generate import sample
 from ..images import grid
 from .common import labels_for, prepare
@@ -26,6 +27,7 @@ DEMO_METHODS = [("no guidance", "none"), ("M-SWG w=1", "mswg:w=1,window=16"),
 def run(out: str = ".", model: str = DEFAULT_MODEL, samples: int = 128, steps: int = 12,
         progress: bool = True) -> dict:
     """Sample ``samples`` seeds per method, write ``windowguide_demo.png`` into ``out``; returns the figures."""
+    check_out_dir(out)
     t0 = time.perf_counter()
     ev = Evaluator(model)
     seeds = list(range(samples))

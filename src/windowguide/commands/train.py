@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import os
 
+from ..files import check_out_dir
 from ..train.classifier import ClassifierConfig, train_classifier
 from ..train.edm import config_from, train
 
 
 def run(dataset: str | None, out: str, preset: str | None = None, classifier: bool = False,
         progress: bool = True, **settings) -> str:
-    """Train into ``out``; returns the path of the model file."""
+    """Train into ``out``; returns the path of the model file. The folder is checked first."""
+    check_out_dir(out)
     if classifier:
         cfg = ClassifierConfig(dataset=dataset or "digits",
                                **{k: v for k, v in settings.items() if v is not None and k in
