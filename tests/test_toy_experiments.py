@@ -27,9 +27,9 @@ def test_tree_weight_decayed_model_guides_without_losing_coverage(tree_report):
 
 
 def test_leaves_regimes():
-    _, coarse, _ = leaves.cell(2, 3, 1000)      # well-fitted model, coarse classes
+    _, coarse, _ = leaves.cell(4, 3, 1000)      # the paper's cell: well-fitted model, 4 classes of depth 3
     assert coarse["autoguidance"][0]["outliers"] < coarse["cfg"][0]["outliers"]
     assert coarse["autoguidance"][0]["coverage"] >= coarse["cfg"][0]["coverage"]
-    _, fine, _ = leaves.cell(8, 6, 1000)        # under-fitted model, fine classes
+    _, fine, _ = leaves.cell(24, 1, 1000)       # the paper's cell: under-fitted model, 24 classes of depth 1
     assert fine["cfg"][0]["log_density"] > fine["autoguidance"][0]["log_density"]
     assert fine["sgg"][0]["coverage"] > fine["cfg"][0]["coverage"]

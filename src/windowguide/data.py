@@ -58,7 +58,7 @@ def digits(size: int = 24, split: str = "train") -> Dataset:
 
 
 def _split(order: torch.Tensor, n_test: int, split: str) -> torch.Tensor:
-    if split == "test":
+    if split in ("test", "features"):     # digits has no more images: the feature net learns the test split
         return order[:n_test]
     if split == "train":
         return order[n_test:]
@@ -147,20 +147,25 @@ def random_crops(d: Dataset, size: int, per_image: int, seed: int = 0) -> Datase
 BUILTIN = {"digits": digits, "mirror": mirror, "scenes": scenes}
 
 
+SPLITS = ("train", "test", "features", "all")
+_SEEDS = {"train": 0, "all": 0, "test": 1, "features": 2}
+
+
 def builtin(name: str, split: str = "train", size: int = 24) -> Dataset:
-    """A built-in dataset by name. For ``mirror`` the splits are disjoint seeds (train 0, test 1)."""
+    """A built-in dataset by name. Splits: 'train' (the diffusion models' data and the FD reference),
+    'test' (held out), 'features' (what the benchmark's feature network learns, never the reference).
+    ``mirror`` and ``scenes`` draw them from disjoint seeds (0, 1, 2); ``digits`` has 1797 images
+    only, so its 'features' split is its 'test' split."""
+    if split not in SPLITS:
+        raise WindowguideError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
     if name == "digits":
         return digits(size, split)
     if name == "mirror":
-        if split not in ("train", "test", "all"):
-            raise WindowguideError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
-        return mirror(2000 if split == "test" else 6000, size, seed=1 if split == "test" else 0)
+        return mirror(6000 if split in ("train", "all") else 2000, size, seed=_SEEDS[split])
     if name == "scenes":   # the models see 24 x 24 crops of 24 x 96 scenes
-        if split not in ("train", "test", "all"):
-            raise WindowguideError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
-        test = split == "test"
-        return random_crops(scenes(500 if test else 1500, size, 4 * size, seed=1 if test else 0), size, 4,
-                            seed=1 if test else 0)
+        big = split in ("train", "all")
+        return random_crops(scenes(1500 if big else 500, size, 4 * size, seed=_SEEDS[split]), size, 4,
+                            seed=_SEEDS[split])
     raise WindowguideError(f"unknown dataset {name!r}; accepted: {sorted(BUILTIN)} or a folder / .npz path")
 
 
@@ -322,7 +327,7 @@ def load(name_or_path: str, split: str = "train") -> Dataset:
     if split == "test":
         return held_out(d)[1]
     if split not in ("train", "all"):
-        raise WindowguideError(f"unknown split {split!r}; accepted: 'train', 'test', 'all'")
+        raise WindowguideError(f"unknown split {split!r} for a user's data; accepted: 'train', 'test', 'all'")
     return d
 
 

@@ -2,7 +2,8 @@
 
 For each dataset (bundled main model NAME, weak models NAME-weak and NAME-wd, classifier
 NAME-classifier) and each method, samples are drawn for fixed seeds 0..N-1 (class = seed mod K,
-Heun), and measured against the real training images on the classifier's features:
+Heun), and measured against the real training images on the classifier's features (the classifier
+never saw those: see ``metrics.features`` for the protocol and the real-vs-real floor):
 FD, KID, IS, precision and recall (k = 3), plus exact pixel statistics: the mirror asymmetry
 (the coherence metric of the ``mirror`` data; 0 on every real image), RMS contrast, HSV saturation
 and the share of values the sampler put outside [-1, 1].
@@ -15,13 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import metrics
 from . import write_report
+from ..metrics.features import Evaluator
 from ..commands.common import labels_for, prepare
-from ..data import load
 from ..generate import sample
 from ..images import grid, save_png
-from ..models.checkpoint import load_model
 
 # (label, SPEC with {w}); combinations keep their first term fixed at w = 1 and sweep the second.
 METHODS = [
@@ -53,49 +52,9 @@ class Settings:
 QUICK = Settings(weights=(1.0,), samples=100, steps=10)
 
 
-class Evaluator:
-    """Features of the real data, computed once; ``__call__`` measures a set of generated images."""
-
-    def __init__(self, dataset: str, device="cpu"):
-        self.classifier, self.info = load_model(f"{dataset}-classifier", "classifier", device)
-        real = load(dataset, "train").images
-        self.real = self.features(real)[0]
-        self.real_stats = metrics.gaussian_stats(self.real)
-        self.dataset = dataset
-
-    @torch.no_grad()
-    def features(self, x: torch.Tensor, batch: int = 500):
-        """(features, class probabilities) of images, clipped to [-1, 1], in batches."""
-        dev = next(self.classifier.parameters()).device
-        feats, probs = [], []
-        for i in range(0, len(x), batch):
-            f = self.classifier.features(x[i:i + batch].clamp(-1, 1).to(dev))
-            feats.append(f.cpu())
-            probs.append(self.classifier.head(f).softmax(1).cpu())
-        return torch.cat(feats), torch.cat(probs)
-
-    def __call__(self, x: torch.Tensor) -> dict:
-        f, p = self.features(x)
-        prec, rec = metrics.precision_recall(self.real, f, k=3)
-        out = dict(fd=metrics.frechet_distance(self.real_stats, metrics.gaussian_stats(f)),
-                   kid=metrics.kernel_inception_distance(self.real, f), inception_score=metrics.inception_score(p),
-                   precision=prec, recall=rec, contrast=metrics.contrast(x).mean().item(),
-                   saturation=metrics.saturation(x).mean().item(),
-                   clipped=metrics.clipped_fraction(x).mean().item())
-        if self.dataset == "mirror":
-            out["asymmetry"] = metrics.asymmetry(x.clamp(-1, 1)).mean().item()
-        return out
-
-
-def _real_row(ev: Evaluator, dataset: str, n: int) -> dict:
-    """The metrics of n held-out real images: the floor a method can reach at this sample size."""
-    real = load(dataset, "test").images[:n]
-    return ev(real)
-
-
 def run_dataset(dataset: str, s: Settings, out_dir: str, progress: bool = True) -> dict:
     """Every method at every weight on one dataset: rows of metrics, grids in out_dir/dataset."""
-    ev = Evaluator(dataset)
+    ev = Evaluator(dataset, s.samples)
     seeds = list(range(s.samples))
     rows = []
     for label, template in METHODS:
@@ -118,7 +77,7 @@ def run_dataset(dataset: str, s: Settings, out_dir: str, progress: bool = True) 
                       + (f"asym {row['asymmetry']:.4f}  " if "asymmetry" in row else "")
                       + f"({row['seconds']:.1f} s)", flush=True)
     return dict(dataset=dataset, classifier_test_accuracy=ev.info.get("test_accuracy"),
-                real=_real_row(ev, dataset, s.samples), rows=rows)
+                real=ev.floor(s.samples), protocol=ev.protocol, rows=rows)
 
 
 def best_rows(rows: list[dict]) -> list[dict]:
@@ -149,7 +108,7 @@ def plot(report: dict, path: str) -> str:
                 ax.axhline(mine[0][key], color="k", ls="--", label="none")
             else:
                 ax.plot([r["weight"] for r in mine], [r[key] for r in mine], "o-", label=method)
-        ax.axhline(report["real"][key], color="grey", ls=":", label="real (held out)")
+        ax.axhline(report["real"][key], color="grey", ls=":", label="real (floor, same count)")
         ax.set_xlabel("weight w")
         ax.set_title(key)
     axes.flat[0].legend(fontsize=7)
@@ -166,9 +125,10 @@ def format_table(report: dict) -> str:
     head = (f"{'method':16s} | {'w(FD)':>5s} {'FD':>7s} {'IS':>5s} {'prec':>5s} {'rec':>5s}"
             + (f" {'asym':>6s} | {'w(coh)':>6s} {'asym':>6s} {'FD':>7s}" if has_asym else "")
             + f" | {'contr':>5s} {'sat':>5s} {'clip%':>5s}")
-    lines = [f"{report['dataset']} (classifier test accuracy {report['classifier_test_accuracy']:.3f})", head]
+    lines = [f"{report['dataset']} (classifier accuracy on unseen images {report['classifier_test_accuracy']:.3f}; "
+             f"{report.get('protocol', '')})", head]
     real = report["real"]
-    lines.append(f"{'real (held out)':16s} | {'':5s} {real['fd']:7.3f} {real['inception_score']:5.2f} "
+    lines.append(f"{'real (floor)':16s} | {'':5s} {real['fd']:7.3f} {real['inception_score']:5.2f} "
                  f"{real['precision']:5.3f} {real['recall']:5.3f}"
                  + (f" {real['asymmetry']:6.4f} | {'':6s} {'':6s} {'':7s}" if has_asym else "")
                  + f" | {real['contrast']:5.3f} {real['saturation']:5.3f} {100 * real['clipped']:5.2f}")

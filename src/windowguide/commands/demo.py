@@ -13,10 +13,10 @@ import time
 import numpy as np
 import torch
 
-from ..bench.quality import Evaluator
 from ..files import check_out_dir
 from ..generate import sample
 from ..images import grid
+from ..metrics.features import Evaluator
 from .common import labels_for, prepare
 
 DEFAULT_MODEL = "mirror"

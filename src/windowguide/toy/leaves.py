@@ -1,8 +1,10 @@
 """The SGG paper's comparison of regimes on recursive 2-D mixtures (ALGORITHMS.md §3).
 
-One fractal tree; ``classes`` = 2^level subtrees are the classes (coarse: 2, fine: 8) and ``depth`` is
-the recursion depth (shallow: few broad components, a model fits them well; deep: many thin ones, the
-same model under-fits). Both vary independently. For each cell the same small conditional MLP (label
+The paper's two cells: 4 classes of depth-3 trees (a well-fitted model, a blurry condition: each class
+spans a whole subtree) and 24 classes of depth 1 (an under-fitted model, a sharp condition: many thin
+classes for the same small net). Classes fan out from one root, each a binary tree of ``depth`` levels
+(``mixture.class_fan``). Our earlier cells on one fractal tree (2 or 8 classes, depth 3 or 6) remain
+available as ``tree_cell``. For each cell the same small conditional MLP (label
 dropout 0.2) and a weaker one (smaller, 4x shorter training) are trained, and none / CFG /
 autoguidance / SGG (CFG above the middle step's sigma, autoguidance below) are compared on the
 metrics of ``toy.metrics`` at w = 1 and w = 2.
@@ -17,22 +19,31 @@ import os
 import torch
 
 from .metrics import evaluate, outlier_thresholds
-from .mixture import fractal_tree
+from .mixture import class_fan, fractal_tree
 from .mlp import TrainConfig, trained
 from .tree import METRICS, methods, sample_toy, sgg_split
 from ..files import write_json
 
 MAIN = TrainConfig(hidden=96, layers=3, steps=3000)
 WEAK = TrainConfig(hidden=48, layers=2, steps=750)
-CLASS_LEVELS = {2: 1, 8: 3}
-DEPTHS = (3, 6)
+CELLS = ((4, 3), (24, 1))            # the SGG paper's (classes, depth): well fitted, under-fitted
+CLASS_LEVELS = {2: 1, 8: 3}          # our earlier fractal-tree cells (tree_cell)
 WEIGHTS = (1.0, 2.0)
 
 
 def cell(classes: int, depth: int, n_samples: int):
+    """The paper's cell: ``classes`` fanned classes, each a depth-``depth`` tree (``class_fan``)."""
+    return _run_cell(class_fan(classes, depth), classes, n_samples)
+
+
+def tree_cell(classes: int, depth: int, n_samples: int):
+    """Our earlier cell: one fractal tree, 2 or 8 subtrees as the classes."""
+    gmm = fractal_tree(depth, class_level=CLASS_LEVELS[classes], width_ratio=0.12, root=(0.0, -1.0))
+    return _run_cell(gmm, classes, n_samples)
+
+
+def _run_cell(gmm, classes: int, n_samples: int):
     """Train the cell's two models, sample every method; returns (gmm, metrics per method, samples shown)."""
-    level = CLASS_LEVELS[classes]
-    gmm = fractal_tree(depth, class_level=level, width_ratio=0.12, root=(0.0, -1.0))
     main, weak = trained(gmm, MAIN).denoiser(), trained(gmm, WEAK).denoiser()
     thresholds = outlier_thresholds(gmm)
     rows, shown = {}, {}
@@ -49,15 +60,14 @@ def cell(classes: int, depth: int, n_samples: int):
 
 
 def run(out_dir: str | None = None, json_path: str | None = None, n_samples: int = 2000, plot: bool = True) -> dict:
-    report = {"setting": dict(classes=list(CLASS_LEVELS), depths=list(DEPTHS), weights=list(WEIGHTS),
+    report = {"setting": dict(cells=[list(c) for c in CELLS], weights=list(WEIGHTS),
                               n_samples=n_samples, sgg_split_sigma=sgg_split(), main=MAIN.__dict__,
                               weak=WEAK.__dict__), "cells": []}
     panels = []
-    for classes in CLASS_LEVELS:
-        for depth in DEPTHS:
-            gmm, rows, shown = cell(classes, depth, n_samples)
-            report["cells"].append(dict(classes=classes, depth=depth, components=len(gmm.weights), table=rows))
-            panels.append((classes, depth, gmm, shown))
+    for classes, depth in CELLS:
+        gmm, rows, shown = cell(classes, depth, n_samples)
+        report["cells"].append(dict(classes=classes, depth=depth, components=len(gmm.weights), table=rows))
+        panels.append((classes, depth, gmm, shown))
     if out_dir and plot:
         os.makedirs(out_dir, exist_ok=True)
         report["figures"] = [_plot(out_dir, panels)]

@@ -119,6 +119,32 @@ def fractal_tree(depth: int, class_level: int = 1, spread: float = 0.5, shrink: 
     return GMM(means, covs, torch.full((len(comps),), 1.0 / len(comps), dtype=torch.float64), labels)
 
 
+def class_fan(classes: int, depth: int, fan: float = 0.9 * math.pi, spread: float = 0.45, shrink: float = 0.7,
+              per_branch: int = 2, width_ratio: float = 0.12, root=(0.0, -1.0), length: float = 1.0) -> GMM:
+    """The SGG paper's recursive toy with class count and in-class depth set apart: ``classes`` branches
+    fan out from ``root`` over the angle ``fan``; each class is a binary tree of ``depth`` further
+    levels on its branch (each split turned by +-spread, shortened by ``shrink``). Few classes with
+    deep trees make the condition blurry; many shallow classes make it sharp. Equal weights."""
+    if not (isinstance(classes, int) and classes >= 1 and isinstance(depth, int) and depth >= 0):
+        raise WindowguideError(f"need classes >= 1 and depth >= 0, got {classes}, {depth}")
+    comps = []
+
+    def grow(start, ang, ln, level, cls):
+        comps.extend((m, c, cls) for m, c in _segment_gaussians(start, ang, ln, ln * width_ratio, per_branch))
+        if level == depth:
+            return
+        end = start + ln * torch.tensor([math.cos(ang), math.sin(ang)], dtype=torch.float64)
+        for turn in (spread, -spread):
+            grow(end, ang + turn, ln * shrink, level + 1, cls)
+    angles = [math.pi / 2] if classes == 1 else [math.pi / 2 - fan / 2 + fan * k / (classes - 1) for k in range(classes)]
+    for k, ang in enumerate(angles):
+        grow(torch.tensor(root, dtype=torch.float64), ang, length, 0, k)
+    means = torch.stack([m for m, _, _ in comps])
+    covs = torch.stack([c for _, c, _ in comps])
+    labels = torch.tensor([k for _, _, k in comps])
+    return GMM(means, covs, torch.full((len(comps),), 1.0 / len(comps), dtype=torch.float64), labels)
+
+
 def interleaved_trees(depth: int = 5, spreads=(0.45, 0.62), **kwargs) -> GMM:
     """Two classes, two trees from one root with different branching angles: they share the trunk
     region and interleave in the crown (the autoguidance paper's two-class tree, in spirit)."""
