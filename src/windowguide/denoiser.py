@@ -1,4 +1,4 @@
-"""Layer 1: one denoiser protocol and the converters to it (ALGORITHMS.md §0).
+"""Layer 1: one denoiser protocol and the converters to it (docs/algorithms.md §0).
 
 Every model is reduced to the variance-exploding (EDM) denoiser
 

@@ -1,4 +1,4 @@
-"""Layer 5: sampling on a canvas larger than the model by fusing windows (ALGORITHMS.md §4).
+"""Layer 5: sampling on a canvas larger than the model by fusing windows (docs/algorithms.md §4).
 
 Windows of the model's native size cover the canvas (``windows.layout``; the last window flush with the
 edge, or wrapping around for 360-degree panoramas). Two places to fuse, ``fuse=``:

@@ -1,4 +1,4 @@
-"""Layer 3: guidance as data, and one evaluator of the guided denoiser (ALGORITHMS.md §1-3).
+"""Layer 3: guidance as data, and one evaluator of the guided denoiser (docs/algorithms.md §1-3).
 
     D_guided = D_pos + sum_i  w_i(sigma) * M_i ⊙ (D_pos - D_neg,i)
 

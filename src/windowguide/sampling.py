@@ -1,4 +1,4 @@
-"""Layer 4: sigma schedules and samplers as plain functions of a denoiser (ALGORITHMS.md §5).
+"""Layer 4: sigma schedules and samplers as plain functions of a denoiser (docs/algorithms.md §5).
 
 Every sampler works on the VE state x = x0 + sigma * n and takes ``sigmas`` (descending, ending in
 0). Stochastic samplers draw their noise from ``noise(like)``; ``PerSampleNoise`` draws each sample's

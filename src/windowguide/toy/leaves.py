@@ -1,4 +1,4 @@
-"""The SGG paper's comparison of regimes on recursive 2-D mixtures (ALGORITHMS.md §3).
+"""The SGG paper's comparison of regimes on recursive 2-D mixtures (docs/algorithms.md §3).
 
 The paper's two cells: 4 classes of depth-3 trees (a well-fitted model, a blurry condition: each class
 spans a whole subtree) and 24 classes of depth 1 (an under-fitted model, a sharp condition: many thin

@@ -1,4 +1,4 @@
-"""The M-SWG paper's analytic toy (ALGORITHMS.md §2): guidance with "the same error, but stronger".
+"""The M-SWG paper's analytic toy (docs/algorithms.md §2): guidance with "the same error, but stronger".
 
 Data, as the authors' notebook builds it: an equilateral triangle of side 2, (-1, 0), (1, 0), (0, sqrt 3),
 centred at its centroid and scaled by 0.75 (circumradius 0.866). A model with error delta is the exact
