@@ -29,7 +29,7 @@ def test_bundled_classifiers_accuracy_recomputed_on_the_held_out_split(name, flo
     from windowguide.data import load
     from windowguide.train.classifier import accuracy
     net, info = load_model(f"{name}-classifier", "classifier")
-    test = load(name, "test")
+    test = load(name, "train" if name == "digits" else "test")     # images the classifier has not seen
     acc = accuracy(net, test.images, test.labels)
     assert acc == pytest.approx(info["test_accuracy"]) and acc >= floor
 
@@ -57,7 +57,7 @@ def test_quality_bench_is_deterministic_and_complete(tmp_path):
     assert {"fd", "kid", "inception_score", "precision", "recall", "asymmetry", "contrast", "saturation",
             "clipped"} <= set(rows[0])
     table = quality.format_report(a)
-    assert "M-SWG" in table and "real (held out)" in table
+    assert "M-SWG" in table and "real (floor)" in table and "reference" in table
     assert (tmp_path / "a" / "mirror_sweeps.png").exists() and (tmp_path / "a" / "mirror" / "M-SWG_w1.png").exists()
 
 
@@ -65,7 +65,26 @@ def test_demo_writes_its_png(tmp_path, capsys):
     from windowguide.commands import demo
     r = demo.run(out=str(tmp_path), samples=24, steps=4)
     assert os.path.exists(tmp_path / "windowguide_demo.png") and len(r["results"]) == 3
-    assert "asymmetry" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "asymmetry" in out and "±" in out and "real images (floor)" in out
+    assert all(row["fd_std"] > 0 for row in r["results"])          # a spread over seed sets, not one run
+    assert r["caption"] in out and ("spread" in r["caption"] or "lower" in r["caption"] or "higher" in r["caption"])
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mirror", "scenes"])
+def test_feature_networks_never_saw_the_fd_reference(dataset):
+    """The memorisation check: the classifier learned the 'features' split, disjoint from the reference
+    ('train') and from the floor images."""
+    from windowguide.data import load
+    from windowguide.metrics.features import Evaluator
+    from windowguide.models.checkpoint import read_info
+    assert read_info(f"{dataset}-classifier")["trained_on"] == "features"
+    feats, train = load(dataset, "features").images.flatten(1), load(dataset, "train").images.flatten(1)
+    probe = feats[:50]
+    assert torch.cdist(probe, train).min() > 1e-3                 # no feature image is a reference image
+    ev = Evaluator(dataset, floor_count=40)
+    assert torch.cdist(ev.floor_images.flatten(1)[:20], feats).min() > 1e-3
+    assert len(ev.real) == (len(train) - 40 if dataset == "digits" else len(train))
 
 
 def test_panorama_bench_quality_part(tmp_path):

@@ -55,10 +55,7 @@ def run(out: str = ".", model: str = DEFAULT_MODEL, samples: int = 64, steps: in
     caption = _caption(results, floor, samples)
     path = _figure(panels, results, caption, os.path.join(out, "windowguide_demo.png"))
     if progress:
-        print(f"{'real images (floor)':24s} {_line(floor)}
-{caption}
-image: {path}
-"
+        print(f"{'real images (floor)':24s} {_line(floor)}\n{caption}\nimage: {path}\n"
               f"({SEED_SETS} seed sets of {samples} per method, {steps} Heun steps; "
               f"{time.perf_counter() - t0:.0f} s)")
     return dict(path=path, results=results, floor=floor, caption=caption, seconds=time.perf_counter() - t0)
