@@ -7,8 +7,9 @@ protocol that does not reward memorisation.
 - The reference statistics are the diffusion model's training images ('train').
 - The floor: ``n`` real images the diffusion model was not compared against, measured the same way
   at the same count n as the samples (FD is biased upward at small n, so only equal counts compare).
-  ``mirror`` and ``scenes`` take them from the 'test' split; ``digits`` (1797 images in all, its test
-  split is the feature split) holds its first n 'train' images out of the reference instead.
+  ``mirror`` and ``scenes`` take them from the 'test' split (scenes: one crop per scene, so they are
+  independent like the samples); ``digits`` (1797 images in all, its test split is the feature split)
+  holds its first n 'train' images out of the reference instead.
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ class Evaluator:
         train = load(dataset, "train").images
         if dataset == "digits":
             self.floor_images, reference = train[:floor_count], train[floor_count:]
-        else:
-            self.floor_images, reference = load(dataset, "test").images[:floor_count], train
+        else:   # scenes' test split holds 4 crops per scene: one per scene keeps the floor's images independent
+            test = load(dataset, "test").images
+            self.floor_images, reference = (test[::4] if dataset == "scenes" else test)[:floor_count], train
         self.real = self.features(reference)[0]
         self.real_stats = gaussian_stats(self.real)
         self.dataset = dataset
