@@ -65,7 +65,8 @@ def _train(args) -> int:
     from .commands import train
     settings = dict(steps=args.steps, batch=args.batch, lr=args.lr, base=args.base, mults=args.mults,
                     weight_decay=args.weight_decay, label_dropout=args.label_dropout, seed=args.seed,
-                    checkpoint_every=args.checkpoint_every)
+                    checkpoint_every=args.checkpoint_every, w2s=args.w2s, w2s_weight=args.w2s_weight,
+                    w2s_split=args.w2s_split, w2s_low=args.w2s_low, w2s_weak=args.w2s_weak)
     if args.unconditional:
         settings["conditional"] = False
     if args.classifier:
@@ -179,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--unconditional", action="store_true")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--checkpoint-every", type=int)
+    tr.add_argument("--w2s", choices=["mg", "ag", "branch", "sgg"],
+                    help="weak-to-strong guidance in training: the model learns the guided prediction")
+    tr.add_argument("--w2s-weight", type=_finite(), help="its weight w (0 = none; a CFG scale is 1 + w)")
+    tr.add_argument("--w2s-split", type=_finite(), help="sgg: CFG difference above this sigma (default 1)")
+    tr.add_argument("--w2s-low", choices=["branch", "ag"], help="sgg: the low-noise source (default branch)")
+    tr.add_argument("--w2s-weak", help="ag: the weak model (default: the preset's NAME-weak)")
     tr.set_defaults(func=_train)
     return p
 

@@ -9,7 +9,7 @@ import torch
 from .. import spec
 from ..errors import WindowguideError
 from ..guidance import CFG, Guidance, GuidedDenoiser
-from ..models.checkpoint import bundled_names, load_denoiser
+from ..models.checkpoint import bundled_names, load_denoiser, load_matching_denoiser
 
 
 def check_device(device: Any) -> torch.device:
@@ -68,18 +68,8 @@ def labels_for(seeds, num_classes: int, klass: Any) -> torch.Tensor | None:
 
 def _weak_loader(main_info: dict, device: Any):
     """Load a weak model by name or path, refusing one that cannot guide the main model."""
-    def load(name: str):
-        denoiser, info, _ = load_denoiser(name, device)
-        for key in ("shape",):
-            if list(info.get(key, [])) != list(main_info.get(key, [])):
-                raise WindowguideError(f"weak model {name!r} makes images of shape {info.get(key)}, the main "
-                                       f"model {main_info.get(key)}; a weak model must match the main one")
-        k_weak, k_main = info["config"].get("num_classes", 0), main_info["config"].get("num_classes", 0)
-        if k_weak != k_main:
-            raise WindowguideError(f"weak model {name!r} has {k_weak} classes, the main model {k_main}; a weak "
-                                   f"model must take the same conditions")
-        return denoiser
-    return load
+    return lambda name: load_matching_denoiser(name, main_info.get("shape", []),
+                                               main_info["config"].get("num_classes", 0), device)
 
 
 def prepare(model: str, guidance: str, device: Any = "cpu"):

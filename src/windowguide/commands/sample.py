@@ -24,6 +24,7 @@ from ..files import check_out_dir, locked, read_png, write_json, write_npz, writ
 from ..generate import _sampler_options, parse_seeds, sample, schedule_sigmas
 from ..images import grid, to_uint8
 from ..sampling import SAMPLERS
+from ..train.w2s import describe
 from .common import check_count, check_device, check_guidance, labels_for, normalise_class, prepare
 
 GRID_LIMIT = 256        # grid.png shows the first 256 samples (by seed); samples.npz holds them all
@@ -50,6 +51,9 @@ def run(model: str, guidance: str = "none", seeds: Any = "0-63", out: str = "run
     shape = tuple(info["shape"])
     klass = normalise_class(klass, net.num_classes)
     check_guidance(g, denoiser, shape, klass)
+    note = describe(info.get("w2s"))
+    if note and progress:
+        print(f"{model}: {note}" + (f"; --guidance {guidance} adds to it" if g.terms else ""), flush=True)
     schedule_sigmas(sampler, denoiser, steps, **{k: v for k, v in sampler_options.items() if k == "shift"})
     settings = dict(model=model, model_record={k: info.get(k) for k in ("dataset", "preset", "steps_done")},
                     guidance=spec.canonical(guidance), klass=klass, steps=steps, sampler=sampler,

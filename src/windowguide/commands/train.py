@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from ..errors import WindowguideError
 from ..files import check_out_dir
 from ..train.classifier import ClassifierConfig, train_classifier
 from ..train.edm import config_from, train
@@ -20,5 +21,9 @@ def run(dataset: str | None, out: str, preset: str | None = None, classifier: bo
         acc = train_classifier(cfg, path, progress)
         print(f"test accuracy {acc:.4f}")
         return path
+    if settings.get("w2s") is None and settings.get("w2s_weight") is not None:
+        raise WindowguideError("--w2s-weight needs --w2s mg|ag|branch|sgg")
+    if settings.get("w2s") is not None and settings.get("w2s_weight") is None:
+        raise WindowguideError(f"--w2s {settings['w2s']} needs --w2s-weight W")
     cfg = config_from(preset, dataset=dataset, **settings)
     return train(cfg, out, progress, name=preset)

@@ -144,3 +144,17 @@ def load_denoiser(name_or_path: str, device: Any = "cpu"):
     """(EDMDenoiser of a saved UNet, its record, the net)."""
     net, info = load_model(name_or_path, "unet", device)
     return net.denoiser(), info, net
+
+
+def load_matching_denoiser(name_or_path: str, shape, num_classes: int, device: Any = "cpu"):
+    """A weak model's denoiser, refused unless it makes images of ``shape`` and takes the same classes
+    as the model it is to guide (autoguidance at sampling or training time)."""
+    denoiser, info, _ = load_denoiser(name_or_path, device)
+    if list(info.get("shape", [])) != list(shape):
+        raise WindowguideError(f"weak model {name_or_path!r} makes images of shape {info.get('shape')}, the main "
+                               f"model {list(shape)}; a weak model must match the main one")
+    k_weak = info["config"].get("num_classes", 0)
+    if k_weak != num_classes:
+        raise WindowguideError(f"weak model {name_or_path!r} has {k_weak} classes, the main model {num_classes}; "
+                               f"a weak model must take the same conditions")
+    return denoiser

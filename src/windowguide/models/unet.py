@@ -65,11 +65,11 @@ class SmallUNet(nn.Module):
     """UNet of ``len(mults)`` levels with ``base * mult`` channels and one ResBlock per level and side."""
 
     def __init__(self, channels: int = 3, base: int = 32, mults: tuple[int, ...] = (1, 2, 2),
-                 num_classes: int = 0, sigma_data: float = 0.5, emb: int | None = None):
+                 num_classes: int = 0, sigma_data: float = 0.5, emb: int | None = None, branch: bool = False):
         super().__init__()
         check_unet_config(channels, base, mults, num_classes, sigma_data)
         self.config = dict(channels=channels, base=base, mults=tuple(mults), num_classes=num_classes,
-                           sigma_data=sigma_data)
+                           sigma_data=sigma_data, **({"branch": True} if branch else {}))
         emb = emb or 4 * base
         self.sigma_data, self.num_classes = sigma_data, num_classes
         self.multiple = 2 ** (len(mults) - 1)
@@ -92,6 +92,10 @@ class SmallUNet(nn.Module):
         self.conv_out = nn.Conv2d(prev, channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        # the auxiliary branch of weak-to-strong training: a small head on the first block's output, a
+        # shallow (weak) prediction of the same net, trained jointly on the plain target
+        self.branch_out = nn.Sequential(nn.GroupNorm(_groups(chans[0]), chans[0]), nn.SiLU(),
+                                        nn.Conv2d(chans[0], channels, 3, padding=1)) if branch else None
 
     def embed(self, c_noise: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         ang = c_noise[:, None] * self.freqs[None] * 2 * math.pi
@@ -108,9 +112,10 @@ class SmallUNet(nn.Module):
                 [f"up{i}" for i in range(len(self.up))])
 
     def raw(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor | None = None,
-            skip: tuple[str, ...] = ()) -> torch.Tensor:
+            skip: tuple[str, ...] = (), with_branch: bool = False):
         """F(x, c_noise, labels): the network without preconditioning; blocks named in ``skip``
-        keep only their shortcut (skip-layer guidance's weak prediction)."""
+        keep only their shortcut (skip-layer guidance's weak prediction). ``with_branch``: also the
+        auxiliary branch's output (F, F_branch)."""
         unknown = sorted(set(skip) - set(self.block_names()))
         if unknown:
             raise WindowguideError(f"unknown blocks {unknown} to skip; this UNet has {self.block_names()}")
@@ -119,9 +124,13 @@ class SmallUNet(nn.Module):
                              f"this UNet's downsampling factor")
         e = self.embed(c_noise, labels)
         h = self.conv_in(x)
-        skips = []
+        skips, branch = [], None
         for i, block in enumerate(self.down):
             h = block(h, e, f"down{i}" in skip)
+            if i == 0 and with_branch:
+                if self.branch_out is None:
+                    raise WindowguideError("this UNet has no auxiliary branch (train it with --w2s branch or sgg)")
+                branch = self.branch_out(h)
             skips.append(h)
             if i < len(self.down) - 1:
                 h = F.avg_pool2d(h, 2)
@@ -130,17 +139,22 @@ class SmallUNet(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), e, f"up{i}" in skip)
             if i < len(self.up) - 1:
                 h = F.interpolate(h, scale_factor=2, mode="nearest")
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return (out, branch) if with_branch else out
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None,
-                skip: tuple[str, ...] = ()) -> torch.Tensor:
-        """The preconditioned denoiser D(x, sigma, labels)."""
+                skip: tuple[str, ...] = (), with_branch: bool = False):
+        """The preconditioned denoiser D(x, sigma, labels); with ``with_branch`` the pair (D, D_branch),
+        the branch preconditioned the same way."""
         sd = self.sigma_data
         s = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
         c_skip = sd ** 2 / (s ** 2 + sd ** 2)
         c_out = s * sd / (s ** 2 + sd ** 2).sqrt()
         c_in = 1 / (s ** 2 + sd ** 2).sqrt()
-        return c_skip * x + c_out * self.raw(c_in * x, s.flatten().log() / 4, labels, skip)
+        out = self.raw(c_in * x, s.flatten().log() / 4, labels, skip, with_branch)
+        if with_branch:
+            return c_skip * x + c_out * out[0], c_skip * x + c_out * out[1]
+        return c_skip * x + c_out * out
 
     def denoiser(self) -> EDMDenoiser:
         """This net as a windowguide Denoiser (null label = num_classes for CFG)."""

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..denoiser import EDMDenoiser
+from ..train.w2s import W2S, loss as w2s_loss
 from .mixture import GMM
 
 
@@ -66,6 +67,8 @@ class TrainConfig:
     p_std: float = 1.4
     sigma_data: float = 0.5
     seed: int = 0
+    w2s: str | None = None          # weak-to-strong guidance in training (train/w2s.py): mg here
+    w2s_weight: float = 0.0
 
 
 def cache_dir() -> str:
@@ -73,7 +76,8 @@ def cache_dir() -> str:
 
 
 def _key(gmm: GMM, cfg: TrainConfig) -> str:
-    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    fields = {k: v for k, v in asdict(cfg).items() if not (k.startswith("w2s") and cfg.w2s is None)}
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())     # plain configs keep their old keys
     for t in (gmm.means, gmm.covs, gmm.weights, gmm.labels):
         h.update(t.double().numpy().round(10).tobytes())
     return h.hexdigest()[:16]
@@ -88,6 +92,7 @@ def train(gmm: GMM, cfg: TrainConfig) -> ToyMLP:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     sd = cfg.sigma_data
+    recipe = W2S(cfg.w2s, cfg.w2s_weight) if cfg.w2s else None
     for _ in range(cfg.steps):
         x0, labels = gmm.sample(cfg.batch, gen)
         x0 = x0.float().view(-1, 2, 1, 1)
@@ -98,8 +103,11 @@ def train(gmm: GMM, cfg: TrainConfig) -> ToyMLP:
         else:
             labels = None
         noisy = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=gen)
-        weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
-        loss = (weight.view(-1, 1, 1, 1) * (net(noisy, sigma, labels) - x0) ** 2).mean()
+        weight = ((sigma ** 2 + sd ** 2) / (sigma * sd) ** 2).view(-1, 1, 1, 1)
+        if recipe is not None:      # the guided target x0 + w stopgrad(D(c) - D(null))
+            loss = w2s_loss(recipe, net, x0, noisy, sigma, labels, weight)
+        else:
+            loss = (weight * (net(noisy, sigma, labels) - x0) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import Dataset, load
-from ..models.checkpoint import save_model
+from ..models.checkpoint import load_matching_denoiser, save_model
 from ..models.unet import SmallUNet, param_count
 from .state import load_state, resume_step, save_state
 from ..errors import NonFiniteError, WindowguideError
@@ -45,6 +45,12 @@ class TrainConfig:
     sigma_data: float = 0.5
     seed: int = 0
     checkpoint_every: int = 250
+    w2s: str | None = None          # weak-to-strong guidance in training: mg, ag, branch, sgg (train/w2s.py)
+    w2s_weight: float = 0.0
+    w2s_split: float = 1.0          # sgg: CFG difference for sigma > split, the low source below
+    w2s_low: str = "branch"         # sgg's low-noise source: branch or ag
+    w2s_weak: str | None = None     # ag: the weak model (default: the preset's NAME-weak)
+    w2s_source: str = "online"      # mg: the online weights (no grad) or the EMA
 
     def __post_init__(self):
         if not isinstance(self.mults, (tuple, list)) or not all(isinstance(m, int) for m in self.mults):
@@ -54,6 +60,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise WindowguideError(f"{name} {v!r}: accepted: an integer >= 1")
+        if self.w2s is not None:
+            self.recipe()          # refuses a bad recipe now
         for name in ("lr", "weight_decay", "ema", "label_dropout", "p_mean", "p_std", "sigma_data"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -63,6 +71,21 @@ class TrainConfig:
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.ema < 1:
             raise WindowguideError(f"need lr > 0, weight_decay >= 0, 0 <= ema < 1; got {self.lr}, "
                              f"{self.weight_decay}, {self.ema}")
+
+
+    def recipe(self):
+        """The W2S recipe, or None."""
+        from .w2s import W2S
+        return None if self.w2s is None else W2S(self.w2s, self.w2s_weight, self.w2s_split, self.w2s_low,
+                                                  self.w2s_source)
+
+    def record(self) -> dict:
+        """The settings as stored and compared on resume (w2s fields only when used, so plain runs keep
+        the records they always had)."""
+        d = asdict(self)
+        if self.w2s is None:
+            d = {k: v for k, v in d.items() if not k.startswith("w2s")}
+        return d
 
 
 # The bundled models (``windowguide train --preset NAME``). "-weak": smaller and a quarter of the
@@ -95,19 +118,28 @@ def build_net(cfg: TrainConfig, data: Dataset) -> SmallUNet:
     if cfg.conditional and data.labels is None:
         raise WindowguideError(f"dataset {cfg.dataset!r} has no labels; a conditional model needs them "
                                f"(--unconditional, or let train() choose)")
-    net = SmallUNet(channels, cfg.base, cfg.mults, data.num_classes if cfg.conditional else 0, cfg.sigma_data)
+    w2s = cfg.recipe()
+    net = SmallUNet(channels, cfg.base, cfg.mults, data.num_classes if cfg.conditional else 0, cfg.sigma_data,
+                    branch=bool(w2s and w2s.needs_branch))
+    if w2s and w2s.needs_labels and not net.num_classes:
+        raise WindowguideError(f"--w2s {w2s.kind} uses the CFG difference: it needs labelled data and a "
+                               f"conditional model")
     if h % net.multiple or w % net.multiple:
         raise WindowguideError(f"images of {h}x{w} are not a multiple of {net.multiple} (the UNet's factor "
                          f"for mults {cfg.mults})")
     return net
 
 
-def edm_loss(net, x0, labels, gen, cfg: TrainConfig) -> torch.Tensor:
-    """lambda(sigma) |D(x0 + sigma e) - x0|^2 averaged, sigma log-normal."""
+def edm_loss(net, x0, labels, gen, cfg: TrainConfig, ema=None, weak=None) -> torch.Tensor:
+    """lambda(sigma) |D(x0 + sigma e, sigma) - target|^2 averaged, sigma log-normal; target = x0, or
+    with a w2s recipe the guided target x0 + w stopgrad(g) (train/w2s.py)."""
     sigma = (torch.randn(x0.shape[0], generator=gen) * cfg.p_std + cfg.p_mean).exp()
     noisy = x0 + sigma.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=gen)
     sd = cfg.sigma_data
     weight = ((sigma ** 2 + sd ** 2) / (sigma * sd) ** 2).view(-1, 1, 1, 1)
+    if cfg.w2s is not None:
+        from .w2s import loss
+        return loss(cfg.recipe(), net, x0, noisy, sigma, labels, weight, ema, weak)
     return (weight * (net(noisy, sigma, labels) - x0) ** 2).mean()
 
 
@@ -118,6 +150,19 @@ def _batch(data: Dataset, net: SmallUNet, gen, cfg: TrainConfig):
         drop = torch.rand(cfg.batch, generator=gen) < cfg.label_dropout
         labels = torch.where(drop, torch.full_like(data.labels[idx], net.num_classes), data.labels[idx])
     return data.images[idx], labels
+
+
+def _weak_model(cfg: TrainConfig, name: str | None, data: Dataset):
+    """The weak model of training-time autoguidance: --w2s-weak, else the preset's NAME-weak."""
+    weak_name = cfg.w2s_weak or (f"{name}-weak" if name else None)
+    if weak_name is None:
+        raise WindowguideError("--w2s ag needs --w2s-weak NAME_OR_PATH (no preset to take NAME-weak from)")
+    return load_matching_denoiser(weak_name, data.shape, data.num_classes if cfg.conditional else 0)
+
+
+def _w2s_record(cfg: TrainConfig) -> dict:
+    """{'w2s': recipe} for the model's record when trained with weak-to-strong guidance."""
+    return {} if cfg.w2s is None else {"w2s": asdict(cfg.recipe())}
 
 
 def _check_weights(net, ema, step: int, out_dir: str, saved: int) -> None:
@@ -141,7 +186,8 @@ def train(cfg: TrainConfig, out_dir: str, progress: bool = True, name: str | Non
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state_path, model_path = os.path.join(out_dir, "state.safetensors"), os.path.join(out_dir, "model.safetensors")
-    config = asdict(cfg)
+    config = cfg.record()
+    weak = _weak_model(cfg, name, data) if cfg.w2s is not None and cfg.recipe().needs_weak else None
     start = load_state(state_path, config, net, ema, opt) if os.path.exists(state_path) else 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
                desc=f"train {name or cfg.dataset}")
@@ -151,7 +197,7 @@ def train(cfg: TrainConfig, out_dir: str, progress: bool = True, name: str | Non
         x0, labels = _batch(data, net, gen, cfg)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        loss = edm_loss(net, x0, labels, gen, cfg)
+        loss = edm_loss(net, x0, labels, gen, cfg, ema, weak)
         if not torch.isfinite(loss):
             raise NonFiniteError(f"step {step + 1}: the loss is {loss.item()}; training stopped, the files in "
                                  f"{out_dir} are from step {resume_step(state_path)} (lower --lr?)")
@@ -169,8 +215,9 @@ def train(cfg: TrainConfig, out_dir: str, progress: bool = True, name: str | Non
             save_state(state_path, step + 1, config, net, ema, opt)
             save_model(model_path, ema, "unet", dataset=data.name, shape=list(data.shape),
                        class_names=list(data.class_names), train=config, steps_done=step + 1,
-                       loss=loss_avg, params=param_count(net), preset=name)
+                       loss=loss_avg, params=param_count(net), preset=name, **_w2s_record(cfg))
     if start >= cfg.steps and not os.path.exists(model_path):
         save_model(model_path, ema, "unet", dataset=data.name, shape=list(data.shape),
-                   class_names=list(data.class_names), train=config, steps_done=start, preset=name)
+                   class_names=list(data.class_names), train=config, steps_done=start, preset=name,
+                   **_w2s_record(cfg))
     return model_path
