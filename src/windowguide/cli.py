@@ -32,6 +32,10 @@ def _bench(args) -> int:
         report = panorama.run(args.json, quick=args.quick, out_dir=args.out or "runs/bench/panorama",
                               device=args.device or "cpu")
         print(panorama.format_report(report))
+    elif args.what == "w2s":
+        from .bench import w2s
+        report = w2s.run(args.json, out_dir=args.out or "runs/bench/quality")
+        print(w2s.format_report(report))
     elif args.what == "quality":
         from .bench import quality
         report = quality.run(args.json, quick=args.quick, out_dir=args.out or "runs/bench/quality")
@@ -117,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.set_defaults(func=_toy)
 
     bench = sub.add_parser("bench", parents=[common], help="benchmarks that print figures")
-    bench.add_argument("what", choices=["speed", "quality", "panorama"])
+    bench.add_argument("what", choices=["speed", "quality", "panorama", "w2s"])
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")

@@ -152,6 +152,10 @@ def run(json_path: str | None = None, quick: bool = False, out_dir: str = "runs/
     for dataset in s.datasets:
         rep = run_dataset(dataset, s, out_dir, progress)
         rep["plot"] = plot(rep, os.path.join(out_dir, f"{dataset}_sweeps.png"))
+        if not quick and settings is None:    # the full run: models trained with w2s targets, 1 evaluation
+            from . import w2s
+            rep["w2s_rows"] = w2s.rows(dataset, w2s.W2SSettings(samples=s.samples, steps=s.steps), out_dir,
+                                       progress)
         reports.append(rep)
     report = dict(settings={k: getattr(s, k) for k in Settings.__dataclass_fields__}, datasets=reports,
                   seconds=time.perf_counter() - t0, torch_threads=torch.get_num_threads())
@@ -162,5 +166,11 @@ def run(json_path: str | None = None, quick: bool = False, out_dir: str = "runs/
 def format_report(report: dict) -> str:
     """All datasets' tables and the run time."""
     parts = [format_table(r) for r in report["datasets"]]
+    if any("w2s_rows" in r for r in report["datasets"]):
+        from . import w2s
+        parts.append(w2s.format_report(dict(settings=dict(w2s.W2SSettings().__dict__, samples=report["settings"]["samples"],
+                                                          steps=report["settings"]["steps"]),
+                                            datasets={r["dataset"]: r["w2s_rows"] for r in report["datasets"]
+                                                      if "w2s_rows" in r}, seconds=report["seconds"])))
     parts.append(f"total {report['seconds']:.0f} s; plots and grids under the output folder")
     return "\n\n".join(parts)
