@@ -170,3 +170,14 @@ def test_command_line_trains_and_sampling_says_one_evaluation(tmp_path, tiny_npz
     assert main(["train", "--dataset", str(tmp_path / "u.npz"), "--w2s", "mg", "--w2s-weight", "1", "--steps", "1",
                  "--base", "8", "--mults", "1,2", "--out", str(tmp_path / "y")]) == 2
     assert "needs labelled data" in capsys.readouterr().err
+
+
+def test_bench_rows_compare_every_target_at_one_budget(tmp_path):
+    from windowguide.bench import w2s as bench
+    s = bench.W2SSettings(datasets=("mirror",), train_steps=2, samples=12, steps=2)
+    r = bench.run(str(tmp_path / "w.json"), out_dir=str(tmp_path), settings=s, progress=False)
+    rows = r["datasets"]["mirror"]
+    assert [x["evaluations_per_step"] for x in rows] == [1, 2, 1, 1, 1, 1, 0]
+    assert rows[0]["train_cost"] == 1.0 and all(x["train_cost"] > 0 for x in rows[:-1])
+    assert all("asymmetry" in x for x in rows)
+    assert "trained with sgg w=1" in bench.format_report(r)
