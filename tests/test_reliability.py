@@ -20,7 +20,7 @@ from windowguide.data import load_images
 from windowguide.errors import NonFiniteError, WindowguideError
 from windowguide.generate import parse_seeds, sample
 from windowguide.guidance import MSWG, SWG, GuidedDenoiser
-from windowguide.models.checkpoint import load_model, resolve
+from windowguide.models.checkpoint import load_model
 from windowguide.train.edm import TrainConfig, train
 
 

@@ -2,12 +2,16 @@
 choice, and the guidance SPEC against the model (weak models of the same shape and classes)."""
 from __future__ import annotations
 
+import json
+import os
+import warnings
 from typing import Any
 
 import torch
 
 from .. import spec
 from ..errors import WindowguideError
+from ..files import locked, read_png, write_json
 from ..guidance import CFG, Guidance, GuidedDenoiser
 from ..models.checkpoint import bundled_names, load_denoiser, load_matching_denoiser
 
@@ -89,4 +93,35 @@ def check_guidance(g: Guidance, denoiser, shape, klass: Any) -> None:
     GuidedDenoiser(denoiser, g).check(tuple(shape))
 
 
-__all__ = ["check_device", "check_count", "normalise_class", "labels_for", "prepare", "check_guidance"]
+def done(path: str) -> bool:
+    """Whether a per-seed PNG is on disk and decodes; a broken one is reported and drawn again."""
+    if not os.path.exists(path):
+        return False
+    if read_png(path) is None:
+        warnings.warn(f"{path} does not decode; drawing it again", stacklevel=3)
+        return False
+    return True
+
+
+def claim(out: str, settings: dict) -> None:
+    """Write OUT/settings.json once, or check that the folder's recipe is this one (naming what differs);
+    under the folder's lock, so concurrent runs agree."""
+    path = os.path.join(out, "settings.json")
+    with locked(out):
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    old = json.load(f)
+            except (OSError, ValueError):
+                raise WindowguideError(f"{path} is not readable JSON; remove it or choose another --out") from None
+            new = json.loads(json.dumps(settings))
+            differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if differ:
+                detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in differ)
+                raise WindowguideError(f"{out} holds samples made with other settings ({detail}); choose another "
+                                       f"--out or the same settings")
+        else:
+            write_json(path, settings)
+
+
+__all__ = ["done", "claim", "check_device", "check_count", "normalise_class", "labels_for", "prepare", "check_guidance"]

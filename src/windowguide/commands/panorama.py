@@ -23,8 +23,8 @@ from ..generate import parse_seeds
 from ..images import grid, to_uint8
 from ..sampling import karras_sigmas
 from ..windows import layout
-from .common import check_count, check_device, check_guidance, labels_for, normalise_class, prepare
-from .sample import _claim, _done
+from .common import (check_count, check_device, check_guidance, claim, done, labels_for, normalise_class,
+                     prepare)
 
 STACK_LIMIT = 16       # panoramas.png stacks the first 16 panoramas (by seed)
 _PNG = re.compile(r"^panorama_(\d+)\.png$")
@@ -64,10 +64,10 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
                                   cond=labels_for(batch, net.num_classes, klass), vcf=vcf, style_alpha=style_alpha,
                                   circular=circular, max_batch=max_batch, device=device, progress=progress,
                                   **sampler_options)
-    _claim(out, settings)
+    claim(out, settings)
     todo = []
     for s in seeds:
-        if not _done(_path(out, s)):
+        if not done(_path(out, s)):
             todo.append(s)
         if len(todo) == batch_size or (todo and s == seeds[-1]):
             with torch.no_grad():

@@ -9,10 +9,8 @@ a lock, and every later run must match it.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import warnings
 from typing import Any
 
 import numpy as np
@@ -20,12 +18,13 @@ import torch
 
 from .. import spec
 from ..errors import WindowguideError
-from ..files import check_out_dir, locked, read_png, write_json, write_npz, write_png
+from ..files import check_out_dir, locked, read_png, write_npz, write_png
 from ..generate import _sampler_options, parse_seeds, sample, schedule_sigmas
 from ..images import grid, to_uint8
 from ..sampling import SAMPLERS
 from ..train.w2s import describe
-from .common import check_count, check_device, check_guidance, labels_for, normalise_class, prepare
+from .common import (check_count, check_device, check_guidance, claim, done, labels_for, normalise_class,
+                     prepare)
 
 GRID_LIMIT = 256        # grid.png shows the first 256 samples (by seed); samples.npz holds them all
 _PNG = re.compile(r"^(\d+)\.png$")
@@ -58,10 +57,10 @@ def run(model: str, guidance: str = "none", seeds: Any = "0-63", out: str = "run
     settings = dict(model=model, model_record={k: info.get(k) for k in ("dataset", "preset", "steps_done")},
                     guidance=spec.canonical(guidance), klass=klass, steps=steps, sampler=sampler,
                     shape=list(shape), sampler_options=sampler_options)
-    _claim(out, settings)
+    claim(out, settings)
     todo: list[int] = []
     for s in seeds:                              # lazily: a range of 10^10 seeds is never listed
-        if not _done(png_path(out, s)):
+        if not done(png_path(out, s)):
             todo.append(s)
         if len(todo) == batch_size:
             _draw(todo, denoiser, net, g, shape, klass, out, steps, sampler, device, progress, sampler_options)
@@ -80,36 +79,6 @@ def _draw(seeds, denoiser, net, g, shape, klass, out, steps, sampler, device, pr
                    progress=progress, **options)
     for s, im in zip(seeds, to_uint8(x)):
         write_png(im, png_path(out, s))
-
-
-def _done(path: str) -> bool:
-    """Whether the seed's PNG is on disk and decodes; a broken one is reported and drawn again."""
-    if not os.path.exists(path):
-        return False
-    if read_png(path) is None:
-        warnings.warn(f"{path} does not decode; drawing it again", stacklevel=3)
-        return False
-    return True
-
-
-def _claim(out: str, settings: dict) -> None:
-    """Write settings.json once, or check that the folder's recipe is this one (naming what differs)."""
-    path = os.path.join(out, "settings.json")
-    with locked(out):
-        if os.path.exists(path):
-            try:
-                with open(path) as f:
-                    old = json.load(f)
-            except (OSError, ValueError):
-                raise WindowguideError(f"{path} is not readable JSON; remove it or choose another --out") from None
-            new = json.loads(json.dumps(settings))
-            differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if differ:
-                detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in differ)
-                raise WindowguideError(f"{out} holds samples made with other settings ({detail}); choose another "
-                                       f"--out or the same settings")
-        else:
-            write_json(path, settings)
 
 
 def collect(out: str, num_classes: int, klass: Any, shape) -> int:
