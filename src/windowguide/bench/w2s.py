@@ -33,7 +33,7 @@ KINDS = ("mg", "branch", "ag", "sgg")
 @dataclass
 class W2SSettings:
     datasets: tuple[str, ...] = ("digits", "mirror")
-    train_steps: int = 600
+    train_steps: int = 400
     weight: float = 1.0
     samples: int = 300
     steps: int = 16

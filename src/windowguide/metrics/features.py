@@ -6,10 +6,11 @@ protocol that does not reward memorisation.
   that copy training images score better than new real images).
 - The reference statistics are the diffusion model's training images ('train').
 - The floor: ``n`` real images the diffusion model was not compared against, measured the same way
-  at the same count n as the samples (FD is biased upward at small n, so only equal counts compare).
+  at the same count n and with the same class counts as the samples (FD is biased upward at small n,
+  and a classifier's feature mean moves with the class proportions, so only equal counts compare).
   ``mirror`` and ``scenes`` take them from the 'test' split (scenes: one crop per scene, so they are
   independent like the samples); ``digits`` (1797 images in all, its test split is the feature split)
-  holds its first n 'train' images out of the reference instead.
+  holds n class-balanced 'train' images out of the reference instead.
 """
 from __future__ import annotations
 
@@ -20,6 +21,21 @@ from .distribution import (frechet_distance, gaussian_stats, inception_score, ke
 from .pixels import asymmetry, clipped_fraction, contrast, saturation
 
 
+def balanced(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of n images with the class counts of the samples (``--class all``: seed mod K gives class
+    k to n // K + (k < n % K) of n seeds), the first ones of each class in order. Class proportions move
+    the feature mean of a classifier a lot: a floor with other proportions than the samples' is not a floor."""
+    k = int(labels.max()) + 1
+    picks = []
+    for c in range(k):
+        want = n // k + (c < n % k)
+        have = (labels == c).nonzero().flatten()
+        if len(have) < want:
+            raise ValueError(f"only {len(have)} images of class {c} for a floor of {n}")
+        picks.append(have[:want])
+    return torch.cat(picks).sort().values
+
+
 class Evaluator:
     """Features of the reference, computed once; ``__call__`` measures a set of generated images and
     ``floor()`` the held-out real images at the same count."""
@@ -28,12 +44,17 @@ class Evaluator:
         from ..data import load
         from ..models.checkpoint import load_model
         self.classifier, self.info = load_model(f"{dataset}-classifier", "classifier", device)
-        train = load(dataset, "train").images
+        train = load(dataset, "train")
         if dataset == "digits":
-            self.floor_images, reference = train[:floor_count], train[floor_count:]
+            pick = balanced(train.labels, floor_count)
+            rest = torch.ones(len(train), dtype=torch.bool)
+            rest[pick] = False
+            self.floor_images, reference = train.images[pick], train.images[rest]
         else:   # scenes' test split holds 4 crops per scene: one per scene keeps the floor's images independent
-            test = load(dataset, "test").images
-            self.floor_images, reference = (test[::4] if dataset == "scenes" else test)[:floor_count], train
+            test = load(dataset, "test")
+            step = 4 if dataset == "scenes" else 1
+            pool_images, pool_labels = test.images[::step], test.labels[::step]
+            self.floor_images, reference = pool_images[balanced(pool_labels, floor_count)], train.images
         self.real = self.features(reference)[0]
         self.real_stats = gaussian_stats(self.real)
         self.dataset = dataset
@@ -67,4 +88,4 @@ class Evaluator:
         return self(self.floor_images[:n])
 
 
-__all__ = ["Evaluator"]
+__all__ = ["Evaluator", "balanced"]
