@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="folder for plots and grids")
     bench.set_defaults(func=_bench)
 
-    demo = sub.add_parser("demo", parents=[common], help="no guidance vs M-SWG on the bundled model, as one PNG (< 1 min)")
+    demo = sub.add_parser("demo", parents=[common], help="no guidance vs M-SWG on the bundled model, as one PNG (1-2 min)")
     demo.add_argument("--out", default=".", help="folder for windowguide_demo.png (default: here)")
     demo.add_argument("--model", default="mirror", help="bundled name or checkpoint (default: mirror)")
     demo.set_defaults(func=_demo)

@@ -22,10 +22,10 @@ from ..metrics.features import Evaluator
 from .common import labels_for, prepare
 
 DEFAULT_MODEL = "mirror"
-# The benchmark's recommendation on mirror (``windowguide bench quality``): the M-SWG weight with the
-# best FD, and the same with CFG.
-DEMO_METHODS = [("no guidance", "none"), ("M-SWG w=0.5", "mswg:w=0.5,window=16"),
-                ("CFG w=1 + M-SWG w=0.5", "cfg:w=1+mswg:w=0.5,window=16")]
+# The benchmark's recommendation on mirror (``windowguide bench quality``, benchmarks/quality_cpu.txt):
+# M-SWG at its best-FD weight (1), and CFG 1 + M-SWG at its best-FD weight (1).
+DEMO_METHODS = [("no guidance", "none"), ("M-SWG w=1", "mswg:w=1,window=16"),
+                ("CFG w=1 + M-SWG w=1", "cfg:w=1+mswg:w=1,window=16")]
 SEED_SETS = 3
 
 
