@@ -7,12 +7,11 @@ NAME-weak, sgg with the branch below sigma 1), all at weight w. The baseline is 
 guidance and with CFG at w (2 network evaluations per step); every w2s model without guidance (1
 evaluation per step). Each row reports FD against the feature protocol of ``metrics.features``, the
 mirror asymmetry, the evaluations per step, and the training cost per iteration relative to the
-baseline (wall clock of the same loop on the same machine, one run after the other).
+baseline (``iteration_costs``: the recipes' iterations timed interleaved on the same batch).
 Models are kept under OUT/models, so an interrupted benchmark resumes.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -39,41 +38,72 @@ class W2SSettings:
     steps: int = 16
 
 
+def _config(dataset: str, kind: str | None, s: W2SSettings):
+    extra = {} if kind is None else dict(w2s=kind, w2s_weight=s.weight, w2s_weak=f"{dataset}-weak")
+    return config_from(dataset, steps=s.train_steps, checkpoint_every=s.train_steps, **extra)
+
+
 def train_variants(dataset: str, s: W2SSettings, out_dir: str, progress: bool = True) -> dict:
-    """{kind or 'baseline': (model path, seconds per training step)}; trained once, then reused."""
+    """{kind or 'baseline': model path}; trained once, then reused."""
     out = {}
     for kind in (None,) + KINDS:
         name = kind or "baseline"
         folder = os.path.join(out_dir, "models", f"{dataset}-{name}-{s.train_steps}")
-        timing = os.path.join(folder, "timing.json")
-        extra = {} if kind is None else dict(w2s=kind, w2s_weight=s.weight, w2s_weak=f"{dataset}-weak")
-        cfg = config_from(dataset, steps=s.train_steps, checkpoint_every=s.train_steps, **extra)
-        t0 = time.perf_counter()
-        path = train(cfg, folder, progress, name=dataset)
-        if not os.path.exists(timing):
-            write_json(timing, {"seconds_per_step": (time.perf_counter() - t0) / s.train_steps})
-        with open(timing) as f:
-            out[name] = (path, json.load(f)["seconds_per_step"])
+        out[name] = train(_config(dataset, kind, s), folder, progress, name=dataset)
     return out
+
+
+def iteration_costs(dataset: str, s: W2SSettings, repeats: int = 7) -> dict:
+    """Seconds of one training iteration (loss, backward, optimiser step) per recipe, relative to the
+    plain one: the recipes are run interleaved on the same batch, in alternating order, medians kept,
+    so a busy machine affects them alike."""
+    from ..data import load
+    from ..models.checkpoint import load_matching_denoiser
+    from ..train.edm import _batch, build_net, edm_loss
+    data = load(dataset, "train")
+    setups = {}
+    for kind in (None,) + KINDS:
+        cfg = _config(dataset, kind, s)
+        torch.manual_seed(0)
+        net = build_net(cfg, data)
+        weak = (load_matching_denoiser(cfg.w2s_weak, data.shape, data.num_classes)
+                if kind is not None and cfg.recipe().needs_weak else None)
+        setups[kind or "baseline"] = (cfg, net, torch.optim.AdamW(net.parameters(), lr=cfg.lr), weak)
+    times = {k: [] for k in setups}
+    order = list(setups)
+    for r in range(repeats + 1):
+        for k in (order if r % 2 == 0 else order[::-1]):
+            cfg, net, opt, weak = setups[k]
+            gen = torch.Generator().manual_seed(r)
+            x0, labels = _batch(data, net, gen, cfg)
+            t0 = time.perf_counter()
+            loss = edm_loss(net, x0, labels, gen, cfg, None, weak)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if r:                                   # the first round warms up
+                times[k].append(time.perf_counter() - t0)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return {k: v / med["baseline"] for k, v in med.items()}
 
 
 def rows(dataset: str, s: W2SSettings, out_dir: str, progress: bool = True) -> list[dict]:
     """The benchmark rows of one dataset (see the module docstring)."""
     models = train_variants(dataset, s, out_dir, progress)
+    cost = iteration_costs(dataset, s)
     ev = Evaluator(dataset, s.samples)
     seeds = list(range(s.samples))
-    base_cost = models["baseline"][1]
     table = []
     runs = [("baseline, no guidance", "baseline", None, 1), (f"baseline + CFG w={s.weight:g}", "baseline",
                                                               CFG(s.weight), 2)]
     runs += [(f"trained with {k} w={s.weight:g}", k, None, 1) for k in KINDS]
     for label, name, guidance, evals in runs:
-        denoiser, info, net = load_denoiser(models[name][0])
+        denoiser, info, net = load_denoiser(models[name])
         with torch.no_grad():
             x = sample(denoiser, tuple(info["shape"]), seeds, steps=s.steps, guidance=guidance,
                        cond=labels_for(seeds, net.num_classes, "all"))
         m = ev(x)
-        row = dict(method=label, evaluations_per_step=evals, train_cost=models[name][1] / base_cost,
+        row = dict(method=label, evaluations_per_step=evals, train_cost=cost[name],
                    fd=m["fd"], **({"asymmetry": m["asymmetry"]} if "asymmetry" in m else {}))
         table.append(row)
         if progress:
