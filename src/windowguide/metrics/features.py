@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import WindowguideError
 from .distribution import (frechet_distance, gaussian_stats, inception_score, kernel_inception_distance,
                            precision_recall)
 from .pixels import asymmetry, clipped_fraction, contrast, saturation
@@ -31,7 +32,7 @@ def balanced(labels: torch.Tensor, n: int) -> torch.Tensor:
         want = n // k + (c < n % k)
         have = (labels == c).nonzero().flatten()
         if len(have) < want:
-            raise ValueError(f"only {len(have)} images of class {c} for a floor of {n}")
+            raise WindowguideError(f"only {len(have)} images of class {c} for a floor of {n}")
         picks.append(have[:want])
     return torch.cat(picks).sort().values
 

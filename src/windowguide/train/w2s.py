@@ -155,18 +155,6 @@ def loss(w2s: W2S, net: Callable, x0: torch.Tensor, noisy: torch.Tensor, sigma: 
     return out
 
 
-def parse(kind: str | None, weight: float | None, split: float | None = None, low: str | None = None,
-          source: str | None = None) -> W2S | None:
-    """The recipe from command-line values (None when --w2s is not given)."""
-    if kind is None:
-        if weight is not None:
-            raise WindowguideError("--w2s-weight needs --w2s mg|ag|branch|sgg")
-        return None
-    if weight is None:
-        raise WindowguideError(f"--w2s {kind} needs --w2s-weight W")
-    return W2S(kind, float(weight), 1.0 if split is None else float(split), low or "branch", source or "online")
-
-
 def describe(record: Any) -> str | None:
     """One line for a model trained with a w2s recipe (its record's 'w2s' entry), else None."""
     if not record:
@@ -177,4 +165,4 @@ def describe(record: Any) -> str | None:
             f"prediction is the guided one; 1 network evaluation per step")
 
 
-__all__ = ["W2S", "KINDS", "training_coefficient", "guided_target", "flow_guided_target", "difference", "loss", "parse", "describe"]
+__all__ = ["W2S", "KINDS", "training_coefficient", "guided_target", "flow_guided_target", "difference", "loss", "describe"]
