@@ -121,19 +121,31 @@ def test_a_png_that_does_not_decode_is_redrawn_with_a_warning(tmp_path, tiny):
 
 # ------------------------------------------------------------------------ 4. NaN goes noticed
 
-def test_training_stops_at_a_non_finite_loss_and_keeps_the_good_checkpoint(tmp_path, tiny):
+def test_training_stops_at_a_non_finite_loss_and_keeps_the_good_checkpoint(tmp_path, monkeypatch, capsys):
+    from safetensors.torch import load_file
+    import windowguide.train.edm as edm
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", images=rng.integers(0, 256, (16, 8, 8), dtype=np.uint8))
     cfg = dict(dataset=str(tmp_path / "d.npz"), base=8, mults=(1, 2), batch=4, checkpoint_every=2,
                conditional=False)
+    good = load_file(train(TrainConfig(steps=2, **cfg), str(tmp_path / "two"), progress=False))
+    real, calls = edm.edm_loss, {"n": 0}
+
+    def nan_at_step_3(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] == 3 else loss
+    monkeypatch.setattr(edm, "edm_loss", nan_at_step_3)
     out = str(tmp_path / "run")
-    path = train(TrainConfig(steps=2, **cfg), out, progress=False)
-    good = open(path, "rb").read()
-    with pytest.raises(NonFiniteError, match=r"step \d+: the (loss|weights|EMA weights)"):
-        train(TrainConfig(steps=6, lr=1e30, **cfg), str(tmp_path / "run2"), progress=False)
+    with pytest.raises(NonFiniteError, match=r"step 3: the loss is nan; training stopped, the files in .* are from step 2"):
+        train(TrainConfig(steps=4, **cfg), out, progress=False)
+    kept = load_file(os.path.join(out, "model.safetensors"))
+    assert all(torch.equal(good[k], kept[k]) for k in good)          # the step-2 checkpoint, untouched
+    assert load_model(os.path.join(out, "model.safetensors"))[1]["steps_done"] == 2
+    monkeypatch.setattr(edm, "edm_loss", real)
     assert main(["train", "--dataset", cfg["dataset"], "--base", "8", "--mults", "1,2", "--batch", "4",
-                 "--steps", "6", "--checkpoint-every", "2", "--lr", "1e30", "--out", out]) in (1, 2)
-    assert open(path, "rb").read() == good                              # not overwritten
+                 "--steps", "6", "--checkpoint-every", "2", "--lr", "1e30", "--out", str(tmp_path / "cli")]) == 1
+    assert "the loss is inf; training stopped" in capsys.readouterr().err
 
 
 def test_sampling_a_nan_denoiser_fails_naming_step_sigma_and_seeds():
