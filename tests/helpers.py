@@ -64,3 +64,15 @@ def sample_stats(x: torch.Tensor):
 
 
 SQRT2 = math.sqrt(2)
+
+
+def interrupt_at_call(real, n: int):
+    """A stand-in for ``real`` that raises KeyboardInterrupt at its n-th call (a Ctrl-C mid-training)."""
+    calls = {"n": 0}
+
+    def wrapped(*args):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args)
+    return wrapped

@@ -3,6 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import interrupt_at_call
 from windowguide.models.checkpoint import load_denoiser, load_model, read_info, resolve
 from windowguide.train.classifier import ClassifierConfig, augment
 from windowguide.train.edm import TrainConfig, config_from, edm_loss, train
@@ -33,15 +34,8 @@ def test_same_seed_same_weights_and_foreign_state_refused(tmp_path, tiny_npz):
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, tiny_npz, monkeypatch):
     ref = load_file(train(tiny(tiny_npz), str(tmp_path / "ref"), progress=False))
     import windowguide.train.edm as edm
-    calls = {"n": 0}
     real_loss = edm.edm_loss
-
-    def crash_at_step_5(*args):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real_loss(*args)
-    monkeypatch.setattr(edm, "edm_loss", crash_at_step_5)
+    monkeypatch.setattr(edm, "edm_loss", interrupt_at_call(real_loss, 5))
     with pytest.raises(KeyboardInterrupt):
         train(tiny(tiny_npz), str(tmp_path / "run"), progress=False)
     monkeypatch.setattr(edm, "edm_loss", real_loss)

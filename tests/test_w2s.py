@@ -4,6 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import interrupt_at_call
 from windowguide.cli import main
 from windowguide.models.checkpoint import read_info
 from windowguide.models.unet import SmallUNet
@@ -103,14 +104,8 @@ def test_w2s_training_resumes_bit_exactly_and_records_its_recipe(tmp_path, tiny_
                       w2s_weight=1.0)
     ref = load_file(train(cfg, str(tmp_path / "ref"), progress=False))
     import windowguide.train.edm as edm
-    calls, real = {"n": 0}, edm.edm_loss
-
-    def crash(*args):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*args)
-    monkeypatch.setattr(edm, "edm_loss", crash)
+    real = edm.edm_loss
+    monkeypatch.setattr(edm, "edm_loss", interrupt_at_call(real, 5))
     with pytest.raises(KeyboardInterrupt):
         train(cfg, str(tmp_path / "run"), progress=False)
     monkeypatch.setattr(edm, "edm_loss", real)
