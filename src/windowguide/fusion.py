@@ -33,7 +33,8 @@ from .conds import Cond, check_cond, cond_batch_size, cond_repeat, cond_to
 from .denoiser import Denoiser, as_denoiser
 from .generate import _sampler_options, parse_seeds, schedule_sigmas
 from .guidance import CFG, Guidance, GuidedDenoiser, guided
-from .sampling import SAMPLERS, PerSampleNoise, _churn, begin_step, check_finite, check_sigmas, finite_check, init_noise_scale
+from .sampling import (SAMPLERS, PerSampleNoise, _churn, begin_step, check_finite, check_sigmas, finite_check,
+                       init_noise_scale)
 from .windows import Layout, layout, window_weights
 from .errors import WindowguideError
 
@@ -106,6 +107,14 @@ def adds_noise_after_update(sampler: str, options: dict) -> bool:
     return sampler == "ddpm" or (sampler == "ddim" and options.get("eta", 0.0) > 0)
 
 
+def _check_vcf(sampler: str, options: dict) -> None:
+    """VCF needs noise added after the fused update; say why not otherwise."""
+    if not adds_noise_after_update(sampler, options):
+        raise WindowguideError(f"VCF corrects noise added after the fused update, but sampler {sampler!r} "
+                               f"with {options or 'default options'} adds none; use ddpm or ddim with eta > 0 "
+                               f"(EDM churn is drawn once on the canvas and needs no correction)")
+
+
 def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond: Cond, lay: Layout,
                         weighting: Any = "uniform", sampler: str = "ddim", noise: PerSampleNoise | None = None,
                         vcf: bool = False, progress: bool = False, callback: Callable | None = None,
@@ -124,10 +133,8 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
     sigmas = check_sigmas(sigmas).tolist()
     k, n_steps = lay.n, len(sigmas) - 1
     churn = {key: options.pop(key) for key in ("churn", "s_tmin", "s_tmax", "s_noise") if key in options}
-    if vcf and not adds_noise_after_update(sampler, options):
-        raise WindowguideError(f"VCF corrects noise added after the fused update (ddpm, ddim with eta > 0); "
-                               f"{sampler!r} with {churn or options or 'default options'} adds none (EDM churn "
-                               f"is drawn once on the canvas and needs no correction)")
+    if vcf:
+        _check_vcf(sampler, options)
     noise = noise or PerSampleNoise.from_seeds(range(x.shape[0]))
     scale = _vcf_ratio(lay, weighting, x.device, x.dtype) if vcf else None
     wnoise = WindowNoise(noise, lay, scale)
@@ -208,10 +215,8 @@ def check_fusion(mode: str, fuse: str | None, weighting: Any, sampler: str, vcf:
     if sampler not in SAMPLERS:
         raise WindowguideError(f"unknown sampler {sampler!r}; accepted: {sorted(SAMPLERS)}")
     options = _sampler_options(sampler, sampler_options)
-    if vcf and not adds_noise_after_update(sampler, options):
-        raise WindowguideError(f"VCF corrects noise added after the fused update, but sampler {sampler!r} "
-                               f"with {options or 'default options'} adds none; use ddpm or ddim with eta > 0 "
-                               f"(EDM churn is drawn once on the canvas and needs no correction)")
+    if vcf:
+        _check_vcf(sampler, options)
     if vcf and fuse != "state":
         raise WindowguideError("VCF corrects fused window states; with fuse='prediction' the noise is drawn once "
                                "on the canvas and already has the sampler's variance")
@@ -262,5 +267,6 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     return check_finite(x, seeds)
 
 
-__all__ = ["MODES", "FusedDenoiser", "vcf_fuse", "WindowNoise", "is_stochastic", "adds_noise_after_update", "sample_fused_states",
+__all__ = ["MODES", "FusedDenoiser", "vcf_fuse", "WindowNoise", "is_stochastic", "adds_noise_after_update",
+           "sample_fused_states",
            "style_aligned_noise", "panorama", "check_fusion"]
