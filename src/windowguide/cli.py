@@ -34,7 +34,8 @@ def _bench(args) -> int:
         print(panorama.format_report(report))
     elif args.what == "w2s":
         from .bench import w2s
-        report = w2s.run(args.json, out_dir=args.out or "runs/bench/quality")
+        settings = w2s.W2SSettings(**{k: v for k, v in dict(train_steps=args.train_steps).items() if v})
+        report = w2s.run(args.json, out_dir=args.out or "runs/bench/quality", settings=settings)
         print(w2s.format_report(report))
     elif args.what == "quality":
         from .bench import quality
@@ -98,6 +99,17 @@ def _panorama(args) -> int:
     return 0
 
 
+def _metrics(args) -> int:
+    from .commands import metrics
+    result = metrics.run(args.images, args.ref, args.metrics, args.out, args.make_ref, args.features, args.inception,
+                         args.dinov2, args.batch_size, args.device or "cpu", args.json)
+    from .distributed import ranks
+    if ranks().main:
+        print(f"reference: {result['reference']} ({result['images']} images)" if args.make_ref
+              else metrics.format_result(result))
+    return 0
+
+
 def _demo(args) -> int:
     from .commands import demo
     demo.run(args.out, args.model)
@@ -126,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     bench.add_argument("--out", help="folder for plots and grids")
+    bench.add_argument("--train-steps", type=int, help="w2s: training steps of every model (default 400)")
     bench.set_defaults(func=_bench)
 
     demo = sub.add_parser("demo", parents=[common], help="no guidance vs M-SWG on the bundled model, as one PNG (1-2 min)")
@@ -168,6 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     pano.add_argument("--batch-size", type=int, default=4, help="panoramas drawn together (default 4)")
     pano.add_argument("--device")
     pano.set_defaults(func=_panorama)
+
+    met = sub.add_parser("metrics", parents=[common], help="FID, FD-DINOv2, KID, IS, precision/recall of images")
+    met.add_argument("images", help="a folder of images (recursively) or an .npz with an 'images' array")
+    met.add_argument("--ref", help="reference: windowguide/pytorch-fid .npz, EDM2 .pkl, or a bundled dataset name")
+    met.add_argument("--metrics", default="fid,kid,is,pr", help="comma-separated: fid,fd_dinov2,kid,is,pr")
+    met.add_argument("--make-ref", action="store_true", help="write the images' reference statistics to --out")
+    met.add_argument("--out", help="with --make-ref: the REF.npz to write")
+    met.add_argument("--features", default="inception",
+                     help="network in the Inception's role: inception, or a bundled NAME-classifier")
+    met.add_argument("--inception", help="pt_inception-2015-12-05-6726825d.pth (or $WINDOWGUIDE_INCEPTION)")
+    met.add_argument("--dinov2", help="local DINOv2 ViT-L/14 folder, transformers format (or $WINDOWGUIDE_DINOV2)")
+    met.add_argument("--batch-size", type=int, default=64)
+    met.add_argument("--device")
+    met.add_argument("--json", help="write the result here")
+    met.set_defaults(func=_metrics)
 
     tr = sub.add_parser("train", parents=[common], help="train a diffusion model (EDM) or, with --classifier, a classifier")
     tr.add_argument("--preset", help="recipe of a bundled model (digits, digits-weak, digits-wd, mirror, ...)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -14,6 +14,15 @@ from ..errors import WindowguideError
 from ..files import locked, read_png, write_json
 from ..guidance import CFG, Guidance, GuidedDenoiser
 from ..models.checkpoint import bundled_names, load_denoiser, load_matching_denoiser
+
+
+def rank_device(device: Any):
+    """(this process's place under torchrun, its device): the process group is opened here, and
+    'cuda' becomes the GPU of the process's LOCAL_RANK."""
+    from .. import distributed
+    dev = check_device(device)
+    r = distributed.init(dev)
+    return r, distributed.local_device(dev, r)
 
 
 def check_device(device: Any) -> torch.device:
@@ -124,4 +133,48 @@ def claim(out: str, settings: dict) -> None:
             write_json(path, settings)
 
 
-__all__ = ["done", "claim", "check_device", "check_count", "normalise_class", "labels_for", "prepare", "check_guidance"]
+def draw_missing(seeds, r, path_of: Callable[[int], str], batch_size: int, draw: Callable[[list[int]], None],
+                 progress: bool = True) -> int:
+    """Draw the batches of this rank whose files are not all on disk; returns the seeds drawn.
+
+    The batch is the unit: the seed list is cut into batches of ``batch_size`` in order, and batch j
+    belongs to rank j mod K. A network's float results depend (in the last bits) on the batch it runs
+    in, so keeping every seed in the same batch makes the images identical byte for byte whatever
+    the number of ranks and however often a run was interrupted. A batch with some files missing
+    is drawn whole (its present files come out the same and are replaced atomically)."""
+    from tqdm import tqdm
+    from .. import distributed
+    bar = tqdm(total=len(seeds) if hasattr(seeds, "__len__") else None, desc="seeds", unit="img",
+               disable=not (progress and r.main), leave=False)
+    drawn = 0
+    for batch in distributed.shard(_batches(seeds, batch_size), r):
+        if not all(done(path_of(s)) for s in batch):
+            draw(batch)
+            drawn += len(batch)
+        bar.update(len(batch) * r.world)
+    bar.close()
+    return drawn
+
+
+def _batches(seeds, size: int):
+    batch = []
+    for s in seeds:                      # lazily: a range of 10^10 seeds is never listed
+        batch.append(s)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def finish(out: str, r, collect: Callable[[], Any]) -> None:
+    """Wait for every rank, then rank 0 rebuilds the folder's summary files under the folder's lock."""
+    from .. import distributed
+    distributed.barrier()
+    if r.main:
+        with locked(out):
+            collect()
+    distributed.close()
+
+
+__all__ = ["rank_device", "draw_missing", "finish", "done", "claim", "check_device", "check_count", "normalise_class", "labels_for", "prepare", "check_guidance"]

@@ -3,7 +3,8 @@
 Writes ``panorama_SEED.png`` per seed, ``panoramas.png`` (the first 16 stacked) and ``settings.json``
 (the recipe). As with ``sample``, everything is checked before anything is written, seeds are drawn
 in batches (memory does not grow with their number), each PNG is written atomically, and a seed
-whose PNG exists and decodes is not drawn again. Built-in models are EDM nets: the schedule is
+whose PNG exists and decodes is not drawn again; under ``torchrun`` the seeds are split across ranks
+as in ``sample``. Built-in models are EDM nets: the schedule is
 Karras's (0.002..80).
 """
 from __future__ import annotations
@@ -17,14 +18,14 @@ import torch
 
 from .. import spec
 from ..errors import WindowguideError
-from ..files import check_out_dir, locked, read_png, write_png
+from ..files import check_out_dir, read_png, write_png
 from ..fusion import check_fusion, panorama
 from ..generate import parse_seeds
 from ..images import grid, to_uint8
 from ..sampling import karras_sigmas
 from ..windows import layout
-from .common import (check_count, check_device, check_guidance, claim, done, labels_for, normalise_class,
-                     prepare)
+from .common import (check_count, check_guidance, claim, draw_missing, finish, labels_for, normalise_class, prepare,
+                     rank_device)
 
 STACK_LIMIT = 16       # panoramas.png stacks the first 16 panoramas (by seed)
 _PNG = re.compile(r"^panorama_(\d+)\.png$")
@@ -45,7 +46,8 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
     check_fusion(mode, fuse, None, sampler, vcf, sampler_options)
     if not (0 <= style_alpha <= 1):
         raise WindowguideError(f"--style-alpha {style_alpha}: accepted: a number in [0, 1]")
-    device = check_device(device)
+    r, device = rank_device(device)
+    progress = progress and r.main
     check_out_dir(out)
     denoiser, net, info, g = prepare(model, guidance, device)
     c, h, w = info["shape"]
@@ -65,18 +67,15 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
                                   circular=circular, max_batch=max_batch, device=device, progress=progress,
                                   **sampler_options)
     claim(out, settings)
-    todo = []
-    for s in seeds:
-        if not done(_path(out, s)):
-            todo.append(s)
-        if len(todo) == batch_size or (todo and s == seeds[-1]):
-            with torch.no_grad():
-                x = draw(todo)
-            for seed, im in zip(todo, to_uint8(x)):
-                write_png(im, _path(out, seed))
-            todo = []
-    with locked(out):
-        _stack(out, height)
+
+    def draw_and_write(todo):
+        with torch.no_grad():
+            x = draw(todo)
+        for seed, im in zip(todo, to_uint8(x)):
+            write_png(im, _path(out, seed))
+
+    draw_missing(seeds, r, lambda s: _path(out, s), batch_size, draw_and_write, progress)
+    finish(out, r, lambda: _stack(out, height))
     return settings
 
 

@@ -3,9 +3,11 @@
 Everything is checked before anything is written. The per-seed PNGs are the truth: each is written
 atomically, a seed whose PNG exists and decodes is not drawn again (an interrupted run continues
 where it stopped; a PNG that does not decode is redrawn, with a warning), and ``samples.npz`` and
-``grid.png`` are rebuilt from the PNGs on disk. Several processes may write into one folder at once
-(disjoint or overlapping seeds): ``settings.json`` (the recipe, not the seeds) is written once, under
-a lock, and every later run must match it.
+``grid.png`` and ``manifest.json`` are rebuilt from the PNGs on disk. Several processes may write into
+one folder at once (disjoint or overlapping seeds): ``settings.json`` (the recipe, not the seeds) is
+written once, under a lock, and every later run must match it. Under ``torchrun --nproc_per_node=K``
+rank r draws the seeds at positions r, r + K, ... of the list (one generator per seed, so the images
+are the same for any K and batch size) and rank 0 writes the summary files at the end.
 """
 from __future__ import annotations
 
@@ -18,13 +20,13 @@ import torch
 
 from .. import spec
 from ..errors import WindowguideError
-from ..files import check_out_dir, locked, read_png, write_npz, write_png
+from ..files import check_out_dir, read_png, write_json, write_npz, write_png
 from ..generate import _sampler_options, parse_seeds, sample, schedule_sigmas
 from ..images import grid, to_uint8
 from ..sampling import SAMPLERS
 from ..train.w2s import describe
-from .common import (check_count, check_device, check_guidance, claim, done, labels_for, normalise_class,
-                     prepare)
+from .common import (check_count, check_guidance, claim, draw_missing, finish, labels_for, normalise_class, prepare,
+                     rank_device)
 
 GRID_LIMIT = 256        # grid.png shows the first 256 samples (by seed); samples.npz holds them all
 _PNG = re.compile(r"^(\d+)\.png$")
@@ -44,7 +46,8 @@ def run(model: str, guidance: str = "none", seeds: Any = "0-63", out: str = "run
     if sampler not in SAMPLERS:
         raise WindowguideError(f"--sampler {sampler!r}: accepted: {', '.join(sorted(SAMPLERS))}")
     _sampler_options(sampler, sampler_options)
-    device = check_device(device)
+    r, device = rank_device(device)
+    progress = progress and r.main
     check_out_dir(out)
     denoiser, net, info, g = prepare(model, guidance, device)
     shape = tuple(info["shape"])
@@ -58,17 +61,11 @@ def run(model: str, guidance: str = "none", seeds: Any = "0-63", out: str = "run
                     guidance=spec.canonical(guidance), klass=klass, steps=steps, sampler=sampler,
                     shape=list(shape), sampler_options=sampler_options)
     claim(out, settings)
-    todo: list[int] = []
-    for s in seeds:                              # lazily: a range of 10^10 seeds is never listed
-        if not done(png_path(out, s)):
-            todo.append(s)
-        if len(todo) == batch_size:
-            _draw(todo, denoiser, net, g, shape, klass, out, steps, sampler, device, progress, sampler_options)
-            todo = []
-    if todo:
-        _draw(todo, denoiser, net, g, shape, klass, out, steps, sampler, device, progress, sampler_options)
-    with locked(out):
-        collect(out, net.num_classes, klass, shape)
+    many = len(seeds) > batch_size * r.world          # then one bar over the seeds, not one per batch
+    draw_missing(seeds, r, lambda s: png_path(out, s), batch_size,
+                 lambda todo: _draw(todo, denoiser, net, g, shape, klass, out, steps, sampler, device,
+                                    progress and not many, sampler_options), progress)
+    finish(out, r, lambda: collect(out, net.num_classes, klass, shape))
     return settings
 
 
@@ -82,8 +79,8 @@ def _draw(seeds, denoiser, net, g, shape, klass, out, steps, sampler, device, pr
 
 
 def collect(out: str, num_classes: int, klass: Any, shape) -> int:
-    """Rebuild samples.npz (every decodable PNG in ``out``, sorted by seed, each once) and grid.png
-    (the first ``GRID_LIMIT``); returns the number of samples."""
+    """Rebuild samples.npz (every decodable PNG in ``out``, sorted by seed, each once), grid.png
+    (the first ``GRID_LIMIT``) and manifest.json (seeds, files, labels); returns the number of samples."""
     seeds, images = [], []
     for name in sorted(os.listdir(out), key=lambda n: (len(n), n)):
         m = _PNG.match(name)
@@ -95,6 +92,9 @@ def collect(out: str, num_classes: int, klass: Any, shape) -> int:
     if not images:
         return 0
     labels = labels_for(seeds, num_classes, klass)
+    write_json(os.path.join(out, "manifest.json"), dict(
+        count=len(seeds), seeds=seeds, files=[os.path.basename(png_path(out, s)) for s in seeds],
+        labels=None if labels is None else labels.tolist(), settings="settings.json"))
     write_npz(os.path.join(out, "samples.npz"), images=np.stack(images), seeds=np.array(seeds, dtype=np.int64),
               labels=np.array([] if labels is None else labels.numpy()))
     x = torch.from_numpy(np.stack(images[:GRID_LIMIT])).permute(0, 3, 1, 2).float() / 127.5 - 1

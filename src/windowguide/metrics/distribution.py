@@ -36,6 +36,29 @@ def inception_score(probs: torch.Tensor) -> float:
     return float((p * (p.log() - marginal.log())).sum(1).mean().exp())
 
 
+def inception_score_splits(probs: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """(mean, std) of the IS over ``splits`` consecutive chunks of the samples, torch-fidelity's
+    protocol (10 splits; std with 1/n). One split is the IS of all samples."""
+    if not 1 <= splits <= len(probs):
+        raise WindowguideError(f"Inception Score with {splits} splits needs at least that many samples, got {len(probs)}")
+    scores = np.array([inception_score(c) for c in probs.tensor_split(splits)])
+    return float(scores.mean()), float(scores.std())
+
+
+def kid_subsets(a: torch.Tensor, b: torch.Tensor, subsets: int = 100, size: int = 1000,
+                seed: int = 0) -> tuple[float, float]:
+    """(mean, std) of the unbiased MMD^2 over ``subsets`` random subsets of ``size`` (capped by the
+    smaller set) drawn without replacement from each set: torch-fidelity's KID protocol (100 x 1000),
+    with a seeded generator so the number is reproducible."""
+    m = min(size, len(a), len(b))
+    if m < 2:
+        raise WindowguideError(f"KID needs at least 2 samples per set, got {len(a)} and {len(b)}")
+    gen = torch.Generator().manual_seed(seed)
+    vals = np.array([kernel_inception_distance(a[torch.randperm(len(a), generator=gen)[:m]],
+                                               b[torch.randperm(len(b), generator=gen)[:m]]) for _ in range(subsets)])
+    return float(vals.mean()), float(vals.std())
+
+
 def kernel_inception_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Unbiased MMD^2 with the cubic kernel k(x, y) = (x.y / D + 1)^3 (Binkowski et al. 2018)."""
     a, b = a.double(), b.double()
@@ -47,13 +70,13 @@ def kernel_inception_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(xx + yy - 2 * kxy.mean())
 
 
-def _radii(f: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance from each point to its k-th nearest neighbour in the same set (itself excluded)."""
-    d = torch.cdist(f, f)
-    return d.kthvalue(k + 1, dim=1).values
+def _radii(f: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """Distance from each point to its k-th nearest neighbour in the same set (itself excluded);
+    in row chunks so that 50k points need 50k x chunk distances at a time, not 50k^2."""
+    return torch.cat([torch.cdist(f[i:i + chunk], f).kthvalue(k + 1, dim=1).values for i in range(0, len(f), chunk)])
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN balls, k = 3 as in
     torch-fidelity. precision = share of fake points inside some real ball |f - r| <= radius_k(r);
     recall = share of real points inside some fake ball."""
@@ -63,6 +86,8 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
                          f"got {len(real)} real and {len(fake)} generated")
 
     def covered(points, centres):
-        return (torch.cdist(points, centres) <= _radii(centres, k)[None]).any(1).double().mean().item()
+        radii = _radii(centres, k, chunk)[None]
+        inside = [(torch.cdist(points[i:i + chunk], centres) <= radii).any(1) for i in range(0, len(points), chunk)]
+        return torch.cat(inside).double().mean().item()
 
     return covered(fake, real), covered(real, fake)

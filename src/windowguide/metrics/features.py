@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import WindowguideError
-from .distribution import (frechet_distance, gaussian_stats, inception_score, kernel_inception_distance,
-                           precision_recall)
+from .evaluate import as_reference, compute, measure
+from .networks import ClassifierFeatures
 from .pixels import asymmetry, clipped_fraction, contrast, saturation
 
 
@@ -39,12 +39,16 @@ def balanced(labels: torch.Tensor, n: int) -> torch.Tensor:
 
 class Evaluator:
     """Features of the reference, computed once; ``__call__`` measures a set of generated images and
-    ``floor()`` the held-out real images at the same count."""
+    ``floor()`` the held-out real images at the same count. Built on ``metrics.evaluate`` (the machinery
+    of ``windowguide metrics``) with the bundled classifier in the Inception's role, one KID estimate
+    on all samples and one IS split (the sample counts here are hundreds, not 50k)."""
+
+    METRICS = ["fid", "kid", "is", "pr"]
 
     def __init__(self, dataset: str, floor_count: int = 300, device="cpu"):
         from ..data import load
-        from ..models.checkpoint import load_model
-        self.classifier, self.info = load_model(f"{dataset}-classifier", "classifier", device)
+        self.net = ClassifierFeatures(f"{dataset}-classifier", device)
+        self.names = {"inception": self.net.name}
         train = load(dataset, "train")
         if dataset == "digits":
             pick = balanced(train.labels, floor_count)
@@ -56,30 +60,21 @@ class Evaluator:
             step = 4 if dataset == "scenes" else 1
             pool_images, pool_labels = test.images[::step], test.labels[::step]
             self.floor_images, reference = pool_images[balanced(pool_labels, floor_count)], train.images
-        self.real = self.features(reference)[0]
-        self.real_stats = gaussian_stats(self.real)
+        self.ref = as_reference(self._measure(reference, ["fid", "kid", "pr"]), self.names)
+        self.real = self.ref["inception"]["features"]
         self.dataset = dataset
         self.protocol = (f"features: {dataset}-classifier trained on the 'features' split; reference: "
                          f"{len(reference)} 'train' images; floor: {len(self.floor_images)} held-out real images")
 
-    @torch.no_grad()
-    def features(self, x: torch.Tensor, batch: int = 500):
-        """(features, class probabilities) of images, clipped to [-1, 1], in batches."""
-        dev = next(self.classifier.parameters()).device
-        feats, probs = [], []
-        for i in range(0, len(x), batch):
-            f = self.classifier.features(x[i:i + batch].clamp(-1, 1).to(dev))
-            feats.append(f.cpu())
-            probs.append(self.classifier.head(f).softmax(1).cpu())
-        return torch.cat(feats), torch.cat(probs)
+    def _measure(self, x: torch.Tensor, metrics: list[str], batch: int = 500):
+        batches = ((torch.arange(i, min(i + batch, len(x))), x[i:i + batch]) for i in range(0, len(x), batch))
+        return measure(batches, {"inception": self.net}, metrics, float_images=True)
 
     def __call__(self, x: torch.Tensor) -> dict:
-        f, p = self.features(x)
-        prec, rec = precision_recall(self.real, f, k=3)
-        out = dict(fd=frechet_distance(self.real_stats, gaussian_stats(f)),
-                   kid=kernel_inception_distance(self.real, f), inception_score=inception_score(p),
-                   precision=prec, recall=rec, contrast=contrast(x).mean().item(),
-                   saturation=saturation(x).mean().item(), clipped=clipped_fraction(x).mean().item())
+        m = compute(self.METRICS, self._measure(x, self.METRICS), self.ref, self.names, kid_subsets_n=0, is_splits=1)
+        out = dict(fd=m["fid"], kid=m["kid"], inception_score=m["is"], precision=m["precision"], recall=m["recall"],
+                   contrast=contrast(x).mean().item(), saturation=saturation(x).mean().item(),
+                   clipped=clipped_fraction(x).mean().item())
         if self.dataset == "mirror":
             out["asymmetry"] = asymmetry(x.clamp(-1, 1)).mean().item()
         return out

@@ -1,0 +1,162 @@
+"""``windowguide metrics``: FID, FD-DINOv2, KID, IS and precision/recall of a folder of images or an
+.npz, against reference statistics; ``--make-ref`` writes such statistics. Under ``torchrun`` each
+rank reads every K-th image and the feature statistics are summed over ranks (float64).
+
+Images: every .png/.jpg/.jpeg/.webp under a folder (recursively, sorted by path), or the ``images``
+array of an .npz (NHWC uint8, e.g. a ``samples.npz`` of ``windowguide sample``). They are read at
+their own resolution; each feature network resizes them itself (see ``metrics.inception`` and
+``metrics.dinov2`` for the protocols).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import distributed
+from ..errors import WindowguideError
+from ..files import write_json
+from ..metrics.evaluate import as_reference, compute, measure
+from ..metrics.networks import load_networks, parse_metrics
+from ..metrics.reference import load_reference, save_reference
+from .common import check_count, check_device
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class ImageSet:
+    """A folder of image files or an .npz ``images`` array, read by index as NCHW uint8."""
+
+    def __init__(self, path: str):
+        self.path = path
+        if os.path.isdir(path):
+            self.files = _listed(path) or sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names
+                                                 if f.lower().endswith(IMAGE_SUFFIXES))
+            self.array = None
+        elif os.path.isfile(path) and path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                if "images" not in z.files:
+                    raise WindowguideError(f"{path} has no 'images' array (it holds {z.files})")
+                self.array = z["images"]
+            if self.array.dtype != np.uint8 or self.array.ndim != 4:
+                raise WindowguideError(f"{path}: 'images' must be NHWC uint8, got {self.array.dtype} {self.array.shape}")
+            self.files = None
+        else:
+            raise WindowguideError(f"{path!r}: accepted: a folder of images or an .npz with an 'images' array")
+        if len(self) < 2:
+            raise WindowguideError(f"{path}: found {len(self)} images; statistics need at least 2")
+
+    def __len__(self) -> int:
+        return len(self.files) if self.files is not None else len(self.array)
+
+    def read(self, indices) -> torch.Tensor:
+        if self.array is not None:
+            a = self.array[indices]
+        else:
+            decoded = [self._decode(self.files[i]) for i in indices]
+            first = decoded[0].shape
+            for i, a in zip(indices, decoded):
+                if a.shape != first:
+                    raise WindowguideError(f"images of different sizes: {self.files[indices[0]]} is {first}, "
+                                           f"{self.files[i]} is {a.shape}; metrics need one size")
+            a = np.stack(decoded)
+        return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def _decode(path: str) -> np.ndarray:
+        from PIL import Image
+        try:
+            with Image.open(path) as im:
+                a = np.asarray(im.convert("L") if im.mode in ("L", "I", "I;16", "1") else im.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as e:
+            raise WindowguideError(f"{path} does not decode as an image ({e})") from None
+        return a[..., None] if a.ndim == 2 else a
+
+    def batches(self, r: distributed.Ranks, batch: int, progress: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's (index, images) batches: images r, r + K, ..."""
+        mine = list(range(r.rank, len(self), r.world))
+        bar = tqdm(total=len(self), desc="features", unit="img", disable=not (progress and r.main))
+        for i in range(0, len(mine), batch):
+            idx = mine[i:i + batch]
+            yield torch.tensor(idx), self.read(idx)
+            bar.update(len(idx) * r.world)
+        bar.close()
+
+
+def _listed(folder: str) -> list[str] | None:
+    """The per-seed files of a ``windowguide sample`` folder (its manifest), so grid.png is not an image."""
+    path = os.path.join(folder, "manifest.json")
+    if not os.path.isfile(path):
+        return None
+    import json
+    with open(path) as f:
+        return [os.path.join(folder, name) for name in json.load(f)["files"]]
+
+
+def run(images: str, ref: str | None = None, metrics: str = "fid,kid,is,pr", out: str | None = None,
+        make_ref: bool = False, features: str = "inception", inception: str | None = None, dinov2: str | None = None,
+        batch_size: int = 64, device="cpu", json_path: str | None = None, progress: bool = True) -> dict:
+    """Metrics of ``images`` against ``ref`` (or, with ``make_ref``, reference statistics written to ``out``)."""
+    names = parse_metrics(metrics)
+    check_count(batch_size, "--batch-size")
+    if make_ref:
+        if not out:
+            raise WindowguideError("--make-ref needs --out REF.npz")
+        names = [m for m in names if m != "is"] or ["fid"]       # IS needs no reference
+    elif not ref:
+        raise WindowguideError("metrics needs --ref REF (a reference .npz/.pkl or a bundled dataset name), "
+                               "or --make-ref to write one")
+    r = distributed.init(device)
+    device = distributed.local_device(check_device(device), r)
+    bundled = ref is not None and _bundled_dataset(ref)
+    if bundled:
+        features = features if features != "inception" else f"{ref}-classifier"
+    reference = None if make_ref or bundled else load_reference(ref)    # fail on a bad --ref before any work
+    data = ImageSet(images)
+    nets = load_networks(names, features, inception, dinov2, device)
+    net_names = {role: net.name for role, net in nets.items()}
+    stats = measure(data.batches(r, batch_size, progress), nets, names)
+    if make_ref:
+        if r.main:
+            save_reference(out, stats, net_names)
+        distributed.close()
+        return dict(reference=out, images=stats[next(iter(stats))].count, networks=net_names)
+    if bundled:
+        reference = as_reference(_bundled_reference(ref, nets, names), net_names)
+    result = dict(images=data.path, count=stats[next(iter(stats))].count, reference=ref, networks=net_names,
+                  **compute(names, stats, reference, net_names))
+    if json_path and r.main:
+        write_json(json_path, result)
+    distributed.close()
+    return result
+
+
+def _bundled_dataset(name: str) -> bool:
+    from ..data import BUILTIN
+    return name in BUILTIN and not os.path.exists(name)
+
+
+def _bundled_reference(dataset: str, nets: dict, names: list[str]):
+    """The bundled benchmark's reference: the dataset's 'train' images (its classifier never saw them)."""
+    from ..data import load
+    x = load(dataset, "train").images
+    u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    batches = ((torch.arange(i, min(i + 500, len(u8))), u8[i:i + 500]) for i in range(0, len(u8), 500))
+    # every rank computes the whole reference: no sharding, no reduction wanted
+    return measure(batches, nets, names, reduce=False)
+
+
+def format_result(result: dict) -> str:
+    keys = [k for k in ("fid", "fd_dinov2", "kid", "is", "precision", "recall") if k in result]
+    parts = []
+    for k in keys:
+        std = result.get(f"{k}_std")
+        parts.append(f"{k} {result[k]:.4g}" + (f" ± {std:.2g}" if std is not None else ""))
+    nets = ", ".join(f"{role}: {name}" for role, name in result["networks"].items())
+    return f"{result['count']} images vs {result['reference']} ({nets})\n" + "  ".join(parts)
+
+
+__all__ = ["run", "ImageSet", "format_result"]

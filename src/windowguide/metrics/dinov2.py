@@ -1,0 +1,65 @@
+"""DINOv2 ViT-L/14 features for FD-DINOv2, from a local transformers folder (never downloaded).
+
+Protocol (EDM2's ``calculate_metrics.py``, itself after dgm-eval): uint8 images -> bicubic resize to
+224 x 224 with antialiasing (on the 0..255 values) -> /255 -> ImageNet mean/std normalisation ->
+the class token after the final layer norm (transformers' ``pooler_output``, the same vector as the
+hub model's ``x_norm_clstoken``), 1024-d for ViT-L/14.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import WindowguideError
+
+ENV = "WINDOWGUIDE_DINOV2"
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class DINOv2Features(nn.Module):
+    """``features(u8)``: the normalised class token of a transformers ``Dinov2Model``."""
+
+    name = "dinov2"
+
+    def __init__(self, model: nn.Module, size: int = 224):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.size = size
+        self.feature_dim = model.config.hidden_size
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.mean.device).float()
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", antialias=True)
+        return (x / 255 - self.mean) / self.std
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=self.preprocess(images)).pooler_output.float()
+
+
+def load_dinov2(folder: str | None = None, device="cpu") -> DINOv2Features:
+    """DINOv2 from a local folder in transformers format (config.json + weights): ``folder``, else
+    $WINDOWGUIDE_DINOV2; a clear error when missing."""
+    folder = folder or os.environ.get(ENV)
+    if not folder or not os.path.isfile(os.path.join(folder, "config.json")):
+        where = f"{folder!r} holds no config.json" if folder else "no folder given"
+        raise WindowguideError(
+            f"FD-DINOv2 needs a local DINOv2 ViT-L/14 folder in transformers format (facebook/dinov2-large: "
+            f"config.json and model.safetensors) and {where}. windowguide never downloads: save it with "
+            f"transformers' Dinov2Model.from_pretrained('facebook/dinov2-large').save_pretrained(DIR) on a "
+            f"machine with internet, then pass --dinov2 DIR or set {ENV}=DIR")
+    try:
+        from transformers import Dinov2Model
+    except ImportError:
+        raise WindowguideError("FD-DINOv2 needs transformers: pip install 'windowguide[diffusers]'") from None
+    model = Dinov2Model.from_pretrained(folder, local_files_only=True)
+    return DINOv2Features(model).to(device)
+
+
+__all__ = ["DINOv2Features", "load_dinov2", "ENV"]
