@@ -258,6 +258,7 @@ def test_make_ref_then_metrics_with_an_inception_file(samples, tmp_path):
     (["--make-ref"], "--make-ref needs --out"),
     ([], "needs --ref"),
     (["--ref", "nothing.npz"], "no such file"),
+    (["--ref", "digits", "--metrics", "fd_dinov2"], "make a reference with --make-ref"),
 ])
 def test_metrics_command_refuses_bad_input(samples, capsys, argv, message):
     assert main(["metrics", str(samples)] + argv) == 2

@@ -113,6 +113,9 @@ def run(images: str, ref: str | None = None, metrics: str = "fid,kid,is,pr", out
     device = distributed.local_device(check_device(device), r)
     bundled = ref is not None and _bundled_dataset(ref)
     if bundled:
+        if "fd_dinov2" in names:
+            raise WindowguideError(f"--ref {ref}: a bundled dataset is measured on its classifier's features "
+                                   f"(fid, kid, is, pr); for fd_dinov2 make a reference with --make-ref")
         features = features if features != "inception" else f"{ref}-classifier"
     reference = None if make_ref or bundled else load_reference(ref)    # fail on a bad --ref before any work
     data = ImageSet(images)
@@ -143,10 +146,10 @@ def _bundled_reference(dataset: str, nets: dict, names: list[str]):
     """The bundled benchmark's reference: the dataset's 'train' images (its classifier never saw them)."""
     from ..data import load
     x = load(dataset, "train").images
-    u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    batches = ((torch.arange(i, min(i + 500, len(u8))), u8[i:i + 500]) for i in range(0, len(u8), 500))
-    # every rank computes the whole reference: no sharding, no reduction wanted
-    return measure(batches, nets, names, reduce=False)
+    batches = ((torch.arange(i, min(i + 500, len(x))), x[i:i + 500]) for i in range(0, len(x), 500))
+    # as the benchmarks' Evaluator reads them (float, not rounded to 8 bits); every rank computes the
+    # whole reference: no sharding, no reduction
+    return measure(batches, nets, names, float_images=True, reduce=False)
 
 
 def format_result(result: dict) -> str:
