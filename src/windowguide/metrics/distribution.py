@@ -17,16 +17,21 @@ def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance(a, b) -> float:
     """FD = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between the Gaussians fitted to two
-    feature sets (each [N, D] features or a (mean, cov) pair)."""
+    feature sets (each [N, D] features or a (mean, cov) pair).
+
+    tr (S_a S_b)^(1/2) is computed as sum_i sqrt(lambda_i(S_a^(1/2) S_b S_a^(1/2))): the same eigenvalues
+    as those of S_a S_b, but of a symmetric PSD matrix, so a symmetric eigensolver applies and tiny
+    negative round-off eigenvalues are clipped to 0 (no complex parts, no sqrtm of a singular product)."""
     mu1, s1 = a if isinstance(a, tuple) else gaussian_stats(a)
     mu2, s2 = b if isinstance(b, tuple) else gaussian_stats(b)
-    with np.errstate(all="ignore"):
-        covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():   # singular product: regularise as pytorch-fid does
-        eps = 1e-6 * np.eye(s1.shape[0])
-        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    mu1, s1, mu2, s2 = (np.asarray(v, np.float64) for v in (mu1, s1, mu2, s2))
+    if not all(np.isfinite(v).all() for v in (mu1, s1, mu2, s2)):
+        raise WindowguideError("Frechet distance of statistics with a NaN or inf")
+    lam, q = linalg.eigh((s1 + s1.T) / 2)
+    root1 = (q * np.sqrt(lam.clip(min=0))) @ q.T
+    middle = root1 @ s2 @ root1
+    tr_covmean = np.sqrt(linalg.eigvalsh((middle + middle.T) / 2).clip(min=0)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
 def inception_score(probs: torch.Tensor) -> float:
