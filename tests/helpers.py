@@ -76,3 +76,65 @@ def interrupt_at_call(real, n: int):
             raise KeyboardInterrupt
         return real(*args)
     return wrapped
+
+
+def edm2_pickle(networks: dict, module_src: str = "raise SystemExit('the embedded source ran')") -> bytes:
+    """Pickle {name: module or plain object} the way NVlabs' torch_utils.persistence does: every
+    persistent object (our EDM2 modules, renamed to the authors' class names, and encoder stand-ins)
+    becomes a call of torch_utils.persistence._reconstruct_persistent_obj(meta) with meta = {type,
+    version, module_src, class_name, state = the object's __dict__}; the source here would exit the
+    interpreter if anything ran it."""
+    import pickle
+    import sys
+    import types
+
+    def _reconstruct_persistent_obj(meta):       # never called: only its name goes into the file
+        raise AssertionError("the fixture's reconstruct function ran")
+    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    fake = types.ModuleType("torch_utils.persistence")
+    fake._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    names = {"EDM2Precond": "Precond", "UNet": "UNet", "Block": "Block", "MPConv": "MPConv", "MPFourier": "MPFourier"}
+    swapped = []
+
+    def persist(obj, class_name):
+        base = type(obj)
+
+        def __reduce__(self):
+            state = dict(self.__dict__)
+            meta = dict(type="class", version=6, module_src=module_src, class_name=class_name, state=state)
+            return (_reconstruct_persistent_obj, (meta,), None)
+        swapped.append((obj, base))
+        obj.__class__ = type(class_name, (base,), {"__reduce__": __reduce__})
+        obj._init_args, obj._init_kwargs = (), dict(getattr(obj, "config", {}))
+
+    for value in networks.values():
+        modules = value.modules() if isinstance(value, torch.nn.Module) else [value]
+        for m in modules:
+            name = names.get(type(m).__name__, type(m).__name__ if not isinstance(m, torch.nn.Module) else None)
+            if name:
+                persist(m, name)
+    old = {k: sys.modules.get(k) for k in ("torch_utils", "torch_utils.persistence")}
+    sys.modules.update({"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": fake})
+    try:
+        return pickle.dumps(networks, protocol=4)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+        for obj, base in swapped:
+            obj.__class__ = base
+
+
+class StabilityVAEEncoder:
+    """Stand-in of EDM2's latent encoder for the fixtures: its pickled state (scale, bias, vae name)."""
+
+    def __init__(self, raw_mean=(5.81, 3.25, 0.12, -2.15), raw_std=(4.17, 4.62, 3.71, 3.28), final_std=0.5):
+        import numpy as np
+        self.vae_name = "stabilityai/sd-vae-ft-mse"
+        self.scale = np.float32(final_std) / np.float32(raw_std)
+        self.bias = np.float32(0) - np.float32(raw_mean) * self.scale
+        self.batch_size = 8
+        self._vae = None

@@ -2,7 +2,6 @@
 duplicated by a kill, and the same feature statistics as one process."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

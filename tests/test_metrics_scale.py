@@ -14,7 +14,7 @@ import torch
 from windowguide.cli import main
 from windowguide.errors import WindowguideError
 from windowguide.metrics import distribution as D
-from windowguide.metrics.evaluate import compute, measure
+from windowguide.metrics.evaluate import compute
 from windowguide.metrics.reference import load_reference, save_reference
 from windowguide.metrics.stats import FeatureStats
 

@@ -28,7 +28,10 @@ def test_sample_writes_pngs_grid_npz_and_settings(tmp_path, tiny_model):
                  "--steps", "3"]) == 0
     files = sorted(f for f in os.listdir(out) if not f.startswith("."))
     assert files == ["000000.png", "000001.png", "000002.png", "000003.png", "000004.png", "grid.png",
-                     "samples.npz", "settings.json"]
+                     "manifest.json", "samples.npz", "settings.json"]
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert manifest["seeds"] == [0, 1, 2, 3, 4] and manifest["files"][4] == "000004.png"
+    assert manifest["labels"] == [0, 1, 2, 0, 1]
     z = np.load(os.path.join(out, "samples.npz"))
     assert z["images"].shape == (5, 8, 8, 1) and z["images"].dtype == np.uint8
     assert z["seeds"].tolist() == [0, 1, 2, 3, 4] and z["labels"].tolist() == [0, 1, 2, 0, 1]

@@ -114,6 +114,14 @@ def _metrics(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from .commands import convert
+    record = convert.run(args.src, args.out, args.key)
+    print(f"{args.out}: {record['kind']} {record['config'].get('model_channels', '')} channels, shape {record['shape']}, "
+          f"encoder {record['encoder']['kind']}")
+    return 0
+
+
 def _demo(args) -> int:
     from .commands import demo
     demo.run(args.out, args.model)
@@ -200,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     met.add_argument("--device")
     met.add_argument("--json", help="write the result here")
     met.set_defaults(func=_metrics)
+
+    cv = sub.add_parser("convert", parents=[common], help="an EDM2 .pkl to windowguide .safetensors (nothing in it runs)")
+    cv.add_argument("src", help="EDM2 network pickle (.pkl)")
+    cv.add_argument("--out", required=True, help="the .safetensors to write")
+    cv.add_argument("--key", default="ema", help="which network of the pickle (default ema)")
+    cv.set_defaults(func=_convert)
 
     tr = sub.add_parser("train", parents=[common], help="train a diffusion model (EDM) or, with --classifier, a classifier")
     tr.add_argument("--preset", help="recipe of a bundled model (digits, digits-weak, digits-wd, mirror, ...)")

@@ -49,6 +49,7 @@ class Evaluator:
         from ..data import load
         self.net = ClassifierFeatures(f"{dataset}-classifier", device)
         self.names = {"inception": self.net.name}
+        self.info = self.net.info
         train = load(dataset, "train")
         if dataset == "digits":
             pick = balanced(train.labels, floor_count)

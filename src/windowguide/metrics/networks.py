@@ -22,7 +22,7 @@ class ClassifierFeatures(nn.Module):
     def __init__(self, name: str, device="cpu"):
         super().__init__()
         from ..models.checkpoint import load_model
-        self.classifier, info = load_model(name, "classifier", device)
+        self.classifier, self.info = load_model(name, "classifier", device)
         self.name = name
         self.feature_dim = self.classifier.feature_dim
         self.channels = self.classifier.config["channels"]

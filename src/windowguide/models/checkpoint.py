@@ -15,12 +15,14 @@ from safetensors.torch import save
 from torch import nn
 
 from .classifier import SmallClassifier
+from .edm2 import EDM2Precond
 from .unet import SmallUNet
 from ..errors import WindowguideError
 from ..files import write_bytes
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights")
-ARCHITECTURES = {"unet": SmallUNet, "classifier": SmallClassifier}
+ARCHITECTURES = {"unet": SmallUNet, "classifier": SmallClassifier, "edm2": EDM2Precond}
+DENOISERS = ("unet", "edm2")          # kinds that are diffusion models
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
@@ -64,7 +66,7 @@ def _open(path: str):
                                f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
 
 
-REQUIRED = {"unet": ("config", "shape"), "classifier": ("config",)}
+REQUIRED = {"unet": ("config", "shape"), "classifier": ("config",), "edm2": ("config", "shape")}
 
 
 def read_info(name_or_path: str) -> dict[str, Any]:
@@ -91,8 +93,9 @@ def read_info(name_or_path: str) -> dict[str, Any]:
 def _build(path: str, info: dict) -> nn.Module:
     """The architecture of the record, on the meta device (no memory), or a clear error."""
     config = dict(info["config"])
-    if "mults" in config and isinstance(config["mults"], list):
-        config["mults"] = tuple(config["mults"])
+    for key in ("mults", "channel_mult", "attn_resolutions", "resample_filter"):
+        if isinstance(config.get(key), list):
+            config[key] = tuple(config[key])
     try:
         with torch.device("meta"):
             return ARCHITECTURES[info["kind"]](**config)
@@ -132,17 +135,17 @@ def load_model(name_or_path: str, kind: str | None = None, device: Any = "cpu") 
         except Exception as e:
             raise WindowguideError(f"{path}: the weights cannot be read ({type(e).__name__}); the file is "
                                    f"truncated or damaged") from None
-    config = dict(info["config"])
-    if "mults" in config:
-        config["mults"] = tuple(config["mults"])
-    net = ARCHITECTURES[info["kind"]](**config)
-    net.load_state_dict(state)
+    net = meta_net
+    net.load_state_dict(state, assign=True)     # the meta-device net takes the file's tensors as they are
     return net.to(device).eval().requires_grad_(False), info
 
 
 def load_denoiser(name_or_path: str, device: Any = "cpu"):
-    """(EDMDenoiser of a saved UNet, its record, the net)."""
-    net, info = load_model(name_or_path, "unet", device)
+    """(EDMDenoiser of a saved diffusion model (a SmallUNet or an EDM2 net), its record, the net)."""
+    kind = read_info(name_or_path)["kind"]
+    if kind not in DENOISERS:
+        raise WindowguideError(f"{name_or_path!r} is a {kind}, not a diffusion model ({', '.join(DENOISERS)})")
+    net, info = load_model(name_or_path, kind, device)
     return net.denoiser(), info, net
 
 

@@ -1,0 +1,58 @@
+"""``windowguide convert``: other projects' checkpoints to windowguide's safetensors, read without
+executing anything in them.
+
+- EDM2 network pickles (NVlabs ``edm2-img512-s-....pkl``): the EMA network's weights and constructor
+  arguments, and the latent encoder's scale and bias, via ``formats.edm2_pickle``; the result loads
+  into ``models.edm2.EDM2Precond`` and samples with ``windowguide sample --model OUT``.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from ..errors import WindowguideError
+from ..files import check_out_dir
+from ..formats.edm2_pickle import read_edm2
+from ..models.checkpoint import atomic_save, load_model
+from ..models.edm2 import EDM2Precond
+
+
+def convert_edm2(src: str, out: str, key: str = "ema") -> dict:
+    """EDM2 .pkl -> .safetensors with record {kind: edm2, config, shape, encoder, source}."""
+    ck = read_edm2(src, key)
+    config = ck.init_kwargs
+    try:
+        with torch.device("meta"):
+            net = EDM2Precond(**config)
+    except TypeError as e:
+        raise WindowguideError(f"{src}: EDM2 arguments {sorted(config)} do not fit windowguide's EDM2 net ({e})") from None
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in ck.state_dict.items()}
+    if expected != got:
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+        raise WindowguideError(f"{src}: the weights do not fit EDM2 with {config} (missing {missing[:3]}, "
+                               f"unexpected {extra[:3]}, shape {wrong[:3]})")
+    record = dict(kind="edm2", config=net.config, shape=[config["img_channels"], config["img_resolution"],
+                                                          config["img_resolution"]],
+                  encoder=ck.encoder, source=os.path.basename(src), network=key)
+    atomic_save(ck.state_dict, out, {"windowguide": json.dumps(record)})
+    load_model(out, "edm2")                      # the file reads back into the architecture
+    return record
+
+
+def run(src: str, out: str, key: str = "ema") -> dict:
+    if not os.path.isfile(src):
+        raise WindowguideError(f"{src!r}: no such file")
+    parent = os.path.dirname(os.path.abspath(out))
+    check_out_dir(parent)
+    if not out.endswith(".safetensors"):
+        raise WindowguideError(f"--out {out!r}: accepted: a path ending in .safetensors")
+    if src.endswith(".pkl"):
+        return convert_edm2(src, out, key)
+    raise WindowguideError(f"{src!r}: accepted: an EDM2 network pickle (.pkl)")
+
+
+__all__ = ["run", "convert_edm2"]
