@@ -163,3 +163,64 @@ def test_convert_refuses_bad_input(tmp_path, capsys):
     assert "not a readable pickle" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "none.pkl"), "--out", str(tmp_path / "y.safetensors")]) == 2
     assert main(["convert", str(tmp_path / "x.pkl"), "--out", str(tmp_path / "y.bin")]) == 2
+
+
+@pytest.fixture(scope="module")
+def latent_model(tmp_path_factory):
+    """A small latent EDM2 converted from its pickle, and a tiny random VAE saved as a diffusers folder."""
+    from diffusers import AutoencoderKL
+    d = tmp_path_factory.mktemp("edm2")
+    net = _small("xs", pixel=False)
+    (d / "m.pkl").write_bytes(edm2_pickle({"ema": net, "encoder": StabilityVAEEncoder()}))
+    assert main(["convert", str(d / "m.pkl"), "--out", str(d / "m.safetensors")]) == 0
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), layers_per_block=1,
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  norm_num_groups=4).save_pretrained(d / "vae")
+    return d
+
+
+def test_sampling_a_latent_edm2_decodes_with_edm2s_whitening(latent_model, tmp_path):
+    from diffusers import AutoencoderKL
+    from windowguide.commands.common import labels_for
+    from windowguide.files import read_png
+    from windowguide.generate import sample
+    from windowguide.guidance import MSWG
+    model = str(latent_model / "m.safetensors")
+    out = tmp_path / "s"
+    assert main(["sample", "--model", model, "--vae", str(latent_model / "vae"), "--seeds", "0-2", "--steps", "3",
+                 "--guidance", "mswg:w=0.5,window=8,n=3", "--out", str(out)]) == 0
+    d, info, _ = load_denoiser(model)
+    with torch.no_grad():
+        z = sample(d, (4, 16, 16), [0, 1, 2], steps=3, guidance=MSWG(0.5, window=8, windows_per_side=3),
+                   cond=labels_for([0, 1, 2], 10, "all"))
+        vae = AutoencoderKL.from_pretrained(latent_model / "vae")
+        scale = torch.tensor(0.5 / np.array([4.17, 4.62, 3.71, 3.28], np.float32)).view(1, 4, 1, 1)
+        bias = -torch.tensor([5.81, 3.25, 0.12, -2.15]).view(1, 4, 1, 1) * scale
+        images = vae.decode((z - bias) / scale).sample.clamp(0, 1).mul(255).to(torch.uint8).permute(0, 2, 3, 1)
+    for s in range(3):
+        assert np.array_equal(read_png(str(out / f"{s:06d}.png")), images[s].numpy())
+    assert read_png(str(out / "000000.png")).shape == (32, 32, 3)
+
+
+def test_a_latent_model_without_a_vae_is_a_clear_error(latent_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WINDOWGUIDE_VAE", raising=False)
+    assert main(["sample", "--model", str(latent_model / "m.safetensors"), "--seeds", "0", "--out",
+                 str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "sd-vae-ft-mse" in err and "--vae DIR" in err and "WINDOWGUIDE_VAE" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_presets_expand_with_their_sources_and_converted_weights(capsys):
+    from windowguide.presets import PRESETS, expand
+    from windowguide import spec
+    assert expand("edm2-s-mswg-fid").guidance == "mswg:w=0.2,window=40,n=2"
+    assert expand("edm2-s-ag-fid", weak="xs.safetensors").guidance == "ag:w=1.1,model=xs.safetensors"
+    assert expand("edm2-xxl-cfg-interval").guidance == "cfg:w=1.0,lo=0.28,hi=2.9"
+    for name, p in PRESETS.items():
+        assert p.source and p.weights and spec.parse(expand(name, "w.safetensors" if p.needs_weak else None).guidance)
+    with pytest.raises(WindowguideError, match="--weak FILE"):
+        expand("edm2-s-ag-mswg")
+    assert main(["sample", "--model", "digits", "--preset", "edm2-s-mswg-fid", "--guidance", "cfg:w=1"]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -47,17 +47,17 @@ def test_sample_writes_pngs_grid_npz_and_settings(tmp_path, tiny_model):
     assert np.abs(ref - z["images"]).max() <= 1
 
 
-def test_interrupted_sampling_only_draws_the_missing_seeds(tmp_path, tiny_model, monkeypatch):
+def test_interrupted_sampling_only_draws_the_incomplete_batches(tmp_path, tiny_model, monkeypatch):
     out = str(tmp_path / "s")
-    sample_cmd.run(tiny_model, "none", "0-3", out, steps=2, progress=False)
+    sample_cmd.run(tiny_model, "none", "0-5", out, steps=2, batch_size=2, progress=False)
     before = np.load(os.path.join(out, "samples.npz"))["images"]
     os.remove(os.path.join(out, "000002.png"))
     drawn = []
     real = sample_cmd.sample
     monkeypatch.setattr(sample_cmd, "sample", lambda d, shape, seeds, **kw: drawn.append(list(seeds)) or
                         real(d, shape, seeds, **kw))
-    sample_cmd.run(tiny_model, "none", "0-3", out, steps=2, progress=False)
-    assert drawn == [[2]]
+    sample_cmd.run(tiny_model, "none", "0-5", out, steps=2, batch_size=2, progress=False)
+    assert drawn == [[2, 3]]          # the batch is the unit: seed 2 is drawn with its batch-mate, as before
     assert np.array_equal(np.load(os.path.join(out, "samples.npz"))["images"], before)
     with pytest.raises(ValueError, match="other settings"):
         sample_cmd.run(tiny_model, "cfg:w=1", "0-3", out, steps=2, progress=False)

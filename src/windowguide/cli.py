@@ -87,9 +87,22 @@ def _train(args) -> int:
 
 def _sample(args) -> int:
     from .commands import sample
-    sample.run(args.model, args.guidance, args.seeds, args.out, args.klass, args.steps, args.sampler,
-               args.batch_size, args.device or "cpu")
-    print(f"samples: {args.out}/ (PNG per seed, grid.png, samples.npz, settings.json)")
+    from .distributed import ranks
+    guidance, steps, sampler = args.guidance or "none", args.steps or 32, args.sampler or "heun"
+    if args.preset:
+        from .presets import expand
+        if args.guidance:
+            raise WindowguideError("give --guidance or --preset, not both")
+        p = expand(args.preset, args.weak)
+        guidance, steps, sampler = p.guidance, args.steps or p.steps, args.sampler or p.sampler
+        if ranks().main:
+            print(f"preset {args.preset}: --guidance '{guidance}', {sampler} {steps} steps ({p.source}; {p.weights})")
+    elif args.weak:
+        raise WindowguideError("--weak goes with a --preset that uses a weak model; in a SPEC write ag:w=W,model=FILE")
+    sample.run(args.model, guidance, args.seeds, args.out, args.klass, steps, sampler,
+               args.batch_size, args.device or "cpu", vae=args.vae, preset=args.preset)
+    if ranks().main:
+        print(f"samples: {args.out}/ (PNG per seed, grid.png, samples.npz, manifest.json, settings.json)")
     return 0
 
 
@@ -160,13 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     smp = sub.add_parser("sample", parents=[common], help="sample a model with a guidance SPEC (see the README)")
     smp.add_argument("--model", required=True, help="bundled name (e.g. digits, mirror) or a .safetensors file")
-    smp.add_argument("--guidance", default="none", help="e.g. 'cfg:w=1+mswg:w=0.5,window=16' (default none)")
+    smp.add_argument("--guidance", help="e.g. 'cfg:w=1+mswg:w=0.5,window=16' (default none)")
+    smp.add_argument("--preset", help="a paper's setting by name (see windowguide.presets): e.g. edm2-s-mswg-fid")
+    smp.add_argument("--weak", help="the weak model of an autoguidance preset (a .safetensors)")
+    smp.add_argument("--vae", help="latent models: local diffusers AutoencoderKL folder (or $WINDOWGUIDE_VAE)")
     smp.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,7-9")
     smp.add_argument("--class", dest="klass", default=None,
                      help="class index, 'all' (seed mod K, the default) or 'none' (unconditional)")
     smp.add_argument("--out", default="runs/sample")
-    smp.add_argument("--steps", type=int, default=32)
-    smp.add_argument("--sampler", default="heun")
+    smp.add_argument("--steps", type=int, help="default 32 (or the preset's)")
+    smp.add_argument("--sampler", help="default heun (or the preset's)")
     smp.add_argument("--batch-size", type=int, default=64)
     smp.add_argument("--device")
     smp.set_defaults(func=_sample)

@@ -22,7 +22,8 @@ from .. import spec
 from ..errors import WindowguideError
 from ..files import check_out_dir, read_png, write_json, write_npz, write_png
 from ..generate import _sampler_options, parse_seeds, sample, schedule_sigmas
-from ..images import grid, to_uint8
+from ..adapters.latents import pixel_decoder
+from ..images import grid
 from ..sampling import SAMPLERS
 from ..train.w2s import describe
 from .common import (check_count, check_guidance, claim, draw_missing, finish, labels_for, normalise_class, prepare,
@@ -38,7 +39,7 @@ def png_path(out: str, seed: int) -> str:
 
 def run(model: str, guidance: str = "none", seeds: Any = "0-63", out: str = "runs/sample", klass: Any = None,
         steps: int = 32, sampler: str = "heun", batch_size: int = 64, device: Any = "cpu",
-        progress: bool = True, **sampler_options) -> dict:
+        progress: bool = True, vae: str | None = None, preset: str | None = None, **sampler_options) -> dict:
     """Sample and write everything to ``out``; returns the settings record."""
     seeds = parse_seeds(seeds)
     check_count(steps, "--steps")
@@ -57,24 +58,25 @@ def run(model: str, guidance: str = "none", seeds: Any = "0-63", out: str = "run
     if note and progress:
         print(f"{model}: {note}" + (f"; --guidance {guidance} adds to it" if g.terms else ""), flush=True)
     schedule_sigmas(sampler, denoiser, steps, **{k: v for k, v in sampler_options.items() if k == "shift"})
+    decode, image_shape = pixel_decoder(info, vae, device)
     settings = dict(model=model, model_record={k: info.get(k) for k in ("dataset", "preset", "steps_done")},
                     guidance=spec.canonical(guidance), klass=klass, steps=steps, sampler=sampler,
-                    shape=list(shape), sampler_options=sampler_options)
+                    shape=list(shape), sampler_options=sampler_options, **({"preset": preset} if preset else {}))
     claim(out, settings)
     many = len(seeds) > batch_size * r.world          # then one bar over the seeds, not one per batch
     draw_missing(seeds, r, lambda s: png_path(out, s), batch_size,
                  lambda todo: _draw(todo, denoiser, net, g, shape, klass, out, steps, sampler, device,
-                                    progress and not many, sampler_options), progress)
-    finish(out, r, lambda: collect(out, net.num_classes, klass, shape))
+                                    progress and not many, sampler_options, decode), progress)
+    finish(out, r, lambda: collect(out, net.num_classes, klass, image_shape))
     return settings
 
 
-def _draw(seeds, denoiser, net, g, shape, klass, out, steps, sampler, device, progress, options) -> None:
+def _draw(seeds, denoiser, net, g, shape, klass, out, steps, sampler, device, progress, options, decode) -> None:
     labels = labels_for(seeds, net.num_classes, klass)
     with torch.no_grad():
         x = sample(denoiser, shape, seeds, steps=steps, sampler=sampler, guidance=g, cond=labels, device=device,
                    progress=progress, **options)
-    for s, im in zip(seeds, to_uint8(x)):
+    for s, im in zip(seeds, decode(x)):
         write_png(im, png_path(out, s))
 
 

@@ -1,0 +1,72 @@
+"""The papers' sampling settings by name (``windowguide sample --preset NAME``).
+
+Every weight is in windowguide's convention, D = D_pos + w (D_pos - D_neg) (w = 0: off). Papers that
+write a guidance *scale* s, D = D_neg + s (D_pos - D_neg) (CFG, autoguidance, the guidance interval),
+are converted at this edge: w = s - 1. The M-SWG paper writes D_pos + w (D_pos - D_neg) (its optimal
+weight w* = |D_pos - D*| / |D_pos - D_neg|), so its weights are ours as printed. ``{weak}`` in a SPEC is
+the weak model the user passes (``--weak FILE``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import WindowguideError
+
+MSWG_PAPER = "Guiding a diffusion model using sliding windows (arXiv 2411.10257)"
+AG_PAPER = "Karras et al. 2024, Guiding a diffusion model with a bad version of itself (arXiv 2406.02507)"
+INTERVAL_PAPER = "Kynkäänniemi et al. 2024, Applying guidance in a limited interval (arXiv 2404.07724)"
+
+
+@dataclass(frozen=True)
+class Preset:
+    guidance: str            # SPEC, with {weak} where the user's weak model goes
+    model: str               # the checkpoint it is for
+    source: str              # paper and table
+    weights: str             # how the paper's numbers became ours
+    steps: int = 32
+    sampler: str = "heun"
+
+    @property
+    def needs_weak(self) -> bool:
+        return "{weak}" in self.guidance
+
+
+_MSWG = "window=40,n=2"      # 64 x 64 latents: k = 5/8 of the side, two windows per side (stride 24)
+
+PRESETS = {
+    "edm2-s-mswg-fid": Preset(f"mswg:w=0.2,{_MSWG}", "EDM2-S (ImageNet-512)", f"{MSWG_PAPER}, EDM2-S best FID",
+                              "w = 0.2 as printed (the paper's convention is ours)"),
+    "edm2-s-mswg-fd-dinov2": Preset(f"mswg:w=1.1,{_MSWG}", "EDM2-S (ImageNet-512)",
+                                    f"{MSWG_PAPER}, EDM2-S best FD-DINOv2", "w = 1.1 as printed"),
+    "edm2-s-ag-mswg": Preset(f"ag:w=1.2,model={{weak}}+mswg:w=0.14,{_MSWG}", "EDM2-S, weak model EDM2-XS",
+                             f"{MSWG_PAPER}, table 1 'both' (FID 1.79, FD-DINOv2 40.9)",
+                             "1.2 + 0.14 in the M-SWG paper's convention, which is ours (Karras's autoguidance "
+                             "scale would read 2.2)"),
+    "edm2-s-ag-fid": Preset("ag:w=1.1,model={weak}", "EDM2-S, weak model EDM2-XS", f"{AG_PAPER}, EDM2-S, FID",
+                            "guidance scale 2.10 -> w = 1.10"),
+    "edm2-s-ag-fd-dinov2": Preset("ag:w=1.45,model={weak}", "EDM2-S, weak model EDM2-XS",
+                                  f"{AG_PAPER}, EDM2-S, FD-DINOv2", "guidance scale 2.45 -> w = 1.45"),
+    "edm2-xxl-cfg-interval": Preset("cfg:w=1.0,lo=0.28,hi=2.9", "EDM2-XXL (ImageNet-512)",
+                                    f"{INTERVAL_PAPER}, EDM2-XXL, FID 1.81 -> 1.40",
+                                    "scale 2.0 on sigma in (0.28, 2.9] -> w = 1.0 with lo=0.28, hi=2.9"),
+}
+
+
+def expand(name: str, weak: str | None = None) -> Preset:
+    """The preset with its weak model filled in (a clear error when it needs one and none is given)."""
+    if name not in PRESETS:
+        raise WindowguideError(f"--preset {name!r}: accepted: {', '.join(sorted(PRESETS))}")
+    p = PRESETS[name]
+    if p.needs_weak and not weak:
+        raise WindowguideError(f"--preset {name} guides {p.model}: pass the weak model with --weak FILE "
+                               f"(e.g. an EDM2-XS .pkl converted by windowguide convert)")
+    if weak and not p.needs_weak:
+        raise WindowguideError(f"--preset {name} uses no weak model; drop --weak")
+    return Preset(p.guidance.replace("{weak}", weak or ""), p.model, p.source, p.weights, p.steps, p.sampler)
+
+
+def describe() -> str:
+    return "\n".join(f"{k}: {p.guidance}  [{p.model}; {p.source}; {p.weights}]" for k, p in PRESETS.items())
+
+
+__all__ = ["Preset", "PRESETS", "expand", "describe"]
