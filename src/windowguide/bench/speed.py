@@ -8,6 +8,11 @@
     expectation 1 + N (k/H)^2 for N crops of side k on an H x H image.
 (d) finite_check_cost: unguided Euler sampling with the per-step NaN/inf check divided by the same
     loop without it (the check is one reduction of the prediction per step).
+(e) EDM2 (random weights, the real architecture): M-SWG (window 40, 2 per side) on 64 x 64 x 4 latents,
+    its cost ratio against unguided sampling divided by the FLOP floor (FLOPs of the full pass plus the
+    four crop passes over the full pass, counted by torch's FlopCounterMode, attention included):
+    1.00 means M-SWG costs exactly its extra network FLOPs. EDM2-XS on the CPU; on a GPU also EDM2-S at
+    batch 1, 8 and 64.
 
 Methods are run interleaved, in alternating order (A B C, C B A, ...), and the median of each is
 kept, so a noisy machine affects all of them alike.
@@ -116,6 +121,44 @@ def measure(size: int, batch: int, steps: int, repeats: int, device, base: int =
     }
 
 
+def _flops(net, x, sigma, labels) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(x, sigma, labels)
+    return counter.get_total_flops()
+
+
+def measure_edm2(size: str, batch: int, steps: int, repeats: int, device) -> dict:
+    """(e): EDM2-{size} at 64 x 64 latents, random weights, M-SWG against unguided Euler sampling."""
+    from ..models.edm2 import EDM2Precond, edm2_config
+    torch.manual_seed(0)
+    net = EDM2Precond(**edm2_config(size))
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("gain"):
+                p.fill_(0.5)                       # every branch computes (zero gains would not change FLOPs)
+    net = net.to(device).eval()
+    den, shape, seeds = net.denoiser(), (4, 64, 64), list(range(batch))
+    labels = torch.arange(batch, device=device) % 1000
+    lay = layout(64, 64, 40, windows_per_side=2)
+    x = torch.randn(batch, *shape, device=device)
+    sigma = torch.ones(batch, device=device)
+    onehot = torch.nn.functional.one_hot(labels, 1000).float()
+    full = _flops(net, x, sigma, onehot)
+    crops = _flops(net, lay.crop(x), sigma.repeat_interleave(lay.n), onehot.repeat_interleave(lay.n, 0))
+    guided = MSWG(0.2, window=40)
+    t = _time_interleaved(dict(
+        unguided=lambda: sample(den, shape, seeds, steps=steps, sampler="euler", cond=labels, device=device),
+        mswg=lambda: sample(den, shape, seeds, steps=steps, sampler="euler", guidance=guided, cond=labels,
+                            device=device)), repeats, device)
+    ratio, floor = t["mswg"] / t["unguided"], (full + crops) / full
+    return {"model": f"EDM2-{size.upper()}", "batch": batch, "steps": steps, "net_params": param_count(net),
+            "gflops_per_eval": full / batch / 1e9, "seconds": {k: round(v, 4) for k, v in t.items()},
+            "mswg_cost_ratio": ratio, "flop_floor": floor, "cost_vs_floor": ratio / floor,
+            "seconds_per_step_mswg": t["mswg"] / steps}
+
+
 def run(json_path: str | None = None, quick: bool = False, device: str | None = None) -> dict:
     """Run the speed benchmark at 64x64 and 128x128; write and return the report."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -125,6 +168,10 @@ def run(json_path: str | None = None, quick: bool = False, device: str | None = 
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "results": [measure(64, 4, steps, repeats, dev), measure(128, 2, steps, repeats, dev)],
     }
+    edm2_repeats = 1 if quick else 3
+    report["edm2"] = [measure_edm2("xs", 1, 2, edm2_repeats, dev)]
+    if dev.type == "cuda":
+        report["edm2"] += [measure_edm2("s", b, 4, edm2_repeats, dev) for b in (1, 8, 64)]
     if json_path:
         write_json(json_path, report)
     return report
@@ -137,6 +184,12 @@ def format_report(report: dict) -> str:
     for r in report["results"]:
         lines.append(f"{r['image']:>6} {r['overhead']:>9.3f} {r['batched_speedup']:>16.2f} "
                      f"{r['mswg_cost_ratio']:>16.2f} {r['flop_expectation']:>17.2f} {r['finite_check_cost']:>18.3f}")
+    if report.get("edm2"):
+        lines.append(f"{'EDM2 (64x64x4, random weights)':31s} {'batch':>5} {'GFLOP/eval':>10} {'mswg_cost_ratio':>16} "
+                     f"{'flop_floor':>11} {'cost_vs_floor':>14} {'s/step (M-SWG)':>15}")
+        for r in report["edm2"]:
+            lines.append(f"{r['model']:31s} {r['batch']:>5} {r['gflops_per_eval']:>10.1f} {r['mswg_cost_ratio']:>16.3f} "
+                         f"{r['flop_floor']:>11.3f} {r['cost_vs_floor']:>14.3f} {r['seconds_per_step_mswg']:>15.2f}")
     return "\n".join(lines)
 
 
