@@ -88,13 +88,14 @@ def _train(args) -> int:
 def _sample(args) -> int:
     from .commands import sample
     from .distributed import ranks
-    guidance, steps, sampler = args.guidance or "none", args.steps or 32, args.sampler or "heun"
+    given = lambda v, default: default if v is None else v
+    guidance, steps, sampler = given(args.guidance, "none"), given(args.steps, 32), given(args.sampler, "heun")
     if args.preset:
         from .presets import expand
-        if args.guidance:
+        if args.guidance is not None:
             raise WindowguideError("give --guidance or --preset, not both")
         p = expand(args.preset, args.weak)
-        guidance, steps, sampler = p.guidance, args.steps or p.steps, args.sampler or p.sampler
+        guidance, steps, sampler = p.guidance, given(args.steps, p.steps), given(args.sampler, p.sampler)
         if ranks().main:
             print(f"preset {args.preset}: --guidance '{guidance}', {sampler} {steps} steps ({p.source}; {p.weights})")
     elif args.weak:
@@ -129,9 +130,8 @@ def _metrics(args) -> int:
 
 def _convert(args) -> int:
     from .commands import convert
-    record = convert.run(args.src, args.out, args.key)
-    print(f"{args.out}: {record['kind']} {record['config'].get('model_channels', '')} channels, shape {record['shape']}, "
-          f"encoder {record['encoder']['kind']}")
+    record = convert.run(args.src, args.out, args.key, args.heads)
+    print(f"{args.out}: {record['kind']}, shape {record['shape']}, encoder {record['encoder']['kind']}")
     return 0
 
 
@@ -225,10 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     met.add_argument("--json", help="write the result here")
     met.set_defaults(func=_metrics)
 
-    cv = sub.add_parser("convert", parents=[common], help="an EDM2 .pkl to windowguide .safetensors (nothing in it runs)")
-    cv.add_argument("src", help="EDM2 network pickle (.pkl)")
-    cv.add_argument("--out", required=True, help="the .safetensors to write")
-    cv.add_argument("--key", default="ema", help="which network of the pickle (default ema)")
+    cv = sub.add_parser("convert", parents=[common],
+                        help="an EDM2 .pkl to .safetensors, a DiT .pt to a diffusers folder (nothing in them runs)")
+    cv.add_argument("src", help="EDM2 network pickle (.pkl) or DiT state dict (.pt)")
+    cv.add_argument("--out", required=True, help="EDM2: the .safetensors to write; DiT: the folder")
+    cv.add_argument("--key", default="ema", help="EDM2: which network of the pickle (default ema)")
+    cv.add_argument("--heads", type=int, help="DiT: attention heads, when the width is not a DiT size's")
     cv.set_defaults(func=_convert)
 
     tr = sub.add_parser("train", parents=[common], help="train a diffusion model (EDM) or, with --classifier, a classifier")

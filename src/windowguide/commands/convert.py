@@ -4,6 +4,8 @@ executing anything in them.
 - EDM2 network pickles (NVlabs ``edm2-img512-s-....pkl``): the EMA network's weights and constructor
   arguments, and the latent encoder's scale and bias, via ``formats.edm2_pickle``; the result loads
   into ``models.edm2.EDM2Precond`` and samples with ``windowguide sample --model OUT``.
+- DiT state dicts (facebookresearch ``DiT-XL-2-256x256.pt``, read with ``weights_only=True``): a diffusers
+  ``DiTTransformer2DModel`` folder, via ``formats.dit_checkpoint``.
 """
 from __future__ import annotations
 
@@ -43,16 +45,21 @@ def convert_edm2(src: str, out: str, key: str = "ema") -> dict:
     return record
 
 
-def run(src: str, out: str, key: str = "ema") -> dict:
+def run(src: str, out: str, key: str = "ema", heads: int | None = None) -> dict:
     if not os.path.isfile(src):
         raise WindowguideError(f"{src!r}: no such file")
-    parent = os.path.dirname(os.path.abspath(out))
-    check_out_dir(parent)
-    if not out.endswith(".safetensors"):
-        raise WindowguideError(f"--out {out!r}: accepted: a path ending in .safetensors")
     if src.endswith(".pkl"):
+        check_out_dir(os.path.dirname(os.path.abspath(out)))
+        if not out.endswith(".safetensors"):
+            raise WindowguideError(f"--out {out!r}: an EDM2 network becomes a file ending in .safetensors")
         return convert_edm2(src, out, key)
-    raise WindowguideError(f"{src!r}: accepted: an EDM2 network pickle (.pkl)")
+    if src.endswith((".pt", ".pth")):
+        from ..formats.dit_checkpoint import convert_dit
+        check_out_dir(out)
+        model = convert_dit(src, out, heads)
+        return dict(kind="dit", config=dict(model.config), shape=[model.config.in_channels, model.config.sample_size,
+                                                                  model.config.sample_size], encoder=dict(kind="diffusers folder"))
+    raise WindowguideError(f"{src!r}: accepted: an EDM2 network pickle (.pkl) or a DiT state dict (.pt, .pth)")
 
 
 __all__ = ["run", "convert_edm2"]
