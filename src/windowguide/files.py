@@ -114,3 +114,15 @@ def locked(folder: str) -> Iterator[None]:
 
 __all__ = ["atomic_write", "write_bytes", "write_json", "write_npz", "write_png", "read_png", "check_out_dir",
            "locked"]
+
+
+def pretrained_dir(folder: str | None, env: str) -> tuple[str | None, str | None]:
+    """(``folder`` or $env, None) when it is a saved Hugging Face model folder (has config.json), else
+    (folder, what is wrong) for the caller's error message: windowguide never downloads weights."""
+    folder = folder or os.environ.get(env)
+    if not folder:
+        return None, "no folder was given"
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return folder, f"{folder!r} holds no config.json"
+    return folder, None
+

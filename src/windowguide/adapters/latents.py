@@ -9,22 +9,21 @@ clamped to [0, 1], times 255, truncated to uint8, 8 latents at a time (as the au
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import WindowguideError
+from ..files import pretrained_dir
 
 ENV = "WINDOWGUIDE_VAE"
 
 
 def load_vae(folder: str | None, device: Any = "cpu"):
     """A diffusers AutoencoderKL from a local folder (``folder`` or $WINDOWGUIDE_VAE); never downloaded."""
-    folder = folder or os.environ.get(ENV)
-    if not folder or not os.path.isfile(os.path.join(folder, "config.json")):
-        where = f"{folder!r} holds no config.json" if folder else "none was given"
+    folder, where = pretrained_dir(folder, ENV)
+    if where:
         raise WindowguideError(
             f"this model makes latents of Stable Diffusion's VAE (stabilityai/sd-vae-ft-mse) and {where}: pass "
             f"--vae DIR (a local diffusers AutoencoderKL folder, e.g. saved with AutoencoderKL.from_pretrained("

@@ -7,13 +7,12 @@ hub model's ``x_norm_clstoken``), 1024-d for ViT-L/14.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WindowguideError
+from ..files import pretrained_dir
 
 ENV = "WINDOWGUIDE_DINOV2"
 MEAN = (0.485, 0.456, 0.406)
@@ -46,9 +45,8 @@ class DINOv2Features(nn.Module):
 def load_dinov2(folder: str | None = None, device="cpu") -> DINOv2Features:
     """DINOv2 from a local folder in transformers format (config.json + weights): ``folder``, else
     $WINDOWGUIDE_DINOV2; a clear error when missing."""
-    folder = folder or os.environ.get(ENV)
-    if not folder or not os.path.isfile(os.path.join(folder, "config.json")):
-        where = f"{folder!r} holds no config.json" if folder else "no folder given"
+    folder, where = pretrained_dir(folder, ENV)
+    if where:
         raise WindowguideError(
             f"FD-DINOv2 needs a local DINOv2 ViT-L/14 folder in transformers format (facebook/dinov2-large: "
             f"config.json and model.safetensors) and {where}. windowguide never downloads: save it with "
