@@ -90,7 +90,8 @@ def test_panorama_command_writes_images_and_settings(tmp_path, tiny_model, capsy
                  "--sampler", "ddpm", "--vcf", "--style-alpha", "0.3", "--seeds", "3-4", "--steps", "3",
                  "--guidance", "cfg:w=1", "--out", out]) == 0
     assert sorted(f for f in os.listdir(out) if not f.startswith(".")) == [
-        "panorama_000003.png", "panorama_000004.png", "panoramas.png", "settings.json"]
+        "manifest.json", "panorama_000003.png", "panorama_000004.png", "panoramas.png", "settings.json"]
+    assert json.load(open(os.path.join(out, "manifest.json")))["seeds"] == [3, 4]
     s = json.load(open(os.path.join(out, "settings.json")))
     assert s["canvas"] == [1, 8, 20] and s["window"] == [8, 8] and s["vcf"] and s["style_alpha"] == 0.3
     assert s["klass"] == "all" and s["mode"] == "gf"

@@ -1,7 +1,7 @@
 """``windowguide panorama``: a canvas wider (or taller) than the model, from fused windows.
 
-Writes ``panorama_SEED.png`` per seed, ``panoramas.png`` (the first 16 stacked) and ``settings.json``
-(the recipe). As with ``sample``, everything is checked before anything is written, seeds are drawn
+Writes ``panorama_SEED.png`` per seed, ``panoramas.png`` (the first 16 stacked), ``manifest.json``
+(seeds and files) and ``settings.json`` (the recipe). As with ``sample``, everything is checked before anything is written, seeds are drawn
 in batches (memory does not grow with their number), each PNG is written atomically, and a seed
 whose PNG exists and decodes is not drawn again; under ``torchrun`` the seeds are split across ranks
 as in ``sample``. Built-in models are EDM nets: the schedule is
@@ -18,7 +18,7 @@ import torch
 
 from .. import spec
 from ..errors import WindowguideError
-from ..files import check_out_dir, read_png, write_png
+from ..files import check_out_dir, read_png, write_json, write_png
 from ..fusion import check_fusion, panorama
 from ..generate import parse_seeds
 from ..images import grid, to_uint8
@@ -84,7 +84,12 @@ def _path(out: str, seed: int) -> str:
 
 
 def _stack(out: str, height: int) -> None:
-    names = sorted((n for n in os.listdir(out) if _PNG.match(n)), key=lambda n: (len(n), n))[:STACK_LIMIT]
+    """panoramas.png (the first 16 by seed) and manifest.json (every decodable panorama: seeds, files)."""
+    names = sorted((n for n in os.listdir(out) if _PNG.match(n)), key=lambda n: (len(n), n))
+    good = [n for n in names if read_png(os.path.join(out, n)) is not None]
+    write_json(os.path.join(out, "manifest.json"), dict(count=len(good), seeds=[int(_PNG.match(n).group(1)) for n in good],
+                                                        files=good, settings="settings.json"))
+    names = good[:STACK_LIMIT]
     images = [a for a in (read_png(os.path.join(out, n)) for n in names) if a is not None]
     if images and len({a.shape for a in images}) == 1:
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
