@@ -13,6 +13,13 @@ from .guidance import (CFG, MSWG, SWG, AutoGuidance, Custom, Guidance, GuidedDen
 
 __version__ = "0.1.0"
 
-__all__ = ["sample", "parse_seeds", "guidance", "sampling", "windows", "Denoiser", "EDMDenoiser", "EpsDenoiser",
+
+def from_pipeline(pipe):
+    """What sampling needs from a loaded diffusers pipeline (``adapters.pipelines.from_pipeline``)."""
+    from .adapters.pipelines import from_pipeline as _from_pipeline
+    return _from_pipeline(pipe)
+
+
+__all__ = ["from_pipeline", "sample", "parse_seeds", "guidance", "sampling", "windows", "Denoiser", "EDMDenoiser", "EpsDenoiser",
            "VDenoiser", "FlowDenoiser", "VPSchedule", "as_denoiser", "CFG", "MSWG", "SWG", "AutoGuidance", "Custom",
            "Guidance", "GuidedDenoiser", "Interval", "Segmented", "guided"]

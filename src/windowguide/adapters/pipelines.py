@@ -1,0 +1,169 @@
+"""One entry point from a loaded diffusers pipeline to what windowguide's samplers need.
+
+    import windowguide as wg
+    m = wg.from_pipeline(pipe)                      # DiTPipeline, StableDiffusionPipeline, DDPMPipeline, ...
+    cond, null = m.encode(class_labels=[207, 360])  # or m.encode(prompt="...", negative_prompt="")
+    x = wg.sample(m.denoiser, m.shape(), seeds=[0, 1], sampler="ddim", steps=50, sigmas=m.sigmas(50),
+                  guidance=wg.CFG(3.0, null=null), cond=cond)
+    images = m.decode(m.pipeline_latents(x, m.sigmas(50)))   # uint8 [N, H, W, 3]
+
+Families of this version: ``StableDiffusionPipeline`` / ``StableDiffusionPanoramaPipeline`` (eps or v
+prediction, prompt embeddings), ``DiTPipeline`` (class labels, null class 1000; the learned-variance
+channels are dropped, as the pipeline does with its schedulers), ``DDPMPipeline`` / ``DDIMPipeline``
+(``UNet2DModel``, unconditional, pixel space). Others are refused by name.
+
+Weight convention: diffusers' ``guidance_scale`` s is our w = s - 1. Crops (SWG, fusion windows) on
+DiT go through diffusers' ``PatchEmbed``, which gives a crop the sin-cos grid of its own size
+stretched over the trained range (``interpolation`` of positions, comparable to the M-SWG authors'
+bicubic resize of the trained embedding); a crop must be a multiple of the patch size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..denoiser import Denoiser, EpsDenoiser, VDenoiser
+from ..errors import WindowguideError
+from .diffusers import schedule_of
+
+FAMILIES = ("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline", "DiTPipeline", "DDPMPipeline",
+            "DDIMPipeline")
+
+
+@dataclass
+class PipelineModel:
+    """What sampling needs from a pipeline: the EDM-form denoiser, its schedule, conditions, decoding."""
+    family: str
+    denoiser: Denoiser
+    channels: int
+    size: tuple[int, int]              # the trained latent (or pixel) size
+    multiple: int                      # a crop's side must be a multiple of this (in latent pixels)
+    encode: Callable[..., tuple[Any, Any]]
+    decode: Callable[[torch.Tensor], np.ndarray]
+    num_classes: int = 0
+    extras: dict = field(default_factory=dict)
+
+    def shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+        """(C, H, W) of a sample, the trained size by default (in latent pixels)."""
+        h, w = height or self.size[0], width or self.size[1]
+        if h % self.multiple or w % self.multiple:
+            raise WindowguideError(f"{self.family}: a {h}x{w} latent is not a multiple of {self.multiple}")
+        return (self.channels, h, w)
+
+    def sigmas(self, steps: int, spacing: str | None = None) -> torch.Tensor:
+        """The pipeline scheduler's own timesteps as a VE sigma schedule, ending in 0 or (diffusers'
+        ``set_alpha_to_one=False``) in the sigma of t = 0."""
+        return self.denoiser.schedule.step_sigmas(steps, spacing).float()
+
+    @staticmethod
+    def pipeline_latents(x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """Our VE state at the last sigma as the pipeline's latents: x_vp = x / sqrt(1 + sigma_last^2)
+        (the same when the schedule ends in 0; SD's DDIM ends at t = 0, a 4e-4 relative scale)."""
+        return x / (1 + float(sigmas[-1]) ** 2) ** 0.5
+
+
+def from_pipeline(pipe: Any) -> PipelineModel:
+    """The ``PipelineModel`` of a loaded diffusers pipeline (see the module docstring for the families)."""
+    name = type(pipe).__name__
+    if name in ("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline"):
+        return _stable_diffusion(pipe)
+    if name == "DiTPipeline":
+        return _dit(pipe)
+    if name in ("DDPMPipeline", "DDIMPipeline"):
+        return _unet2d(pipe)
+    raise WindowguideError(f"{name} is not supported (yet); supported pipelines: {', '.join(FAMILIES)}")
+
+
+def _vp_denoiser(model: Callable, scheduler, multiple: int, null=None):
+    schedule = schedule_of(scheduler)
+    kind = getattr(scheduler.config, "prediction_type", "epsilon")
+    cls = {"epsilon": EpsDenoiser, "v_prediction": VDenoiser}.get(kind)
+    if cls is None:
+        raise WindowguideError(f"prediction_type {kind!r} is not supported; accepted: 'epsilon', 'v_prediction'")
+    return cls(model, schedule, multiple=multiple, null_cond=null, quantize=True)
+
+
+def _vae_decoder(vae) -> Callable[[torch.Tensor], np.ndarray]:
+    @torch.no_grad()
+    def decode(latents: torch.Tensor) -> np.ndarray:
+        x = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+        return _to_uint8((x.float() / 2 + 0.5).clamp(0, 1))
+    return decode
+
+
+def _to_uint8(x01: torch.Tensor) -> np.ndarray:
+    """[0, 1] images -> uint8 NHWC as diffusers' numpy_to_pil does: round(255 x)."""
+    return (x01 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _stable_diffusion(pipe) -> PipelineModel:
+    unet = pipe.unet
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+
+    def model(x, t, cond):
+        return unet(x.to(unet.dtype), t, encoder_hidden_states=cond).sample.float()
+
+    @torch.no_grad()
+    def encode(prompt=None, negative_prompt="", class_labels=None):
+        if class_labels is not None:
+            raise WindowguideError("Stable Diffusion takes a prompt, not class labels")
+        if prompt is None:
+            raise WindowguideError("Stable Diffusion needs a prompt (--prompt)")
+        if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
+            raise WindowguideError("this pipeline has no text encoder or tokenizer, so a prompt cannot be encoded")
+        pos, neg = pipe.encode_prompt(prompt, unet.device, 1, True, negative_prompt)
+        return pos, neg
+
+    vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1) if getattr(pipe, "vae", None) else 8
+    size = unet.config.sample_size
+    return PipelineModel("stable-diffusion", _vp_denoiser(model, pipe.scheduler, factor), unet.config.in_channels,
+                         (size, size), factor, encode, _vae_decoder(pipe.vae) if getattr(pipe, "vae", None) else None,
+                         extras=dict(vae_factor=vae_factor))
+
+
+def _dit(pipe) -> PipelineModel:
+    dit = pipe.transformer
+    c = dit.config.in_channels
+    classes = dit.config.num_embeds_ada_norm
+
+    def model(x, t, labels):
+        out = dit(x.to(dit.dtype), timestep=t, class_labels=labels).sample.float()
+        return out[:, :c]                            # learned variance channels: not used by these samplers
+
+    def encode(prompt=None, negative_prompt=None, class_labels=None):
+        if prompt is not None:
+            raise WindowguideError("DiT takes class labels, not a prompt")
+        labels = torch.as_tensor(class_labels).long().reshape(-1)
+        if labels.numel() == 0 or labels.min() < 0 or labels.max() >= classes:
+            raise WindowguideError(f"DiT class labels must be in [0, {classes}), got {labels.tolist()}")
+        return labels, torch.full_like(labels, classes)   # diffusers' DiT: the null class is the last row
+
+    size = dit.config.sample_size
+    return PipelineModel("dit", _vp_denoiser(model, pipe.scheduler, dit.config.patch_size, torch.tensor(classes)),
+                         c, (size, size), dit.config.patch_size, encode, _vae_decoder(pipe.vae), num_classes=classes)
+
+
+def _unet2d(pipe) -> PipelineModel:
+    unet = pipe.unet
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+
+    def model(x, t, cond):
+        return unet(x.to(unet.dtype), t).sample.float()
+
+    def encode(prompt=None, negative_prompt=None, class_labels=None):
+        raise WindowguideError(f"{type(pipe).__name__} is unconditional: it takes no prompt or class")
+
+    @torch.no_grad()
+    def decode(x: torch.Tensor) -> np.ndarray:
+        return _to_uint8((x.float() / 2 + 0.5).clamp(0, 1))
+
+    size = unet.config.sample_size
+    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    return PipelineModel("unet2d", _vp_denoiser(model, pipe.scheduler, factor), unet.config.in_channels, size, factor,
+                         encode, decode)
+
+
+__all__ = ["from_pipeline", "PipelineModel", "FAMILIES"]

@@ -1,0 +1,139 @@
+"""from_pipeline on tiny randomly initialised diffusers pipelines, against the pipelines' own outputs."""
+import numpy as np
+import pytest
+import torch
+
+import windowguide as wg
+from windowguide.errors import WindowguideError
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+    torch.manual_seed(1)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+                         layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4).eval()
+
+
+@pytest.fixture(scope="module")
+def dit_pipe(tmp_path_factory):
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000).eval()
+    with torch.no_grad():                     # adaLN-Zero starts at zero: give the blocks something to do
+        for name, p in dit.named_parameters():
+            if "norm1.linear" in name or "proj_out" in name:
+                p.normal_(0, 0.05)
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
+    pipe = DiTPipeline(transformer=dit, vae=_vae(), scheduler=scheduler)
+    folder = tmp_path_factory.mktemp("dit") / "pipe"
+    pipe.save_pretrained(folder)              # the path a user's checkpoint takes
+    return DiTPipeline.from_pretrained(folder)
+
+
+def _decode_float(pipe, latents):
+    with torch.no_grad():
+        x = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_dit_sampling_equals_dit_pipeline(dit_pipe, scale):
+    m = wg.from_pipeline(dit_pipe)
+    assert m.family == "dit" and m.shape() == (4, 8, 8) and m.multiple == 2
+    cond, null = m.encode(class_labels=[3])
+    guidance = wg.CFG(scale - 1.0, null=null) if scale > 1 else None        # diffusers' scale s = our w + 1
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, m.shape(), [0], sampler="ddim", sigmas=m.sigmas(6), guidance=guidance, cond=cond)
+        ref = dit_pipe(class_labels=[3], guidance_scale=scale, num_inference_steps=6,
+                       generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert np.abs(_decode_float(dit_pipe, x) - ref).max() <= 1e-4
+    assert m.decode(x).shape == (1, 16, 16, 3)
+
+
+def test_dit_crops_must_be_multiples_of_the_patch(dit_pipe):
+    m = wg.from_pipeline(dit_pipe)
+    with pytest.raises(WindowguideError, match="multiple of 2"):
+        wg.GuidedDenoiser(m.denoiser, wg.MSWG(0.5, window=5)).check((4, 8, 8))
+    cond, _ = m.encode(class_labels=[1, 2])
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, m.shape(), [0, 1], sampler="ddim", sigmas=m.sigmas(3),
+                      guidance=wg.MSWG(0.5, window=6), cond=cond)
+    assert torch.isfinite(x).all()
+
+
+@pytest.fixture(scope="module")
+def ddim_pipe():
+    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4).eval()
+    return DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False))
+
+
+def test_unet2d_sampling_equals_ddim_pipeline(ddim_pipe):
+    m = wg.from_pipeline(ddim_pipe)
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, m.shape(), [5], sampler="ddim", sigmas=m.sigmas(5))
+        ref = ddim_pipe(batch_size=1, num_inference_steps=5, eta=0.0, output_type="np",
+                        generator=torch.Generator().manual_seed(5), use_clipped_model_output=False).images
+    ours = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert np.abs(ours - ref).max() <= 1e-4
+    with pytest.raises(WindowguideError, match="unconditional"):
+        m.encode(class_labels=[1])
+
+
+def test_unsupported_pipelines_are_named():
+    class FluxLikePipeline:
+        pass
+    with pytest.raises(WindowguideError, match="FluxLikePipeline is not supported.*DiTPipeline"):
+        wg.from_pipeline(FluxLikePipeline())
+
+
+def _tiny_clip(folder):
+    """A CLIP text encoder and a tokenizer with a vocabulary written here (no download)."""
+    import json
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    words = ["a", "red", "cat", "dog", "mountain", "at", "dusk", "blue"]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
+    for w in words:
+        vocab[w + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!", model_max_length=8)
+    torch.manual_seed(2)
+    enc = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, max_position_embeddings=8, bos_token_id=0, eos_token_id=1,
+                                       pad_token_id=2)).eval()
+    return tok, enc
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_stable_diffusion_sampling_equals_the_pipeline(tmp_path, prediction):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    tok, enc = _tiny_clip(tmp_path)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                layers_per_block=1, cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type=prediction)
+    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=enc, tokenizer=tok, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    m = wg.from_pipeline(pipe)
+    pos, neg = m.encode(prompt="a red cat at dusk", negative_prompt="blue dog")
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = pipe("a red cat at dusk", negative_prompt="blue dog", height=16, width=16, num_inference_steps=5,
+                   guidance_scale=3.5, latents=latents.clone(), output_type="latent").images
+        x = wg.sample(m.denoiser, m.shape(), [7], sampler="ddim", sigmas=m.sigmas(5), cond=pos,
+                      guidance=wg.CFG(2.5, null=neg))
+    # diffusers' latents are x_vp at t = 0 (set_alpha_to_one=False); ours the VE state there
+    assert (m.pipeline_latents(x, m.sigmas(5)) - ref).abs().max() <= 1e-4
+    pipe.text_encoder = None
+    with pytest.raises(WindowguideError, match="no text encoder"):
+        wg.from_pipeline(pipe).encode(prompt="a cat")
