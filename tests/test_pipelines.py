@@ -5,6 +5,7 @@ import torch
 
 import windowguide as wg
 from windowguide.errors import WindowguideError
+from windowguide.guidance import StepRange
 
 
 def _vae():
@@ -137,3 +138,49 @@ def test_stable_diffusion_sampling_equals_the_pipeline(tmp_path, prediction):
     pipe.text_encoder = None
     with pytest.raises(WindowguideError, match="no text encoder"):
         wg.from_pipeline(pipe).encode(prompt="a cat")
+
+
+@pytest.fixture(scope="module")
+def sd3_pipe(tmp_path_factory):
+    """A tiny SD3 with two CLIP encoders (no T5: the pipeline pads with zeros) and a tiny VAE."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    folder = tmp_path_factory.mktemp("sd3")
+    tok, _ = _tiny_clip(folder)
+    encoders = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=8, projection_dim=16, bos_token_id=0, eos_token_id=1, pad_token_id=2)).eval())
+    torch.manual_seed(0)
+    tr = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=3,
+                               attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                               caption_projection_dim=16, pooled_projection_dim=32, pos_embed_max_size=16).eval()
+    with torch.no_grad():                    # adaLN-Zero and the output layer start at zero
+        for name, p in tr.named_parameters():
+            if "norm" in name and "linear" in name or name.startswith("proj_out"):
+                p.normal_(0, 0.05)
+    return StableDiffusion3Pipeline(transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(),
+                                    text_encoder=encoders[0], tokenizer=tok, text_encoder_2=encoders[1],
+                                    tokenizer_2=tok, text_encoder_3=None, tokenizer_3=None)
+
+
+def test_sd3_cfg_and_skip_layer_guidance_equal_the_pipeline(sd3_pipe):
+    m = wg.from_pipeline(sd3_pipe)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog", max_sequence_length=8)
+    steps, start, stop = 10, 0.01, 0.3
+    # the pipeline skips layers at steps i with N * start < i < N * stop: here i = 1, 2
+    on = [i for i in range(steps) if steps * start < i < steps * stop]
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    g = wg.CFG(3.0, null=neg) + wg.Custom(m.skip_layers([1]), 2.8, steps=StepRange(on[0], on[-1]))
+    with torch.no_grad():
+        ref = sd3_pipe("a red cat", negative_prompt="blue dog", height=16, width=16, num_inference_steps=steps,
+                       guidance_scale=4.0, latents=latents.clone(), output_type="latent", max_sequence_length=8,
+                       skip_guidance_layers=[1], skip_layer_guidance_scale=2.8, skip_layer_guidance_start=start,
+                       skip_layer_guidance_stop=stop).images
+        x = wg.sample(m.denoiser, m.shape(), [7], sampler="flow_euler", sigmas=m.sigmas(steps), cond=pos, guidance=g)
+        no_slg = wg.sample(m.denoiser, m.shape(), [7], sampler="flow_euler", sigmas=m.sigmas(steps), cond=pos,
+                           guidance=wg.CFG(3.0, null=neg))
+    assert (x - ref).abs().max() <= 1e-4
+    assert (no_slg - ref).abs().max() > 1e-3          # the skipped layers did change the result

@@ -10,7 +10,9 @@
 Families of this version: ``StableDiffusionPipeline`` / ``StableDiffusionPanoramaPipeline`` (eps or v
 prediction, prompt embeddings), ``DiTPipeline`` (class labels, null class 1000; the learned-variance
 channels are dropped, as the pipeline does with its schedulers), ``DDPMPipeline`` / ``DDIMPipeline``
-(``UNet2DModel``, unconditional, pixel space). Others are refused by name.
+(``UNet2DModel``, unconditional, pixel space), ``StableDiffusion3Pipeline`` (flow matching with the
+scheduler's shift; the condition is {embeds, pooled}; ``skip_layers(...)`` gives the negative of
+skip-layer guidance). Others are refused by name.
 
 Weight convention: diffusers' ``guidance_scale`` s is our w = s - 1. Crops (SWG, fusion windows) on
 DiT go through diffusers' ``PatchEmbed``, which gives a crop the sin-cos grid of its own size
@@ -29,8 +31,8 @@ from ..denoiser import Denoiser, EpsDenoiser, VDenoiser
 from ..errors import WindowguideError
 from .diffusers import schedule_of
 
-FAMILIES = ("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline", "DiTPipeline", "DDPMPipeline",
-            "DDIMPipeline")
+FAMILIES = ("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline", "StableDiffusion3Pipeline", "DiTPipeline",
+            "DDPMPipeline", "DDIMPipeline")
 
 
 @dataclass
@@ -72,6 +74,8 @@ def from_pipeline(pipe: Any) -> PipelineModel:
         return _stable_diffusion(pipe)
     if name == "DiTPipeline":
         return _dit(pipe)
+    if name == "StableDiffusion3Pipeline":
+        return _sd3(pipe)
     if name in ("DDPMPipeline", "DDIMPipeline"):
         return _unet2d(pipe)
     raise WindowguideError(f"{name} is not supported (yet); supported pipelines: {', '.join(FAMILIES)}")
@@ -144,6 +148,53 @@ def _dit(pipe) -> PipelineModel:
     size = dit.config.sample_size
     return PipelineModel("dit", _vp_denoiser(model, pipe.scheduler, dit.config.patch_size, torch.tensor(classes)),
                          c, (size, size), dit.config.patch_size, encode, _vae_decoder(pipe.vae), num_classes=classes)
+
+
+def _sd3(pipe) -> PipelineModel:
+    from ..denoiser import FlowDenoiser
+    tr = pipe.transformer
+    patch = tr.config.patch_size
+    train_steps = pipe.scheduler.config.num_train_timesteps
+
+    def model(x, t, cond, skip_layers=None):
+        return tr(hidden_states=x.to(tr.dtype), timestep=t, encoder_hidden_states=cond["embeds"],
+                  pooled_projections=cond["pooled"], skip_layers=skip_layers).sample.float()
+
+    @torch.no_grad()
+    def encode(prompt=None, negative_prompt="", class_labels=None, max_sequence_length: int = 256):
+        if prompt is None or class_labels is not None:
+            raise WindowguideError("SD3 takes a prompt (--prompt), not class labels")
+        if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "text_encoder_2", None) is None:
+            raise WindowguideError("this SD3 pipeline has no CLIP text encoders, so a prompt cannot be encoded")
+        pos, neg, pooled, neg_pooled = pipe.encode_prompt(prompt, None, None, device=tr.device, negative_prompt=negative_prompt,
+                                                          max_sequence_length=max_sequence_length)
+        return dict(embeds=pos, pooled=pooled), dict(embeds=neg, pooled=neg_pooled)
+
+    def skip_layers(layers):
+        """D of the same transformer with the given blocks skipped (SD3.5's skip-layer guidance negative)."""
+        skipped = FlowDenoiser(lambda x, t, c: model(x, t, c, skip_layers=list(layers)), time_scale=train_steps,
+                               multiple=patch)
+        return lambda x, sigma, cond: skipped(x, sigma, cond)
+
+    size = tr.config.sample_size
+    vae = pipe.vae
+    shift, scale = vae.config.get("shift_factor") or 0.0, vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode(latents):
+        x = vae.decode((latents.to(vae.device, vae.dtype) / scale) + shift).sample
+        return _to_uint8((x.float() / 2 + 0.5).clamp(0, 1))
+
+    m = PipelineModel("sd3", FlowDenoiser(model, time_scale=train_steps, multiple=patch), tr.config.in_channels,
+                      (size, size), patch, encode, decode, extras=dict(shift=pipe.scheduler.config.shift))
+    m.skip_layers = skip_layers
+    m.sigmas = lambda steps, spacing=None: _flow_sigmas(steps, m.extras["shift"], train_steps)
+    return m
+
+
+def _flow_sigmas(steps, shift, train_steps):
+    from ..sampling import flow_sigmas
+    return flow_sigmas(steps, shift, train_steps).float()
 
 
 def _unet2d(pipe) -> PipelineModel:
