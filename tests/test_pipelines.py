@@ -184,3 +184,35 @@ def test_sd3_cfg_and_skip_layer_guidance_equal_the_pipeline(sd3_pipe):
                            guidance=wg.CFG(3.0, null=neg))
     assert (x - ref).abs().max() <= 1e-4
     assert (no_slg - ref).abs().max() > 1e-3          # the skipped layers did change the result
+
+
+def test_cli_samples_a_dit_pipeline_folder_like_the_pipeline(dit_pipe, tmp_path):
+    from windowguide.cli import main
+    from windowguide.files import read_png
+    folder = tmp_path / "dit"
+    dit_pipe.save_pretrained(folder)
+    out = tmp_path / "s"
+    assert main(["sample", "--model", str(folder), "--class", "3", "--guidance", "cfg:w=3", "--steps", "6",
+                 "--seeds", "0-1", "--out", str(out)]) == 0
+    with torch.no_grad():
+        ref = dit_pipe(class_labels=[3], guidance_scale=4.0, num_inference_steps=6,
+                       generator=torch.Generator().manual_seed(1), output_type="np").images
+    ours = read_png(str(out / "000001.png")).astype(float)
+    assert np.abs(ours - ref[0] * 255).max() <= 1.0              # the same image, to the 8-bit rounding
+    assert (out / "manifest.json").exists()
+
+
+def test_cli_samples_an_sd3_folder_with_skip_layer_guidance(sd3_pipe, tmp_path, capsys):
+    from windowguide.cli import main
+    from windowguide.files import read_png
+    folder = tmp_path / "sd3"
+    sd3_pipe.save_pretrained(folder)
+    out = tmp_path / "s"
+    assert main(["sample", "--model", str(folder), "--prompt", "a red cat", "--steps", "4", "--seeds", "0",
+                 "--guidance", "cfg:w=3+slg:w=2.8,skip=1,first=1,last=2", "--out", str(out)]) == 0
+    assert read_png(str(out / "000000.png")).shape == (16, 16, 3)
+    assert main(["sample", "--model", str(folder), "--steps", "4", "--seeds", "0", "--out", str(tmp_path / "t")]) == 2
+    assert "needs a prompt" in capsys.readouterr().err
+    assert main(["sample", "--model", str(folder), "--prompt", "a cat", "--guidance", "slg:w=1,skip=mid",
+                 "--out", str(tmp_path / "u")]) == 2
+    assert "layer indices" in capsys.readouterr().err

@@ -87,7 +87,20 @@ def _train(args) -> int:
 
 def _sample(args) -> int:
     from .commands import sample
+    from .commands.sample_pipeline import is_pipeline_dir
     from .distributed import ranks
+    if is_pipeline_dir(args.model):
+        from .commands import sample_pipeline
+        if args.preset or args.weak or args.vae:
+            raise WindowguideError("--preset, --weak and --vae are for windowguide/EDM2 checkpoints, not pipeline folders")
+        sample_pipeline.run(args.model, args.guidance or "none", args.seeds, args.out, args.prompt, args.negative_prompt,
+                            args.klass, args.steps, args.sampler, args.batch_size or 4,
+                            args.device or "cpu", args.dtype, args.height, args.width)
+        if ranks().main:
+            print(f"samples: {args.out}/ (PNG per seed, grid.png, samples.npz, manifest.json, settings.json)")
+        return 0
+    if args.prompt is not None or args.height or args.width:
+        raise WindowguideError("--prompt, --height and --width need a diffusers pipeline folder as --model")
     given = lambda v, default: default if v is None else v
     guidance, steps, sampler = given(args.guidance, "none"), given(args.steps, 32), given(args.sampler, "heun")
     if args.preset:
@@ -101,7 +114,7 @@ def _sample(args) -> int:
     elif args.weak:
         raise WindowguideError("--weak goes with a --preset that uses a weak model; in a SPEC write ag:w=W,model=FILE")
     sample.run(args.model, guidance, args.seeds, args.out, args.klass, steps, sampler,
-               args.batch_size, args.device or "cpu", vae=args.vae, preset=args.preset)
+               args.batch_size or 64, args.device or "cpu", vae=args.vae, preset=args.preset)
     if ranks().main:
         print(f"samples: {args.out}/ (PNG per seed, grid.png, samples.npz, manifest.json, settings.json)")
     return 0
@@ -172,18 +185,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     smp = sub.add_parser("sample", parents=[common], help="sample a model with a guidance SPEC (see the README)")
-    smp.add_argument("--model", required=True, help="bundled name (e.g. digits, mirror) or a .safetensors file")
+    smp.add_argument("--model", required=True,
+                     help="bundled name (digits, mirror), a .safetensors file, or a local diffusers pipeline folder")
     smp.add_argument("--guidance", help="e.g. 'cfg:w=1+mswg:w=0.5,window=16' (default none)")
     smp.add_argument("--preset", help="a paper's setting by name (see windowguide.presets): e.g. edm2-s-mswg-fid")
     smp.add_argument("--weak", help="the weak model of an autoguidance preset (a .safetensors)")
     smp.add_argument("--vae", help="latent models: local diffusers AutoencoderKL folder (or $WINDOWGUIDE_VAE)")
+    smp.add_argument("--prompt", help="pipeline folders (SD, SD3): the prompt")
+    smp.add_argument("--negative-prompt", default="", help="pipeline folders: CFG's negative prompt (default empty)")
+    smp.add_argument("--height", type=int, help="pipeline folders: image height in pixels (default the model's)")
+    smp.add_argument("--width", type=int, help="pipeline folders: image width in pixels")
+    smp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                     help="pipeline folders: weights and activations")
     smp.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,7-9")
     smp.add_argument("--class", dest="klass", default=None,
                      help="class index, 'all' (seed mod K, the default) or 'none' (unconditional)")
     smp.add_argument("--out", default="runs/sample")
     smp.add_argument("--steps", type=int, help="default 32 (or the preset's)")
     smp.add_argument("--sampler", help="default heun (or the preset's)")
-    smp.add_argument("--batch-size", type=int, default=64)
+    smp.add_argument("--batch-size", type=int, help="seeds drawn together (default 64; pipeline folders 4)")
     smp.add_argument("--device")
     smp.set_defaults(func=_sample)
 

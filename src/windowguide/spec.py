@@ -82,6 +82,8 @@ class Context:
     net: Any
     load: Callable[[str], Any]
     model_name: str | None = None
+    skip: Callable[[tuple[str, ...]], Callable] | None = None    # a pipeline's skip-layer negative, by block
+
 
     def weak(self, keys: dict, suffix: str):
         """The weak model named by model=..., else the main model's NAME-suffix."""
@@ -154,6 +156,8 @@ def _term(name: str, keys: dict, ctx: Context, weight: float | None = None):
         return SWG(weight, window=_window(keys), windows_per_side=_number(keys, "n", 2, int),
                    stride=_number(keys, "stride", None, int), masked=name == "mswg", net=net, **rng)
     blocks = tuple(keys.get("skip", "mid").split("/"))
+    if ctx.skip is not None:                  # a transformer pipeline: blocks are layer indices
+        return Custom(ctx.skip(blocks), weight, name=f"slg:{'/'.join(blocks)}", **rng)
     net = ctx.net
     if not hasattr(net, "block_names"):
         raise _error("slg needs a built-in UNet (its blocks can be skipped)")

@@ -162,8 +162,10 @@ def _sd3(pipe) -> PipelineModel:
 
     @torch.no_grad()
     def encode(prompt=None, negative_prompt="", class_labels=None, max_sequence_length: int = 256):
-        if prompt is None or class_labels is not None:
-            raise WindowguideError("SD3 takes a prompt (--prompt), not class labels")
+        if class_labels is not None:
+            raise WindowguideError("SD3 takes a prompt, not class labels")
+        if prompt is None:
+            raise WindowguideError("SD3 needs a prompt (--prompt)")
         if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "text_encoder_2", None) is None:
             raise WindowguideError("this SD3 pipeline has no CLIP text encoders, so a prompt cannot be encoded")
         pos, neg, pooled, neg_pooled = pipe.encode_prompt(prompt, None, None, device=tr.device, negative_prompt=negative_prompt,
