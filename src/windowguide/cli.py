@@ -91,10 +91,17 @@ def _sample(args) -> int:
     from .distributed import ranks
     if is_pipeline_dir(args.model):
         from .commands import sample_pipeline
-        if args.preset or args.weak or args.vae:
-            raise WindowguideError("--preset, --weak and --vae are for windowguide/EDM2 checkpoints, not pipeline folders")
-        sample_pipeline.run(args.model, args.guidance or "none", args.seeds, args.out, args.prompt, args.negative_prompt,
-                            args.klass, args.steps, args.sampler, args.batch_size or 4,
+        if args.weak or args.vae:
+            raise WindowguideError("--weak and --vae are for windowguide/EDM2 checkpoints, not pipeline folders")
+        guidance, steps, sampler = args.guidance or "none", args.steps, args.sampler
+        if args.preset:
+            from .presets import expand
+            if args.guidance is not None:
+                raise WindowguideError("give --guidance or --preset, not both")
+            p = expand(args.preset)
+            guidance, steps, sampler = p.guidance, steps or p.steps, sampler or p.sampler
+        sample_pipeline.run(args.model, guidance, args.seeds, args.out, args.prompt, args.negative_prompt,
+                            args.klass, steps, sampler, args.batch_size or 4,
                             args.device or "cpu", args.dtype, args.height, args.width)
         if ranks().main:
             print(f"samples: {args.out}/ (PNG per seed, grid.png, samples.npz, manifest.json, settings.json)")
@@ -145,6 +152,12 @@ def _convert(args) -> int:
     from .commands import convert
     record = convert.run(args.src, args.out, args.key, args.heads)
     print(f"{args.out}: {record['kind']}, shape {record['shape']}, encoder {record['encoder']['kind']}")
+    return 0
+
+
+def _presets(args) -> int:
+    from .presets import describe
+    print(describe())
     return 0
 
 
@@ -244,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     met.add_argument("--device")
     met.add_argument("--json", help="write the result here")
     met.set_defaults(func=_metrics)
+
+    pr = sub.add_parser("presets", parents=[common], help="the papers' settings by name, with sources")
+    pr.set_defaults(func=_presets)
 
     cv = sub.add_parser("convert", parents=[common],
                         help="an EDM2 .pkl to .safetensors, a DiT .pt to a diffusers folder (nothing in them runs)")

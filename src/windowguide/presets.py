@@ -15,6 +15,8 @@ from .errors import WindowguideError
 MSWG_PAPER = "Guiding a diffusion model using sliding windows (arXiv 2411.10257)"
 AG_PAPER = "Karras et al. 2024, Guiding a diffusion model with a bad version of itself (arXiv 2406.02507)"
 INTERVAL_PAPER = "Kynkäänniemi et al. 2024, Applying guidance in a limited interval (arXiv 2404.07724)"
+SGG_PAPER = "Improving Diffusion Generalization with Weak-to-Strong Segmented Guidance (SGG), SD3.5 recipe"
+SD35 = "diffusers' StableDiffusion3Pipeline skip-layer guidance for SD3.5 Medium"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,25 @@ PRESETS = {
                             "guidance scale 2.10 -> w = 1.10"),
     "edm2-s-ag-fd-dinov2": Preset("ag:w=1.45,model={weak}", "EDM2-S, weak model EDM2-XS",
                                   f"{AG_PAPER}, EDM2-S, FD-DINOv2", "guidance scale 2.45 -> w = 1.45"),
+    "dit-xl-2-mswg-fid": Preset("mswg:w=0.5,window=20,n=2", "DiT-XL/2 256 (pipeline folder)",
+                                f"{MSWG_PAPER}, DiT-XL/2 best FID", "w = 0.5 as printed; window 20 of the 32 x 32 "
+                                "latent; the paper samples with DiT's learned-variance DDPM, this preset with DDPM's "
+                                "posterior variance (the learned-variance channels are not used yet)",
+                                steps=250, sampler="ddpm"),
+    "dit-xl-2-mswg-fd-dinov2": Preset("mswg:w=1.5,window=20,n=2", "DiT-XL/2 256 (pipeline folder)",
+                                      f"{MSWG_PAPER}, DiT-XL/2 best FD-DINOv2", "w = 1.5 as printed; DDPM as above",
+                                      steps=250, sampler="ddpm"),
+    "dit-xl-2-cfg-mswg": Preset("cfg:w=0.6+mswg:w=0.5,window=20,n=2", "DiT-XL/2 256 (pipeline folder)",
+                                f"{MSWG_PAPER}, DiT-XL/2 CFG + M-SWG", "0.6 + 0.5 in the paper's convention (ours); "
+                                "diffusers' guidance_scale would read 1.6", steps=250, sampler="ddpm"),
+    "sd35-slg": Preset("cfg:w=6.0+slg:w=2.8,skip=7/8/9,first=1,last=5", "SD3.5 Medium (pipeline folder)", SD35,
+                       "guidance_scale 7.0 -> w 6.0; skip-layer scale 2.8 is already an extra-term weight; "
+                       "start 0.01 / stop 0.2 of 28 steps = the pipeline's steps 1..5 (it skips when "
+                       "N start < i < N stop)", steps=28, sampler="flow_euler"),
+    "sd35-sgg": Preset("sgg:stepsplit=14,cfg=3.5,slg=3.0,skip=7/8/9", "SD3.5 Medium (pipeline folder)", SGG_PAPER,
+                       "CFG scale 4.5 -> w 3.5 on steps 1-14, skip-layer weight 3.0 on steps 15-28 (blocks 7, 8, 9); "
+                       "2 network evaluations per step (the authors' code makes a third, unused, in the second "
+                       "segment)", steps=28, sampler="flow_euler"),
     "edm2-xxl-cfg-interval": Preset("cfg:w=1.0,lo=0.28,hi=2.9", "EDM2-XXL (ImageNet-512)",
                                     f"{INTERVAL_PAPER}, EDM2-XXL, FID 1.81 -> 1.40",
                                     "scale 2.0 on sigma in (0.28, 2.9] -> w = 1.0 with lo=0.28, hi=2.9"),
