@@ -216,3 +216,24 @@ def test_cli_samples_an_sd3_folder_with_skip_layer_guidance(sd3_pipe, tmp_path, 
     assert main(["sample", "--model", str(folder), "--prompt", "a cat", "--guidance", "slg:w=1,skip=mid",
                  "--out", str(tmp_path / "u")]) == 2
     assert "layer indices" in capsys.readouterr().err
+
+
+def test_dit_crop_positions_stretch_or_slice(dit_pipe):
+    """'slice' gives a crop the rows of the canvas's embedding at its place; 'stretch' is diffusers' own.
+    On the whole image both are the trained embedding, so unguided sampling is unchanged."""
+    from windowguide.adapters.pipelines import sliced_position_embedding
+    pe = dit_pipe.transformer.pos_embed
+    full = pe.pos_embed[0].reshape(4, 4, -1)                     # the trained 8 x 8 latent, patch 2
+    assert torch.allclose(sliced_position_embedding(pe, (2, 4, 8, 8), (6, 4)), full[1:4, 2:4].reshape(6, -1))
+    stretch, sliced = wg.from_pipeline(dit_pipe), wg.from_pipeline(dit_pipe, crop_positions="slice")
+    cond, _ = stretch.encode(class_labels=[1])
+    with torch.no_grad():
+        plain = [wg.sample(m.denoiser, (4, 8, 8), [0], sampler="ddim", sigmas=m.sigmas(3), cond=cond)
+                 for m in (stretch, sliced)]
+        guided = [wg.sample(m.denoiser, (4, 8, 8), [0], sampler="ddim", sigmas=m.sigmas(3), cond=cond,
+                            guidance=wg.MSWG(1.0, window=6)) for m in (stretch, sliced)]
+    assert torch.allclose(plain[0], plain[1], atol=1e-6)
+    assert not torch.allclose(guided[0], guided[1], atol=1e-4)   # the crops saw different positions
+    assert pe.pos_embed is not None and not pe._forward_hooks     # the model is left as it was
+    with pytest.raises(WindowguideError, match="crop_positions"):
+        wg.from_pipeline(dit_pipe, crop_positions="resize")

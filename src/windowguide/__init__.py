@@ -14,10 +14,10 @@ from .guidance import (CFG, MSWG, SWG, AutoGuidance, Custom, Guidance, GuidedDen
 __version__ = "0.1.0"
 
 
-def from_pipeline(pipe):
+def from_pipeline(pipe, **options):
     """What sampling needs from a loaded diffusers pipeline (``adapters.pipelines.from_pipeline``)."""
     from .adapters.pipelines import from_pipeline as _from_pipeline
-    return _from_pipeline(pipe)
+    return _from_pipeline(pipe, **options)
 
 
 __all__ = ["from_pipeline", "sample", "parse_seeds", "guidance", "sampling", "windows", "Denoiser", "EDMDenoiser", "EpsDenoiser",

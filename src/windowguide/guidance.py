@@ -20,7 +20,7 @@ import torch
 
 from .conds import Cond, broadcast_null, cond_cat, cond_repeat, cond_select
 from .denoiser import Denoiser, as_denoiser
-from .windows import Layout, layout
+from .windows import Layout, layout, regions_of_call
 from .errors import WindowguideError
 
 INF = math.inf
@@ -199,6 +199,13 @@ class _Request:
     sigma: torch.Tensor
     cond: Cond
     result: torch.Tensor | None = None
+    region: torch.Tensor | None = None     # [n, 4] crop placement; None = the whole image
+
+    def regions(self) -> torch.Tensor:
+        if self.region is not None:
+            return self.region
+        h, w = self.x.shape[-2:]
+        return torch.tensor([[0, 0, h, w]], dtype=torch.long).repeat(self.x.shape[0], 1)
 
 
 @dataclass
@@ -358,7 +365,8 @@ class SWG(Term):
     def negative(self, ctx, x, sigma, cond):
         lays = ctx.layout_for(self, x)
         net = self.net or ctx.denoiser
-        reqs = [_Request(net, lay.crop(x), sigma.repeat_interleave(lay.n), cond_repeat(cond, lay.n)) for lay in lays]
+        reqs = [_Request(net, lay.crop(x), sigma.repeat_interleave(lay.n), cond_repeat(cond, lay.n),
+                         region=lay.regions(x.shape[0])) for lay in lays]
         finish = lambda: sum(lay.fold(r.result, "uniform") for lay, r in zip(lays, reqs)) / len(lays)
         return _Plan(reqs, finish, self.overlap_mask(x, lays))
 
@@ -532,18 +540,20 @@ class GuidedDenoiser(Denoiser):
             x = torch.cat([r.x for r in group]) if len(group) > 1 else group[0].x
             sigma = torch.cat([r.sigma for r in group]) if len(group) > 1 else group[0].sigma
             cond = cond_cat([r.cond for r in group]) if len(group) > 1 else group[0].cond
-            out = self._call_chunked(net, x, sigma, cond)
+            regions = torch.cat([r.regions() for r in group])
+            out = self._call_chunked(net, x, sigma, cond, regions)
             for r, res in zip(group, out.split([r.x.shape[0] for r in group])):
                 r.result = res
 
-    def _call_chunked(self, net: Denoiser, x, sigma, cond) -> torch.Tensor:
+    def _call_chunked(self, net: Denoiser, x, sigma, cond, regions=None) -> torch.Tensor:
         n = x.shape[0]
         size = n if self.max_batch is None else self.max_batch
         outs = []
         for start in range(0, n, size):
             idx = None if size >= n else torch.arange(start, min(start + size, n), device=x.device)
             xs = x if idx is None else x[start:start + size]
-            outs.append(net(xs, sigma if idx is None else sigma[start:start + size], cond_select(cond, idx)))
+            with regions_of_call(None if regions is None else regions[start:start + xs.shape[0]]):
+                outs.append(net(xs, sigma if idx is None else sigma[start:start + size], cond_select(cond, idx)))
             self.calls[id(net)] = self.calls.get(id(net), 0) + 1
             self.evaluations[id(net)] = self.evaluations.get(id(net), 0) + xs.shape[0]
         return outs[0] if len(outs) == 1 else torch.cat(outs)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -112,6 +114,11 @@ class Layout:
         if self.circular and max(self.lefts) + w > self.width:
             return torch.cat([x, x[..., : w - 1]], dim=-1)
         return x
+
+    def regions(self, n: int) -> torch.Tensor:
+        """[N*K, 4] (top, left, canvas height, canvas width) of the crops of ``crop`` for N samples."""
+        one = torch.tensor([(t, l, self.height, self.width) for t, l in self.positions], dtype=torch.long)
+        return one.repeat(n, 1)
 
     def crop(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, H, W] -> [N*K, C, h, w], one stacked tensor, windows of sample 0 first."""
@@ -215,3 +222,25 @@ def window_weights(weighting: str | torch.Tensor, h: int, w: int, device=None, d
 
 
 __all__ = ["Layout", "layout", "axis_positions", "window_weights", "WEIGHTINGS", "CONE_EPS"]
+
+
+# Where the samples of the network call in progress sit on their canvas: set by the guided denoiser
+# around each call, read by model adapters whose conditioning depends on it (SDXL's crop time ids, a
+# transformer's positional embedding). None outside windowguide's calls.
+_REGIONS: ContextVar = ContextVar("windowguide_regions", default=None)
+
+
+def current_regions() -> torch.Tensor | None:
+    """[N, 4] (top, left, canvas height, canvas width) of each sample of the network call in progress,
+    in the denoiser's pixels; a full image is (0, 0, H, W). None when not called by windowguide."""
+    return _REGIONS.get()
+
+
+@contextmanager
+def regions_of_call(regions: torch.Tensor | None):
+    token = _REGIONS.set(regions)
+    try:
+        yield
+    finally:
+        _REGIONS.reset(token)
+

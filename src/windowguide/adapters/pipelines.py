@@ -29,6 +29,7 @@ import torch
 
 from ..denoiser import Denoiser, EpsDenoiser, VDenoiser
 from ..errors import WindowguideError
+from ..windows import current_regions
 from .diffusers import schedule_of
 
 FAMILIES = ("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline", "StableDiffusion3Pipeline", "DiTPipeline",
@@ -67,13 +68,19 @@ class PipelineModel:
         return x / (1 + float(sigmas[-1]) ** 2) ** 0.5
 
 
-def from_pipeline(pipe: Any) -> PipelineModel:
-    """The ``PipelineModel`` of a loaded diffusers pipeline (see the module docstring for the families)."""
+def from_pipeline(pipe: Any, crop_positions: str = "stretch") -> PipelineModel:
+    """The ``PipelineModel`` of a loaded diffusers pipeline (see the module docstring for the families).
+
+    ``crop_positions`` (DiT): the positional embedding of a crop. 'stretch' (default, diffusers' own):
+    the sin-cos grid of the crop's size spread over the trained range, like the M-SWG authors' resize
+    of the trained embedding; 'slice': the crop's part of the whole canvas's grid, its true location."""
     name = type(pipe).__name__
+    if crop_positions not in ("stretch", "slice"):
+        raise WindowguideError(f"crop_positions {crop_positions!r}: accepted: 'stretch', 'slice'")
     if name in ("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline"):
         return _stable_diffusion(pipe)
     if name == "DiTPipeline":
-        return _dit(pipe)
+        return _dit(pipe, crop_positions)
     if name == "StableDiffusion3Pipeline":
         return _sd3(pipe)
     if name in ("DDPMPipeline", "DDIMPipeline"):
@@ -128,13 +135,18 @@ def _stable_diffusion(pipe) -> PipelineModel:
                          extras=dict(vae_factor=vae_factor))
 
 
-def _dit(pipe) -> PipelineModel:
+def _dit(pipe, crop_positions: str = "stretch") -> PipelineModel:
     dit = pipe.transformer
     c = dit.config.in_channels
     classes = dit.config.num_embeds_ada_norm
 
     def model(x, t, labels):
-        out = dit(x.to(dit.dtype), timestep=t, class_labels=labels).sample.float()
+        regions = current_regions()
+        if crop_positions == "slice" and regions is not None:
+            with _sliced_positions(dit.pos_embed, regions, x.shape[-2:]):
+                out = dit(x.to(dit.dtype), timestep=t, class_labels=labels).sample.float()
+        else:
+            out = dit(x.to(dit.dtype), timestep=t, class_labels=labels).sample.float()
         return out[:, :c]                            # learned variance channels: not used by these samplers
 
     def encode(prompt=None, negative_prompt=None, class_labels=None):
@@ -197,6 +209,38 @@ def _sd3(pipe) -> PipelineModel:
 def _flow_sigmas(steps, shift, train_steps):
     from ..sampling import flow_sigmas
     return flow_sigmas(steps, shift, train_steps).float()
+
+
+def sliced_position_embedding(patch_embed, region, size) -> torch.Tensor:
+    """[T, D]: the rows of the whole canvas's sin-cos embedding (as diffusers builds it for the canvas)
+    that a crop of ``size`` at (top, left) covers; ``region`` = (top, left, canvas h, canvas w) in latent pixels."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+    p = patch_embed.patch_size
+    top, left, ch, cw = (int(v) // p for v in region)
+    h, w = size[0] // p, size[1] // p
+    grid = get_2d_sincos_pos_embed(patch_embed.pos_embed.shape[-1] if patch_embed.pos_embed is not None else
+                                   patch_embed._wg_dim, (ch, cw), base_size=patch_embed.base_size,
+                                   interpolation_scale=patch_embed.interpolation_scale, output_type="pt")
+    return grid.float().reshape(ch, cw, -1)[top:top + h, left:left + w].reshape(h * w, -1)
+
+
+class _sliced_positions:
+    """Within the block, ``patch_embed`` adds each sample's slice of its canvas's embedding instead of
+    the crop-sized grid (its buffer is set aside and a forward hook adds the slices)."""
+
+    def __init__(self, patch_embed, regions, size):
+        self.pe, self.regions, self.size = patch_embed, regions, tuple(size)
+
+    def __enter__(self):
+        pe = self.pe
+        pe._wg_dim = pe.pos_embed.shape[-1]
+        table = torch.stack([sliced_position_embedding(pe, r.tolist(), self.size) for r in self.regions])
+        self.saved, pe.pos_embed = pe.pos_embed, None
+        self.hook = pe.register_forward_hook(lambda m, args, out: out + table.to(out.device, out.dtype))
+
+    def __exit__(self, *exc):
+        self.hook.remove()
+        self.pe.pos_embed = self.saved
 
 
 def _unet2d(pipe) -> PipelineModel:
