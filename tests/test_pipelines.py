@@ -237,3 +237,64 @@ def test_dit_crop_positions_stretch_or_slice(dit_pipe):
     assert pe.pos_embed is not None and not pe._forward_hooks     # the model is left as it was
     with pytest.raises(WindowguideError, match="crop_positions"):
         wg.from_pipeline(dit_pipe, crop_positions="resize")
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe(tmp_path_factory):
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    folder = tmp_path_factory.mktemp("sdxl")
+    tok, _ = _tiny_clip(folder)
+    cfg = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+               max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    torch.manual_seed(3)
+    enc1 = CLIPTextModel(CLIPTextConfig(**cfg)).eval()
+    enc2 = CLIPTextModelWithProjection(CLIPTextConfig(projection_dim=16, **cfg)).eval()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                layers_per_block=1, cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), addition_embed_type="text_time",
+                                addition_time_embed_dim=4, projection_class_embeddings_input_dim=16 + 6 * 4).eval()
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionXLPipeline(vae=_vae(), text_encoder=enc1, text_encoder_2=enc2, tokenizer=tok, tokenizer_2=tok,
+                                     unet=unet, scheduler=scheduler)
+
+
+def test_sdxl_sampling_equals_the_pipeline(sdxl_pipe):
+    m = wg.from_pipeline(sdxl_pipe)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog")
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = sdxl_pipe("a red cat", negative_prompt="blue dog", height=16, width=16, num_inference_steps=5,
+                        guidance_scale=3.0, latents=latents.clone(), output_type="latent").images
+        x = wg.sample(m.denoiser, m.shape(), [7], sampler="ddim", sigmas=m.sigmas(5), cond=pos,
+                      guidance=wg.CFG(2.0, null={k: v[0] for k, v in neg.items()}))
+    assert (m.pipeline_latents(x, m.sigmas(5)) - ref).abs().max() <= 1e-4
+
+
+def test_sdxl_time_ids_describe_each_crop():
+    from windowguide.adapters.pipelines import sdxl_time_ids
+    from windowguide.windows import layout
+    assert sdxl_time_ids(None, (128, 128), 8).tolist() == [[1024, 1024, 0, 0, 1024, 1024]]
+    lay = layout(128, 128, 80, windows_per_side=2)
+    ids = sdxl_time_ids(lay.regions(1), (80, 80), 8)
+    assert ids.tolist() == [[1024, 1024, t * 8, l * 8, 640, 640] for t, l in lay.positions]
+
+
+def test_sdxl_crops_reach_the_unet_with_their_time_ids(sdxl_pipe):
+    m = wg.from_pipeline(sdxl_pipe)
+    pos, _ = m.encode(prompt="a red cat", negative_prompt="")
+    seen = []
+    hook = sdxl_pipe.unet.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"].clone()), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            wg.sample(m.denoiser, (4, 16, 16), [0], sampler="ddim", sigmas=m.sigmas(1), cond=pos,
+                      guidance=wg.MSWG(0.5, window=8, windows_per_side=3))
+    finally:
+        hook.remove()
+    full, crops = seen[0], seen[1]
+    assert full.tolist() == [[32, 32, 0, 0, 32, 32]]
+    assert crops.tolist() == [[32, 32, t * 2, l * 2, 16, 16] for t in (0, 4, 8) for l in (0, 4, 8)]

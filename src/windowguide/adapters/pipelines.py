@@ -12,7 +12,8 @@ prediction, prompt embeddings), ``DiTPipeline`` (class labels, null class 1000; 
 channels are dropped, as the pipeline does with its schedulers), ``DDPMPipeline`` / ``DDIMPipeline``
 (``UNet2DModel``, unconditional, pixel space), ``StableDiffusion3Pipeline`` (flow matching with the
 scheduler's shift; the condition is {embeds, pooled}; ``skip_layers(...)`` gives the negative of
-skip-layer guidance). Others are refused by name.
+skip-layer guidance), ``StableDiffusionXLPipeline`` ({embeds, pooled}; the time ids describe each
+crop: the canvas as the original size, the crop's offset and size). Others are refused by name.
 
 Weight convention: diffusers' ``guidance_scale`` s is our w = s - 1. Crops (SWG, fusion windows) on
 DiT go through diffusers' ``PatchEmbed``, which gives a crop the sin-cos grid of its own size
@@ -32,8 +33,8 @@ from ..errors import WindowguideError
 from ..windows import current_regions
 from .diffusers import schedule_of
 
-FAMILIES = ("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline", "StableDiffusion3Pipeline", "DiTPipeline",
-            "DDPMPipeline", "DDIMPipeline")
+FAMILIES = ("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline", "StableDiffusionXLPipeline",
+            "StableDiffusion3Pipeline", "DiTPipeline", "DDPMPipeline", "DDIMPipeline")
 
 
 @dataclass
@@ -83,6 +84,8 @@ def from_pipeline(pipe: Any, crop_positions: str = "stretch") -> PipelineModel:
         return _dit(pipe, crop_positions)
     if name == "StableDiffusion3Pipeline":
         return _sd3(pipe)
+    if name == "StableDiffusionXLPipeline":
+        return _sdxl(pipe)
     if name in ("DDPMPipeline", "DDIMPipeline"):
         return _unet2d(pipe)
     raise WindowguideError(f"{name} is not supported (yet); supported pipelines: {', '.join(FAMILIES)}")
@@ -160,6 +163,45 @@ def _dit(pipe, crop_positions: str = "stretch") -> PipelineModel:
     size = dit.config.sample_size
     return PipelineModel("dit", _vp_denoiser(model, pipe.scheduler, dit.config.patch_size, torch.tensor(classes)),
                          c, (size, size), dit.config.patch_size, encode, _vae_decoder(pipe.vae), num_classes=classes)
+
+
+def sdxl_time_ids(regions: torch.Tensor | None, size, factor: int) -> torch.Tensor:
+    """SDXL's micro-conditioning per sample, in image pixels: (original h, original w, crop top, crop
+    left, target h, target w). The whole image: (H, W, 0, 0, H, W), the pipeline's default; a crop of a
+    canvas: the canvas as the original, the crop's offset, the crop's size as the target (what SDXL's
+    training crops meant)."""
+    h, w = size
+    if regions is None:
+        return torch.tensor([[h * factor, w * factor, 0, 0, h * factor, w * factor]], dtype=torch.float32)
+    r = regions.float()
+    return torch.stack([r[:, 2], r[:, 3], r[:, 0], r[:, 1], torch.full_like(r[:, 0], h), torch.full_like(r[:, 0], w)],
+                       dim=1) * factor
+
+
+def _sdxl(pipe) -> PipelineModel:
+    unet = pipe.unet
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+    def model(x, t, cond):
+        ids = sdxl_time_ids(current_regions(), x.shape[-2:], vae_factor).to(x.device, x.dtype)
+        ids = ids.expand(x.shape[0], -1) if ids.shape[0] == 1 else ids
+        added = dict(text_embeds=cond["pooled"].to(unet.dtype), time_ids=ids.to(unet.dtype))
+        return unet(x.to(unet.dtype), t, encoder_hidden_states=cond["embeds"].to(unet.dtype),
+                    added_cond_kwargs=added).sample.float()
+
+    @torch.no_grad()
+    def encode(prompt=None, negative_prompt="", class_labels=None):
+        if class_labels is not None or prompt is None:
+            raise WindowguideError("SDXL needs a prompt (--prompt), not class labels")
+        if getattr(pipe, "text_encoder_2", None) is None:
+            raise WindowguideError("this SDXL pipeline has no text_encoder_2, so a prompt cannot be encoded")
+        pos, neg, pooled, neg_pooled = pipe.encode_prompt(prompt, None, unet.device, 1, True, negative_prompt)
+        return dict(embeds=pos, pooled=pooled), dict(embeds=neg, pooled=neg_pooled)
+
+    size = unet.config.sample_size
+    return PipelineModel("sdxl", _vp_denoiser(model, pipe.scheduler, factor), unet.config.in_channels, (size, size),
+                         factor, encode, _vae_decoder(pipe.vae), extras=dict(vae_factor=vae_factor))
 
 
 def _sd3(pipe) -> PipelineModel:
