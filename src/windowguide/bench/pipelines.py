@@ -1,0 +1,58 @@
+"""Rows of ``windowguide bench speed`` for diffusers families (tiny random models built from configs):
+
+- loop_ratio: windowguide's sampling loop (CFG, DDIM on the pipeline's schedule) plus the decode over
+  the pipeline's own call at the same number of network evaluations (a one-level VAE), interleaved, medians;
+- mswg_cost_vs_floor (DiT, a transformer): M-SWG sampling over unguided sampling, divided by the
+  FLOP floor (FLOPs of the full pass plus the crops' over the full pass, FlopCounterMode).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _tiny_dit(size: int, device):
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(num_attention_heads=4, attention_head_dim=32, in_channels=4, out_channels=8,
+                                num_layers=4, sample_size=size, patch_size=2, num_embeds_ada_norm=1000).eval()
+    vae = AutoencoderKL(latent_channels=4, block_out_channels=(8,), layers_per_block=1, norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",)).eval()
+    pipe = DiTPipeline(transformer=dit, vae=vae, scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def measure_dit(size: int, steps: int, repeats: int, device) -> dict:
+    from ..adapters.pipelines import from_pipeline
+    from ..generate import sample
+    from ..guidance import CFG, MSWG
+    from ..windows import layout
+    from .speed import _flops, _time_interleaved
+    pipe = _tiny_dit(size, device)
+    ours = from_pipeline(pipe)
+    cond, null = ours.encode(class_labels=[1])
+    sigmas = ours.sigmas(steps)
+    window = size * 5 // 8 // 2 * 2
+    lay = layout(size, size, window, windows_per_side=2)
+    with torch.no_grad():
+        t = _time_interleaved(dict(
+            pipeline=lambda: pipe(class_labels=[1], guidance_scale=2.0, num_inference_steps=steps, output_type="np",
+                                  generator=torch.Generator().manual_seed(0)),
+            windowguide=lambda: ours.decode(sample(ours.denoiser, ours.shape(), [0], sampler="ddim", sigmas=sigmas,
+                                                   cond=cond, guidance=CFG(1.0, null=null), device=device)),
+            unguided=lambda: sample(ours.denoiser, ours.shape(), [0], sampler="ddim", sigmas=sigmas, cond=cond,
+                                    device=device),
+            mswg=lambda: sample(ours.denoiser, ours.shape(), [0], sampler="ddim", sigmas=sigmas, cond=cond,
+                                guidance=MSWG(0.5, window=window), device=device)), repeats, torch.device(device))
+        x = torch.randn(1, 4, size, size, device=device)
+        f = lambda z: pipe.transformer(z, timestep=torch.full((z.shape[0],), 500, device=device),
+                                       class_labels=torch.ones(z.shape[0], dtype=torch.long, device=device)).sample
+        full, crops = _flops(lambda a, s, c: f(a), x, None, None), _flops(lambda a, s, c: f(a), lay.crop(x), None, None)
+    floor = (full + crops) / full
+    return {"model": f"DiT (4 layers, width 128) {size}x{size} latent", "steps": steps,
+            "seconds": {k: round(v, 4) for k, v in t.items()}, "loop_ratio": t["windowguide"] / t["pipeline"],
+            "mswg_cost_ratio": t["mswg"] / t["unguided"], "flop_floor": floor,
+            "mswg_cost_vs_floor": t["mswg"] / t["unguided"] / floor}
+
+
+__all__ = ["measure_dit"]
