@@ -298,3 +298,41 @@ def test_sdxl_crops_reach_the_unet_with_their_time_ids(sdxl_pipe):
     full, crops = seen[0], seen[1]
     assert full.tolist() == [[32, 32, 0, 0, 32, 32]]
     assert crops.tolist() == [[32, 32, t * 2, l * 2, 16, 16] for t in (0, 4, 8) for l in (0, 4, 8)]
+
+
+def _tiny_t5(n_words=8):
+    """A T5 encoder and a word-level fast tokenizer built here (no sentencepiece file, no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+    words = ["<pad>", "</s>", "<unk>", "a", "red", "cat", "blue", "dog", "at", "dusk"][:n_words + 3]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = T5TokenizerFast(tokenizer_object=core, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0)
+    torch.manual_seed(5)
+    enc = T5EncoderModel(T5Config(vocab_size=len(words), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)).eval()
+    return tok, enc
+
+
+def test_pixart_sampling_equals_the_pipeline():
+    from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    tok, enc = _tiny_t5()
+    torch.manual_seed(0)
+    tr = PixArtTransformer2DModel(sample_size=8, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+                                  in_channels=4, out_channels=8, cross_attention_dim=16, caption_channels=16,
+                                  patch_size=2, norm_type="ada_norm_single").eval()
+    with torch.no_grad():
+        for name, p in tr.named_parameters():
+            if "scale_shift_table" in name or name.startswith("proj_out") or "adaln" in name:
+                p.normal_(0, 0.05)
+    pipe = PixArtAlphaPipeline(tokenizer=tok, text_encoder=enc, vae=_vae(), transformer=tr,
+                               scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False))
+    m = wg.from_pipeline(pipe)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog", max_sequence_length=6)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = pipe("a red cat", negative_prompt="blue dog", height=16, width=16, num_inference_steps=5, guidance_scale=3.0,
+                   latents=latents.clone(), output_type="latent", clean_caption=False, max_sequence_length=6,
+                   use_resolution_binning=False).images
+        x = wg.sample(m.denoiser, m.shape(), [7], sampler="ddim", sigmas=m.sigmas(5), cond=pos,
+                      guidance=wg.CFG(2.0, null={k: v[0] for k, v in neg.items()}))
+    assert (m.pipeline_latents(x, m.sigmas(5)) - ref).abs().max() <= 1e-4

@@ -13,7 +13,8 @@ channels are dropped, as the pipeline does with its schedulers), ``DDPMPipeline`
 (``UNet2DModel``, unconditional, pixel space), ``StableDiffusion3Pipeline`` (flow matching with the
 scheduler's shift; the condition is {embeds, pooled}; ``skip_layers(...)`` gives the negative of
 skip-layer guidance), ``StableDiffusionXLPipeline`` ({embeds, pooled}; the time ids describe each
-crop: the canvas as the original size, the crop's offset and size). Others are refused by name.
+crop: the canvas as the original size, the crop's offset and size), ``PixArtAlphaPipeline`` /
+``PixArtSigmaPipeline`` ({embeds, mask} of T5; learned variance dropped). Others are refused by name.
 
 Weight convention: diffusers' ``guidance_scale`` s is our w = s - 1. Crops (SWG, fusion windows) on
 DiT go through diffusers' ``PatchEmbed``, which gives a crop the sin-cos grid of its own size
@@ -34,7 +35,8 @@ from ..windows import current_regions
 from .diffusers import schedule_of
 
 FAMILIES = ("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline", "StableDiffusionXLPipeline",
-            "StableDiffusion3Pipeline", "DiTPipeline", "DDPMPipeline", "DDIMPipeline")
+            "StableDiffusion3Pipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "DiTPipeline", "DDPMPipeline",
+            "DDIMPipeline")
 
 
 @dataclass
@@ -86,6 +88,8 @@ def from_pipeline(pipe: Any, crop_positions: str = "stretch") -> PipelineModel:
         return _sd3(pipe)
     if name == "StableDiffusionXLPipeline":
         return _sdxl(pipe)
+    if name in ("PixArtAlphaPipeline", "PixArtSigmaPipeline"):
+        return _pixart(pipe)
     if name in ("DDPMPipeline", "DDIMPipeline"):
         return _unet2d(pipe)
     raise WindowguideError(f"{name} is not supported (yet); supported pipelines: {', '.join(FAMILIES)}")
@@ -202,6 +206,36 @@ def _sdxl(pipe) -> PipelineModel:
     size = unet.config.sample_size
     return PipelineModel("sdxl", _vp_denoiser(model, pipe.scheduler, factor), unet.config.in_channels, (size, size),
                          factor, encode, _vae_decoder(pipe.vae), extras=dict(vae_factor=vae_factor))
+
+
+def _pixart(pipe) -> PipelineModel:
+    tr = pipe.transformer
+    c, patch = tr.config.in_channels, tr.config.patch_size
+    vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+    def model(x, t, cond):
+        added = {"resolution": None, "aspect_ratio": None}
+        if tr.config.sample_size == 128:        # PixArt-alpha 1024: resolution and aspect micro-conditions
+            h, w = x.shape[-2] * vae_factor, x.shape[-1] * vae_factor
+            added = {"resolution": torch.tensor([[h, w]], dtype=x.dtype, device=x.device).expand(x.shape[0], -1),
+                     "aspect_ratio": torch.tensor([[h / w]], dtype=x.dtype, device=x.device).expand(x.shape[0], -1)}
+        out = tr(x.to(tr.dtype), encoder_hidden_states=cond["embeds"].to(tr.dtype), encoder_attention_mask=cond["mask"],
+                 timestep=t, added_cond_kwargs=added).sample.float()
+        return out[:, :c]                       # learned variance channels dropped, as the pipeline does
+
+    @torch.no_grad()
+    def encode(prompt=None, negative_prompt="", class_labels=None, max_sequence_length: int = 120):
+        if class_labels is not None or prompt is None:
+            raise WindowguideError("PixArt needs a prompt (--prompt), not class labels")
+        if getattr(pipe, "text_encoder", None) is None:
+            raise WindowguideError("this PixArt pipeline has no text encoder, so a prompt cannot be encoded")
+        pos, pos_mask, neg, neg_mask = pipe.encode_prompt(prompt, True, negative_prompt, device=tr.device,
+                                                          clean_caption=False, max_sequence_length=max_sequence_length)
+        return dict(embeds=pos, mask=pos_mask), dict(embeds=neg, mask=neg_mask)
+
+    size = tr.config.sample_size
+    return PipelineModel("pixart", _vp_denoiser(model, pipe.scheduler, patch), c, (size, size), patch, encode,
+                         _vae_decoder(pipe.vae), extras=dict(vae_factor=vae_factor))
 
 
 def _sd3(pipe) -> PipelineModel:
