@@ -336,3 +336,61 @@ def test_pixart_sampling_equals_the_pipeline():
         x = wg.sample(m.denoiser, m.shape(), [7], sampler="ddim", sigmas=m.sigmas(5), cond=pos,
                       guidance=wg.CFG(2.0, null={k: v[0] for k, v in neg.items()}))
     assert (m.pipeline_latents(x, m.sigmas(5)) - ref).abs().max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def flux_pipe(tmp_path_factory):
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    folder = tmp_path_factory.mktemp("flux")
+    clip_tok, _ = _tiny_clip(folder)
+    t5_tok, t5 = _tiny_t5()
+    torch.manual_seed(3)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(clip_tok), hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=8,
+                                        bos_token_id=0, eos_token_id=1, pad_token_id=2)).eval()
+    torch.manual_seed(0)
+    tr = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                                num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
+                                guidance_embeds=True, axes_dims_rope=(2, 2, 4)).eval()
+    with torch.no_grad():
+        for name, p in tr.named_parameters():
+            if "norm" in name and "linear" in name or name.startswith("proj_out"):
+                p.normal_(0, 0.05)
+    torch.manual_seed(1)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=4, shift_factor=0.1, scaling_factor=0.5).eval()
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
+                        text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5, tokenizer_2=t5_tok, transformer=tr)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("true_cfg", [1.0, 3.0])
+def test_flux_sampling_equals_the_pipeline(flux_pipe, true_cfg):
+    from windowguide.adapters.pipelines import pack
+    m = wg.from_pipeline(flux_pipe, guidance_embed=2.5)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog", max_sequence_length=6)
+    shape = m.shape(16, 16)
+    z = torch.randn(1, *shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = flux_pipe("a red cat", negative_prompt="blue dog", true_cfg_scale=true_cfg, guidance_scale=2.5, height=32,
+                        width=32, num_inference_steps=4, latents=pack(z), output_type="latent",
+                        max_sequence_length=6).images
+        g = wg.CFG(true_cfg - 1, null={k: v[0] for k, v in neg.items()}) if true_cfg > 1 else None
+        x = wg.sample(m.denoiser, shape, [7], sampler="flow_euler", sigmas=m.sigmas(4, shape=shape), cond=pos, guidance=g)
+    assert (pack(x) - ref).abs().max() <= 1e-4
+
+
+def test_flux_crop_ids_local_or_true_location(flux_pipe):
+    from windowguide.adapters.pipelines import flux_image_ids
+    assert flux_image_ids(4, 6, 2, 4).tolist()[0] == [0, 1, 2] and flux_image_ids(4, 6).shape == (6, 3)
+    pos, _ = wg.from_pipeline(flux_pipe).encode(prompt="a red cat", max_sequence_length=6)
+    out = []
+    for mode in ("stretch", "slice"):
+        m = wg.from_pipeline(flux_pipe, crop_positions=mode)
+        with torch.no_grad():
+            out.append(wg.sample(m.denoiser, (4, 16, 16), [0], sampler="flow_euler", sigmas=m.sigmas(2, shape=(4, 16, 16)),
+                                 cond=pos, guidance=wg.MSWG(1.0, window=10)))
+    assert torch.isfinite(out[0]).all() and not torch.allclose(out[0], out[1], atol=1e-5)

@@ -14,7 +14,9 @@ channels are dropped, as the pipeline does with its schedulers), ``DDPMPipeline`
 scheduler's shift; the condition is {embeds, pooled}; ``skip_layers(...)`` gives the negative of
 skip-layer guidance), ``StableDiffusionXLPipeline`` ({embeds, pooled}; the time ids describe each
 crop: the canvas as the original size, the crop's offset and size), ``PixArtAlphaPipeline`` /
-``PixArtSigmaPipeline`` ({embeds, mask} of T5; learned variance dropped). Others are refused by name.
+``PixArtSigmaPipeline`` ({embeds, mask} of T5; learned variance dropped), ``FluxPipeline`` (latents
+unpacked for windowguide, packed per call with the crop's image ids; dynamic shift; true CFG with a
+negative prompt, the guidance embedding of FLUX.1-dev as an input). Others are refused by name.
 
 Weight convention: diffusers' ``guidance_scale`` s is our w = s - 1. Crops (SWG, fusion windows) on
 DiT go through diffusers' ``PatchEmbed``, which gives a crop the sin-cos grid of its own size
@@ -35,7 +37,7 @@ from ..windows import current_regions
 from .diffusers import schedule_of
 
 FAMILIES = ("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline", "StableDiffusionXLPipeline",
-            "StableDiffusion3Pipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "DiTPipeline", "DDPMPipeline",
+            "StableDiffusion3Pipeline", "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "DiTPipeline", "DDPMPipeline",
             "DDIMPipeline")
 
 
@@ -71,12 +73,15 @@ class PipelineModel:
         return x / (1 + float(sigmas[-1]) ** 2) ** 0.5
 
 
-def from_pipeline(pipe: Any, crop_positions: str = "stretch") -> PipelineModel:
+def from_pipeline(pipe: Any, crop_positions: str = "stretch", guidance_embed: float | None = 3.5) -> PipelineModel:
     """The ``PipelineModel`` of a loaded diffusers pipeline (see the module docstring for the families).
 
     ``crop_positions`` (DiT): the positional embedding of a crop. 'stretch' (default, diffusers' own):
     the sin-cos grid of the crop's size spread over the trained range, like the M-SWG authors' resize
-    of the trained embedding; 'slice': the crop's part of the whole canvas's grid, its true location."""
+    of the trained embedding; 'slice': the crop's part of the whole canvas's grid, its true location.
+    FLUX: 'stretch' gives a crop the image ids of its own grid (one call for all crops), 'slice' its
+    true location (one call per window position). ``guidance_embed``: FLUX.1-dev's distilled guidance
+    input (the pipeline's ``guidance_scale``; not a CFG, no extra evaluation)."""
     name = type(pipe).__name__
     if crop_positions not in ("stretch", "slice"):
         raise WindowguideError(f"crop_positions {crop_positions!r}: accepted: 'stretch', 'slice'")
@@ -90,6 +95,8 @@ def from_pipeline(pipe: Any, crop_positions: str = "stretch") -> PipelineModel:
         return _sdxl(pipe)
     if name in ("PixArtAlphaPipeline", "PixArtSigmaPipeline"):
         return _pixart(pipe)
+    if name == "FluxPipeline":
+        return _flux(pipe, crop_positions, guidance_embed)
     if name in ("DDPMPipeline", "DDIMPipeline"):
         return _unet2d(pipe)
     raise WindowguideError(f"{name} is not supported (yet); supported pipelines: {', '.join(FAMILIES)}")
@@ -236,6 +243,86 @@ def _pixart(pipe) -> PipelineModel:
     size = tr.config.sample_size
     return PipelineModel("pixart", _vp_denoiser(model, pipe.scheduler, patch), c, (size, size), patch, encode,
                          _vae_decoder(pipe.vae), extras=dict(vae_factor=vae_factor))
+
+
+def pack(z: torch.Tensor) -> torch.Tensor:
+    """FLUX's packing: [B, C, h, w] -> [B, (h/2)(w/2), 4C], each 2 x 2 patch one token."""
+    b, c, h, w = z.shape
+    return z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    b, _, d = tokens.shape
+    return tokens.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
+
+
+def flux_image_ids(h: int, w: int, top: int = 0, left: int = 0) -> torch.Tensor:
+    """[(h/2)(w/2), 3] ids (0, row, col) of a latent of h x w whose top-left sits at (top, left)."""
+    rows = torch.arange(h // 2) + top // 2
+    cols = torch.arange(w // 2) + left // 2
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1], ids[..., 2] = rows[:, None], cols[None, :]
+    return ids.reshape(-1, 3)
+
+
+def _flux(pipe, crop_positions: str, guidance_embed: float | None) -> PipelineModel:
+    from ..denoiser import FlowDenoiser
+    from ..sampling import sigmas_from_flow_t
+    tr = pipe.transformer
+    c = tr.config.in_channels // 4
+    vae = pipe.vae
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def call(x, t, cond, ids):
+        g = (torch.full((x.shape[0],), guidance_embed, device=x.device) if tr.config.guidance_embeds else None)
+        out = tr(hidden_states=pack(x).to(tr.dtype), timestep=t.to(tr.dtype), guidance=g,
+                 pooled_projections=cond["pooled"].to(tr.dtype), encoder_hidden_states=cond["embeds"].to(tr.dtype),
+                 txt_ids=torch.zeros(cond["embeds"].shape[1], 3, device=x.device), img_ids=ids.to(x.device)).sample
+        return unpack(out.float(), *x.shape[-2:])
+
+    def model(x, t, cond):
+        h, w = x.shape[-2:]
+        regions = current_regions()
+        if crop_positions != "slice" or regions is None:
+            return call(x, t, cond, flux_image_ids(h, w))
+        out = torch.empty_like(x)
+        for top, left in {(int(r[0]), int(r[1])) for r in regions}:     # one call per window position
+            idx = ((regions[:, 0] == top) & (regions[:, 1] == left)).nonzero().flatten().to(x.device)
+            out[idx] = call(x[idx], t[idx], {k: v[idx] for k, v in cond.items()}, flux_image_ids(h, w, top, left))
+        return out
+
+    @torch.no_grad()
+    def encode(prompt=None, negative_prompt="", class_labels=None, max_sequence_length: int = 512):
+        if class_labels is not None or prompt is None:
+            raise WindowguideError("FLUX needs a prompt (--prompt), not class labels")
+        if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "text_encoder_2", None) is None:
+            raise WindowguideError("this FLUX pipeline lacks a text encoder, so a prompt cannot be encoded")
+        pos, pooled, _ = pipe.encode_prompt(prompt, None, device=tr.device, max_sequence_length=max_sequence_length)
+        neg, neg_pooled, _ = pipe.encode_prompt(negative_prompt or "", None, device=tr.device,
+                                                max_sequence_length=max_sequence_length)
+        return dict(embeds=pos, pooled=pooled), dict(embeds=neg, pooled=neg_pooled)
+
+    @torch.no_grad()
+    def decode(latents):
+        z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        return _to_uint8((vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1))
+
+    def sigmas(steps, spacing=None, shape=None):
+        """The pipeline's schedule: t = linspace(1, 1/N, N), exponentially shifted by mu(image tokens), then 0."""
+        import numpy as np
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+        h, w = (shape or m.shape())[-2:]
+        cfg = pipe.scheduler.config
+        mu = calculate_shift((h // 2) * (w // 2), cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        pipe.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+        return sigmas_from_flow_t(pipe.scheduler.sigmas.double().tolist()).float()
+
+    size = getattr(pipe, "default_sample_size", 128)          # unpacked latent side (1024 px with an 8x VAE)
+    m = PipelineModel("flux", FlowDenoiser(model, time_scale=1.0, multiple=2), c, (size, size), 2, encode, decode,
+                      extras=dict(vae_factor=vae_factor))
+    m.sigmas = sigmas
+    return m
 
 
 def _sd3(pipe) -> PipelineModel:
