@@ -56,13 +56,11 @@ def encode_prompt(pipe: Any, prompt: str | list[str], negative: str | list[str] 
 @torch.no_grad()
 def decode(pipe: Any, latents: torch.Tensor, tile_above: int = 96) -> torch.Tensor:
     """VAE decode of final latents to images in [-1, 1]. Latents larger than ``tile_above`` on a side
-    are decoded in overlapping tiles (diffusers' blended tiling, ``vae.enable_tiling``)."""
+    are decoded layer by layer with whole-image GroupNorm statistics and tiled convolutions
+    (``vae_tiling.decode_tiled``: the one-shot decode, no seams or colour shifts between tiles)."""
+    from .vae_tiling import decode_tiled
     vae = pipe.vae
-    tiled = max(latents.shape[-2:]) > tile_above
-    if tiled:
-        vae.enable_tiling()
-    try:
-        return vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
-    finally:
-        if tiled:
-            vae.disable_tiling()
+    z = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+    if max(latents.shape[-2:]) > tile_above:
+        return decode_tiled(vae, z).to(latents.device).clamp(-1, 1)
+    return vae.decode(z).sample.clamp(-1, 1)

@@ -111,10 +111,14 @@ def _vp_denoiser(model: Callable, scheduler, multiple: int, null=None):
     return cls(model, schedule, multiple=multiple, null_cond=null, quantize=True)
 
 
-def _vae_decoder(vae) -> Callable[[torch.Tensor], np.ndarray]:
+def _vae_decoder(vae, tile_above: int = 96) -> Callable[[torch.Tensor], np.ndarray]:
+    """Latents -> uint8 images; above ``tile_above`` latent pixels a side, the exact tiled decode."""
+    from .vae_tiling import decode_tiled
+
     @torch.no_grad()
     def decode(latents: torch.Tensor) -> np.ndarray:
-        x = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+        z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
+        x = decode_tiled(vae, z) if max(z.shape[-2:]) > tile_above else vae.decode(z).sample
         return _to_uint8((x.float() / 2 + 0.5).clamp(0, 1))
     return decode
 
