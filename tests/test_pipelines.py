@@ -394,3 +394,31 @@ def test_flux_crop_ids_local_or_true_location(flux_pipe):
             out.append(wg.sample(m.denoiser, (4, 16, 16), [0], sampler="flow_euler", sigmas=m.sigmas(2, shape=(4, 16, 16)),
                                  cond=pos, guidance=wg.MSWG(1.0, window=10)))
     assert torch.isfinite(out[0]).all() and not torch.allclose(out[0], out[1], atol=1e-5)
+
+
+def test_cli_panorama_of_an_sd_pipeline_folder(tmp_path):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from windowguide.cli import main
+    from windowguide.files import read_png
+    tok, enc = _tiny_clip(tmp_path)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                layers_per_block=1, cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
+    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=enc, tokenizer=tok, unet=unet,
+                                   scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(tmp_path / "sd")
+    out = tmp_path / "p"
+    assert main(["panorama", "--model", str(tmp_path / "sd"), "--prompt", "a mountain at dusk", "--width", "48",
+                 "--stride", "4", "--steps", "3", "--seeds", "0", "--mode", "gf", "--out", str(out)]) == 0
+    assert read_png(str(out / "panorama_000000.png")).shape == (16, 48, 3)
+    assert (out / "manifest.json").exists()
+
+
+def test_panorama_preset_is_the_gvcf_setting():
+    from windowguide.presets import expand
+    p = expand("gvcf-sd2-panorama")
+    assert p.panorama == dict(height=512, width=3584, stride=48, mode="gf", vcf=True)
+    assert (p.sampler, p.steps, p.guidance) == ("ddpm", 1000, "cfg:w=6.5")

@@ -129,11 +129,34 @@ def _sample(args) -> int:
 
 def _panorama(args) -> int:
     from .commands import panorama
+    from .commands.sample_pipeline import is_pipeline_dir
     options = {k: v for k, v in (("eta", args.eta), ("churn", args.churn)) if v is not None}
-    panorama.run(args.model, args.width, args.height, args.stride, args.mode, args.fuse, args.sampler, args.steps,
+    if is_pipeline_dir(args.model):
+        from .commands import panorama_pipeline
+        settings = dict(width=args.width, height=args.height, stride=args.stride, mode=args.mode, vcf=args.vcf,
+                        sampler=args.sampler or "ddim", steps=50 if args.steps is None else args.steps,
+                        guidance=args.guidance if args.guidance != "none" else "cfg:w=6.5")
+        if args.preset:
+            from .presets import expand
+            p = expand(args.preset)
+            if not p.panorama:
+                raise WindowguideError(f"--preset {args.preset} is not a panorama preset")
+            settings.update(p.panorama, sampler=args.sampler or p.sampler, guidance=p.guidance,
+                            steps=p.steps if args.steps is None else args.steps)
+        panorama_pipeline.run(args.model, args.prompt, args.negative_prompt, settings["width"], settings["height"],
+                              settings["stride"], settings["mode"], args.fuse, settings["sampler"], settings["steps"],
+                              settings["vcf"], args.style_alpha, args.circular, settings["guidance"], args.klass,
+                              args.seeds, args.out, args.max_batch, args.device or "cpu", args.dtype, args.batch_size,
+                              True, **options)
+        print(f"panoramas: {args.out}/ (panorama_SEED.png, panoramas.png, manifest.json, settings.json)")
+        return 0
+    if args.prompt is not None or args.preset:
+        raise WindowguideError("--prompt and --preset need a diffusers pipeline folder as --model")
+    panorama.run(args.model, args.width, args.height, args.stride, args.mode, args.fuse, args.sampler or "ddim",
+                 32 if args.steps is None else args.steps,
                  args.vcf, args.style_alpha, args.circular, args.guidance, args.klass, args.seeds, args.out,
                  args.max_batch, args.device or "cpu", True, args.batch_size, **options)
-    print(f"panoramas: {args.out}/ (panorama_SEED.png, panoramas.png, settings.json)")
+    print(f"panoramas: {args.out}/ (panorama_SEED.png, panoramas.png, manifest.json, settings.json)")
     return 0
 
 
@@ -221,14 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     smp.set_defaults(func=_sample)
 
     pano = sub.add_parser("panorama", parents=[common], help="a canvas larger than the model, from fused windows")
-    pano.add_argument("--model", default="scenes", help="bundled name or checkpoint (default: scenes)")
+    pano.add_argument("--model", default="scenes", help="bundled name, checkpoint, or diffusers pipeline folder")
+    pano.add_argument("--prompt", help="pipeline folders: the prompt")
+    pano.add_argument("--negative-prompt", default="", help="pipeline folders: CFG's negative prompt")
+    pano.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    pano.add_argument("--preset", help="pipeline folders: a panorama preset, e.g. gvcf-sd2-panorama")
     pano.add_argument("--width", type=int, default=96, help="canvas width in pixels")
     pano.add_argument("--height", type=int, help="canvas height (default: the model's)")
     pano.add_argument("--stride", type=int, default=8, help="step between windows")
     pano.add_argument("--mode", default="multidiffusion", choices=["multidiffusion", "gf", "gaussian"])
     pano.add_argument("--fuse", choices=["state", "prediction"], help="override the mode's fused quantity")
-    pano.add_argument("--sampler", default="ddim", help="ddim, ddpm, euler, heun")
-    pano.add_argument("--steps", type=int, default=32)
+    pano.add_argument("--sampler", help="ddim (default), ddpm, euler, heun")
+    pano.add_argument("--steps", type=int, help="default 32 (pipeline folders 50, or the preset's)")
     pano.add_argument("--eta", type=_finite(), help="DDIM eta (stochastic if > 0)")
     pano.add_argument("--churn", type=_finite(), help="EDM churn for euler/heun")
     pano.add_argument("--vcf", action="store_true", help="variance-corrected fusion (stochastic samplers)")

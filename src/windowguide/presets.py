@@ -17,6 +17,8 @@ AG_PAPER = "Karras et al. 2024, Guiding a diffusion model with a bad version of 
 INTERVAL_PAPER = "Kynkäänniemi et al. 2024, Applying guidance in a limited interval (arXiv 2404.07724)"
 SGG_PAPER = "Improving Diffusion Generalization with Weak-to-Strong Segmented Guidance (SGG), SD3.5 recipe"
 SD35 = "diffusers' StableDiffusion3Pipeline skip-layer guidance for SD3.5 Medium"
+GVCF_PAPER = ("Guided and Variance-Corrected Fusion with One-shot Style Alignment for Large-Content Image "
+              "Generation (arXiv 2412.12771), SD 2.0 panoramas")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class Preset:
     weights: str             # how the paper's numbers became ours
     steps: int = 32
     sampler: str = "heun"
+    panorama: dict | None = None  # windowguide panorama settings (canvas in pixels, stride in latent pixels, mode, vcf)
 
     @property
     def needs_weak(self) -> bool:
@@ -67,6 +70,11 @@ PRESETS = {
                        "CFG scale 4.5 -> w 3.5 on steps 1-14, skip-layer weight 3.0 on steps 15-28 (blocks 7, 8, 9); "
                        "2 network evaluations per step (the authors' code makes a third, unused, in the second "
                        "segment)", steps=28, sampler="flow_euler"),
+    "gvcf-sd2-panorama": Preset("cfg:w=6.5", "Stable Diffusion 2.x base 512 (pipeline folder, panorama)",
+                                f"{GVCF_PAPER}: 512 x 3584, stride 48 latent pixels, GF + VCF under DDPM",
+                                "SD's guidance_scale 7.5 -> w 6.5; the paper's DDPM has 1000 steps",
+                                steps=1000, sampler="ddpm",
+                                panorama=dict(height=512, width=3584, stride=48, mode="gf", vcf=True)),
     "edm2-xxl-cfg-interval": Preset("cfg:w=1.0,lo=0.28,hi=2.9", "EDM2-XXL (ImageNet-512)",
                                     f"{INTERVAL_PAPER}, EDM2-XXL, FID 1.81 -> 1.40",
                                     "scale 2.0 on sigma in (0.28, 2.9] -> w = 1.0 with lo=0.28, hi=2.9"),
@@ -83,7 +91,7 @@ def expand(name: str, weak: str | None = None) -> Preset:
                                f"(e.g. an EDM2-XS .pkl converted by windowguide convert)")
     if weak and not p.needs_weak:
         raise WindowguideError(f"--preset {name} uses no weak model; drop --weak")
-    return Preset(p.guidance.replace("{weak}", weak or ""), p.model, p.source, p.weights, p.steps, p.sampler)
+    return Preset(p.guidance.replace("{weak}", weak or ""), p.model, p.source, p.weights, p.steps, p.sampler, p.panorama)
 
 
 def describe() -> str:

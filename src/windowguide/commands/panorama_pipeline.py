@@ -1,0 +1,75 @@
+"""``windowguide panorama --model PIPELINE_DIR --prompt ... --width 2048``: a canvas wider than a
+diffusers pipeline's model, fused from windows of its native size (MultiDiffusion / GF / gaussian,
+VCF for DDPM, style alignment), on the pipeline's own schedule, decoded without tile seams.
+Written like ``panorama`` (per-seed PNGs, resumable, settings, manifest, torchrun-sharded)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from .. import spec
+from ..errors import WindowguideError
+from ..files import check_out_dir, write_png
+from ..fusion import check_fusion, panorama
+from ..generate import parse_seeds
+from .common import check_count, claim, draw_missing, finish, labels_for, normalise_class, rank_device
+from .panorama import _path, _stack
+from .sample_pipeline import _no_weak, _repeat, _skipper, load_pipeline
+
+
+def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width: int = 2048,
+        height: int | None = None, stride: int = 8, mode: str = "multidiffusion", fuse: str | None = None,
+        sampler: str = "ddim", steps: int = 50, vcf: bool = False, style_alpha: float = 0.0, circular: bool = False,
+        guidance: str = "cfg:w=6.5", klass: Any = None, seeds: Any = "0", out: str = "runs/panorama",
+        max_batch: int | None = None, device: Any = "cpu", dtype: str = "float32", batch_size: int = 1,
+        progress: bool = True, **sampler_options) -> dict:
+    from ..adapters.pipelines import from_pipeline
+    seeds = parse_seeds(seeds)
+    for v, flag in ((steps, "--steps"), (batch_size, "--batch-size"), (width, "--width"), (stride, "--stride")):
+        check_count(v, flag)
+    check_fusion(mode, fuse, None, sampler, vcf, sampler_options)
+    r, device = rank_device(device)
+    progress = progress and r.main
+    check_out_dir(out)
+    m = from_pipeline(load_pipeline(folder, device, dtype))
+    if m.family in ("sd3", "flux"):
+        raise WindowguideError(f"panorama of {m.family} pipelines: not supported yet (VP pipelines: SD, SDXL, PixArt, DiT)")
+    factor = m.extras.get("vae_factor", 8) if m.family != "unet2d" else 1
+    c, (wh, ww) = m.channels, m.size
+    canvas = (c, (height // factor) if height else wh, width // factor)
+    if canvas[1] % m.multiple or canvas[2] % m.multiple:
+        raise WindowguideError(f"--height/--width must be multiples of {factor * m.multiple} pixels")
+    if m.num_classes:
+        klass = normalise_class(klass, m.num_classes)
+        null, cond_of = torch.tensor(m.num_classes), (lambda b: labels_for(b, m.num_classes, klass))
+    else:
+        pos, neg = m.encode(prompt=prompt, negative_prompt=negative_prompt)
+        null = {k: v[0] for k, v in neg.items()} if isinstance(neg, dict) else neg[0]
+        cond_of = lambda b: _repeat(pos, len(b))
+    m.denoiser.null_cond = null
+    g = spec.build(guidance, spec.Context(net=None, load=_no_weak, skip=_skipper(m)))
+    sigmas = m.sigmas(steps)
+    settings = dict(model=os.path.abspath(folder), family=m.family, prompt=prompt, negative_prompt=negative_prompt,
+                    canvas=list(canvas), window=[wh, ww], stride=stride, mode=mode, fuse=fuse, sampler=sampler,
+                    steps=steps, vcf=vcf, style_alpha=style_alpha, circular=circular, guidance=spec.canonical(guidance),
+                    klass=klass, dtype=dtype, sampler_options=sampler_options)
+    claim(out, settings)
+
+    def draw(batch):
+        with torch.no_grad():
+            x = panorama(m.denoiser, canvas, batch, window=(wh, ww), stride=stride, mode=mode, fuse=fuse,
+                         sampler=sampler, sigmas=sigmas, guidance=g, cond=cond_of(batch), vcf=vcf,
+                         style_alpha=style_alpha, circular=circular, max_batch=max_batch, device=device,
+                         progress=progress, **sampler_options)
+            images = m.decode(m.pipeline_latents(x, sigmas))
+        for s, im in zip(batch, images):
+            write_png(im, _path(out, s))
+
+    draw_missing(seeds, r, lambda s: _path(out, s), batch_size, draw, progress)
+    finish(out, r, lambda: _stack(out, canvas[1] * factor))
+    return settings
+
+
+__all__ = ["run"]
