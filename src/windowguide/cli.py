@@ -101,7 +101,7 @@ def _sample(args) -> int:
             p = expand(args.preset)
             guidance, steps, sampler = p.guidance, steps or p.steps, sampler or p.sampler
         sample_pipeline.run(args.model, guidance, args.seeds, args.out, args.prompt, args.negative_prompt,
-                            args.klass, steps, sampler, args.batch_size or 4,
+                            args.klass, steps, sampler, 4 if args.batch_size is None else args.batch_size,
                             args.device or "cpu", args.dtype, args.height, args.width)
         if ranks().main:
             print(f"samples: {args.out}/ (PNG per seed, grid.png, samples.npz, manifest.json, settings.json)")
@@ -121,7 +121,8 @@ def _sample(args) -> int:
     elif args.weak:
         raise WindowguideError("--weak goes with a --preset that uses a weak model; in a SPEC write ag:w=W,model=FILE")
     sample.run(args.model, guidance, args.seeds, args.out, args.klass, steps, sampler,
-               args.batch_size or 64, args.device or "cpu", vae=args.vae, preset=args.preset)
+               64 if args.batch_size is None else args.batch_size, args.device or "cpu", vae=args.vae,
+               preset=args.preset)
     if ranks().main:
         print(f"samples: {args.out}/ (PNG per seed, grid.png, samples.npz, manifest.json, settings.json)")
     return 0
