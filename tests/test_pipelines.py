@@ -422,3 +422,43 @@ def test_panorama_preset_is_the_gvcf_setting():
     p = expand("gvcf-sd2-panorama")
     assert p.panorama == dict(height=512, width=3584, stride=48, mode="gf", vcf=True)
     assert (p.sampler, p.steps, p.guidance) == ("ddpm", 1000, "cfg:w=6.5")
+
+
+def test_ddpm_learned_variance_step_equals_diffusers_learned_range():
+    from diffusers import DDPMScheduler
+    from windowguide.adapters.pipelines import ddpm_learned_step
+    sch = DDPMScheduler(num_train_timesteps=1000, variance_type="learned_range", clip_sample=False,
+                        timestep_spacing="linspace")
+    sch.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x_vp, eps, var = (torch.randn(2, 4, 6, 6, generator=g) for _ in range(3))
+    var = var.clamp(-1, 1)
+    for i in (0, 4):                                   # a first step and a middle one
+        t, t_prev = int(sch.timesteps[i]), int(sch.timesteps[i + 1])
+        ref = sch.step(torch.cat([eps, var], 1), t, x_vp, generator=torch.Generator().manual_seed(3)).prev_sample
+        ab_t, ab_s = sch.alphas_cumprod[t].double(), sch.alphas_cumprod[t_prev].double()
+        sigma, nxt = float(((1 - ab_t) / ab_t).sqrt()), float(((1 - ab_s) / ab_s).sqrt())
+        d = (x_vp - (1 - ab_t).sqrt().float() * eps) / ab_t.sqrt().float()
+        z = torch.randn(eps.shape, generator=torch.Generator().manual_seed(3))
+        ours = ddpm_learned_step(x_vp / ab_t.sqrt().float(), d, (var + 1) / 2, sigma, nxt, z) * ab_s.sqrt().float()
+        assert (ours - ref).abs().max() <= 1e-4
+
+
+def test_dit_learned_variance_sampler_with_guidance(dit_pipe):
+    from windowguide.adapters.pipelines import sample_dit_learned_variance
+    m = wg.from_pipeline(dit_pipe)
+    cond, null = m.encode(class_labels=[1, 2])
+    a = sample_dit_learned_variance(m, [0, 1], steps=5, guidance=wg.CFG(1.0, null=null) + wg.MSWG(0.5, window=6),
+                                    cond=cond)
+    b = sample_dit_learned_variance(m, [1], steps=5, guidance=wg.CFG(1.0, null=null[1:]) + wg.MSWG(0.5, window=6),
+                                    cond=cond[1:])
+    assert torch.isfinite(a).all() and torch.allclose(a[1:], b, atol=1e-5)   # per-seed noise: batch-independent
+    assert m.extras["variance_probe"]["values"] is None
+
+
+def test_cli_dit_folder_with_the_learned_variance_sampler(dit_pipe, tmp_path):
+    from windowguide.cli import main
+    dit_pipe.save_pretrained(tmp_path / "dit")
+    assert main(["sample", "--model", str(tmp_path / "dit"), "--sampler", "dit_ddpm", "--steps", "4", "--seeds", "0",
+                 "--guidance", "cfg:w=0.6+mswg:w=0.5,window=6", "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "000000.png").exists()

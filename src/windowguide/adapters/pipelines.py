@@ -25,6 +25,7 @@ bicubic resize of the trained embedding); a crop must be a multiple of the patch
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -158,6 +159,8 @@ def _dit(pipe, crop_positions: str = "stretch") -> PipelineModel:
     c = dit.config.in_channels
     classes = dit.config.num_embeds_ada_norm
 
+    probe = dict(shape=None, values=None)        # the learned-variance channels of a step's first full call
+
     def model(x, t, labels):
         regions = current_regions()
         if crop_positions == "slice" and regions is not None:
@@ -165,7 +168,9 @@ def _dit(pipe, crop_positions: str = "stretch") -> PipelineModel:
                 out = dit(x.to(dit.dtype), timestep=t, class_labels=labels).sample.float()
         else:
             out = dit(x.to(dit.dtype), timestep=t, class_labels=labels).sample.float()
-        return out[:, :c]                            # learned variance channels: not used by these samplers
+        if out.shape[1] == 2 * c and probe["values"] is None and tuple(x.shape[-2:]) == probe["shape"]:
+            probe["values"] = out[:, c:]             # the positive prediction's rows come first
+        return out[:, :c]
 
     def encode(prompt=None, negative_prompt=None, class_labels=None):
         if prompt is not None:
@@ -177,7 +182,56 @@ def _dit(pipe, crop_positions: str = "stretch") -> PipelineModel:
 
     size = dit.config.sample_size
     return PipelineModel("dit", _vp_denoiser(model, pipe.scheduler, dit.config.patch_size, torch.tensor(classes)),
-                         c, (size, size), dit.config.patch_size, encode, _vae_decoder(pipe.vae), num_classes=classes)
+                         c, (size, size), dit.config.patch_size, encode, _vae_decoder(pipe.vae), num_classes=classes,
+                         extras=dict(variance_probe=probe, learned_variance=dit.config.out_channels == 2 * c))
+
+
+def ddpm_learned_step(x, denoised, frac, sigma, sigma_next, z):
+    """One DDPM step with DiT's learned variance (Nichol & Dhariwal's interpolation), in VE form.
+
+    With abar = 1 / (1 + sigma^2) at both ends, alpha = abar_t / abar_s, beta = 1 - alpha:
+        x_vp = sqrt(abar_t) x,
+        mu = sqrt(abar_s) beta / (1 - abar_t) D + sqrt(alpha) (1 - abar_s) / (1 - abar_t) x_vp,
+        log var = frac log beta + (1 - frac) log beta~,   beta~ = beta (1 - abar_s) / (1 - abar_t),
+        x_vp' = mu + exp(log var / 2) z  (no noise into sigma = 0),   x' = x_vp' / sqrt(abar_s)."""
+    ab_t, ab_s = 1 / (1 + sigma ** 2), 1 / (1 + sigma_next ** 2)
+    alpha = ab_t / ab_s
+    beta = 1 - alpha
+    x_vp = x * ab_t ** 0.5
+    mu = (ab_s ** 0.5 * beta / (1 - ab_t)) * denoised + (alpha ** 0.5 * (1 - ab_s) / (1 - ab_t)) * x_vp
+    if sigma_next > 0:
+        beta_tilde = max(beta * (1 - ab_s) / (1 - ab_t), 1e-20)
+        log_var = frac * math.log(beta) + (1 - frac) * math.log(beta_tilde)
+        mu = mu + (0.5 * log_var).exp() * z
+    return mu / ab_s ** 0.5
+
+
+@torch.no_grad()
+def sample_dit_learned_variance(m: PipelineModel, seeds, steps: int = 250, guidance=None, cond=None,
+                                device: Any = "cpu") -> torch.Tensor:
+    """DiT's own sampler: DDPM on the respaced schedule (timesteps round(linspace(0, 999, steps)), as
+    DiT's ``space_timesteps``) with the learned variance of the positive prediction, under any
+    windowguide guidance. One generator per seed draws the initial noise, then each step's noise."""
+    from ..guidance import guided
+    from ..sampling import PerSampleNoise
+    if not m.extras.get("learned_variance"):
+        raise WindowguideError("this DiT predicts no variance (out_channels == in_channels): use sampler='ddpm'")
+    probe, shape = m.extras["variance_probe"], m.shape()
+    sigmas = m.denoiser.schedule.step_sigmas(steps, "linspace", 0, True).tolist()
+    noise = PerSampleNoise.from_seeds(list(seeds))
+    x = noise(torch.empty(len(seeds), *shape, device=device)) * (1 + sigmas[0] ** 2) ** 0.5
+    den = guided(m.denoiser, guidance)
+    probe["shape"] = tuple(shape[-2:])
+    try:
+        for sigma, nxt in zip(sigmas[:-1], sigmas[1:]):
+            probe["values"] = None
+            d = den(x, torch.full((len(seeds),), sigma, device=device), cond)
+            frac = (probe["values"][:len(seeds)] + 1) / 2
+            z = noise(x) if nxt > 0 else None
+            x = ddpm_learned_step(x, d, frac, sigma, nxt, z)
+    finally:
+        probe["shape"] = probe["values"] = None
+    return x
 
 
 def sdxl_time_ids(regions: torch.Tensor | None, size, factor: int) -> torch.Tensor:
@@ -430,4 +484,4 @@ def _unet2d(pipe) -> PipelineModel:
                          encode, decode)
 
 
-__all__ = ["from_pipeline", "PipelineModel", "FAMILIES"]
+__all__ = ["from_pipeline", "PipelineModel", "FAMILIES", "sample_dit_learned_variance", "ddpm_learned_step"]

@@ -49,7 +49,7 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
         negative_prompt: str = "", klass: Any = None, steps: int | None = None, sampler: str | None = None,
         batch_size: int = 4, device: Any = "cpu", dtype: str = "float32", height: int | None = None,
         width: int | None = None, progress: bool = True) -> dict:
-    from ..adapters.pipelines import from_pipeline
+    from ..adapters.pipelines import from_pipeline, sample_dit_learned_variance
     seeds = parse_seeds(seeds)
     check_count(batch_size, "--batch-size")
     r, device = rank_device(device)
@@ -58,6 +58,8 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     m = from_pipeline(load_pipeline(folder, device, dtype))
     flow = m.family == "sd3"
     sampler = sampler or ("flow_euler" if flow else "ddim")
+    if sampler == "dit_ddpm" and m.family != "dit":
+        raise WindowguideError(f"--sampler dit_ddpm is DiT's learned-variance DDPM; this is a {m.family} pipeline")
     steps = steps or (28 if flow else 50)
     check_count(steps, "--steps")
     factor = m.extras.get("vae_factor", 8) if m.family != "unet2d" else 1
@@ -76,7 +78,7 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     g = spec.build(guidance, spec.Context(net=None, load=_no_weak, skip=_skipper(m)))
     from ..guidance import GuidedDenoiser
     GuidedDenoiser(m.denoiser, g).check(shape)
-    sigmas = m.sigmas(steps)
+    sigmas = m.sigmas(steps) if sampler != "dit_ddpm" else None
     settings = dict(model=os.path.abspath(folder), family=m.family, prompt=prompt, negative_prompt=negative_prompt,
                     klass=klass, guidance=spec.canonical(guidance), steps=steps, sampler=sampler, shape=list(shape),
                     dtype=dtype)
@@ -84,9 +86,13 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
 
     def draw(batch):
         with torch.no_grad():
-            x = sample(m.denoiser, shape, batch, sampler=sampler, sigmas=sigmas, guidance=g, cond=cond_of(batch),
-                       device=device, progress=progress)
-            images = m.decode(m.pipeline_latents(x, sigmas))
+            if sampler == "dit_ddpm":           # DiT's own: respaced DDPM with the learned variance
+                x = sample_dit_learned_variance(m, batch, steps, g, cond_of(batch), device)
+                images = m.decode(x)
+            else:
+                x = sample(m.denoiser, shape, batch, sampler=sampler, sigmas=sigmas, guidance=g, cond=cond_of(batch),
+                           device=device, progress=progress)
+                images = m.decode(m.pipeline_latents(x, sigmas))
         for s, im in zip(batch, images):
             write_png(im, png_path(out, s))
 
