@@ -37,6 +37,10 @@ def _bench(args) -> int:
         settings = w2s.W2SSettings(**{k: v for k, v in dict(train_steps=args.train_steps).items() if v})
         report = w2s.run(args.json, out_dir=args.out or "runs/bench/quality", settings=settings)
         print(w2s.format_report(report))
+    elif args.what == "positions":
+        from .bench import positions
+        report = positions.run(args.json, quick=args.quick)
+        print(positions.format_report(report))
     elif args.what == "generate":
         from .bench import generate
         report = generate.run(args.json, quick=args.quick)
@@ -208,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.set_defaults(func=_toy)
 
     bench = sub.add_parser("bench", parents=[common], help="benchmarks that print figures")
-    bench.add_argument("what", choices=["speed", "quality", "panorama", "w2s", "generate"])
+    bench.add_argument("what", choices=["speed", "quality", "panorama", "w2s", "generate", "positions"])
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
