@@ -14,12 +14,18 @@ from .guidance import (CFG, MSWG, SWG, AutoGuidance, Custom, Guidance, GuidedDen
 __version__ = "0.1.0"
 
 
+def patch(pipe, guidance, max_batch=None):
+    """``with wg.patch(pipe, "mswg:w=0.5,window=48"): pipe(...)`` (``integrations.patch.patch``)."""
+    from .integrations.patch import patch as _patch
+    return _patch(pipe, guidance, max_batch)
+
+
 def from_pipeline(pipe, **options):
     """What sampling needs from a loaded diffusers pipeline (``adapters.pipelines.from_pipeline``)."""
     from .adapters.pipelines import from_pipeline as _from_pipeline
     return _from_pipeline(pipe, **options)
 
 
-__all__ = ["from_pipeline", "sample", "parse_seeds", "guidance", "sampling", "windows", "Denoiser", "EDMDenoiser", "EpsDenoiser",
+__all__ = ["from_pipeline", "patch", "sample", "parse_seeds", "guidance", "sampling", "windows", "Denoiser", "EDMDenoiser", "EpsDenoiser",
            "VDenoiser", "FlowDenoiser", "VPSchedule", "as_denoiser", "CFG", "MSWG", "SWG", "AutoGuidance", "Custom",
            "Guidance", "GuidedDenoiser", "Interval", "Segmented", "guided"]

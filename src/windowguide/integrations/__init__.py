@@ -1,0 +1,1 @@
+"""windowguide inside other libraries' loops: the diffusers pipeline patch (and, later, guiders)."""
