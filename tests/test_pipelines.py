@@ -111,8 +111,8 @@ def _tiny_clip(folder):
     return tok, enc
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
-def test_stable_diffusion_sampling_equals_the_pipeline(tmp_path, prediction):
+@pytest.mark.parametrize("prediction, scale", [("epsilon", 3.5), ("v_prediction", 3.5), ("epsilon", 1.0)])
+def test_stable_diffusion_sampling_equals_the_pipeline(tmp_path, prediction, scale):
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     tok, enc = _tiny_clip(tmp_path)
     torch.manual_seed(0)
@@ -164,6 +164,17 @@ def sd3_pipe(tmp_path_factory):
     return StableDiffusion3Pipeline(transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(),
                                     text_encoder=encoders[0], tokenizer=tok, text_encoder_2=encoders[1],
                                     tokenizer_2=tok, text_encoder_3=None, tokenizer_3=None)
+
+
+def test_sd3_without_guidance_equals_the_pipeline(sd3_pipe):
+    m = wg.from_pipeline(sd3_pipe)
+    pos, _ = m.encode(prompt="a red cat", max_sequence_length=8)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = sd3_pipe("a red cat", height=16, width=16, num_inference_steps=6, guidance_scale=1.0,
+                       latents=latents.clone(), output_type="latent", max_sequence_length=8).images
+        x = wg.sample(m.denoiser, m.shape(), [7], sampler="flow_euler", sigmas=m.sigmas(6), cond=pos)
+    assert (x - ref).abs().max() <= 1e-4
 
 
 def test_sd3_cfg_and_skip_layer_guidance_equal_the_pipeline(sd3_pipe):
@@ -262,15 +273,16 @@ def sdxl_pipe(tmp_path_factory):
                                      unet=unet, scheduler=scheduler)
 
 
-def test_sdxl_sampling_equals_the_pipeline(sdxl_pipe):
+@pytest.mark.parametrize("scale", [3.0, 1.0])
+def test_sdxl_sampling_equals_the_pipeline(sdxl_pipe, scale):
     m = wg.from_pipeline(sdxl_pipe)
     pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog")
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         ref = sdxl_pipe("a red cat", negative_prompt="blue dog", height=16, width=16, num_inference_steps=5,
-                        guidance_scale=3.0, latents=latents.clone(), output_type="latent").images
+                        guidance_scale=scale, latents=latents.clone(), output_type="latent").images
         x = wg.sample(m.denoiser, m.shape(), [7], sampler="ddim", sigmas=m.sigmas(5), cond=pos,
-                      guidance=wg.CFG(2.0, null={k: v[0] for k, v in neg.items()}))
+                      guidance=wg.CFG(scale - 1, null={k: v[0] for k, v in neg.items()}) if scale > 1 else None)
     assert (m.pipeline_latents(x, m.sigmas(5)) - ref).abs().max() <= 1e-4
 
 
@@ -313,7 +325,8 @@ def _tiny_t5(n_words=8):
     return tok, enc
 
 
-def test_pixart_sampling_equals_the_pipeline():
+@pytest.mark.parametrize("scale", [3.0, 1.0])
+def test_pixart_sampling_equals_the_pipeline(scale):
     from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
     tok, enc = _tiny_t5()
     torch.manual_seed(0)
@@ -330,11 +343,11 @@ def test_pixart_sampling_equals_the_pipeline():
     pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog", max_sequence_length=6)
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
-        ref = pipe("a red cat", negative_prompt="blue dog", height=16, width=16, num_inference_steps=5, guidance_scale=3.0,
+        ref = pipe("a red cat", negative_prompt="blue dog", height=16, width=16, num_inference_steps=5, guidance_scale=scale,
                    latents=latents.clone(), output_type="latent", clean_caption=False, max_sequence_length=6,
                    use_resolution_binning=False).images
         x = wg.sample(m.denoiser, m.shape(), [7], sampler="ddim", sigmas=m.sigmas(5), cond=pos,
-                      guidance=wg.CFG(2.0, null={k: v[0] for k, v in neg.items()}))
+                      guidance=wg.CFG(scale - 1, null={k: v[0] for k, v in neg.items()}) if scale > 1 else None)
     assert (m.pipeline_latents(x, m.sigmas(5)) - ref).abs().max() <= 1e-4
 
 

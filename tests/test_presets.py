@@ -98,3 +98,24 @@ def test_edm2_presets_run_on_a_small_edm2_at_64(name, tmp_path):
         assert (40, 40) in counter.calls
     if name == "edm2-s-mswg-fid":
         assert counter.samples == evals * (1 + 4)
+
+
+def test_gvcf_panorama_preset_makes_two_evaluations_per_window_per_step():
+    from windowguide.denoiser import EpsDenoiser, VPSchedule
+    from windowguide.fusion import panorama
+    from windowguide.windows import layout
+    seen = []
+
+    def model(x, t, cond):
+        seen.append(x.shape[0])
+        return torch.zeros_like(x) + 0.01 * cond.view(-1, 1, 1, 1).float()
+
+    p = expand("gvcf-sd2-panorama")
+    den = EpsDenoiser(model, VPSchedule.linear(), null_cond=torch.tensor(0))
+    g = spec.build(p.guidance, spec.Context(net=None, load=None))
+    canvas, window, stride, steps = (4, 8, 40), 8, 8, 3            # the preset's shape, shrunk
+    with torch.no_grad():
+        panorama(den, canvas, [0], window=window, stride=stride, mode=p.panorama["mode"], sampler=p.sampler,
+                 steps=steps, vcf=p.panorama["vcf"], guidance=g, cond=torch.tensor([1]))
+    windows = layout(8, 40, window, stride=stride).n
+    assert sum(seen) == 2 * windows * steps
