@@ -55,4 +55,34 @@ def measure_dit(size: int, steps: int, repeats: int, device) -> dict:
             "mswg_cost_vs_floor": t["mswg"] / t["unguided"] / floor}
 
 
-__all__ = ["measure_dit"]
+def measure_sd(size: int, steps: int, repeats: int, device) -> dict:
+    """Our loop against StableDiffusionPipeline's own (CFG, DDIM, latents out) on a tiny random SD."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from ..adapters.pipelines import from_pipeline
+    from ..generate import sample
+    from ..guidance import CFG
+    from .speed import _time_interleaved
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=size, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
+    pipe = StableDiffusionPipeline(vae=None, text_encoder=None, tokenizer=None, unet=unet, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False,
+                                   scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    m = from_pipeline(pipe)
+    pos, neg = torch.randn(1, 8, 32, device=device), torch.randn(1, 8, 32, device=device)
+    sigmas = m.sigmas(steps)
+    with torch.no_grad():
+        t = _time_interleaved(dict(
+            pipeline=lambda: pipe(prompt_embeds=pos, negative_prompt_embeds=neg, height=size * 8, width=size * 8,
+                                  num_inference_steps=steps, guidance_scale=2.0, output_type="latent",
+                                  generator=torch.Generator().manual_seed(0)),
+            windowguide=lambda: sample(m.denoiser, m.shape(), [0], sampler="ddim", sigmas=sigmas, cond=pos,
+                                       guidance=CFG(1.0, null=neg[0]), device=device)), repeats, torch.device(device))
+    return {"model": f"SD UNet (32/64 channels) {size}x{size} latent", "steps": steps,
+            "seconds": {k: round(v, 4) for k, v in t.items()}, "loop_ratio": t["windowguide"] / t["pipeline"]}
+
+
+__all__ = ["measure_dit", "measure_sd"]

@@ -168,8 +168,9 @@ def run(json_path: str | None = None, quick: bool = False, device: str | None = 
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "results": [measure(64, 4, steps, repeats, dev), measure(128, 2, steps, repeats, dev)],
     }
-    from .pipelines import measure_dit
-    report["pipelines"] = [measure_dit(32, 4 if quick else 10, 3 if quick else 7, dev)]
+    from .pipelines import measure_dit, measure_sd
+    report["pipelines"] = [measure_sd(32, 4 if quick else 10, 3 if quick else 7, dev),
+                           measure_dit(32, 4 if quick else 10, 3 if quick else 7, dev)]
     edm2_repeats = 1 if quick else 3
     report["edm2"] = [measure_edm2("xs", 1, 2, edm2_repeats, dev)]
     if dev.type == "cuda":
@@ -187,9 +188,11 @@ def format_report(report: dict) -> str:
         lines.append(f"{r['image']:>6} {r['overhead']:>9.3f} {r['batched_speedup']:>16.2f} "
                      f"{r['mswg_cost_ratio']:>16.2f} {r['flop_expectation']:>17.2f} {r['finite_check_cost']:>18.3f}")
     for r in report.get("pipelines", []):
-        lines.append(f"{r['model']}: our loop / the pipeline's (CFG, {r['steps']} DDIM steps) {r['loop_ratio']:.3f}; "
-                     f"M-SWG cost {r['mswg_cost_ratio']:.3f} / FLOP floor {r['flop_floor']:.3f} = "
+        line = f"{r['model']}: our loop / the pipeline's (CFG, {r['steps']} DDIM steps) {r['loop_ratio']:.3f}"
+        if "mswg_cost_ratio" in r:
+            line += (f"; M-SWG cost {r['mswg_cost_ratio']:.3f} / FLOP floor {r['flop_floor']:.3f} = "
                      f"{r['mswg_cost_vs_floor']:.3f}")
+        lines.append(line)
     if report.get("edm2"):
         lines.append(f"{'EDM2 (64x64x4, random weights)':31s} {'batch':>5} {'GFLOP/eval':>10} {'mswg_cost_ratio':>16} "
                      f"{'flop_floor':>11} {'cost_vs_floor':>14} {'s/step (M-SWG)':>15}")
