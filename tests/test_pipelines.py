@@ -236,7 +236,7 @@ def test_dit_crop_positions_stretch_or_slice(dit_pipe):
     pe = dit_pipe.transformer.pos_embed
     full = pe.pos_embed[0].reshape(4, 4, -1)                     # the trained 8 x 8 latent, patch 2
     assert torch.allclose(sliced_position_embedding(pe, (2, 4, 8, 8), (6, 4)), full[1:4, 2:4].reshape(6, -1))
-    stretch, sliced = wg.from_pipeline(dit_pipe), wg.from_pipeline(dit_pipe, crop_positions="slice")
+    stretch, sliced = wg.from_pipeline(dit_pipe, crop_positions="stretch"), wg.from_pipeline(dit_pipe)
     cond, _ = stretch.encode(class_labels=[1])
     with torch.no_grad():
         plain = [wg.sample(m.denoiser, (4, 8, 8), [0], sampler="ddim", sigmas=m.sigmas(3), cond=cond)

@@ -61,6 +61,7 @@ def test_sd3_presets_count_their_evaluations(name, evals_per_sample):
 
 @pytest.mark.parametrize("name", ["dit-xl-2-mswg-fid", "dit-xl-2-mswg-fd-dinov2", "dit-xl-2-cfg-mswg"])
 def test_dit_presets_make_one_call_per_spatial_size_per_step(name):
+    assert expand(name).crop_positions == "stretch"           # the M-SWG authors' resized embedding
     from diffusers import DiTTransformer2DModel
     from windowguide.denoiser import EpsDenoiser, VPSchedule
     torch.manual_seed(0)

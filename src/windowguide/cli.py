@@ -98,15 +98,17 @@ def _sample(args) -> int:
         if args.weak or args.vae:
             raise WindowguideError("--weak and --vae are for windowguide/EDM2 checkpoints, not pipeline folders")
         guidance, steps, sampler = args.guidance or "none", args.steps, args.sampler
+        positions = args.crop_positions
         if args.preset:
             from .presets import expand
             if args.guidance is not None:
                 raise WindowguideError("give --guidance or --preset, not both")
             p = expand(args.preset)
             guidance, steps, sampler = p.guidance, steps or p.steps, sampler or p.sampler
+            positions = positions or p.crop_positions
         sample_pipeline.run(args.model, guidance, args.seeds, args.out, args.prompt, args.negative_prompt,
                             args.klass, steps, sampler, 4 if args.batch_size is None else args.batch_size,
-                            args.device or "cpu", args.dtype, args.height, args.width)
+                            args.device or "cpu", args.dtype, args.height, args.width, True, positions or "slice")
         if ranks().main:
             print(f"samples: {args.out}/ (PNG per seed, grid.png, samples.npz, manifest.json, settings.json)")
         return 0
@@ -238,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--width", type=int, help="pipeline folders: image width in pixels")
     smp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                      help="pipeline folders: weights and activations")
+    smp.add_argument("--crop-positions", choices=["slice", "stretch"],
+                     help="pipeline folders (DiT, FLUX): a crop's positions: its true location (slice, the default) "
+                          "or its own grid (stretch, the M-SWG authors' way; the DiT presets' choice)")
     smp.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,7-9")
     smp.add_argument("--class", dest="klass", default=None,
                      help="class index, 'all' (seed mod K, the default) or 'none' (unconditional)")

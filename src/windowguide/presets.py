@@ -30,6 +30,7 @@ class Preset:
     steps: int = 32
     sampler: str = "heun"
     panorama: dict | None = None  # windowguide panorama settings (canvas in pixels, stride in latent pixels, mode, vcf)
+    crop_positions: str | None = None   # a transformer crop's positions, where the source fixes them
 
     @property
     def needs_weak(self) -> bool:
@@ -53,14 +54,16 @@ PRESETS = {
                                   f"{AG_PAPER}, EDM2-S, FD-DINOv2", "guidance scale 2.45 -> w = 1.45"),
     "dit-xl-2-mswg-fid": Preset("mswg:w=0.5,window=20,n=2", "DiT-XL/2 256 (pipeline folder)",
                                 f"{MSWG_PAPER}, DiT-XL/2 best FID", "w = 0.5 as printed; window 20 of the 32 x 32 "
-                                "latent; DiT's own sampler: 250 respaced DDPM steps with the learned variance",
-                                steps=250, sampler="dit_ddpm"),
+                                "latent; DiT's own sampler: 250 respaced DDPM steps with the learned variance; "
+                                "crops get the stretched embedding, as the authors resize it",
+                                steps=250, sampler="dit_ddpm", crop_positions="stretch"),
     "dit-xl-2-mswg-fd-dinov2": Preset("mswg:w=1.5,window=20,n=2", "DiT-XL/2 256 (pipeline folder)",
                                       f"{MSWG_PAPER}, DiT-XL/2 best FD-DINOv2", "w = 1.5 as printed; DDPM as above",
-                                      steps=250, sampler="dit_ddpm"),
+                                      steps=250, sampler="dit_ddpm", crop_positions="stretch"),
     "dit-xl-2-cfg-mswg": Preset("cfg:w=0.6+mswg:w=0.5,window=20,n=2", "DiT-XL/2 256 (pipeline folder)",
                                 f"{MSWG_PAPER}, DiT-XL/2 CFG + M-SWG", "0.6 + 0.5 in the paper's convention (ours); "
-                                "diffusers' guidance_scale would read 1.6", steps=250, sampler="dit_ddpm"),
+                                "diffusers' guidance_scale would read 1.6", steps=250, sampler="dit_ddpm",
+                                crop_positions="stretch"),
     "sd35-slg": Preset("cfg:w=6.0+slg:w=2.8,skip=7/8/9,first=1,last=5", "SD3.5 Medium (pipeline folder)", SD35,
                        "guidance_scale 7.0 -> w 6.0; skip-layer scale 2.8 is already an extra-term weight; "
                        "start 0.01 / stop 0.2 of 28 steps = the pipeline's steps 1..5 (it skips when "
@@ -90,7 +93,8 @@ def expand(name: str, weak: str | None = None) -> Preset:
                                f"(e.g. an EDM2-XS .pkl converted by windowguide convert)")
     if weak and not p.needs_weak:
         raise WindowguideError(f"--preset {name} uses no weak model; drop --weak")
-    return Preset(p.guidance.replace("{weak}", weak or ""), p.model, p.source, p.weights, p.steps, p.sampler, p.panorama)
+    return Preset(p.guidance.replace("{weak}", weak or ""), p.model, p.source, p.weights, p.steps, p.sampler, p.panorama,
+                  p.crop_positions)
 
 
 def describe() -> str:

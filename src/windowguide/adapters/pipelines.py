@@ -74,14 +74,17 @@ class PipelineModel:
         return x / (1 + float(sigmas[-1]) ** 2) ** 0.5
 
 
-def from_pipeline(pipe: Any, crop_positions: str = "stretch", guidance_embed: float | None = 3.5) -> PipelineModel:
+def from_pipeline(pipe: Any, crop_positions: str = "slice", guidance_embed: float | None = 3.5) -> PipelineModel:
     """The ``PipelineModel`` of a loaded diffusers pipeline (see the module docstring for the families).
 
-    ``crop_positions`` (DiT): the positional embedding of a crop. 'stretch' (default, diffusers' own):
-    the sin-cos grid of the crop's size spread over the trained range, like the M-SWG authors' resize
-    of the trained embedding; 'slice': the crop's part of the whole canvas's grid, its true location.
-    FLUX: 'stretch' gives a crop the image ids of its own grid (one call for all crops), 'slice' its
-    true location (one call per window position). ``guidance_embed``: FLUX.1-dev's distilled guidance
+    ``crop_positions`` (DiT, FLUX): a crop's positional input. 'slice' (default): the crop's part of
+    the whole canvas's grid, its true location; 'stretch': DiT: the sin-cos grid of the crop's size
+    spread over the trained range (diffusers' own, like the M-SWG authors' resize of the trained
+    embedding), FLUX: the ids of the crop's own grid. Default 'slice' because, measured on a small DiT
+    trained on mirror (``windowguide bench positions``), a crop's prediction is then 2.5 to 3.5 times
+    closer to the whole image's prediction of that region at t <= 300: the crop loses long-range
+    context, not also its position (SWG's weak model should err like the model, only more).
+    FLUX with 'slice' makes one call per window position, 'stretch' one call for all crops. ``guidance_embed``: FLUX.1-dev's distilled guidance
     input (the pipeline's ``guidance_scale``; not a CFG, no extra evaluation)."""
     name = type(pipe).__name__
     if crop_positions not in ("stretch", "slice"):
@@ -154,7 +157,7 @@ def _stable_diffusion(pipe) -> PipelineModel:
                          extras=dict(vae_factor=vae_factor))
 
 
-def _dit(pipe, crop_positions: str = "stretch") -> PipelineModel:
+def _dit(pipe, crop_positions: str = "slice") -> PipelineModel:
     dit = pipe.transformer
     c = dit.config.in_channels
     classes = dit.config.num_embeds_ada_norm

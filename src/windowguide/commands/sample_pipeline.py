@@ -48,15 +48,15 @@ def load_pipeline(folder: str, device, dtype: str = "float32"):
 def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "runs/sample", prompt: str | None = None,
         negative_prompt: str = "", klass: Any = None, steps: int | None = None, sampler: str | None = None,
         batch_size: int = 4, device: Any = "cpu", dtype: str = "float32", height: int | None = None,
-        width: int | None = None, progress: bool = True) -> dict:
+        width: int | None = None, progress: bool = True, crop_positions: str = "slice") -> dict:
     from ..adapters.pipelines import from_pipeline, sample_dit_learned_variance
     seeds = parse_seeds(seeds)
     check_count(batch_size, "--batch-size")
     r, device = rank_device(device)
     progress = progress and r.main
     check_out_dir(out)
-    m = from_pipeline(load_pipeline(folder, device, dtype))
-    flow = m.family == "sd3"
+    m = from_pipeline(load_pipeline(folder, device, dtype), crop_positions=crop_positions)
+    flow = m.family in ("sd3", "flux")
     sampler = sampler or ("flow_euler" if flow else "ddim")
     if sampler == "dit_ddpm" and m.family != "dit":
         raise WindowguideError(f"--sampler dit_ddpm is DiT's learned-variance DDPM; this is a {m.family} pipeline")
@@ -81,7 +81,7 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     sigmas = m.sigmas(steps) if sampler != "dit_ddpm" else None
     settings = dict(model=os.path.abspath(folder), family=m.family, prompt=prompt, negative_prompt=negative_prompt,
                     klass=klass, guidance=spec.canonical(guidance), steps=steps, sampler=sampler, shape=list(shape),
-                    dtype=dtype)
+                    dtype=dtype, crop_positions=crop_positions)
     claim(out, settings)
 
     def draw(batch):
