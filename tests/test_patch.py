@@ -3,26 +3,13 @@ import pytest
 import torch
 
 import windowguide as wg
-from test_pipelines import _tiny_clip, _vae
+from test_pipelines import _tiny_sd
 from windowguide.errors import WindowguideError
 
 
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
 def sd_pipe(request, tmp_path_factory):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    tok, enc = _tiny_clip(tmp_path_factory.mktemp("clip"))
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-                                layers_per_block=1, cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                              prediction_type=request.param)
-    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=enc, tokenizer=tok, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _tiny_sd(tmp_path_factory.mktemp("clip"), request.param)
 
 
 def _run(pipe, **kw):

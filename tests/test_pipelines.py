@@ -111,20 +111,27 @@ def _tiny_clip(folder):
     return tok, enc
 
 
-@pytest.mark.parametrize("prediction, scale", [("epsilon", 3.5), ("v_prediction", 3.5), ("epsilon", 1.0)])
-def test_stable_diffusion_sampling_equals_the_pipeline(tmp_path, prediction, scale):
+def _tiny_sd(folder, prediction="epsilon", sd_schedule=True):
+    """A tiny StableDiffusionPipeline (text encoder, tokenizer, UNet, VAE) built from configs."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    tok, enc = _tiny_clip(tmp_path)
+    tok, enc = _tiny_clip(folder)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
                                 layers_per_block=1, cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                              prediction_type=prediction)
+    schedule = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False,
+                    steps_offset=1) if sd_schedule else {}
+    scheduler = DDIMScheduler(num_train_timesteps=1000, clip_sample=False, prediction_type=prediction, **schedule)
     pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=enc, tokenizer=tok, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("prediction, scale", [("epsilon", 3.5), ("v_prediction", 3.5), ("epsilon", 1.0)])
+def test_stable_diffusion_sampling_equals_the_pipeline(tmp_path, prediction, scale):
+    pipe = _tiny_sd(tmp_path, prediction)
     m = wg.from_pipeline(pipe)
     pos, neg = m.encode(prompt="a red cat at dusk", negative_prompt="blue dog")
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))
@@ -410,18 +417,9 @@ def test_flux_crop_ids_local_or_true_location(flux_pipe):
 
 
 def test_cli_panorama_of_an_sd_pipeline_folder(tmp_path):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from windowguide.cli import main
     from windowguide.files import read_png
-    tok, enc = _tiny_clip(tmp_path)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-                                layers_per_block=1, cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
-    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=enc, tokenizer=tok, unet=unet,
-                                   scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = _tiny_sd(tmp_path, sd_schedule=False)
     pipe.save_pretrained(tmp_path / "sd")
     out = tmp_path / "p"
     assert main(["panorama", "--model", str(tmp_path / "sd"), "--prompt", "a mountain at dusk", "--width", "48",

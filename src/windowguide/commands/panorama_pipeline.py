@@ -14,9 +14,9 @@ from ..errors import WindowguideError
 from ..files import check_out_dir, write_png
 from ..fusion import check_fusion, panorama
 from ..generate import parse_seeds
-from .common import check_count, claim, draw_missing, finish, labels_for, normalise_class, rank_device
+from .common import check_count, claim, draw_missing, finish, rank_device
 from .panorama import _path, _stack
-from .sample_pipeline import _no_weak, _repeat, _skipper, load_pipeline
+from .sample_pipeline import conditions_and_guidance, load_pipeline
 
 
 def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width: int = 2048,
@@ -41,15 +41,7 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
     canvas = (c, (height // factor) if height else wh, width // factor)
     if canvas[1] % m.multiple or canvas[2] % m.multiple:
         raise WindowguideError(f"--height/--width must be multiples of {factor * m.multiple} pixels")
-    if m.num_classes:
-        klass = normalise_class(klass, m.num_classes)
-        null, cond_of = torch.tensor(m.num_classes), (lambda b: labels_for(b, m.num_classes, klass))
-    else:
-        pos, neg = m.encode(prompt=prompt, negative_prompt=negative_prompt)
-        null = {k: v[0] for k, v in neg.items()} if isinstance(neg, dict) else neg[0]
-        cond_of = lambda b: _repeat(pos, len(b))
-    m.denoiser.null_cond = null
-    g = spec.build(guidance, spec.Context(net=None, load=_no_weak, skip=_skipper(m)))
+    klass, cond_of, g = conditions_and_guidance(m, guidance, prompt, negative_prompt, klass)
     sigmas = m.sigmas(steps)
     settings = dict(model=os.path.abspath(folder), family=m.family, prompt=prompt, negative_prompt=negative_prompt,
                     canvas=list(canvas), window=[wh, ww], stride=stride, mode=mode, fuse=fuse, sampler=sampler,

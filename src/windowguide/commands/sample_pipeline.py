@@ -64,18 +64,7 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     check_count(steps, "--steps")
     factor = m.extras.get("vae_factor", 8) if m.family != "unet2d" else 1
     shape = m.shape(height // factor if height else None, width // factor if width else None)
-    if m.num_classes:                                   # DiT: classes, the null class for CFG
-        klass = normalise_class(klass, m.num_classes)
-        null = torch.tensor(m.num_classes)
-        cond_of = lambda batch: labels_for(batch, m.num_classes, klass)
-    elif m.family == "unet2d":
-        null, cond_of = None, lambda batch: None
-    else:
-        pos, neg = m.encode(prompt=prompt, negative_prompt=negative_prompt)
-        null = {k: v[0] for k, v in neg.items()} if isinstance(neg, dict) else neg[0]
-        cond_of = lambda batch: _repeat(pos, len(batch))
-    m.denoiser.null_cond = null
-    g = spec.build(guidance, spec.Context(net=None, load=_no_weak, skip=_skipper(m)))
+    klass, cond_of, g = conditions_and_guidance(m, guidance, prompt, negative_prompt, klass)
     from ..guidance import GuidedDenoiser
     GuidedDenoiser(m.denoiser, g).check(shape)
     sigmas = m.sigmas(steps) if sampler != "dit_ddpm" else None
@@ -105,6 +94,23 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
         image_shape = (a.shape[2], a.shape[0], a.shape[1]) if a is not None else None
     finish(out, r, lambda: collect(out, m.num_classes, klass if m.num_classes else None, image_shape or shape))
     return settings
+
+
+def conditions_and_guidance(m, guidance: str, prompt, negative_prompt, klass):
+    """(class choice, seeds -> condition, Guidance) for a pipeline model: DiT's classes with its null
+    class, or the prompt's embeddings with the negative prompt's as CFG's null; the SPEC built with the
+    model's skip-layer negative."""
+    if m.num_classes:
+        klass = normalise_class(klass, m.num_classes)
+        null, cond_of = torch.tensor(m.num_classes), (lambda batch: labels_for(batch, m.num_classes, klass))
+    elif m.family == "unet2d":
+        null, cond_of = None, (lambda batch: None)
+    else:
+        pos, neg = m.encode(prompt=prompt, negative_prompt=negative_prompt)
+        null = {k: v[0] for k, v in neg.items()} if isinstance(neg, dict) else neg[0]
+        cond_of = lambda batch: _repeat(pos, len(batch))
+    m.denoiser.null_cond = null
+    return klass, cond_of, spec.build(guidance, spec.Context(net=None, load=_no_weak, skip=_skipper(m)))
 
 
 def _repeat(cond, n: int):
