@@ -34,7 +34,8 @@ def _bench(args) -> int:
         print(panorama.format_report(report))
     elif args.what == "w2s":
         from .bench import w2s
-        settings = w2s.W2SSettings(**{k: v for k, v in dict(train_steps=args.train_steps).items() if v})
+        given = dict(train_steps=args.train_steps, datasets=tuple(args.datasets.split(",")) if args.datasets else None)
+        settings = w2s.W2SSettings(**{k: v for k, v in given.items() if v})
         report = w2s.run(args.json, out_dir=args.out or "runs/bench/quality", settings=settings)
         print(w2s.format_report(report))
     elif args.what == "positions":
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     bench.add_argument("--out", help="folder for plots and grids")
     bench.add_argument("--train-steps", type=int, help="w2s: training steps of every model (default 400)")
+    bench.add_argument("--datasets", help="w2s: comma-separated, default digits,mirror")
     bench.set_defaults(func=_bench)
 
     demo = sub.add_parser("demo", parents=[common], help="no guidance vs M-SWG on the bundled model, as one PNG (1-2 min)")
