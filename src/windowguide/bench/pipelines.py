@@ -81,8 +81,18 @@ def measure_sd(size: int, steps: int, repeats: int, device) -> dict:
                                   generator=torch.Generator().manual_seed(0)),
             windowguide=lambda: sample(m.denoiser, m.shape(), [0], sampler="ddim", sigmas=sigmas, cond=pos,
                                        guidance=CFG(1.0, null=neg[0]), device=device)), repeats, torch.device(device))
+        def patched():
+            from ..integrations.patch import patch
+            with patch(pipe, "mswg:w=0,window=16"):
+                return t_pipe()
+
+        t_pipe = lambda: pipe(prompt_embeds=pos, negative_prompt_embeds=neg, height=size * 8, width=size * 8,
+                              num_inference_steps=steps, guidance_scale=2.0, output_type="latent",
+                              generator=torch.Generator().manual_seed(0))
+        p = _time_interleaved(dict(unpatched=t_pipe, patched_w0=patched), repeats, torch.device(device))
     return {"model": f"SD UNet (32/64 channels) {size}x{size} latent", "steps": steps,
-            "seconds": {k: round(v, 4) for k, v in t.items()}, "loop_ratio": t["windowguide"] / t["pipeline"]}
+            "seconds": {k: round(v, 4) for k, v in {**t, **p}.items()}, "loop_ratio": t["windowguide"] / t["pipeline"],
+            "patch_overhead_w0": p["patched_w0"] / p["unpatched"]}
 
 
 __all__ = ["measure_dit", "measure_sd"]

@@ -189,6 +189,8 @@ def format_report(report: dict) -> str:
                      f"{r['mswg_cost_ratio']:>16.2f} {r['flop_expectation']:>17.2f} {r['finite_check_cost']:>18.3f}")
     for r in report.get("pipelines", []):
         line = f"{r['model']}: our loop / the pipeline's (CFG, {r['steps']} DDIM steps) {r['loop_ratio']:.3f}"
+        if "patch_overhead_w0" in r:
+            line += f"; wg.patch at weight 0 / unpatched {r['patch_overhead_w0']:.3f}"
         if "mswg_cost_ratio" in r:
             line += (f"; M-SWG cost {r['mswg_cost_ratio']:.3f} / FLOP floor {r['flop_floor']:.3f} = "
                      f"{r['mswg_cost_vs_floor']:.3f}")
