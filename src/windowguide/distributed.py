@@ -67,6 +67,7 @@ def shard(items: Iterable, r: Ranks) -> Iterator:
 
 
 def barrier() -> None:
+    """Wait for every rank (nothing in one process)."""
     if dist.is_initialized():
         dist.barrier()
 
@@ -95,6 +96,7 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def close() -> None:
+    """Wait for every rank, then close the process group (so a command can run again in-process)."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

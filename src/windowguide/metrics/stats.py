@@ -44,6 +44,9 @@ class FeatureStats:
         if self.keep_features:
             self._features.append(features.detach().float().cpu())
         if self.classes:
+            if probs is None or probs.shape != (f.shape[0], self.classes):
+                raise WindowguideError(f"class probabilities of shape {None if probs is None else tuple(probs.shape)}; "
+                                       f"expected [{f.shape[0]}, {self.classes}] (the Inception Score needs them)")
             self._probs.append(probs.detach().double().cpu())
         return self
 
