@@ -1,41 +1,53 @@
-"""windowguide.patch: the pipeline's own loop with windowguide's terms added to its CFG."""
+"""windowguide.patch: a classic pipeline's own loop running windowguide's guidance, on tiny pipelines."""
 import pytest
 import torch
 
 import windowguide as wg
-from test_pipelines import _tiny_sd
+from pipes import tiny_flux, tiny_pixart, tiny_sd, tiny_sd3, tiny_sdxl
+from windowguide.adapters.pipelines import pack
 from windowguide.errors import WindowguideError
+
+
+def _latents(shape, seed=7):
+    return torch.randn(1, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _untouched(net):
+    """No instance forward and no hook left (FLUX's own cache_context makes an empty hook registry)."""
+    return "forward" not in vars(net) and not getattr(getattr(net, "_diffusers_hook", None), "hooks", None)
 
 
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
 def sd_pipe(request, tmp_path_factory):
-    return _tiny_sd(tmp_path_factory.mktemp("clip"), request.param)
+    return tiny_sd(tmp_path_factory.mktemp("clip"), request.param)
 
 
-def _run(pipe, **kw):
-    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(7))
+def _run_sd(pipe, **kw):
+    kw = {"guidance_scale": 3.5, **kw}
     with torch.no_grad():
         return pipe("a red cat", negative_prompt="blue dog", height=32, width=32, num_inference_steps=4,
-                    guidance_scale=3.5, latents=latents, output_type="latent", **kw).images
+                    latents=_latents((4, 16, 16)), output_type="latent", **kw).images
 
 
-def test_weight_zero_and_removal_leave_the_pipeline_bit_for_bit(sd_pipe):
-    before = _run(sd_pipe)
+def test_sd_weight_zero_and_removal_leave_the_pipeline_bit_for_bit(sd_pipe):
+    before = _run_sd(sd_pipe)
     with wg.patch(sd_pipe, "mswg:w=0,window=10"):
-        zero = _run(sd_pipe)
-    after = _run(sd_pipe)
-    assert torch.equal(zero, before) and torch.equal(after, before)
-    assert "forward" not in vars(sd_pipe.unet)
+        zero = _run_sd(sd_pipe)
+    with wg.patch(sd_pipe, "cfg:w=2.5+mswg:w=0,window=10"):      # the recipe's cfg is the pipeline's scale
+        zero_cfg = _run_sd(sd_pipe, guidance_scale=None)
+    after = _run_sd(sd_pipe)
+    assert torch.equal(zero, before) and torch.equal(zero_cfg, before) and torch.equal(after, before)
+    assert _untouched(sd_pipe.unet) and type(sd_pipe).__call__ is type(sd_pipe).__mro__[0].__call__
 
 
-def test_patched_pipeline_equals_windowguides_sampler_and_adds_only_the_crops(sd_pipe):
+def test_sd_patched_equals_windowguides_sampler_and_adds_only_the_crops(sd_pipe):
     m = wg.from_pipeline(sd_pipe)
     pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog")
     calls = []
     hook = sd_pipe.unet.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape))
     try:
-        with wg.patch(sd_pipe, "mswg:w=0.5,window=10"):
-            patched = _run(sd_pipe)
+        with wg.patch(sd_pipe, "cfg:w=2.5+mswg:w=0.5,window=10"):
+            patched = _run_sd(sd_pipe, guidance_scale=None)
     finally:
         hook.remove()
     with torch.no_grad():
@@ -46,8 +58,172 @@ def test_patched_pipeline_equals_windowguides_sampler_and_adds_only_the_crops(sd
     assert [tuple(c) for c in calls] == [(2, 4, 16, 16), (4, 4, 10, 10)] * 4
 
 
-def test_patch_refuses_cfg_terms_and_other_families(sd_pipe):
-    with pytest.raises(WindowguideError, match="guidance_scale is the CFG"):
+def test_patch_step_fractions_and_refusals(sd_pipe):
+    m = wg.from_pipeline(sd_pipe)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog")
+    with wg.patch(sd_pipe, "swg:w=0.7,window=12,start=0.5,stop=1"):
+        patched = _run_sd(sd_pipe)
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, (4, 16, 16), [7], sampler="ddim", sigmas=m.sigmas(4), cond=pos,
+                      guidance=wg.CFG(2.5, null=neg[0]) + wg.Interval(wg.SWG(0.7, window=12), fraction=(0.5, 1)))
+    assert (m.pipeline_latents(x, m.sigmas(4)) - patched).abs().max() <= 1e-4
+    with pytest.raises(WindowguideError, match="conflicts with the recipe's cfg"):
         with wg.patch(sd_pipe, "cfg:w=1+mswg:w=0.5,window=10"):
+            _run_sd(sd_pipe, guidance_scale=3.5)
+    with pytest.raises(WindowguideError, match="no interval"):
+        with wg.patch(sd_pipe, "cfg:w=1,hi=3"):
             pass
-    assert "forward" not in vars(sd_pipe.unet)
+    with pytest.raises(WindowguideError, match="weak network"):
+        with wg.patch(sd_pipe, "ag:w=1,model=x"):
+            pass
+    with pytest.raises(WindowguideError, match="does not support DiTPipeline"):
+        type("DiTPipeline", (), {})
+        with wg.patch(type("DiTPipeline", (), {})(), "mswg:w=1"):
+            pass
+    assert _untouched(sd_pipe.unet)
+
+
+def test_sd_autoguidance_by_a_weak_network(sd_pipe, tmp_path):
+    weak = tiny_sd(tmp_path, sd_pipe.scheduler.config.prediction_type).unet
+    with torch.no_grad():
+        for p in weak.parameters():
+            p.mul_(0.9)
+    m, mw = wg.from_pipeline(sd_pipe), wg.from_pipeline(type(sd_pipe)(**{**sd_pipe.components, "unet": weak}))
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog")
+    with wg.patch(sd_pipe, "ag:w=0.8,model=weak", weak=weak):
+        patched = _run_sd(sd_pipe)
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, (4, 16, 16), [7], sampler="ddim", sigmas=m.sigmas(4), cond=pos,
+                      guidance=wg.CFG(2.5, null=neg[0]) + wg.AutoGuidance(mw.denoiser, 0.8))
+    assert (m.pipeline_latents(x, m.sigmas(4)) - patched).abs().max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe(tmp_path_factory):
+    return tiny_sdxl(tmp_path_factory.mktemp("sdxl"))
+
+
+def test_sdxl_patch(sdxl_pipe):
+    def run(**kw):
+        with torch.no_grad():
+            return sdxl_pipe("a red cat", negative_prompt="blue dog", height=32, width=32, num_inference_steps=3,
+                             latents=_latents((4, 16, 16)), output_type="latent", **kw).images
+    before = run(guidance_scale=3.0)
+    with wg.patch(sdxl_pipe, "cfg:w=2+mswg:w=0,window=10"):
+        zero = run()
+    with wg.patch(sdxl_pipe, "cfg:w=2+mswg:w=0.5,window=10"):
+        patched = run()
+    assert torch.equal(zero, before) and torch.equal(run(guidance_scale=3.0), before) and _untouched(sdxl_pipe.unet)
+    m = wg.from_pipeline(sdxl_pipe)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog")
+    with torch.no_grad():   # windowguide gives each crop its own time ids, as the patched loop must
+        x = wg.sample(m.denoiser, (4, 16, 16), [7], sampler="ddim", sigmas=m.sigmas(3), cond=pos,
+                      guidance=wg.CFG(2, null={k: v[0] for k, v in neg.items()}) + wg.MSWG(0.5, window=10))
+    assert (m.pipeline_latents(x, m.sigmas(3)) - patched).abs().max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def sd3_pipe(tmp_path_factory):
+    return tiny_sd3(tmp_path_factory.mktemp("sd3"))
+
+
+def test_sd3_patch_with_mswg_and_skip_layers(sd3_pipe):
+    def run(**kw):
+        with torch.no_grad():
+            return sd3_pipe("a red cat", negative_prompt="blue dog", height=32, width=32, num_inference_steps=4,
+                            latents=_latents((4, 16, 16)), output_type="latent", max_sequence_length=8, **kw).images
+    before = run(guidance_scale=4.0)
+    with wg.patch(sd3_pipe, "cfg:w=3+mswg:w=0,window=10+slg:w=0,skip=1"):
+        zero = run()
+    recipe = "cfg:w=3+mswg:w=0.5,window=10+slg:w=0.8,skip=1,start=0.5,stop=1"
+    with wg.patch(sd3_pipe, recipe):
+        patched = run()
+    assert torch.equal(zero, before) and torch.equal(run(guidance_scale=4.0), before)
+    assert _untouched(sd3_pipe.transformer)
+    m = wg.from_pipeline(sd3_pipe)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog", max_sequence_length=8)
+    g = (wg.CFG(3.0, null={k: v[0] for k, v in neg.items()}) + wg.MSWG(0.5, window=10)
+         + wg.Interval(wg.Custom(m.skip_layers([1]), 0.8), fraction=(0.5, 1)))
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, (4, 16, 16), [7], sampler="flow_euler", sigmas=m.sigmas(4), cond=pos, guidance=g)
+    assert (x - patched).abs().max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def flux_pipe(tmp_path_factory):
+    return tiny_flux(tmp_path_factory.mktemp("flux"))
+
+
+@pytest.mark.parametrize("recipe, true_cfg", [("mswg:w=0.5,window=10", 1.0), ("cfg:w=2+mswg:w=0.5,window=10", None)])
+def test_flux_patch(flux_pipe, recipe, true_cfg):
+    shape = (4, 16, 16)
+
+    def run(**kw):
+        with torch.no_grad():
+            return flux_pipe("a red cat", guidance_scale=2.5, height=32, width=32, num_inference_steps=3,
+                             latents=pack(_latents(shape)), output_type="latent", max_sequence_length=6, **kw).images
+    base = dict(true_cfg_scale=3.0, negative_prompt="") if true_cfg is None else dict(true_cfg_scale=1.0)
+    before = run(**base)
+    with wg.patch(flux_pipe, recipe.replace("w=0.5", "w=0")):
+        zero = run(**({} if true_cfg is None else base))
+    with wg.patch(flux_pipe, recipe):
+        patched = run(**({} if true_cfg is None else base))
+    assert torch.equal(zero, before) and torch.equal(run(**base), before) and _untouched(flux_pipe.transformer)
+    m = wg.from_pipeline(flux_pipe, guidance_embed=2.5)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="", max_sequence_length=6)
+    g = wg.MSWG(0.5, window=10)
+    if true_cfg is None:
+        g = wg.CFG(2.0, null={k: v[0] for k, v in neg.items()}) + g
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, shape, [7], sampler="flow_euler", sigmas=m.sigmas(3, shape=shape), cond=pos, guidance=g)
+    assert (pack(x) - patched).abs().max() <= 1e-4
+
+
+def test_pixart_patch():
+    pipe = tiny_pixart()
+
+    def run(**kw):
+        with torch.no_grad():
+            return pipe("a red cat", negative_prompt="blue dog", height=32, width=32, num_inference_steps=3,
+                        latents=_latents((4, 16, 16)), output_type="latent", clean_caption=False,
+                        max_sequence_length=6, use_resolution_binning=False, **kw).images
+    before = run(guidance_scale=3.0)
+    with wg.patch(pipe, "cfg:w=2+mswg:w=0,window=10"):
+        zero = run()
+    with wg.patch(pipe, "cfg:w=2+mswg:w=0.5,window=10"):
+        patched = run()
+    assert torch.equal(zero, before) and _untouched(pipe.transformer)
+    m = wg.from_pipeline(pipe)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog", max_sequence_length=6)
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, (4, 16, 16), [7], sampler="ddim", sigmas=m.sigmas(3), cond=pos,
+                      guidance=wg.CFG(2, null={k: v[0] for k, v in neg.items()}) + wg.MSWG(0.5, window=10))
+    assert (m.pipeline_latents(x, m.sigmas(3)) - patched).abs().max() <= 1e-4
+
+
+def test_panorama_patch_guides_inside_each_view(tmp_path):
+    from diffusers import DDIMScheduler, StableDiffusionPanoramaPipeline
+    sd = tiny_sd(tmp_path)
+    pipe = StableDiffusionPanoramaPipeline(**{**sd.components, "scheduler": DDIMScheduler.from_config(sd.scheduler.config)})
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():
+        with torch.no_grad():
+            return pipe("a red cat", negative_prompt="blue dog", height=512, width=768, num_inference_steps=2,
+                        guidance_scale=3.0, latents=_latents((4, 64, 96)), output_type="latent", view_batch_size=2).images
+    before = run()
+    with wg.patch(pipe, "mswg:w=0,window=40"):
+        zero = run()
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda mod, args: calls.append(tuple(args[0].shape)))
+    try:
+        with wg.patch(pipe, "mswg:w=0.5,window=40"):
+            patched = run()
+    finally:
+        hook.remove()
+    assert torch.equal(zero, before) and torch.equal(run(), before) and _untouched(pipe.unet)
+    assert torch.isfinite(patched).all() and not torch.allclose(patched, before)
+    # 64 x 96 latents, the pipeline's 5 views of 64 x 64 (stride 8), 2 views per call: each call of
+    # views (uncond/cond interleaved) is followed by one call of the M-SWG crops of their cond rows
+    per_step = [(4, 4, 64, 64), (8, 4, 40, 40)] * 2 + [(2, 4, 64, 64), (4, 4, 40, 40)]
+    assert calls == per_step * 2

@@ -14,10 +14,11 @@ from .guidance import (CFG, MSWG, SWG, AutoGuidance, Custom, Guidance, GuidedDen
 __version__ = "0.1.0"
 
 
-def patch(pipe, guidance, max_batch=None):
-    """``with wg.patch(pipe, "mswg:w=0.5,window=48"): pipe(...)`` (``integrations.patch.patch``)."""
+def patch(pipe, guidance, max_batch=None, weak=None, crop_positions="slice"):
+    """``with wg.patch(pipe, "cfg:w=6.5+mswg:w=0.5,window=48"): pipe(prompt)``: the pipeline's own loop
+    with windowguide's guidance (``integrations.patch.patch``)."""
     from .integrations.patch import patch as _patch
-    return _patch(pipe, guidance, max_batch)
+    return _patch(pipe, guidance, max_batch, weak, crop_positions)
 
 
 def from_pipeline(pipe, **options):

@@ -132,12 +132,17 @@ def _to_uint8(x01: torch.Tensor) -> np.ndarray:
     return (x01 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def sd_unet_model(unet) -> Callable:
+    """Stable Diffusion's UNet as model(x_vp, t, embeds) -> its prediction (eps or v)."""
+    def model(x, t, cond):
+        return unet(x.to(unet.dtype), t, encoder_hidden_states=cond).sample.float()
+    return model
+
+
 def _stable_diffusion(pipe) -> PipelineModel:
     unet = pipe.unet
     factor = 2 ** (len(unet.config.block_out_channels) - 1)
-
-    def model(x, t, cond):
-        return unet(x.to(unet.dtype), t, encoder_hidden_states=cond).sample.float()
+    model = sd_unet_model(unet)
 
     @torch.no_grad()
     def encode(prompt=None, negative_prompt="", class_labels=None):
@@ -250,17 +255,23 @@ def sdxl_time_ids(regions: torch.Tensor | None, size, factor: int) -> torch.Tens
                        dim=1) * factor
 
 
-def _sdxl(pipe) -> PipelineModel:
-    unet = pipe.unet
-    factor = 2 ** (len(unet.config.block_out_channels) - 1)
-    vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-
+def sdxl_unet_model(unet, vae_factor: int) -> Callable:
+    """SDXL's UNet as model(x_vp, t, {embeds, pooled}) -> eps; the time ids describe the call's crops
+    (``windows.current_regions()``; ``sdxl_time_ids``)."""
     def model(x, t, cond):
         ids = sdxl_time_ids(current_regions(), x.shape[-2:], vae_factor).to(x.device, x.dtype)
         ids = ids.expand(x.shape[0], -1) if ids.shape[0] == 1 else ids
         added = dict(text_embeds=cond["pooled"].to(unet.dtype), time_ids=ids.to(unet.dtype))
         return unet(x.to(unet.dtype), t, encoder_hidden_states=cond["embeds"].to(unet.dtype),
                     added_cond_kwargs=added).sample.float()
+    return model
+
+
+def _sdxl(pipe) -> PipelineModel:
+    unet = pipe.unet
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    model = sdxl_unet_model(unet, vae_factor)
 
     @torch.no_grad()
     def encode(prompt=None, negative_prompt="", class_labels=None):
@@ -276,10 +287,9 @@ def _sdxl(pipe) -> PipelineModel:
                          factor, encode, _vae_decoder(pipe.vae), extras=dict(vae_factor=vae_factor))
 
 
-def _pixart(pipe) -> PipelineModel:
-    tr = pipe.transformer
-    c, patch = tr.config.in_channels, tr.config.patch_size
-    vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+def pixart_model(tr, vae_factor: int) -> Callable:
+    """PixArt's transformer as model(x_vp, t, {embeds, mask}) -> eps (learned variance dropped)."""
+    c = tr.config.in_channels
 
     def model(x, t, cond):
         added = {"resolution": None, "aspect_ratio": None}
@@ -290,6 +300,14 @@ def _pixart(pipe) -> PipelineModel:
         out = tr(x.to(tr.dtype), encoder_hidden_states=cond["embeds"].to(tr.dtype), encoder_attention_mask=cond["mask"],
                  timestep=t, added_cond_kwargs=added).sample.float()
         return out[:, :c]                       # learned variance channels dropped, as the pipeline does
+    return model
+
+
+def _pixart(pipe) -> PipelineModel:
+    tr = pipe.transformer
+    c, patch = tr.config.in_channels, tr.config.patch_size
+    vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    model = pixart_model(tr, vae_factor)
 
     @torch.no_grad()
     def encode(prompt=None, negative_prompt="", class_labels=None, max_sequence_length: int = 120):
@@ -326,16 +344,15 @@ def flux_image_ids(h: int, w: int, top: int = 0, left: int = 0) -> torch.Tensor:
     return ids.reshape(-1, 3)
 
 
-def _flux(pipe, crop_positions: str, guidance_embed: float | None) -> PipelineModel:
-    from ..denoiser import FlowDenoiser
-    from ..sampling import sigmas_from_flow_t
-    tr = pipe.transformer
-    c = tr.config.in_channels // 4
-    vae = pipe.vae
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-
+def flux_model(tr, crop_positions: str = "slice", guidance_embed: float | None = 3.5) -> Callable:
+    """FLUX's transformer as model(x, t, {embeds, pooled[, guidance]}) -> velocity, on unpacked latents
+    (packed per call with the image ids of each crop: its place on the canvas with 'slice', one call
+    per window position; its own grid with 'stretch'). ``guidance``, when in the condition, is the
+    per-sample guidance embedding input of FLUX.1-dev (else ``guidance_embed``)."""
     def call(x, t, cond, ids):
-        g = (torch.full((x.shape[0],), guidance_embed, device=x.device) if tr.config.guidance_embeds else None)
+        g = None
+        if tr.config.guidance_embeds:
+            g = cond["guidance"] if "guidance" in cond else torch.full((x.shape[0],), guidance_embed, device=x.device)
         out = tr(hidden_states=pack(x).to(tr.dtype), timestep=t.to(tr.dtype), guidance=g,
                  pooled_projections=cond["pooled"].to(tr.dtype), encoder_hidden_states=cond["embeds"].to(tr.dtype),
                  txt_ids=torch.zeros(cond["embeds"].shape[1], 3, device=x.device), img_ids=ids.to(x.device)).sample
@@ -351,6 +368,17 @@ def _flux(pipe, crop_positions: str, guidance_embed: float | None) -> PipelineMo
             idx = ((regions[:, 0] == top) & (regions[:, 1] == left)).nonzero().flatten().to(x.device)
             out[idx] = call(x[idx], t[idx], {k: v[idx] for k, v in cond.items()}, flux_image_ids(h, w, top, left))
         return out
+    return model
+
+
+def _flux(pipe, crop_positions: str, guidance_embed: float | None) -> PipelineModel:
+    from ..denoiser import FlowDenoiser
+    from ..sampling import sigmas_from_flow_t
+    tr = pipe.transformer
+    c = tr.config.in_channels // 4
+    vae = pipe.vae
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    model = flux_model(tr, crop_positions, guidance_embed)
 
     @torch.no_grad()
     def encode(prompt=None, negative_prompt="", class_labels=None, max_sequence_length: int = 512):
@@ -386,15 +414,20 @@ def _flux(pipe, crop_positions: str, guidance_embed: float | None) -> PipelineMo
     return m
 
 
+def sd3_model(tr) -> Callable:
+    """SD3's transformer as model(x_t, t, {embeds, pooled}, skip_layers=None) -> velocity."""
+    def model(x, t, cond, skip_layers=None):
+        return tr(hidden_states=x.to(tr.dtype), timestep=t, encoder_hidden_states=cond["embeds"],
+                  pooled_projections=cond["pooled"], skip_layers=skip_layers).sample.float()
+    return model
+
+
 def _sd3(pipe) -> PipelineModel:
     from ..denoiser import FlowDenoiser
     tr = pipe.transformer
     patch = tr.config.patch_size
     train_steps = pipe.scheduler.config.num_train_timesteps
-
-    def model(x, t, cond, skip_layers=None):
-        return tr(hidden_states=x.to(tr.dtype), timestep=t, encoder_hidden_states=cond["embeds"],
-                  pooled_projections=cond["pooled"], skip_layers=skip_layers).sample.float()
+    model = sd3_model(tr)
 
     @torch.no_grad()
     def encode(prompt=None, negative_prompt="", class_labels=None, max_sequence_length: int = 256):

@@ -1,115 +1,241 @@
 """windowguide's guidance inside a classic diffusers pipeline's own loop.
 
-    with windowguide.patch(pipe, guidance="mswg:w=0.5,window=48"):
-        image = pipe(prompt, guidance_scale=7.5).images[0]
+    with windowguide.patch(pipe, "cfg:w=6.5+mswg:w=0.5,window=48"):
+        image = pipe(prompt).images[0]
 
-The pipeline keeps its own CFG (``guidance_scale``); the patch adds windowguide's other terms (M-SWG,
-SWG, skip-layer, ...) to it. While the block runs, the UNet's ``forward`` is wrapped: after the
-pipeline's own call (uncond and cond rows, as the pipeline batches them), the conditional rows'
-prediction becomes D_pos, windowguide evaluates only the terms' negatives (crops in one batched call;
-the positive is not evaluated again), and the change
+While the block runs, a diffusers model hook sits on the pipeline's network (``unet`` or
+``transformer``). After each of the pipeline's own calls, the conditional rows' prediction P_pos is
+taken as windowguide's positive, the other terms' negatives are evaluated (all crops of one size in
+one batched call; the positive is not evaluated again) and the change
 
-    Delta_D = sum_i w_i(sigma) M_i (D_pos - D_neg,i)
+    Delta = sum_i w_i(sigma) M_i ⊙ (P_pos - P_neg,i)
 
-is added to the conditional rows in the pipeline's prediction space, divided by the guidance scale
-s so that the pipeline's own  uncond + s (cond - uncond)  comes out as CFG + Delta. With every
-weight 0 the outputs are the pipeline's, bit for bit; leaving the block restores the UNet exactly.
+is added to the conditional rows divided by the pipeline's CFG scale s, so that the pipeline's own
+combination  P_uncond + s (P_cond - P_uncond)  comes out as CFG + Delta. A ``cfg`` term in the recipe
+becomes the pipeline's scale (guidance_scale = 1 + w; FLUX: true_cfg_scale = 1 + w, with an empty
+negative prompt when none is given); without one the pipeline keeps the scale it is called with.
+With every other weight 0 the outputs are the pipeline's, bit for bit; leaving the block removes the
+hook and restores the pipeline exactly.
 
-Supported: UNet pipelines of ``from_pipeline`` (StableDiffusion, SDXL; eps and v prediction).
+Pipelines: StableDiffusion, StableDiffusionXL, StableDiffusion3 (``slg:skip=7/8/9`` skips those
+transformer blocks), Flux, PixArt-alpha/Sigma, StableDiffusionPanorama (the terms run inside each
+of its views). Crops of SDXL get their own time ids, crops of FLUX their image ids (their place on
+the canvas). Call arguments that only the pipeline's own call sees (cross-attention kwargs such as a
+LoRA scale, ControlNet residuals, IP-adapter images) are not given to the crops: calls with ControlNet
+residuals are left alone.
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from .. import spec
-from ..denoiser import Denoiser, VDenoiser
 from ..errors import WindowguideError
-from ..guidance import CFG, Guidance, GuidedDenoiser
+from ..guidance import CFG, Guidance
+from .calls import default_sigma, guided_change, network_model, network_multiple, prediction_denoiser, read_call
+
+PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionPanoramaPipeline": "sd",
+             "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux",
+             "PixArtAlphaPipeline": "pixart", "PixArtSigmaPipeline": "pixart"}
+HOOK = "windowguide"
 
 
-class _KnownPositive(Denoiser):
-    """The model, except that the positive prediction the pipeline already made is returned as is
-    when the guided denoiser asks for it (same tensor), so it is never evaluated twice."""
+def _hook_class():
+    from diffusers.hooks import ModelHook
 
-    def __init__(self, inner: Denoiser, x: torch.Tensor, d_pos: torch.Tensor):
-        self.inner, self.x, self.d_pos = inner, x, d_pos
-        self.multiple, self.null_cond = inner.multiple, inner.null_cond
+    class GuidanceHook(ModelHook):
+        """Runs the module, then hands the call and its output to ``patch``'s state."""
 
-    def __call__(self, x, sigma, cond=None):
-        return self.d_pos if x is self.x else self.inner(x, sigma, cond)
+        def __init__(self, state: "_State"):
+            super().__init__()
+            self.state = state
+
+        def new_forward(self, module, *args, **kwargs):
+            out = self.fn_ref.original_forward(*args, **kwargs)
+            return self.state.after_call(module, args, kwargs, out)
+    return GuidanceHook
+
+
+class _State:
+    """What the hook needs to know about the pipeline call in progress."""
+
+    def __init__(self, pipe, kind: str, terms: Guidance, cfg: CFG | None, max_batch: int | None, crop_positions: str):
+        self.pipe, self.kind, self.terms, self.cfg, self.max_batch = pipe, kind, terms, cfg, max_batch
+        self.net = pipe.transformer if kind in ("sd3", "flux", "pixart") else pipe.unet
+        self.model = network_model(self.net, kind, crop_positions)
+        self.multiple = network_multiple(self.net, kind)
+        self.panorama = type(pipe).__name__ == "StableDiffusionPanoramaPipeline"
+        self.inside = False
+        self.begin(1.0, False)
+
+    def begin(self, scale: float, do_cfg: bool) -> None:
+        self.scale, self.do_cfg = float(scale), bool(do_cfg)
+        self.step, self.last_t, self.sigmas = -1, None, None
+
+    def schedule(self):
+        from ..adapters.diffusers import schedule_of
+        return None if self.kind in ("sd3", "flux") else schedule_of(self.pipe.scheduler)
+
+    def _sigmas(self, call) -> list[float]:
+        """The whole run's sigmas (for step ranges and weight ramps), from the scheduler's timesteps."""
+        if self.sigmas is None:
+            ts = torch.as_tensor(self.pipe.scheduler.timesteps).reshape(-1)
+            if self.kind == "flux":
+                ts = ts / 1000                       # FLUX's pipeline hands its network t / 1000
+            self.sigmas = default_sigma(self.kind, ts, self.schedule()).tolist() + [0.0]
+        return self.sigmas
+
+    def cond_rows(self, call, first_at_t: bool) -> torch.Tensor | None:
+        n = call.x.shape[0]
+        if self.kind == "flux":                      # FLUX calls cond, then (true CFG) uncond, separately
+            return torch.arange(n) if first_at_t else None
+        if not self.do_cfg:
+            return torch.arange(n)
+        if self.panorama:                            # views interleaved: uncond, cond, uncond, cond, ...
+            return torch.arange(1, n, 2)
+        return torch.arange(n // 2, n)
+
+    def after_call(self, module, args, kwargs, out):
+        if self.inside or not len(self.terms):
+            return out
+        call = read_call(module, args, kwargs)
+        if call is None:
+            return out
+        t0 = float(call.t[0])
+        first = t0 != self.last_t
+        if first:
+            self.step, self.last_t = self.step + 1, t0
+        idx = self.cond_rows(call, first)
+        if idx is None:
+            return out
+        sub = call.rows(idx.to(call.x.device))
+        pred = call.read(out)
+        positive = pred[idx]
+        self.inside = True
+        try:
+            delta = guided_change(self.terms, self.model, self.multiple, sub, positive,
+                                  default_sigma(self.kind, sub.t, self.schedule()),
+                                  (self.step, self._sigmas(call)), self.max_batch)
+        finally:
+            self.inside = False
+        if delta is None:
+            return out
+        pred = pred.clone()
+        pred[idx] = (positive.float() + delta / (self.scale if self.do_cfg else 1.0)).to(pred.dtype)
+        return call.write(out, pred)
+
+
+def _split(g: Guidance) -> tuple[Guidance, CFG | None]:
+    cfgs = [t for t in g if isinstance(t, CFG)]
+    if len(cfgs) > 1:
+        raise WindowguideError("a pipeline has one CFG scale: give at most one cfg term")
+    if cfgs:
+        c = cfgs[0]
+        if c.sigma_lo > 0 or c.sigma_hi != float("inf") or c.steps is not None or c.weight_end is not None \
+                or c.mask is not None or c.null is not None:
+            raise WindowguideError("inside a classic pipeline the cfg term is its guidance scale: no interval, "
+                                   "ramp, mask or null of its own (use the windowguide guiders or wg.sample)")
+    return Guidance(tuple(t for t in g if not isinstance(t, CFG))), (cfgs[0] if cfgs else None)
+
+
+def _build(guidance, kind: str, net, weak, crop_positions: str) -> Guidance:
+    if not isinstance(guidance, str):
+        return Guidance.of(guidance)
+
+    def load(name: str):
+        if weak is None:
+            raise WindowguideError(f"the recipe names a weak model ({name!r}); pass the weak network as "
+                                   f"windowguide.patch(pipe, ..., weak=network)")
+        return prediction_denoiser(network_model(weak, kind, crop_positions), network_multiple(net, kind))
+
+    skip = None
+    if kind == "sd3":
+        model = network_model(net, kind)
+        skip = lambda blocks: _skip_negative(model, blocks)
+    return spec.build(guidance, spec.Context(net=None, load=load, skip=skip))
+
+
+def _skip_negative(model, blocks):
+    try:
+        layers = [int(b) for b in blocks]
+    except ValueError:
+        raise WindowguideError(f"slg on SD3 skips transformer blocks by index, got {'/'.join(blocks)}") from None
+    return lambda x, sigma, cond: model(x, cond["t"], cond["c"], skip_layers=layers)
+
+
+def _call_wrapper(cls, state: _State, scale_name: str):
+    """``cls.__call__`` that records the CFG scale of each call (and sets it from the recipe's cfg term)."""
+    signature = inspect.signature(cls.__call__)
+
+    def __call__(self, *args, **kwargs):
+        if state.cfg is not None:
+            want = 1.0 + state.cfg.weight
+            given = signature.bind(self, *args, **kwargs).arguments.get(scale_name)
+            if given is not None and float(given) != want:
+                raise WindowguideError(f"{scale_name}={given} conflicts with the recipe's cfg:w={state.cfg.weight} "
+                                       f"({scale_name} = 1 + w = {want}); give one of them")
+            kwargs[scale_name] = want
+            if state.kind == "flux" and not _given(signature, self, args, kwargs, "negative_prompt", "negative_prompt_embeds"):
+                kwargs["negative_prompt"] = ""       # FLUX runs its true CFG only with a negative prompt
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        scale = float(bound.arguments[scale_name])
+        do_cfg = scale > 1
+        if state.kind == "flux":
+            do_cfg = do_cfg and _given(signature, self, args, kwargs, "negative_prompt", "negative_prompt_embeds")
+        elif state.kind in ("sd", "sdxl"):
+            do_cfg = do_cfg and state.net.config.time_cond_proj_dim is None
+        state.begin(scale, do_cfg)
+        return cls.__call__(self, *args, **kwargs)
+
+    return type(cls.__name__, (cls,), {"__call__": __call__, "__qualname__": cls.__qualname__,
+                                      "__module__": cls.__module__, "__doc__": cls.__doc__})
+
+
+def _given(signature, self, args, kwargs, *names) -> bool:
+    arguments = signature.bind(self, *args, **kwargs).arguments
+    return any(arguments.get(n) is not None for n in names)
 
 
 @contextmanager
-def patch(pipe: Any, guidance: str | Guidance, max_batch: int | None = None):
-    """Run ``pipe``'s own loop with windowguide's guidance terms added to its CFG (module docstring)."""
-    from ..adapters.pipelines import from_pipeline
-    m = from_pipeline(pipe)
-    if m.family not in ("stable-diffusion", "sdxl"):
-        raise WindowguideError(f"windowguide.patch supports UNet pipelines (StableDiffusion, SDXL), not {m.family}")
-    g = spec.build(guidance, spec.Context(net=None, load=_no_weak)) if isinstance(guidance, str) else Guidance.of(guidance)
-    if any(isinstance(t, CFG) for t in g):
-        raise WindowguideError("inside a pipeline its guidance_scale is the CFG; give windowguide's other terms "
-                               "(e.g. 'mswg:w=0.5,window=48'), and set guidance_scale on the pipeline call")
-    unet = pipe.unet
-    original = unet.forward
-    state = dict(inside=False)
+def patch(pipe: Any, guidance: str | Guidance, max_batch: int | None = None, weak: Any = None,
+          crop_positions: str = "slice"):
+    """Run ``pipe``'s own loop with windowguide's guidance (module docstring).
 
-    def forward(sample, timestep, encoder_hidden_states=None, *args, **kwargs):
-        out = original(sample, timestep, encoder_hidden_states, *args, **kwargs)
-        if state["inside"] or not len(g):
-            return out
-        pred = out[0] if isinstance(out, tuple) else out.sample
-        cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
-        rows = slice(sample.shape[0] // 2, None) if cfg else slice(None)
-        scale = float(pipe.guidance_scale) if cfg else 1.0
-        state["inside"] = True
-        try:
-            delta = _delta(m, g, sample[rows], timestep, pred[rows], _cond_rows(m, encoder_hidden_states, kwargs, rows),
-                           max_batch)
-        finally:
-            state["inside"] = False
-        pred = pred.clone()
-        pred[rows] += (delta / scale).to(pred.dtype)
-        if isinstance(out, tuple):
-            return (pred,) + tuple(out[1:])
-        out.sample = pred
-        return out
-
-    unet.forward = forward
+    ``guidance``: a recipe (``"cfg:w=6.5+mswg:w=0.5,window=48"``, see ``windowguide.spec``) or Guidance
+    terms whose negatives work in the network's prediction space (``integrations.calls``); ``weak``: the
+    weak network of an ``ag``/``wd`` term (same class as the pipeline's); ``max_batch``: at most this
+    many crops per network call; ``crop_positions``: FLUX crops' image ids, 'slice' (their place on the
+    canvas, one call per window position) or 'stretch' (their own grid, one call for all)."""
+    name = type(pipe).__name__
+    kind = PIPELINES.get(name)
+    if kind is None:
+        raise WindowguideError(f"windowguide.patch does not support {name}; supported: {', '.join(PIPELINES)}")
+    if crop_positions not in ("slice", "stretch"):
+        raise WindowguideError(f"crop_positions {crop_positions!r}: accepted: 'slice', 'stretch'")
+    net = pipe.transformer if kind in ("sd3", "flux", "pixart") else pipe.unet
+    terms, cfg = _split(_build(guidance, kind, net, weak, crop_positions))
+    state = _State(pipe, kind, terms, cfg, max_batch, crop_positions)
+    from diffusers.hooks import HookRegistry
+    had_registry = hasattr(net, "_diffusers_hook")
+    had_forward = "forward" in vars(net)
+    registry = HookRegistry.check_if_exists_or_initialize(net)
+    registry.register_hook(_hook_class()(state), HOOK)
+    cls = type(pipe)
+    pipe.__class__ = _call_wrapper(cls, state, "true_cfg_scale" if kind == "flux" else "guidance_scale")
     try:
         yield pipe
     finally:
-        del unet.forward                        # the class's forward again, exactly
+        pipe.__class__ = cls
+        registry.remove_hook(HOOK, recurse=False)
+        if not registry.hooks:                  # leave the network as it was: no registry, the class's forward
+            if not had_forward:
+                vars(net).pop("forward", None)
+            if not had_registry:
+                del net._diffusers_hook
 
 
-def _cond_rows(m, embeds, kwargs, rows):
-    if m.family == "sdxl":
-        added = kwargs.get("added_cond_kwargs") or {}
-        return dict(embeds=embeds[rows], pooled=added["text_embeds"][rows])
-    return embeds[rows]
-
-
-@torch.no_grad()
-def _delta(m, g: Guidance, x_vp: torch.Tensor, timestep, pred: torch.Tensor, cond, max_batch) -> torch.Tensor:
-    """The terms' change of the conditional prediction, in the pipeline's prediction space."""
-    den = m.denoiser
-    t = torch.as_tensor(timestep, dtype=torch.float64).reshape(-1)[:1].expand(x_vp.shape[0])
-    sigma = den.schedule.sigma_at(t.round()).to(x_vp.device, torch.float32)   # the pipelines step on integer t
-    s = sigma.view(-1, 1, 1, 1)
-    alpha = 1 / (1 + s ** 2).sqrt()
-    x = x_vp.float() / alpha                                         # VE state
-    v_pred = isinstance(den, VDenoiser)
-    d_pos = alpha * x_vp.float() - s * alpha * pred.float() if v_pred else x - s * pred.float()
-    guided = GuidedDenoiser(_KnownPositive(den, x, d_pos), g, max_batch)
-    delta_d = guided(x, sigma, cond) - d_pos
-    return -delta_d / (s * alpha) if v_pred else -delta_d / s
-
-
-def _no_weak(name: str):
-    raise WindowguideError("windowguide.patch takes no weak model by name yet; pass Guidance objects for autoguidance")
-
-
-__all__ = ["patch"]
+__all__ = ["patch", "PIPELINES"]

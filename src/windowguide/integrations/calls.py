@@ -1,0 +1,240 @@
+"""A diffusers network call, read in windowguide's terms, and the guidance change it gets.
+
+Inside a pipeline's loop (classic or modular) windowguide sees only the calls of the denoising
+network: ``unet(sample, t, encoder_hidden_states, added_cond_kwargs=...)`` or
+``transformer(hidden_states=..., timestep=..., ...)``. ``read_call`` turns one such call into the
+network's input latents x [B, C, H, W] (FLUX's tokens unpacked), its timestep, its condition in the
+form of ``adapters.pipelines``' model functions, and the sigma of the step; ``guided_change`` then
+evaluates windowguide's terms on it and returns, in the network's own prediction space,
+
+    Delta = sum_i  w_i(sigma) M_i ⊙ (P_pos - P_neg,i),
+
+P the network's prediction (eps, v or flow velocity). Because D is affine in P with coefficients
+that are the same for every term at one (x, sigma) (D = x - sigma eps, D = alpha x_vp - sigma alpha v,
+D = x_t - t v), this is the D-space guidance of the library written in P-space, and folding crop
+predictions in P-space equals folding their D (the fold of the crops of x is x). The sum is
+computed by ``guidance.GuidedDenoiser`` and the crops by ``windows`` (one batched call for all the
+crops of one size), the positive being the prediction the pipeline already made: it is never
+evaluated twice.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..conds import Cond
+from ..denoiser import Denoiser
+from ..errors import WindowguideError
+from ..guidance import CFG, Guidance, GuidedDenoiser
+
+SIGMA_FLOOR, SIGMA_CEIL = 1e-8, 1e8
+NETWORKS = ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel", "PixArtTransformer2DModel")
+
+
+@dataclass
+class Call:
+    """One call of the denoising network: latents, timestep per row, condition, and how the
+    prediction is read from and written back into the network's output."""
+    kind: str
+    x: torch.Tensor                    # [B, C, H, W] network input (unpacked)
+    t: torch.Tensor                    # [B] timestep, in the network's units
+    cond: Cond                         # the adapters' condition format
+    read: Callable[[Any], torch.Tensor]
+    write: Callable[[Any, torch.Tensor], Any]
+
+    def rows(self, idx: torch.Tensor) -> "Call":
+        from ..conds import cond_select
+        return Call(self.kind, self.x[idx], self.t[idx], cond_select(self.cond, idx), self.read, self.write)
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(cls) -> inspect.Signature:
+    return inspect.signature(cls.forward)
+
+
+def _named(net, args: tuple, kwargs: dict) -> dict:
+    """The call's arguments by name, however the pipeline passed them."""
+    named = dict(_signature(type(net)).bind(net, *args, **kwargs).arguments)
+    named.pop("self", None)
+    named.update(named.pop("kwargs", None) or {})
+    return named
+
+
+def _rows_t(t, n: int, device) -> torch.Tensor:
+    t = torch.as_tensor(t, device=device)
+    return t.reshape(1).expand(n) if t.dim() == 0 else t.reshape(-1).expand(n) if t.numel() == 1 else t
+
+
+def _output(out, pred: torch.Tensor, rebuild: Callable[[torch.Tensor], torch.Tensor]):
+    """The network's output (tuple or output object) with its sample replaced."""
+    new = rebuild(pred)
+    if isinstance(out, tuple):
+        return (new,) + tuple(out[1:])
+    out.sample = new
+    return out
+
+
+def _sample(out) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out.sample
+
+
+def read_call(net: torch.nn.Module, args: tuple, kwargs: dict) -> Call | None:
+    """The call in windowguide's terms; None for a call that is not a plain denoising call (SD3's
+    own skip-layer call, an SDXL UNet with ControlNet residuals, ...), which windowguide leaves alone."""
+    name = type(net).__name__
+    if name not in NETWORKS:
+        raise WindowguideError(f"windowguide cannot read calls of {name}; supported networks: {', '.join(NETWORKS)}")
+    kwargs = _named(net, args, kwargs)
+    if name == "UNet2DConditionModel":
+        return _unet_call(kwargs)
+    if name == "SD3Transformer2DModel":
+        if kwargs.get("skip_layers") is not None or kwargs.get("block_controlnet_hidden_states") is not None:
+            return None
+        x, t = kwargs["hidden_states"], kwargs["timestep"]
+        cond = dict(embeds=kwargs["encoder_hidden_states"], pooled=kwargs["pooled_projections"])
+        return Call("sd3", x, _rows_t(t, x.shape[0], x.device), cond, _sample,
+                    lambda out, p: _output(out, p, lambda q: q.to(_sample(out).dtype)))
+    if name == "FluxTransformer2DModel":
+        return _flux_call(kwargs)
+    if name == "PixArtTransformer2DModel":
+        x, t = kwargs["hidden_states"], kwargs["timestep"]
+        c = x.shape[1]
+        cond = dict(embeds=kwargs["encoder_hidden_states"], mask=kwargs.get("encoder_attention_mask"))
+        if cond["mask"] is None:
+            raise WindowguideError("windowguide needs PixArt's encoder_attention_mask in the network call")
+
+        def write(out, p):
+            full = _sample(out)
+            return _output(out, p, lambda q: torch.cat([q.to(full.dtype), full[:, c:]], 1))
+        return Call("pixart", x, _rows_t(t, x.shape[0], x.device), cond, lambda out: _sample(out)[:, :c], write)
+
+
+def _unet_call(kwargs) -> Call | None:
+    if kwargs.get("down_block_additional_residuals") is not None or kwargs.get("mid_block_additional_residual") is not None:
+        return None
+    x, t, embeds = kwargs["sample"], kwargs["timestep"], kwargs["encoder_hidden_states"]
+    added = kwargs.get("added_cond_kwargs") or {}
+    if "text_embeds" in added:               # SDXL: pooled embedding; time ids are made per crop
+        cond, kind = dict(embeds=embeds, pooled=added["text_embeds"]), "sdxl"
+        ids = added["time_ids"]
+        cond["vae_factor"] = (ids[:, 4].float() / x.shape[-2]).round()
+    else:
+        cond, kind = embeds, "sd"
+    return Call(kind, x, _rows_t(t, x.shape[0], x.device), cond, _sample,
+                lambda out, p: _output(out, p, lambda q: q.to(_sample(out).dtype)))
+
+
+def _flux_call(kwargs) -> Call:
+    from ..adapters.pipelines import pack, unpack
+    ids = kwargs["img_ids"]
+    ids = ids[0] if ids.dim() == 3 else ids
+    h, w = 2 * (int(ids[:, 1].max()) + 1), 2 * (int(ids[:, 2].max()) + 1)
+    x = unpack(kwargs["hidden_states"], h, w)
+    cond = dict(embeds=kwargs["encoder_hidden_states"], pooled=kwargs["pooled_projections"])
+    if kwargs.get("guidance") is not None:
+        cond["guidance"] = _rows_t(kwargs["guidance"], x.shape[0], x.device)
+    return Call("flux", x, _rows_t(kwargs["timestep"], x.shape[0], x.device), cond,
+                lambda out: unpack(_sample(out), h, w),
+                lambda out, p: _output(out, p, lambda q: pack(q).to(_sample(out).dtype)))
+
+
+def network_model(net: torch.nn.Module, kind: str, crop_positions: str = "slice") -> Callable:
+    """model(x, t, cond) -> prediction for the network of a call of this kind (``adapters.pipelines``)."""
+    from ..adapters import pipelines as P
+    if kind == "sd":
+        return P.sd_unet_model(net)
+    if kind == "sdxl":
+        def model(x, t, cond):
+            f = int(cond["vae_factor"][0])
+            return P.sdxl_unet_model(net, f)(x, t, cond)
+        return model
+    if kind == "sd3":
+        return P.sd3_model(net)
+    if kind == "flux":
+        return P.flux_model(net, crop_positions)
+    if kind == "pixart":
+        vae_factor = 8
+        return P.pixart_model(net, vae_factor)
+    raise WindowguideError(f"no network model for calls of kind {kind!r}")
+
+
+def network_multiple(net: torch.nn.Module, kind: str) -> int:
+    """The factor a crop's side must be a multiple of: the UNet's downsampling or the patch size."""
+    if kind in ("sd", "sdxl"):
+        return 2 ** (len(net.config.block_out_channels) - 1)
+    return 2 if kind == "flux" else int(net.config.patch_size)
+
+
+def default_sigma(kind: str, t: torch.Tensor, schedule=None) -> torch.Tensor:
+    """The VE sigma of a call's timestep: the pipeline's VP schedule (``schedule``; SD's scaled-linear
+    beta 0.00085..0.012 over 1000 steps, shared by SD 1.x, 2.x and SDXL, when none is given), or for
+    flow matching sigma = s / (1 - s), s = t / 1000 (SD3) or s = t (FLUX, whose pipeline divides by 1000)."""
+    t = t.double()
+    if kind in ("sd3", "flux"):
+        s = (t / 1000 if kind == "sd3" else t).clamp(max=1 - 1e-9)
+        sigma = s / (1 - s)
+    else:
+        sigma = (schedule or _sd_schedule()).sigma_at(t.round().cpu()).to(t.device)
+    return sigma.clamp(SIGMA_FLOOR, SIGMA_CEIL).float()     # flow's t = 1 is sigma = inf: a term's hi covers it
+
+
+@functools.lru_cache(maxsize=1)
+def _sd_schedule():
+    from diffusers import DDPMScheduler
+    from ..adapters.diffusers import schedule_of
+    return schedule_of(DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"))
+
+
+class _Prediction(Denoiser):
+    """The network as a "denoiser" that returns its raw prediction P: the condition carries the
+    network's timestep ({'t': [n], 'c': cond}) so that crops repeat it with the rest."""
+
+    def __init__(self, model: Callable, multiple: int, skip_layers=None):
+        self.model, self.multiple, self.skip_layers = model, multiple, skip_layers
+
+    def forward(self, x, sigma, cond):
+        if self.skip_layers is not None:
+            return self.model(x, cond["t"], cond["c"], skip_layers=list(self.skip_layers))
+        return self.model(x, cond["t"], cond["c"])
+
+
+class _KnownPositive(Denoiser):
+    """The network, except that the prediction the pipeline already made is returned as is when the
+    guided denoiser asks for the positive (the same x tensor), so it is never evaluated twice."""
+
+    def __init__(self, inner: Denoiser, x: torch.Tensor, positive: torch.Tensor):
+        self.inner, self.x, self.positive = inner, x, positive
+        self.multiple, self.null_cond = inner.multiple, None
+
+    def __call__(self, x, sigma, cond=None):
+        return self.positive if x is self.x else self.inner(x, sigma, cond)
+
+
+@torch.no_grad()
+def guided_change(guidance: Guidance, model: Callable, multiple: int, call: Call, positive: torch.Tensor,
+                  sigma: torch.Tensor, step: tuple[int, list[float]] | None = None,
+                  max_batch: int | None = None) -> torch.Tensor | None:
+    """Delta = sum_i w_i M_i ⊙ (P_pos - P_neg,i) for the rows of ``call`` (module docstring), or None
+    when no term is on at this sigma and step. ``positive``: the pipeline's prediction P_pos."""
+    if any(isinstance(term, CFG) for term in guidance):
+        raise WindowguideError("guided_change takes the terms besides CFG (the pipeline evaluates its own CFG)")
+    x = call.x.float()
+    den = GuidedDenoiser(_KnownPositive(_Prediction(model, multiple), x, positive.float()), guidance, max_batch)
+    if step is not None:
+        den.begin_step(*step)
+    if not any(bool(term.active(sigma, getattr(den, "step", None)).any()) for term in guidance):
+        return None
+    return den(x, sigma.to(x.device), dict(t=call.t, c=call.cond)) - positive.float()
+
+
+def prediction_denoiser(model: Callable, multiple: int, skip_layers=None) -> Denoiser:
+    """A term's negative network in P-space (a weak model's, or the same network with blocks skipped)."""
+    return _Prediction(model, multiple, skip_layers)
+
+
+__all__ = ["Call", "read_call", "network_model", "network_multiple", "default_sigma", "guided_change",
+           "prediction_denoiser", "NETWORKS"]
