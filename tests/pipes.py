@@ -153,3 +153,15 @@ def tiny_flux(folder):
                         text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5, tokenizer_2=t5_tok, transformer=tr)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def modular(classic, guider):
+    """The modular pipeline (SDXL or SD3 auto blocks) with the classic pipeline's components and ``guider``."""
+    from diffusers.modular_pipelines import StableDiffusion3AutoBlocks, StableDiffusionXLAutoBlocks
+    blocks = StableDiffusionXLAutoBlocks if type(classic).__name__ == "StableDiffusionXLPipeline" else StableDiffusion3AutoBlocks
+    pipe = blocks().init_pipeline()
+    if classic.vae.config.get("shift_factor") is None:      # SD3's modular decoder adds it unconditionally
+        classic.vae.register_to_config(shift_factor=0.0)
+    parts = {k: v for k, v in classic.components.items() if v is not None and k in pipe._component_specs}
+    pipe.update_components(**parts, guider=guider)
+    return pipe

@@ -1,0 +1,410 @@
+"""windowguide's guidance as diffusers guiders, for diffusers' modular pipelines.
+
+    from windowguide.guiders import SlidingWindowGuidance
+    pipe.update_components(guider=SlidingWindowGuidance(guidance_scale=5.0, swg_scale=0.5))
+    image = pipe(prompt="a cat on a sofa", output="images")[0]
+
+Each guider is a ``diffusers.guiders.BaseGuidance``: the pipeline asks it which batches to run
+(``prepare_inputs``: the conditional one, and the unconditional one while CFG is on), calls its
+``prepare_models`` / ``cleanup_models`` around each batch and combines the predictions with its
+``forward``. CFG is diffusers' own formula and convention (``guidance_scale`` s, on for
+int(start N) <= i < int(stop N)):
+
+    P = P_uncond + s (P_cond - P_uncond)          (use_original_formulation: P_cond + s (P_cond - P_uncond))
+
+windowguide's terms add, in the network's prediction space,
+
+    Delta = sum_i w_i M_i ⊙ (P_cond - P_neg,i)     (sliding windows, a weak model, skipped blocks)
+
+computed during the conditional batch by a diffusers model hook on the denoiser: it lets the
+pipeline's call run, then evaluates the terms' negatives with ``guidance.GuidedDenoiser`` (all
+crops of one size in one batched call; the conditional prediction is reused, not evaluated again).
+With the windowguide weights at 0 the output is ``ClassifierFreeGuidance``'s, bit for bit.
+
+Step ranges are diffusers' fractions; sigma ranges are VE sigma of the step's timestep: flow
+models (SD3) sigma = s / (1 - s), s = t / 1000; UNet models the scaled-linear VP schedule of SD 1.x,
+2.x and SDXL (beta 0.00085..0.012, 1000 steps), or that of the scheduler set as ``guider.scheduler``.
+
+Tested with diffusers 0.42 (``TESTED_DIFFUSERS``); the guider API is experimental in diffusers, so a
+version whose ``BaseGuidance`` differs from the one these guiders were written against is refused
+with a message, and another version that matches gets a warning.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from typing import Any
+
+try:
+    import diffusers
+    from diffusers.configuration_utils import register_to_config
+    from diffusers.guiders import BaseGuidance
+    from diffusers.guiders.guider_utils import GuiderOutput, rescale_noise_cfg
+    from diffusers.hooks import HookRegistry, ModelHook
+except ImportError as exc:                      # pragma: no cover - exercised without diffusers
+    raise ImportError("windowguide's guiders plug into diffusers' modular pipelines and need diffusers: "
+                      "pip install 'windowguide[diffusers]' (diffusers>=0.42,<0.43)") from exc
+
+import torch
+
+from ..errors import WindowguideError
+from ..guidance import SWG, AutoGuidance, Custom, Guidance, StepRange
+from .calls import default_sigma, guided_change, network_model, network_multiple, prediction_denoiser, read_call
+
+TESTED_DIFFUSERS = ("0.42", "0.43")            # [lo, hi): the versions these guiders were tested with
+HOOK = "windowguide_guider"
+INF = math.inf
+
+
+def check_diffusers(version: str | None = None, base: type | None = None) -> None:
+    """Refuse a diffusers whose ``BaseGuidance`` protocol differs from the tested one; warn on another
+    version that matches it."""
+    version = version or diffusers.__version__
+    base = base or BaseGuidance
+    init = list(inspect.signature(base.__init__).parameters)
+    missing = [m for m in ("prepare_inputs", "prepare_models", "cleanup_models", "forward", "set_state",
+                           "num_conditions", "save_pretrained", "from_pretrained") if not hasattr(base, m)]
+    prepare_models = list(inspect.signature(base.prepare_models).parameters) if hasattr(base, "prepare_models") else []
+    if init != ["self", "start", "stop", "enabled"] or missing or prepare_models != ["self", "denoiser"]:
+        raise WindowguideError(
+            f"diffusers {version}: its BaseGuidance is not the one windowguide's guiders were written for "
+            f"(__init__{tuple(init[1:])}, prepare_models{tuple(prepare_models[1:])}, missing {missing}); "
+            f"install a tested version: pip install 'diffusers>={TESTED_DIFFUSERS[0]},<{TESTED_DIFFUSERS[1]}'")
+    major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    lo, hi = (tuple(int(p) for p in v.split(".")) for v in TESTED_DIFFUSERS)
+    if not lo <= major_minor < hi:
+        warnings.warn(f"windowguide's guiders were tested with diffusers >={TESTED_DIFFUSERS[0]},<{TESTED_DIFFUSERS[1]}, "
+                      f"this is {version}: its BaseGuidance matches, but check the results", stacklevel=2)
+
+
+check_diffusers()
+
+
+class _Hook(ModelHook):
+    """Lets the conditional call run, then has the guider compute its terms' change from it."""
+
+    def __init__(self, guider: "_WindowguideGuidance"):
+        super().__init__()
+        self.guider = guider
+
+    def new_forward(self, module, *args, **kwargs):
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        if not self.guider._inside:              # the terms' own calls of the network pass straight through
+            self.guider._after_conditional_call(module, args, kwargs, out)
+        return out
+
+
+def _sigma_range(lo: float, hi: float | None) -> tuple[float, float]:
+    return float(lo), INF if hi is None else float(hi)
+
+
+class _WindowguideGuidance(BaseGuidance):
+    """CFG in diffusers' form plus windowguide terms (module docstring). Subclasses give the terms."""
+
+    _input_predictions = ["pred_cond", "pred_uncond"]
+
+    def _setup(self, guidance_scale: float, guidance_rescale: float, use_original_formulation: bool,
+               start: float, stop: float, enabled: bool, max_batch: int | None) -> None:
+        BaseGuidance.__init__(self, start, stop, enabled)
+        self.guidance_scale, self.guidance_rescale = float(guidance_scale), float(guidance_rescale)
+        self.use_original_formulation, self.max_batch = use_original_formulation, max_batch
+        self.scheduler = None          # optional: the pipeline's scheduler, for sigma ranges of UNet models
+        self._delta, self._hooked, self._inside, self._terms_cache = None, None, False, {}
+        if not math.isfinite(self.guidance_scale):
+            raise WindowguideError(f"guidance_scale must be finite, got {guidance_scale!r}")
+
+    # --- which batches: diffusers' CFG rule, and the subclass's own range for CFG (SGG) ---------------
+    def _cfg_here(self) -> bool:
+        return True
+
+    def _is_cfg_enabled(self) -> bool:
+        if not self._enabled:
+            return False
+        on = True
+        if self._num_inference_steps is not None:
+            on = int(self._start * self._num_inference_steps) <= self._step < int(self._stop * self._num_inference_steps)
+        off = math.isclose(self.guidance_scale, 0.0 if self.use_original_formulation else 1.0)
+        return on and not off and self._cfg_here()
+
+    @property
+    def num_conditions(self) -> int:
+        return 1 + int(self._is_cfg_enabled())
+
+    @property
+    def is_conditional(self) -> bool:
+        return self._count_prepared == 1
+
+    def prepare_inputs(self, data: dict) -> list:
+        return [self._prepare_batch(data, i, name)
+                for i, name in zip(range(self.num_conditions), self._input_predictions)]
+
+    def prepare_inputs_from_block_state(self, data, input_fields: dict) -> list:
+        return [self._prepare_batch_from_block_state(input_fields, data, i, name)
+                for i, name in zip(range(self.num_conditions), self._input_predictions)]
+
+    # --- the hook on the conditional batch -------------------------------------------------------------
+    def prepare_models(self, denoiser: torch.nn.Module) -> None:
+        self._count_prepared += 1
+        if self.is_conditional:
+            self._delta = None
+            if self._enabled:
+                HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(_Hook(self), HOOK)
+                self._hooked = denoiser
+
+    def cleanup_models(self, denoiser: torch.nn.Module) -> None:
+        if self._hooked is denoiser:
+            registry = HookRegistry.check_if_exists_or_initialize(denoiser)
+            registry.remove_hook(HOOK, recurse=False)
+            if not registry.hooks:
+                vars(denoiser).pop("forward", None)      # the class's forward again
+            self._hooked = None
+
+    def _terms(self, net, kind: str, shape: tuple[int, int]) -> Guidance:
+        key = (id(net), kind, shape)
+        if key not in self._terms_cache:
+            self._terms_cache[key] = self._make_terms(net, kind, shape, network_multiple(net, kind))
+        return self._terms_cache[key]
+
+    def _make_terms(self, net, kind: str, shape: tuple[int, int], multiple: int) -> Guidance:
+        raise NotImplementedError
+
+    def _after_conditional_call(self, module, args, kwargs, out) -> None:
+        call = read_call(module, args, kwargs)
+        if call is None:
+            return
+        terms = self._terms(module, call.kind, tuple(call.x.shape[-2:]))
+        if not len(terms):
+            return
+        sigma = default_sigma(call.kind, call.t, self._vp_schedule())
+        n = self._num_inference_steps or 1
+        step = (self._step or 0, [0.0] * (n + 1))            # only N matters: fractions, no ramps
+        self._inside = True
+        try:
+            delta = guided_change(terms, network_model(module, call.kind), network_multiple(module, call.kind),
+                                  call, call.read(out), sigma, step, self.max_batch)
+        finally:
+            self._inside = False
+        if delta is not None:                                 # in the layout of the network's output
+            sample = out[0] if isinstance(out, tuple) else out.sample
+            self._delta = call.write((torch.zeros_like(sample),), delta)[0]
+
+    def _vp_schedule(self):
+        if self.scheduler is None:
+            return None
+        from ..adapters.diffusers import schedule_of
+        return schedule_of(self.scheduler)
+
+    # --- the combination -------------------------------------------------------------------------------
+    def forward(self, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None = None) -> GuiderOutput:
+        pred = pred_cond
+        if self._is_cfg_enabled():
+            shift = pred_cond - pred_uncond
+            pred = pred_cond if self.use_original_formulation else pred_uncond
+            pred = pred + self.guidance_scale * shift
+        if self._delta is not None:
+            pred = pred + self._delta.to(pred.dtype)
+            self._delta = None
+        if self.guidance_rescale > 0.0:
+            pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
+        return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
+
+
+def default_window(side: int, multiple: int) -> int:
+    """The M-SWG paper's rule of thumb: a window of 5/8 of the side (40 of 64 for EDM2, 20 of 32 for
+    DiT), rounded to the network's multiple."""
+    return max(multiple, int(round(side * 5 / 8 / multiple)) * multiple)
+
+
+def _swg_term(weight, window, windows_per_side, masked, shape, multiple, steps, sigma_range, net=None) -> SWG:
+    if window is None:
+        window = (default_window(shape[0], multiple), default_window(shape[1], multiple))
+    elif isinstance(window, list):
+        window = tuple(window)
+    lo, hi = sigma_range
+    return SWG(weight, window, windows_per_side, masked=masked, sigma_lo=lo, sigma_hi=hi, steps=steps, net=net)
+
+
+def _fraction(start: float, stop: float, name: str) -> StepRange | None:
+    if (start, stop) == (0.0, 1.0):
+        return None
+    if not 0 <= start < stop <= 1:
+        raise WindowguideError(f"{name}: step fractions ({start}, {stop}): need 0 <= start < stop <= 1")
+    return StepRange(float(start), float(stop), True)
+
+
+class SlidingWindowGuidance(_WindowguideGuidance):
+    """Sliding-window guidance (SWG) or masked SWG (M-SWG, the default), with or without CFG.
+
+        P = CFG(P_cond, P_uncond) + w M ⊙ (P_cond - P_swg),   P_swg = the network on overlapping crops,
+        averaged;  M = 1 where two or more crops overlap (M-SWG), M = 1 everywhere (SWG)
+
+    Defaults, and where they come from: ``guidance_scale`` 7.5 and start/stop as diffusers'
+    ``ClassifierFreeGuidance`` (1.0 turns CFG off: SWG alone needs no negative prompt and one batch);
+    ``swg_scale`` 0.5 (w, 0 = off), the M-SWG paper's weight beside CFG on DiT-XL/2 (CFG 0.6 + M-SWG
+    0.5); ``window`` None = 5/8 of each latent side rounded to the network's multiple and 2 windows per
+    side (the paper's 40 of 64 on EDM2, 20 of 32 on DiT); ``masked`` True (M-SWG, the paper's
+    recommendation; False is plain SWG). ``swg_start``/``swg_stop``: step fractions where the windows
+    guide; ``swg_sigma_lo``/``swg_sigma_hi``: the sigma interval (lo, hi] (None = no upper end).
+    """
+
+    @register_to_config
+    def __init__(self, guidance_scale: float = 7.5, swg_scale: float = 0.5, window: int | list | None = None,
+                 windows_per_side: int = 2, masked: bool = True, swg_start: float = 0.0, swg_stop: float = 1.0,
+                 swg_sigma_lo: float = 0.0, swg_sigma_hi: float | None = None, guidance_rescale: float = 0.0,
+                 use_original_formulation: bool = False, start: float = 0.0, stop: float = 1.0,
+                 enabled: bool = True, max_batch: int | None = None):
+        self._setup(guidance_scale, guidance_rescale, use_original_formulation, start, stop, enabled, max_batch)
+        self.swg_scale, self.window, self.windows_per_side, self.masked = swg_scale, window, windows_per_side, masked
+        self._swg_steps = _fraction(swg_start, swg_stop, "SlidingWindowGuidance swg_start/swg_stop")
+        self._swg_sigma = _sigma_range(swg_sigma_lo, swg_sigma_hi)
+        SWG(swg_scale, 8, sigma_lo=self._swg_sigma[0], sigma_hi=self._swg_sigma[1])     # checks the numbers now
+
+    def _make_terms(self, net, kind, shape, multiple):
+        if self.swg_scale == 0:
+            return Guidance()
+        return Guidance.of(_swg_term(self.swg_scale, self.window, self.windows_per_side, self.masked, shape,
+                                     multiple, self._swg_steps, self._swg_sigma))
+
+
+LOW_METHODS = ("mswg", "swg", "skip_layer", "autoguidance")
+
+
+class SegmentedGuidance(_WindowguideGuidance):
+    """Segmented guidance (SGG): CFG at high noise, a condition-agnostic term at low noise, so every
+    step costs two network evaluations.
+
+        high (steps i < int(split N), or sigma > sigma_split):  P = P_uncond + s (P_cond - P_uncond)
+        low  (the other steps):                                 P = P_cond + w (P_cond - P_neg)
+
+    ``low``: 'mswg' (default) or 'swg' (P_neg the crops; ``window``/``windows_per_side`` as
+    SlidingWindowGuidance), 'skip_layer' (SD3: the same transformer with ``skip_layers`` skipped) or
+    'autoguidance' (``weak_model``, a weaker network of the same class). Defaults: the SD3.5 recipe's
+    CFG 4.5 and split at half of the steps (our ``sd35-sgg`` preset: CFG on steps 1-14 of 28,
+    skip-layer 3.0 on blocks 7, 8, 9 on 15-28); ``low_scale`` 0.5 for the window terms (the M-SWG
+    weight beside CFG on DiT-XL/2). ``sigma_split`` (with ``schedule``, 'sd' or 'flow', since the
+    split must be known before the step's first call) splits by sigma instead.
+    """
+
+    ignore_for_config = ["weak_model"]
+
+    @register_to_config
+    def __init__(self, guidance_scale: float = 4.5, low: str = "mswg", low_scale: float = 0.5, split: float = 0.5,
+                 sigma_split: float | None = None, schedule: str | None = None, window: int | list | None = None,
+                 windows_per_side: int = 2, skip_layers: list | None = None, weak_model: Any = None,
+                 guidance_rescale: float = 0.0, use_original_formulation: bool = False, enabled: bool = True,
+                 max_batch: int | None = None):
+        self._setup(guidance_scale, guidance_rescale, use_original_formulation, 0.0, 1.0, enabled, max_batch)
+        if low not in LOW_METHODS:
+            raise WindowguideError(f"SegmentedGuidance low={low!r}: accepted: {', '.join(LOW_METHODS)}")
+        if not 0 < split < 1:
+            raise WindowguideError(f"SegmentedGuidance split={split!r}: a step fraction in (0, 1)")
+        if sigma_split is not None and (schedule not in ("sd", "flow") or not sigma_split > 0):
+            raise WindowguideError(f"SegmentedGuidance sigma_split={sigma_split!r} needs sigma_split > 0 and "
+                                   f"schedule='sd' (SD 1.x/2.x/XL) or 'flow' (SD3), got schedule={schedule!r}")
+        if low == "skip_layer" and not skip_layers:
+            raise WindowguideError("SegmentedGuidance low='skip_layer' needs skip_layers, e.g. [7, 8, 9] for SD3.5")
+        self.low, self.low_scale, self.split, self.sigma_split = low, float(low_scale), float(split), sigma_split
+        self.timestep_schedule, self.window, self.windows_per_side = schedule, window, windows_per_side
+        self.skip_layers, self.weak_model = skip_layers, weak_model
+
+    def _step_sigma(self) -> float:
+        kind = "sd3" if self.timestep_schedule == "flow" else "sd"
+        return float(default_sigma(kind, torch.as_tensor(self._timestep).reshape(-1)[:1]))
+
+    def _high(self) -> bool:
+        if self.sigma_split is not None:
+            return self._step_sigma() > self.sigma_split
+        n = self._num_inference_steps
+        return n is None or self._step < int(self.split * n)
+
+    def _cfg_here(self) -> bool:
+        return self._high()
+
+    def _make_terms(self, net, kind, shape, multiple):
+        if self.low_scale == 0:
+            return Guidance()
+        if self.low in ("mswg", "swg"):
+            term = _swg_term(self.low_scale, self.window, self.windows_per_side, self.low == "mswg", shape, multiple,
+                             None, (0.0, INF))
+        elif self.low == "skip_layer":
+            if kind != "sd3":
+                raise WindowguideError(f"SegmentedGuidance low='skip_layer' skips SD3 transformer blocks; this is {kind}")
+            layers = [int(v) for v in self.skip_layers]
+            term = Custom(_skip_negative(network_model(net, kind), layers), self.low_scale, name="skip_layer")
+        else:
+            term = AutoGuidance(_weak(self.weak_model, net, kind), self.low_scale)
+        return Guidance.of(term)
+
+    def _after_conditional_call(self, module, args, kwargs, out) -> None:
+        if not self._high():                         # the low segment: its term, and nothing at high noise
+            super()._after_conditional_call(module, args, kwargs, out)
+
+
+def _skip_negative(model, layers):
+    return lambda x, sigma, cond: model(x, cond["t"], cond["c"], skip_layers=layers)
+
+
+def _weak(weak_model, net, kind: str):
+    if weak_model is None:
+        raise WindowguideError("autoguidance needs the weak network: pass weak_model=... (or weak_model_path)")
+    if isinstance(weak_model, str):
+        weak_model = type(net).from_pretrained(weak_model).to(net.device, net.dtype).eval()
+    if type(weak_model) is not type(net):
+        raise WindowguideError(f"the weak model is a {type(weak_model).__name__}, the pipeline's network a "
+                               f"{type(net).__name__}: autoguidance needs the same kind of network")
+    return prediction_denoiser(network_model(weak_model, kind), network_multiple(net, kind))
+
+
+class ModelAutoGuidance(_WindowguideGuidance):
+    """Autoguidance (Karras et al. 2024) by a second, weaker network (not diffusers' ``AutoGuidance``,
+    which skips layers of the same network):
+
+        P = CFG(P_cond, P_uncond) + w (P_cond - P_weak),   P_weak = the weak network, same condition
+
+    ``weak_model``: the weak network (same class as the pipeline's: smaller, less trained, or trained
+    with a large weight decay), or ``weak_model_path``: a local folder loaded with that class's
+    ``from_pretrained`` (saved in the config; the module itself is not). Defaults: ``autoguidance_scale``
+    w = 1.1, Karras et al.'s EDM2-S autoguidance at its best FID (their guidance weight 2.1 = 1 + w);
+    ``guidance_scale`` 1.0 (no CFG: autoguidance replaces it there). ``ag_start``/``ag_stop``,
+    ``ag_sigma_lo``/``ag_sigma_hi``: where the weak model guides.
+    """
+
+    ignore_for_config = ["weak_model"]
+
+    @register_to_config
+    def __init__(self, weak_model: Any = None, weak_model_path: str | None = None, autoguidance_scale: float = 1.1,
+                 guidance_scale: float = 1.0, ag_start: float = 0.0, ag_stop: float = 1.0, ag_sigma_lo: float = 0.0,
+                 ag_sigma_hi: float | None = None, guidance_rescale: float = 0.0, use_original_formulation: bool = False,
+                 start: float = 0.0, stop: float = 1.0, enabled: bool = True, max_batch: int | None = None):
+        self._setup(guidance_scale, guidance_rescale, use_original_formulation, start, stop, enabled, max_batch)
+        self.weak_model = weak_model if weak_model is not None else weak_model_path
+        self.autoguidance_scale = float(autoguidance_scale)
+        self._ag_steps = _fraction(ag_start, ag_stop, "ModelAutoGuidance ag_start/ag_stop")
+        self._ag_sigma = _sigma_range(ag_sigma_lo, ag_sigma_hi)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder=None, return_unused_kwargs=False,
+                        weak_model: Any = None, **kwargs):
+        """As ``BaseGuidance.from_pretrained``; ``weak_model`` gives the network the config cannot hold."""
+        guider = super().from_pretrained(pretrained_model_name_or_path, subfolder, return_unused_kwargs, **kwargs)
+        if weak_model is not None:
+            guider.weak_model = weak_model
+        return guider
+
+    def new(self, **kwargs):
+        guider = super().new(**kwargs)
+        if "weak_model" not in kwargs and "weak_model_path" not in kwargs:
+            guider.weak_model = self.weak_model
+        return guider
+
+    def _make_terms(self, net, kind, shape, multiple):
+        if self.autoguidance_scale == 0:
+            return Guidance()
+        lo, hi = self._ag_sigma
+        return Guidance.of(AutoGuidance(_weak(self.weak_model, net, kind), self.autoguidance_scale,
+                                        sigma_lo=lo, sigma_hi=hi, steps=self._ag_steps))
+
+
+__all__ = ["SlidingWindowGuidance", "SegmentedGuidance", "ModelAutoGuidance", "check_diffusers", "default_window",
+           "TESTED_DIFFUSERS"]
