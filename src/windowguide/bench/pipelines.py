@@ -95,4 +95,56 @@ def measure_sd(size: int, steps: int, repeats: int, device) -> dict:
             "patch_overhead_w0": p["patched_w0"] / p["unpatched"]}
 
 
-__all__ = ["measure_dit", "measure_sd"]
+def _quiet(block) -> None:
+    """No progress bars in any nested block (ModularPipeline's own setter reaches only the top level)."""
+    if hasattr(block, "set_progress_bar_config"):
+        block.set_progress_bar_config(disable=True)
+    for sub in getattr(block, "sub_blocks", {}).values():
+        _quiet(sub)
+
+
+def measure_modular_sdxl(size: int, steps: int, repeats: int, device) -> dict:
+    """A tiny random SDXL modular pipeline (denoise blocks only, embeddings given): diffusers'
+    ClassifierFreeGuidance against windowguide's SlidingWindowGuidance at weight 0 and at 0.5."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers.guiders import ClassifierFreeGuidance
+    from diffusers.modular_pipelines import StableDiffusionXLAutoBlocks
+    from ..integrations.guiders import SlidingWindowGuidance
+    from .speed import _time_interleaved
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=size, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), addition_embed_type="text_time",
+                                addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8).eval()
+    blocks = StableDiffusionXLAutoBlocks()
+    for name in ("text_encoder", "decode"):          # embeddings in, latents out: the loop is what is timed
+        blocks.sub_blocks.pop(name)
+    pipe = blocks.init_pipeline()
+    pipe.update_components(unet=unet.to(device), scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False))
+    emb = dict(prompt_embeds=torch.randn(1, 8, 32), negative_prompt_embeds=torch.randn(1, 8, 32),
+               pooled_prompt_embeds=torch.randn(1, 16), negative_pooled_prompt_embeds=torch.randn(1, 16))
+    emb = {k: v.to(device) for k, v in emb.items()}
+    guiders = dict(cfg=ClassifierFreeGuidance(guidance_scale=2.0),
+                   guider_w0=SlidingWindowGuidance(guidance_scale=2.0, swg_scale=0.0),
+                   guider_mswg=SlidingWindowGuidance(guidance_scale=2.0, swg_scale=0.5))
+
+    def run(g):
+        pipe.update_components(guider=g)
+        return pipe(**emb, height=size * 8, width=size * 8, num_inference_steps=steps, output="latents",
+                    generator=torch.Generator().manual_seed(0))
+    from diffusers.utils import logging as dlogging
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()                 # update_components logs on every swap
+    try:
+        _quiet(pipe._blocks)
+        with torch.no_grad():
+            t = _time_interleaved({k: (lambda g=g: run(g)) for k, g in guiders.items()}, repeats, torch.device(device))
+    finally:
+        dlogging.set_verbosity(verbosity)
+    return {"model": f"SDXL modular UNet (32/64 channels) {size}x{size} latent", "steps": steps,
+            "seconds": {k: round(v, 4) for k, v in t.items()}, "guider_overhead_w0": t["guider_w0"] / t["cfg"],
+            "guider_mswg_ratio": t["guider_mswg"] / t["cfg"]}
+
+
+__all__ = ["measure_dit", "measure_sd", "measure_modular_sdxl"]

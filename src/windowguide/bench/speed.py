@@ -168,9 +168,10 @@ def run(json_path: str | None = None, quick: bool = False, device: str | None = 
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "results": [measure(64, 4, steps, repeats, dev), measure(128, 2, steps, repeats, dev)],
     }
-    from .pipelines import measure_dit, measure_sd
+    from .pipelines import measure_dit, measure_modular_sdxl, measure_sd
     report["pipelines"] = [measure_sd(32, 4 if quick else 10, 3 if quick else 7, dev),
-                           measure_dit(32, 4 if quick else 10, 3 if quick else 7, dev)]
+                           measure_dit(32, 4 if quick else 10, 3 if quick else 7, dev),
+                           measure_modular_sdxl(32, 4 if quick else 10, 3 if quick else 7, dev)]
     edm2_repeats = 1 if quick else 3
     report["edm2"] = [measure_edm2("xs", 1, 2, edm2_repeats, dev)]
     if dev.type == "cuda":
@@ -188,6 +189,11 @@ def format_report(report: dict) -> str:
         lines.append(f"{r['image']:>6} {r['overhead']:>9.3f} {r['batched_speedup']:>16.2f} "
                      f"{r['mswg_cost_ratio']:>16.2f} {r['flop_expectation']:>17.2f} {r['finite_check_cost']:>18.3f}")
     for r in report.get("pipelines", []):
+        if "guider_overhead_w0" in r:
+            lines.append(f"{r['model']}, {r['steps']} DDIM steps: SlidingWindowGuidance at weight 0 / diffusers' "
+                         f"ClassifierFreeGuidance {r['guider_overhead_w0']:.3f}; with M-SWG 0.5 "
+                         f"{r['guider_mswg_ratio']:.3f}")
+            continue
         line = f"{r['model']}: our loop / the pipeline's (CFG, {r['steps']} DDIM steps) {r['loop_ratio']:.3f}"
         if "patch_overhead_w0" in r:
             line += f"; wg.patch at weight 0 / unpatched {r['patch_overhead_w0']:.3f}"
