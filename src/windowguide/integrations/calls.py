@@ -236,5 +236,41 @@ def prediction_denoiser(model: Callable, multiple: int, skip_layers=None) -> Den
     return _Prediction(model, multiple, skip_layers)
 
 
+def weak_denoiser(weak: Any, net: torch.nn.Module, kind: str, crop_positions: str = "slice") -> Denoiser:
+    """Autoguidance's weak network in P-space: a module of the pipeline network's class, or the path of
+    a local folder loaded with that class's ``from_pretrained``."""
+    if weak is None:
+        raise WindowguideError("autoguidance needs the weak network: pass it (a network of the pipeline's class) "
+                               "or the folder it was saved in")
+    if isinstance(weak, str):
+        weak = type(net).from_pretrained(weak).to(net.device, net.dtype).eval()
+    if type(weak) is not type(net):
+        raise WindowguideError(f"the weak model is a {type(weak).__name__}, the pipeline's network a "
+                               f"{type(net).__name__}: autoguidance needs the same kind of network")
+    return _Prediction(network_model(weak, kind, crop_positions), network_multiple(net, kind))
+
+
+def skip_layer_negative(net: torch.nn.Module, kind: str, layers) -> Callable:
+    """SD3's skip-layer negative in P-space: the same transformer with the blocks ``layers`` skipped."""
+    if kind != "sd3":
+        raise WindowguideError(f"skip-layer guidance skips SD3 transformer blocks by index; this network is {kind}")
+    try:
+        layers = [int(v) for v in layers]
+    except ValueError:
+        raise WindowguideError(f"skip-layer guidance on SD3 skips blocks by index, got {layers!r}") from None
+    model = network_model(net, kind)
+    return lambda x, sigma, cond: model(x, cond["t"], cond["c"], skip_layers=layers)
+
+
+def after_call_hook(after: Callable) -> Any:
+    """A diffusers model hook that runs the module, then returns ``after(module, args, kwargs, output)``."""
+    from diffusers.hooks import ModelHook
+
+    class AfterCall(ModelHook):
+        def new_forward(self, module, *args, **kwargs):
+            return after(module, args, kwargs, self.fn_ref.original_forward(*args, **kwargs))
+    return AfterCall()
+
+
 __all__ = ["Call", "read_call", "network_model", "network_multiple", "default_sigma", "guided_change",
-           "prediction_denoiser", "NETWORKS"]
+           "prediction_denoiser", "weak_denoiser", "skip_layer_negative", "after_call_hook", "NETWORKS"]

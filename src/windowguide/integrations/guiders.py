@@ -41,7 +41,7 @@ try:
     from diffusers.configuration_utils import register_to_config
     from diffusers.guiders import BaseGuidance
     from diffusers.guiders.guider_utils import GuiderOutput, rescale_noise_cfg
-    from diffusers.hooks import HookRegistry, ModelHook
+    from diffusers.hooks import HookRegistry
 except ImportError as exc:                      # pragma: no cover - exercised without diffusers
     raise ImportError("windowguide's guiders plug into diffusers' modular pipelines and need diffusers: "
                       "pip install 'windowguide[diffusers]' (diffusers>=0.42,<0.43)") from exc
@@ -50,7 +50,8 @@ import torch
 
 from ..errors import WindowguideError
 from ..guidance import SWG, AutoGuidance, Custom, Guidance, StepRange
-from .calls import default_sigma, guided_change, network_model, network_multiple, prediction_denoiser, read_call
+from .calls import (after_call_hook, default_sigma, guided_change, network_model, network_multiple, read_call,
+                    skip_layer_negative, weak_denoiser)
 
 TESTED_DIFFUSERS = ("0.42", "0.43")            # [lo, hi): the versions these guiders were tested with
 HOOK = "windowguide_guider"
@@ -79,20 +80,6 @@ def check_diffusers(version: str | None = None, base: type | None = None) -> Non
 
 
 check_diffusers()
-
-
-class _Hook(ModelHook):
-    """Lets the conditional call run, then has the guider compute its terms' change from it."""
-
-    def __init__(self, guider: "_WindowguideGuidance"):
-        super().__init__()
-        self.guider = guider
-
-    def new_forward(self, module, *args, **kwargs):
-        out = self.fn_ref.original_forward(*args, **kwargs)
-        if not self.guider._inside:              # the terms' own calls of the network pass straight through
-            self.guider._after_conditional_call(module, args, kwargs, out)
-        return out
 
 
 def _sigma_range(lo: float, hi: float | None) -> tuple[float, float]:
@@ -149,7 +136,8 @@ class _WindowguideGuidance(BaseGuidance):
         if self.is_conditional:
             self._delta = None
             if self._enabled:
-                HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(_Hook(self), HOOK)
+                HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(
+                    after_call_hook(self._after_conditional_call), HOOK)
                 self._hooked = denoiser
 
     def cleanup_models(self, denoiser: torch.nn.Module) -> None:
@@ -169,13 +157,13 @@ class _WindowguideGuidance(BaseGuidance):
     def _make_terms(self, net, kind: str, shape: tuple[int, int], multiple: int) -> Guidance:
         raise NotImplementedError
 
-    def _after_conditional_call(self, module, args, kwargs, out) -> None:
-        call = read_call(module, args, kwargs)
-        if call is None:
-            return
-        terms = self._terms(module, call.kind, tuple(call.x.shape[-2:]))
+    def _after_conditional_call(self, module, args, kwargs, out):
+        """The hook's callback: keep the terms' change Delta of this call for ``forward``; the
+        output itself is left as it is (the terms' own calls of the network pass straight through)."""
+        call = None if self._inside else read_call(module, args, kwargs)
+        terms = Guidance() if call is None else self._terms(module, call.kind, tuple(call.x.shape[-2:]))
         if not len(terms):
-            return
+            return out
         sigma = default_sigma(call.kind, call.t, self._vp_schedule())
         n = self._num_inference_steps or 1
         step = (self._step or 0, [0.0] * (n + 1))            # only N matters: fractions, no ramps
@@ -188,6 +176,7 @@ class _WindowguideGuidance(BaseGuidance):
         if delta is not None:                                 # in the layout of the network's output
             sample = out[0] if isinstance(out, tuple) else out.sample
             self._delta = call.write((torch.zeros_like(sample),), delta)[0]
+        return out
 
     def _vp_schedule(self):
         if self.scheduler is None:
@@ -328,32 +317,15 @@ class SegmentedGuidance(_WindowguideGuidance):
             term = _swg_term(self.low_scale, self.window, self.windows_per_side, self.low == "mswg", shape, multiple,
                              None, (0.0, INF))
         elif self.low == "skip_layer":
-            if kind != "sd3":
-                raise WindowguideError(f"SegmentedGuidance low='skip_layer' skips SD3 transformer blocks; this is {kind}")
-            layers = [int(v) for v in self.skip_layers]
-            term = Custom(_skip_negative(network_model(net, kind), layers), self.low_scale, name="skip_layer")
+            term = Custom(skip_layer_negative(net, kind, self.skip_layers), self.low_scale, name="skip_layer")
         else:
-            term = AutoGuidance(_weak(self.weak_model, net, kind), self.low_scale)
+            term = AutoGuidance(weak_denoiser(self.weak_model, net, kind), self.low_scale)
         return Guidance.of(term)
 
-    def _after_conditional_call(self, module, args, kwargs, out) -> None:
-        if not self._high():                         # the low segment: its term, and nothing at high noise
-            super()._after_conditional_call(module, args, kwargs, out)
-
-
-def _skip_negative(model, layers):
-    return lambda x, sigma, cond: model(x, cond["t"], cond["c"], skip_layers=layers)
-
-
-def _weak(weak_model, net, kind: str):
-    if weak_model is None:
-        raise WindowguideError("autoguidance needs the weak network: pass weak_model=... (or weak_model_path)")
-    if isinstance(weak_model, str):
-        weak_model = type(net).from_pretrained(weak_model).to(net.device, net.dtype).eval()
-    if type(weak_model) is not type(net):
-        raise WindowguideError(f"the weak model is a {type(weak_model).__name__}, the pipeline's network a "
-                               f"{type(net).__name__}: autoguidance needs the same kind of network")
-    return prediction_denoiser(network_model(weak_model, kind), network_multiple(net, kind))
+    def _after_conditional_call(self, module, args, kwargs, out):
+        if self._high():                             # the low segment has the term, the high one CFG only
+            return out
+        return super()._after_conditional_call(module, args, kwargs, out)
 
 
 class ModelAutoGuidance(_WindowguideGuidance):
@@ -402,7 +374,7 @@ class ModelAutoGuidance(_WindowguideGuidance):
         if self.autoguidance_scale == 0:
             return Guidance()
         lo, hi = self._ag_sigma
-        return Guidance.of(AutoGuidance(_weak(self.weak_model, net, kind), self.autoguidance_scale,
+        return Guidance.of(AutoGuidance(weak_denoiser(self.weak_model, net, kind), self.autoguidance_scale,
                                         sigma_lo=lo, sigma_hi=hi, steps=self._ag_steps))
 
 

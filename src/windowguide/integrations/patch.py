@@ -35,28 +35,13 @@ import torch
 from .. import spec
 from ..errors import WindowguideError
 from ..guidance import CFG, Guidance
-from .calls import default_sigma, guided_change, network_model, network_multiple, prediction_denoiser, read_call
+from .calls import (after_call_hook, default_sigma, guided_change, network_model, network_multiple, read_call,
+                    skip_layer_negative, weak_denoiser)
 
 PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionPanoramaPipeline": "sd",
              "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux",
              "PixArtAlphaPipeline": "pixart", "PixArtSigmaPipeline": "pixart"}
 HOOK = "windowguide"
-
-
-def _hook_class():
-    from diffusers.hooks import ModelHook
-
-    class GuidanceHook(ModelHook):
-        """Runs the module, then hands the call and its output to ``patch``'s state."""
-
-        def __init__(self, state: "_State"):
-            super().__init__()
-            self.state = state
-
-        def new_forward(self, module, *args, **kwargs):
-            out = self.fn_ref.original_forward(*args, **kwargs)
-            return self.state.after_call(module, args, kwargs, out)
-    return GuidanceHook
 
 
 class _State:
@@ -149,21 +134,10 @@ def _build(guidance, kind: str, net, weak, crop_positions: str) -> Guidance:
         if weak is None:
             raise WindowguideError(f"the recipe names a weak model ({name!r}); pass the weak network as "
                                    f"windowguide.patch(pipe, ..., weak=network)")
-        return prediction_denoiser(network_model(weak, kind, crop_positions), network_multiple(net, kind))
+        return weak_denoiser(weak, net, kind, crop_positions)
 
-    skip = None
-    if kind == "sd3":
-        model = network_model(net, kind)
-        skip = lambda blocks: _skip_negative(model, blocks)
+    skip = (lambda blocks: skip_layer_negative(net, kind, blocks)) if kind == "sd3" else None
     return spec.build(guidance, spec.Context(net=None, load=load, skip=skip))
-
-
-def _skip_negative(model, blocks):
-    try:
-        layers = [int(b) for b in blocks]
-    except ValueError:
-        raise WindowguideError(f"slg on SD3 skips transformer blocks by index, got {'/'.join(blocks)}") from None
-    return lambda x, sigma, cond: model(x, cond["t"], cond["c"], skip_layers=layers)
 
 
 def _call_wrapper(cls, state: _State, scale_name: str):
@@ -223,7 +197,7 @@ def patch(pipe: Any, guidance: str | Guidance, max_batch: int | None = None, wea
     had_registry = hasattr(net, "_diffusers_hook")
     had_forward = "forward" in vars(net)
     registry = HookRegistry.check_if_exists_or_initialize(net)
-    registry.register_hook(_hook_class()(state), HOOK)
+    registry.register_hook(after_call_hook(state.after_call), HOOK)
     cls = type(pipe)
     pipe.__class__ = _call_wrapper(cls, state, "true_cfg_scale" if kind == "flux" else "guidance_scale")
     try:
