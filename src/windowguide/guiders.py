@@ -5,8 +5,8 @@
 
 The classes live in ``windowguide.integrations.guiders``; see its docstring for the formulas.
 """
-from .integrations.guiders import (TESTED_DIFFUSERS, ModelAutoGuidance, SegmentedGuidance, SlidingWindowGuidance,
-                                   check_diffusers, default_window)
+from .integrations.guiders import (TESTED_DIFFUSERS, ModelAutoGuidance, RecipeGuidance, SegmentedGuidance,
+                                   SlidingWindowGuidance, check_diffusers, default_window)
 
-__all__ = ["SlidingWindowGuidance", "SegmentedGuidance", "ModelAutoGuidance", "check_diffusers", "default_window",
-           "TESTED_DIFFUSERS"]
+__all__ = ["SlidingWindowGuidance", "SegmentedGuidance", "ModelAutoGuidance", "RecipeGuidance", "check_diffusers",
+           "default_window", "TESTED_DIFFUSERS"]

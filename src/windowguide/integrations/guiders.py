@@ -49,7 +49,8 @@ except ImportError as exc:                      # pragma: no cover - exercised w
 import torch
 
 from ..errors import WindowguideError
-from ..guidance import SWG, AutoGuidance, Custom, Guidance, StepRange
+from ..denoiser import Denoiser
+from ..guidance import CFG, SWG, AutoGuidance, Custom, Guidance, StepRange
 from .calls import (after_call_hook, default_sigma, guided_change, network_model, network_multiple, read_call,
                     skip_layer_negative, weak_denoiser)
 
@@ -87,7 +88,9 @@ def _sigma_range(lo: float, hi: float | None) -> tuple[float, float]:
 
 
 class _WindowguideGuidance(BaseGuidance):
-    """CFG in diffusers' form plus windowguide terms (module docstring). Subclasses give the terms."""
+    """CFG in diffusers' form plus windowguide terms (module docstring). Subclasses give the terms.
+    Their arguments are keyword-only: diffusers' ``register_to_config`` records positional ones as
+    defaults, and ``new()`` would then drop them."""
 
     _input_predictions = ["pred_cond", "pred_uncond"]
 
@@ -238,7 +241,7 @@ class SlidingWindowGuidance(_WindowguideGuidance):
     """
 
     @register_to_config
-    def __init__(self, guidance_scale: float = 7.5, swg_scale: float = 0.5, window: int | list | None = None,
+    def __init__(self, *, guidance_scale: float = 7.5, swg_scale: float = 0.5, window: int | list | None = None,
                  windows_per_side: int = 2, masked: bool = True, swg_start: float = 0.0, swg_stop: float = 1.0,
                  swg_sigma_lo: float = 0.0, swg_sigma_hi: float | None = None, guidance_rescale: float = 0.0,
                  use_original_formulation: bool = False, start: float = 0.0, stop: float = 1.0,
@@ -278,7 +281,7 @@ class SegmentedGuidance(_WindowguideGuidance):
     ignore_for_config = ["weak_model"]
 
     @register_to_config
-    def __init__(self, guidance_scale: float = 4.5, low: str = "mswg", low_scale: float = 0.5, split: float = 0.5,
+    def __init__(self, *, guidance_scale: float = 4.5, low: str = "mswg", low_scale: float = 0.5, split: float = 0.5,
                  sigma_split: float | None = None, schedule: str | None = None, window: int | list | None = None,
                  windows_per_side: int = 2, skip_layers: list | None = None, weak_model: Any = None,
                  guidance_rescale: float = 0.0, use_original_formulation: bool = False, enabled: bool = True,
@@ -303,7 +306,7 @@ class SegmentedGuidance(_WindowguideGuidance):
 
     def _high(self) -> bool:
         if self.sigma_split is not None:
-            return self._step_sigma() > self.sigma_split
+            return self._timestep is None or self._step_sigma() > self.sigma_split
         n = self._num_inference_steps
         return n is None or self._step < int(self.split * n)
 
@@ -345,7 +348,7 @@ class ModelAutoGuidance(_WindowguideGuidance):
     ignore_for_config = ["weak_model"]
 
     @register_to_config
-    def __init__(self, weak_model: Any = None, weak_model_path: str | None = None, autoguidance_scale: float = 1.1,
+    def __init__(self, *, weak_model: Any = None, weak_model_path: str | None = None, autoguidance_scale: float = 1.1,
                  guidance_scale: float = 1.0, ag_start: float = 0.0, ag_stop: float = 1.0, ag_sigma_lo: float = 0.0,
                  ag_sigma_hi: float | None = None, guidance_rescale: float = 0.0, use_original_formulation: bool = False,
                  start: float = 0.0, stop: float = 1.0, enabled: bool = True, max_batch: int | None = None):
@@ -378,5 +381,62 @@ class ModelAutoGuidance(_WindowguideGuidance):
                                         sigma_lo=lo, sigma_hi=hi, steps=self._ag_steps))
 
 
-__all__ = ["SlidingWindowGuidance", "SegmentedGuidance", "ModelAutoGuidance", "check_diffusers", "default_window",
-           "TESTED_DIFFUSERS"]
+class RecipeGuidance(_WindowguideGuidance):
+    """Any windowguide recipe (the SPEC strings of ``windowguide sample --guidance``) as a guider:
+
+        RecipeGuidance(recipe="cfg:w=4,start=0.1,stop=0.8+mswg:w=0.5,window=48+ag:w=0.3,model=weak/unet")
+
+    The recipe's one ``cfg`` term is diffusers' CFG with guidance_scale = 1 + w (on in its step range,
+    and in its sigma range, which needs ``schedule`` 'sd' or 'flow' as the range must be known before
+    the step's first call); ``sgg:...`` gives such a CFG and its low term; every other term is added as
+    Delta (module docstring). ``ag``/``wd`` and ``model=`` load the named folder with the pipeline
+    network's class, or take ``weak_model`` when given. Weight ramps (``wend``) are refused: a guider
+    does not see the schedule's sigmas.
+    """
+
+    ignore_for_config = ["weak_model"]
+
+    @register_to_config
+    def __init__(self, *, recipe: str = "cfg:w=6.5+mswg:w=0.5", schedule: str | None = None, weak_model: Any = None,
+                 guidance_rescale: float = 0.0, enabled: bool = True, max_batch: int | None = None):
+        from .. import spec
+        probe = spec.build(recipe, spec.Context(net=None, load=lambda name: _Placeholder(),
+                                                skip=lambda blocks: (lambda x, sigma, cond: x)))
+        cfgs = [t for t in probe if isinstance(t, CFG)]
+        if len(cfgs) > 1:
+            raise WindowguideError(f"RecipeGuidance: one cfg term at most (diffusers' CFG), got {len(cfgs)} in {recipe!r}")
+        if any(t.weight_end is not None or t.mask is not None for t in probe):
+            raise WindowguideError("RecipeGuidance: weight ramps (wend) and masks need the sampler's schedule; "
+                                   "use windowguide's own sampler for them")
+        self._cfg = cfgs[0] if cfgs else None
+        ranged = self._cfg is not None and (self._cfg.sigma_lo > 0 or self._cfg.sigma_hi < INF)
+        if ranged and schedule not in ("sd", "flow"):
+            raise WindowguideError(f"RecipeGuidance: the cfg term's sigma range needs schedule='sd' (SD 1.x/2.x/XL) "
+                                   f"or 'flow' (SD3), got {schedule!r}")
+        self._setup(1.0 + (self._cfg.weight if self._cfg else 0.0), guidance_rescale, False, 0.0, 1.0, enabled, max_batch)
+        self.recipe, self.timestep_schedule, self.weak_model = recipe, schedule, weak_model
+
+    def _cfg_here(self) -> bool:
+        c = self._cfg
+        if c.steps is not None and self._num_inference_steps is not None and not c.steps.on(self._step, self._num_inference_steps):
+            return False
+        if (c.sigma_lo > 0 or c.sigma_hi < INF) and self._timestep is not None:     # None: outside a run
+            kind = "sd3" if self.timestep_schedule == "flow" else "sd"
+            sigma = float(default_sigma(kind, torch.as_tensor(self._timestep).reshape(-1)[:1]))
+            return c.sigma_lo < sigma <= c.sigma_hi
+        return True
+
+    def _make_terms(self, net, kind, shape, multiple):
+        from .. import spec
+        load = lambda name: weak_denoiser(self.weak_model if self.weak_model is not None else name, net, kind)
+        skip = lambda blocks: skip_layer_negative(net, kind, blocks)
+        built = spec.build(self.recipe, spec.Context(net=None, load=load, skip=skip))
+        return Guidance(tuple(t for t in built if not isinstance(t, CFG)))
+
+
+class _Placeholder(Denoiser):
+    """Stands for a weak network while a recipe is checked, before the pipeline's network is known."""
+
+
+__all__ = ["SlidingWindowGuidance", "SegmentedGuidance", "ModelAutoGuidance", "RecipeGuidance", "check_diffusers",
+           "default_window", "TESTED_DIFFUSERS"]
