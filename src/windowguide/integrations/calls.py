@@ -156,9 +156,8 @@ def network_model(net: torch.nn.Module, kind: str, crop_positions: str = "slice"
         return P.sd3_model(net)
     if kind == "flux":
         return P.flux_model(net, crop_positions)
-    if kind == "pixart":
-        vae_factor = 8
-        return P.pixart_model(net, vae_factor)
+    if kind == "pixart":                  # every PixArt uses SD's 8x VAE (its 1024 model's micro-conditions)
+        return P.pixart_model(net, 8)
     raise WindowguideError(f"no network model for calls of kind {kind!r}")
 
 

@@ -58,11 +58,14 @@ class _State:
 
     def begin(self, scale: float, do_cfg: bool) -> None:
         self.scale, self.do_cfg = float(scale), bool(do_cfg)
-        self.step, self.last_t, self.sigmas = -1, None, None
+        self.step, self.last_t, self.sigmas, self._schedule = -1, None, None, None
 
     def schedule(self):
-        from ..adapters.diffusers import schedule_of
-        return None if self.kind in ("sd3", "flux") else schedule_of(self.pipe.scheduler)
+        """The VP schedule of the pipeline's scheduler (read once per pipeline call); None for flow."""
+        if self._schedule is None and self.kind not in ("sd3", "flux"):
+            from ..adapters.diffusers import schedule_of
+            self._schedule = schedule_of(self.pipe.scheduler)
+        return self._schedule
 
     def _sigmas(self, call) -> list[float]:
         """The whole run's sigmas (for step ranges and weight ramps), from the scheduler's timesteps."""
