@@ -74,6 +74,21 @@ def test_sdxl_mswg_equals_windowguides_sampler_with_batched_crops(sdxl):
     assert (m.pipeline_latents(x, m.sigmas(STEPS)) - out).abs().max() <= 1e-4
 
 
+def test_sdxl_two_images_per_prompt(sdxl):
+    classic, pipe = sdxl
+    pipe.update_components(guider=guiders.SlidingWindowGuidance(guidance_scale=3.0, swg_scale=0.5, window=10))
+    lat = torch.cat([_latents(7), _latents(8)])
+    out = pipe(prompt="a red cat", negative_prompt="blue dog", height=32, width=32, num_inference_steps=STEPS,
+               latents=lat, num_images_per_prompt=2, output="latents")
+    m = wg.from_pipeline(classic)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog")
+    pos2 = {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in pos.items()}
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, (4, 16, 16), [7, 8], sampler="ddim", sigmas=m.sigmas(STEPS), cond=pos2,
+                      guidance=wg.CFG(2.0, null=_null(neg)) + wg.MSWG(0.5, window=10))
+    assert out.shape[0] == 2 and (m.pipeline_latents(x, m.sigmas(STEPS)) - out).abs().max() <= 1e-4
+
+
 def test_sdxl_swg_alone_runs_one_batch_and_default_window(sdxl):
     classic, pipe = sdxl
     assert guiders.default_window(16, 8) == 8 and guiders.default_window(64, 8) == 40 and guiders.default_window(32, 2) == 20

@@ -67,6 +67,13 @@ def test_patch_step_fractions_and_refusals(sd_pipe):
         x = wg.sample(m.denoiser, (4, 16, 16), [7], sampler="ddim", sigmas=m.sigmas(4), cond=pos,
                       guidance=wg.CFG(2.5, null=neg[0]) + wg.Interval(wg.SWG(0.7, window=12), fraction=(0.5, 1)))
     assert (m.pipeline_latents(x, m.sigmas(4)) - patched).abs().max() <= 1e-4
+    hi = float(m.sigmas(4)[1]) * 1.01                  # M-SWG from the second step on, by sigma
+    with wg.patch(sd_pipe, f"mswg:w=0.5,window=10,hi={hi}"):
+        patched = _run_sd(sd_pipe)
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, (4, 16, 16), [7], sampler="ddim", sigmas=m.sigmas(4), cond=pos,
+                      guidance=wg.CFG(2.5, null=neg[0]) + wg.MSWG(0.5, window=10, sigma_hi=hi))
+    assert (m.pipeline_latents(x, m.sigmas(4)) - patched).abs().max() <= 1e-4
     with pytest.raises(WindowguideError, match="conflicts with the recipe's cfg"):
         with wg.patch(sd_pipe, "cfg:w=1+mswg:w=0.5,window=10"):
             _run_sd(sd_pipe, guidance_scale=3.5)
