@@ -173,7 +173,7 @@ def test_recipe_guider(sd3):
     m = wg.from_pipeline(classic)
     sig = m.sigmas(STEPS)
     lo, hi = float((sig[2] + sig[3]) / 2), float((sig[0] + sig[1]) / 2)     # CFG on steps 1 and 2 only
-    out = _run(pipe, guiders.RecipeGuidance(recipe=f"cfg:w=2,lo={lo},hi={hi}+mswg:w=0.5,window=10,start=0.5,stop=1",
+    out = _run(pipe, guiders.RecipeGuidance(recipe=f"cfg:w=2,lo={lo},hi={hi}+mswg:w=0.5,start=0.5,stop=1",
                                             schedule="flow"))
     pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog", max_sequence_length=8)
     g = (wg.Interval(wg.CFG(2.0, null=_null(neg)), lo, hi)

@@ -46,7 +46,7 @@ def test_sd_patched_equals_windowguides_sampler_and_adds_only_the_crops(sd_pipe)
     calls = []
     hook = sd_pipe.unet.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape))
     try:
-        with wg.patch(sd_pipe, "cfg:w=2.5+mswg:w=0.5,window=10"):
+        with wg.patch(sd_pipe, guidance="cfg:w=2.5+mswg:w=0.5"):    # window: 5/8 of the 16-pixel side
             patched = _run_sd(sd_pipe, guidance_scale=None)
     finally:
         hook.remove()

@@ -261,6 +261,37 @@ def skip_layer_negative(net: torch.nn.Module, kind: str, layers) -> Callable:
     return lambda x, sigma, cond: model(x, cond["t"], cond["c"], skip_layers=layers)
 
 
+def default_window(side: int, multiple: int) -> int:
+    """The M-SWG paper's rule of thumb: a window of 5/8 of the side (40 of 64 for EDM2, 20 of 32 for
+    DiT), rounded to the network's multiple."""
+    return max(multiple, int(round(side * 5 / 8 / multiple)) * multiple)
+
+
+OPEN_WINDOW = 0    # a recipe's swg/mswg term without window=: sized when the latent's shape is known
+
+
+def open_windows(recipe: str) -> str:
+    """The recipe with ``window=0`` on each swg/mswg term (and sgg's swg/mswg) that names no window, so
+    that ``fit_windows`` can give it 5/8 of the latent's sides once they are known."""
+    from .. import spec
+    terms = []
+    for name, keys in spec.parse(recipe):
+        windowed = name in ("swg", "mswg") or (name == "sgg" and ("swg" in keys or "mswg" in keys))
+        if windowed and "window" not in keys:
+            keys = {**keys, "window": str(OPEN_WINDOW)}
+        terms.append(name + (":" + ",".join(f"{k}={v}" for k, v in keys.items()) if keys else ""))
+    return "+".join(terms) or "none"
+
+
+def fit_windows(guidance: Guidance, shape: tuple[int, int], multiple: int) -> Guidance:
+    """SWG terms of an open window get (5/8 H, 5/8 W) rounded to ``multiple`` (``default_window``)."""
+    from dataclasses import replace
+    from ..guidance import SWG
+    fitted = (default_window(shape[0], multiple), default_window(shape[1], multiple))
+    return Guidance(tuple(replace(t, window=fitted) if isinstance(t, SWG) and t.window == OPEN_WINDOW else t
+                          for t in guidance))
+
+
 def after_call_hook(after: Callable) -> Any:
     """A diffusers model hook that runs the module, then returns ``after(module, args, kwargs, output)``."""
     from diffusers.hooks import ModelHook
@@ -272,4 +303,5 @@ def after_call_hook(after: Callable) -> Any:
 
 
 __all__ = ["Call", "read_call", "network_model", "network_multiple", "default_sigma", "guided_change",
-           "prediction_denoiser", "weak_denoiser", "skip_layer_negative", "after_call_hook", "NETWORKS"]
+           "prediction_denoiser", "weak_denoiser", "skip_layer_negative", "after_call_hook", "default_window",
+           "open_windows", "fit_windows", "NETWORKS"]

@@ -51,8 +51,8 @@ import torch
 from ..errors import WindowguideError
 from ..denoiser import Denoiser
 from ..guidance import CFG, SWG, AutoGuidance, Custom, Guidance, StepRange
-from .calls import (after_call_hook, default_sigma, guided_change, network_model, network_multiple, read_call,
-                    skip_layer_negative, weak_denoiser)
+from .calls import (after_call_hook, default_sigma, default_window, fit_windows, guided_change, network_model,
+                    network_multiple, open_windows, read_call, skip_layer_negative, weak_denoiser)
 
 TESTED_DIFFUSERS = ("0.42", "0.43")            # [lo, hi): the versions these guiders were tested with
 HOOK = "windowguide_guider"
@@ -200,12 +200,6 @@ class _WindowguideGuidance(BaseGuidance):
         if self.guidance_rescale > 0.0:
             pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
         return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
-
-
-def default_window(side: int, multiple: int) -> int:
-    """The M-SWG paper's rule of thumb: a window of 5/8 of the side (40 of 64 for EDM2, 20 of 32 for
-    DiT), rounded to the network's multiple."""
-    return max(multiple, int(round(side * 5 / 8 / multiple)) * multiple)
 
 
 def _swg_term(weight, window, windows_per_side, masked, shape, multiple, steps, sigma_range, net=None) -> SWG:
@@ -389,7 +383,7 @@ class RecipeGuidance(_WindowguideGuidance):
     The recipe's one ``cfg`` term is diffusers' CFG with guidance_scale = 1 + w (on in its step range,
     and in its sigma range, which needs ``schedule`` 'sd' or 'flow' as the range must be known before
     the step's first call); ``sgg:...`` gives such a CFG and its low term; every other term is added as
-    Delta (module docstring). ``ag``/``wd`` and ``model=`` load the named folder with the pipeline
+    Delta (module docstring). A swg/mswg term without ``window=`` gets 5/8 of each latent side. ``ag``/``wd`` and ``model=`` load the named folder with the pipeline
     network's class, or take ``weak_model`` when given. Weight ramps (``wend``) are refused: a guider
     does not see the schedule's sigmas.
     """
@@ -430,8 +424,8 @@ class RecipeGuidance(_WindowguideGuidance):
         from .. import spec
         load = lambda name: weak_denoiser(self.weak_model if self.weak_model is not None else name, net, kind)
         skip = lambda blocks: skip_layer_negative(net, kind, blocks)
-        built = spec.build(self.recipe, spec.Context(net=None, load=load, skip=skip))
-        return Guidance(tuple(t for t in built if not isinstance(t, CFG)))
+        built = spec.build(open_windows(self.recipe), spec.Context(net=None, load=load, skip=skip))
+        return fit_windows(Guidance(tuple(t for t in built if not isinstance(t, CFG))), shape, multiple)
 
 
 class _Placeholder(Denoiser):

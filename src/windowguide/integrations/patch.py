@@ -17,6 +17,9 @@ negative prompt when none is given); without one the pipeline keeps the scale it
 With every other weight 0 the outputs are the pipeline's, bit for bit; leaving the block removes the
 hook and restores the pipeline exactly.
 
+A swg/mswg term without ``window=`` gets 5/8 of each latent side, 2 windows per side (the M-SWG
+paper's rule of thumb: 40 of 64 on EDM2, 20 of 32 on DiT), e.g. 40 x 40 on SD's 64 x 64 latents.
+
 Pipelines: StableDiffusion, StableDiffusionXL, StableDiffusion3 (``slg:skip=7/8/9`` skips those
 transformer blocks), Flux, PixArt-alpha/Sigma, StableDiffusionPanorama (the terms run inside each
 of its views). Crops of SDXL get their own time ids, crops of FLUX their image ids (their place on
@@ -35,8 +38,8 @@ import torch
 from .. import spec
 from ..errors import WindowguideError
 from ..guidance import CFG, Guidance
-from .calls import (after_call_hook, default_sigma, guided_change, network_model, network_multiple, read_call,
-                    skip_layer_negative, weak_denoiser)
+from .calls import (after_call_hook, default_sigma, fit_windows, guided_change, network_model, network_multiple,
+                    open_windows, read_call, skip_layer_negative, weak_denoiser)
 
 PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionPanoramaPipeline": "sd",
              "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux",
@@ -48,7 +51,8 @@ class _State:
     """What the hook needs to know about the pipeline call in progress."""
 
     def __init__(self, pipe, kind: str, terms: Guidance, cfg: CFG | None, max_batch: int | None, crop_positions: str):
-        self.pipe, self.kind, self.terms, self.cfg, self.max_batch = pipe, kind, terms, cfg, max_batch
+        self.pipe, self.kind, self.cfg, self.max_batch = pipe, kind, cfg, max_batch
+        self.open_terms, self.fitted = terms, {}
         self.net = pipe.transformer if kind in ("sd3", "flux", "pixart") else pipe.unet
         self.model = network_model(self.net, kind, crop_positions)
         self.multiple = network_multiple(self.net, kind)
@@ -86,8 +90,14 @@ class _State:
             return torch.arange(1, n, 2)
         return torch.arange(n // 2, n)
 
+    def terms(self, shape: tuple[int, int]) -> Guidance:
+        """The recipe's terms for latents of this size (open windows sized to 5/8 of its sides)."""
+        if shape not in self.fitted:
+            self.fitted[shape] = fit_windows(self.open_terms, shape, self.multiple)
+        return self.fitted[shape]
+
     def after_call(self, module, args, kwargs, out):
-        if self.inside or not len(self.terms):
+        if self.inside or not len(self.open_terms):
             return out
         call = read_call(module, args, kwargs)
         if call is None:
@@ -104,7 +114,7 @@ class _State:
         positive = pred[idx]
         self.inside = True
         try:
-            delta = guided_change(self.terms, self.model, self.multiple, sub, positive,
+            delta = guided_change(self.terms(tuple(call.x.shape[-2:])), self.model, self.multiple, sub, positive,
                                   default_sigma(self.kind, sub.t, self.schedule()),
                                   (self.step, self._sigmas(call)), self.max_batch)
         finally:
@@ -140,7 +150,7 @@ def _build(guidance, kind: str, net, weak, crop_positions: str) -> Guidance:
         return weak_denoiser(weak, net, kind, crop_positions)
 
     skip = (lambda blocks: skip_layer_negative(net, kind, blocks)) if kind == "sd3" else None
-    return spec.build(guidance, spec.Context(net=None, load=load, skip=skip))
+    return spec.build(open_windows(guidance), spec.Context(net=None, load=load, skip=skip))
 
 
 def _call_wrapper(cls, state: _State, scale_name: str):
