@@ -83,8 +83,11 @@ def test_patch_step_fractions_and_refusals(sd_pipe):
     with pytest.raises(WindowguideError, match="weak network"):
         with wg.patch(sd_pipe, "ag:w=1,model=x"):
             pass
+    with pytest.raises(WindowguideError, match="already patched"):
+        with wg.patch(sd_pipe, "mswg:w=0.5"):
+            with wg.patch(sd_pipe, "swg:w=0.5"):
+                pass
     with pytest.raises(WindowguideError, match="does not support DiTPipeline"):
-        type("DiTPipeline", (), {})
         with wg.patch(type("DiTPipeline", (), {})(), "mswg:w=1"):
             pass
     assert _untouched(sd_pipe.unet)

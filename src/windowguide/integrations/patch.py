@@ -210,6 +210,9 @@ def patch(pipe: Any, guidance: str | Guidance, max_batch: int | None = None, wea
     had_registry = hasattr(net, "_diffusers_hook")
     had_forward = "forward" in vars(net)
     registry = HookRegistry.check_if_exists_or_initialize(net)
+    if registry.get_hook(HOOK) is not None:
+        raise WindowguideError(f"this {name} is already patched by windowguide; one patch at a time (leave the "
+                               f"outer `with` block first, or put all terms in one recipe)")
     registry.register_hook(after_call_hook(state.after_call), HOOK)
     cls = type(pipe)
     pipe.__class__ = _call_wrapper(cls, state, "true_cfg_scale" if kind == "flux" else "guidance_scale")
