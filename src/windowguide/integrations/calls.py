@@ -177,7 +177,7 @@ def default_sigma(kind: str, t: torch.Tensor, schedule=None) -> torch.Tensor:
         s = (t / 1000 if kind == "sd3" else t).clamp(max=1 - 1e-9)
         sigma = s / (1 - s)
     else:
-        sigma = (schedule or _sd_schedule()).sigma_at(t.round().cpu()).to(t.device)
+        sigma = (schedule if schedule is not None else _sd_schedule()).sigma_at(t.round().cpu()).to(t.device)
     return sigma.clamp(SIGMA_FLOOR, SIGMA_CEIL).float()     # flow's t = 1 is sigma = inf: a term's hi covers it
 
 
@@ -192,12 +192,10 @@ class _Prediction(Denoiser):
     """The network as a "denoiser" that returns its raw prediction P: the condition carries the
     network's timestep ({'t': [n], 'c': cond}) so that crops repeat it with the rest."""
 
-    def __init__(self, model: Callable, multiple: int, skip_layers=None):
-        self.model, self.multiple, self.skip_layers = model, multiple, skip_layers
+    def __init__(self, model: Callable, multiple: int):
+        self.model, self.multiple = model, multiple
 
     def forward(self, x, sigma, cond):
-        if self.skip_layers is not None:
-            return self.model(x, cond["t"], cond["c"], skip_layers=list(self.skip_layers))
         return self.model(x, cond["t"], cond["c"])
 
 
@@ -228,11 +226,6 @@ def guided_change(guidance: Guidance, model: Callable, multiple: int, call: Call
     if not any(bool(term.active(sigma, getattr(den, "step", None)).any()) for term in guidance):
         return None
     return den(x, sigma.to(x.device), dict(t=call.t, c=call.cond)) - positive.float()
-
-
-def prediction_denoiser(model: Callable, multiple: int, skip_layers=None) -> Denoiser:
-    """A term's negative network in P-space (a weak model's, or the same network with blocks skipped)."""
-    return _Prediction(model, multiple, skip_layers)
 
 
 def weak_denoiser(weak: Any, net: torch.nn.Module, kind: str, crop_positions: str = "slice") -> Denoiser:
@@ -303,5 +296,5 @@ def after_call_hook(after: Callable) -> Any:
 
 
 __all__ = ["Call", "read_call", "network_model", "network_multiple", "default_sigma", "guided_change",
-           "prediction_denoiser", "weak_denoiser", "skip_layer_negative", "after_call_hook", "default_window",
+           "weak_denoiser", "skip_layer_negative", "after_call_hook", "default_window",
            "open_windows", "fit_windows", "NETWORKS"]

@@ -71,7 +71,7 @@ class _State:
             self._schedule = schedule_of(self.pipe.scheduler)
         return self._schedule
 
-    def _sigmas(self, call) -> list[float]:
+    def _sigmas(self) -> list[float]:
         """The whole run's sigmas (for step ranges and weight ramps), from the scheduler's timesteps."""
         if self.sigmas is None:
             ts = torch.as_tensor(self.pipe.scheduler.timesteps).reshape(-1)
@@ -116,7 +116,7 @@ class _State:
         try:
             delta = guided_change(self.terms(tuple(call.x.shape[-2:])), self.model, self.multiple, sub, positive,
                                   default_sigma(self.kind, sub.t, self.schedule()),
-                                  (self.step, self._sigmas(call)), self.max_batch)
+                                  (self.step, self._sigmas()), self.max_batch)
         finally:
             self.inside = False
         if delta is None:
