@@ -61,14 +61,54 @@ def test_quality_bench_is_deterministic_and_complete(tmp_path):
     assert (tmp_path / "a" / "mirror_sweeps.png").exists() and (tmp_path / "a" / "mirror" / "M-SWG_w1.png").exists()
 
 
-def test_demo_writes_its_png(tmp_path, capsys):
+def test_demo_figures_come_from_the_images_it_shows(tmp_path, capsys):
+    """The demo's figures and verdicts are computed from exactly the 8-bit images in its PNG, for the
+    seeds it names, with a spread reported for every figure."""
     from windowguide.commands import demo
-    r = demo.run(out=str(tmp_path), samples=24, steps=4)
-    assert os.path.exists(tmp_path / "windowguide_demo.png") and len(r["results"]) == 3
+    from windowguide.commands.common import labels_for, prepare
+    from windowguide.generate import sample
+    from windowguide.metrics.features import Evaluator
+    from windowguide.metrics.pixels import asymmetry
+    r = demo.run(out=str(tmp_path), samples=6, steps=3, sets=3, threads=2)
+    assert os.path.exists(tmp_path / "windowguide_demo.png")
+    assert [x["method"] for x in r["results"]] == ["no guidance", "M-SWG w=1", "CFG w=1", "CFG w=1 + M-SWG w=1"]
     out = capsys.readouterr().out
-    assert "asymmetry" in out and "±" in out and "real images (floor)" in out
-    assert all(row["fd_std"] > 0 for row in r["results"])          # a spread over seed sets, not one run
-    assert r["caption"] in out and ("spread" in r["caption"] or "lower" in r["caption"] or "higher" in r["caption"])
+    assert "real images (floor)" in out and r["caption"] in out and "±" in out and "lower is better" in out
+    ev = Evaluator("mirror", floor_count=6, floor_sets=3, reference_count=demo.REFERENCE)
+    for (title, spec), res, imgs in zip(demo.DEMO_METHODS, r["results"], r["images"]):
+        assert imgs.shape == (18, 3, 24, 24)
+        assert torch.equal(imgs, torch.round((imgs + 1) * 127.5) / 127.5 - 1)        # 8-bit, as shown
+        assert res["asymmetry"] == pytest.approx(asymmetry(imgs).double().mean().item(), abs=1e-9)
+        assert res["fd"] == pytest.approx(ev(imgs, ["fid"])["fd"], rel=1e-6)
+        assert res["fd_se"] > 0 and res["asymmetry_se"] > 0
+    d, net, info, g = prepare("mirror", demo.DEMO_METHODS[1][1])      # the seeds it names: set 2 is 12-17
+    seeds = list(range(12, 18))
+    with torch.no_grad():
+        x = sample(d, (3, 24, 24), seeds, steps=3, guidance=g, cond=labels_for(seeds, 3, "all"))
+    assert torch.allclose(demo.as_shown(x), r["images"][1][12:], atol=1 / 127.5 + 1e-6)
+    for c, (a, b) in zip(r["changes"], demo.PAIRS):        # paired on the same seeds, like with like
+        assert (c["method"], c["baseline"]) == (r["results"][a]["method"], r["results"][b]["method"])
+        per = torch.tensor(r["results"][a]["asymmetry_per_image"]) - torch.tensor(r["results"][b]["asymmetry_per_image"])
+        assert c["asymmetry"]["change"] == pytest.approx(per.double().mean().item(), abs=1e-9)
+        assert c["asymmetry"]["verdict"] in ("lower", "higher", "within the spread")
+        assert c["fd"]["se"] > 0 and c["fd"]["verdict"] in r["caption"]
+
+
+def test_demo_verdict_rule():
+    from windowguide.commands import demo
+    assert demo._verdict(-0.3, 0.1)["verdict"] == "lower" and demo._verdict(0.3, 0.1)["verdict"] == "higher"
+    assert demo._verdict(-0.15, 0.1)["verdict"] == "within the spread"
+    assert demo._jackknife_se(torch.tensor([1.0, 1.0, 1.0])) == 0.0
+    # jackknife of the mean equals the standard error of the mean: se^2 = (K-1)/K sum (mean_(j) - mean)^2
+    v = torch.tensor([1.0, 2.0, 4.0, 7.0], dtype=torch.float64)
+    loo = torch.stack([(v.sum() - v[j]) / 3 for j in range(4)])
+    assert demo._jackknife_se(loo) == pytest.approx((v.std() / 2).item())
+
+
+def test_free_threads_counts_idle_cores():
+    from windowguide import cpu
+    n = cpu.free_threads(0.05)
+    assert 1 <= n <= cpu.cores_available()
 
 
 @pytest.mark.parametrize("dataset", ["digits", "mirror", "scenes"])

@@ -46,6 +46,10 @@ def _bench(args) -> int:
         from .bench import generate
         report = generate.run(args.json, quick=args.quick)
         print(generate.format_report(report))
+    elif args.what == "demo":
+        from .bench import demo
+        report = demo.run(args.json, repeats=3 if not args.quick else 1)
+        print(demo.format_report(report))
     elif args.what == "quality":
         from .bench import quality
         report = quality.run(args.json, quick=args.quick, out_dir=args.out or "runs/bench/quality")
@@ -194,7 +198,7 @@ def _presets(args) -> int:
 
 def _demo(args) -> int:
     from .commands import demo
-    demo.run(args.out, args.model)
+    demo.run(args.out, args.model, threads=args.threads)
     return 0
 
 
@@ -215,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.set_defaults(func=_toy)
 
     bench = sub.add_parser("bench", parents=[common], help="benchmarks that print figures")
-    bench.add_argument("what", choices=["speed", "quality", "panorama", "w2s", "generate", "positions"])
+    bench.add_argument("what", choices=["speed", "quality", "panorama", "w2s", "generate", "positions", "demo"])
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
@@ -224,9 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--datasets", help="w2s: comma-separated, default digits,mirror")
     bench.set_defaults(func=_bench)
 
-    demo = sub.add_parser("demo", parents=[common], help="no guidance vs M-SWG on the bundled model, as one PNG (1-2 min)")
+    demo = sub.add_parser("demo", parents=[common],
+                          help="none, M-SWG, CFG and CFG + M-SWG on the bundled model, as one PNG (about 35 s)")
     demo.add_argument("--out", default=".", help="folder for windowguide_demo.png (default: here)")
     demo.add_argument("--model", default="mirror", help="bundled name or checkpoint (default: mirror)")
+    demo.add_argument("--threads", type=int, help="CPU threads (default: the cores idle when it starts)")
     demo.set_defaults(func=_demo)
 
     smp = sub.add_parser("sample", parents=[common], help="sample a model with a guidance SPEC (see the README)")

@@ -81,18 +81,25 @@ def _radii(f: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
     return torch.cat([torch.cdist(f[i:i + chunk], f).kthvalue(k + 1, dim=1).values for i in range(0, len(f), chunk)])
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024) -> tuple[float, float]:
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024,
+                     real_radii: torch.Tensor | None = None) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN balls, k = 3 as in
     torch-fidelity. precision = share of fake points inside some real ball |f - r| <= radius_k(r);
-    recall = share of real points inside some fake ball."""
+    recall = share of real points inside some fake ball. ``real_radii``: the real set's radius_k,
+    computed once (``reference_radii``) when one reference meets many sets."""
     real, fake = real.double(), fake.double()
     if min(len(real), len(fake)) <= k:
         raise WindowguideError(f"precision/recall with k={k} needs more than {k} samples per set, "
                          f"got {len(real)} real and {len(fake)} generated")
 
-    def covered(points, centres):
-        radii = _radii(centres, k, chunk)[None]
+    def covered(points, centres, radii=None):
+        radii = (_radii(centres, k, chunk) if radii is None else radii.double())[None]
         inside = [(torch.cdist(points[i:i + chunk], centres) <= radii).any(1) for i in range(0, len(points), chunk)]
         return torch.cat(inside).double().mean().item()
 
-    return covered(fake, real), covered(real, fake)
+    return covered(fake, real, real_radii), covered(real, fake)
+
+
+def reference_radii(real: torch.Tensor, k: int = 3, chunk: int = 1024) -> torch.Tensor:
+    """radius_k of every real point (precision's balls), to pass to ``precision_recall`` again and again."""
+    return _radii(real.double(), k, chunk)

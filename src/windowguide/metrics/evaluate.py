@@ -71,7 +71,8 @@ def compute(metrics: list[str], gen: dict[str, FeatureStats], ref: dict[str, dic
             else:
                 out["kid"] = kernel_inception_distance(r["features"], g.features)
         else:
-            out["precision"], out["recall"] = precision_recall(r["features"], g.features, k=pr_k)
+            radii = r.get("radii") if r.get("radii_k") == pr_k else None
+            out["precision"], out["recall"] = precision_recall(r["features"], g.features, k=pr_k, real_radii=radii)
     return out
 
 

@@ -17,24 +17,30 @@ from __future__ import annotations
 import torch
 
 from ..errors import WindowguideError
+from .distribution import reference_radii
 from .evaluate import as_reference, compute, measure
 from .networks import ClassifierFeatures
 from .pixels import asymmetry, clipped_fraction, contrast, saturation
 
 
-def balanced(labels: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices of n images with the class counts of the samples (``--class all``: seed mod K gives class
-    k to n // K + (k < n % K) of n seeds), the first ones of each class in order. Class proportions move
-    the feature mean of a classifier a lot: a floor with other proportions than the samples' is not a floor."""
+def balanced(labels: torch.Tensor, n: int, sets: int = 1) -> torch.Tensor:
+    """Indices of ``sets`` disjoint groups of n images, each with the class counts of n samples
+    (``--class all``: seed mod K gives class k to n // K + (k < n % K) of n seeds), group after group;
+    group j takes the j-th run of each class's images in order (group 0: the first ones). Class
+    proportions move the feature mean of a classifier a lot: a floor with other proportions than the
+    samples' is not a floor."""
     k = int(labels.max()) + 1
-    picks = []
-    for c in range(k):
-        want = n // k + (c < n % k)
-        have = (labels == c).nonzero().flatten()
-        if len(have) < want:
-            raise WindowguideError(f"only {len(have)} images of class {c} for a floor of {n}")
-        picks.append(have[:want])
-    return torch.cat(picks).sort().values
+    groups = []
+    for j in range(sets):
+        picks = []
+        for c in range(k):
+            want = n // k + (c < n % k)
+            have = (labels == c).nonzero().flatten()
+            if len(have) < want * (j + 1):
+                raise WindowguideError(f"only {len(have)} images of class {c} for {sets} floor set(s) of {n}")
+            picks.append(have[j * want:(j + 1) * want])
+        groups.append(torch.cat(picks).sort().values)
+    return torch.cat(groups)
 
 
 class Evaluator:
@@ -45,14 +51,17 @@ class Evaluator:
 
     METRICS = ["fid", "kid", "is", "pr"]
 
-    def __init__(self, dataset: str, floor_count: int = 300, device="cpu"):
+    def __init__(self, dataset: str, floor_count: int = 300, device="cpu", floor_sets: int = 1,
+                 reference_count: int | None = None):
+        """floor_sets: disjoint floor sets of floor_count images each; reference_count: the first n of
+        the reference images only (all by default)."""
         from ..data import load
         self.net = ClassifierFeatures(f"{dataset}-classifier", device)
         self.names = {"inception": self.net.name}
         self.info = self.net.info
         train = load(dataset, "train")
         if dataset == "digits":
-            pick = balanced(train.labels, floor_count)
+            pick = balanced(train.labels, floor_count, floor_sets)
             rest = torch.ones(len(train), dtype=torch.bool)
             rest[pick] = False
             self.floor_images, reference = train.images[pick], train.images[rest]
@@ -60,10 +69,12 @@ class Evaluator:
             test = load(dataset, "test")
             step = 4 if dataset == "scenes" else 1
             pool_images, pool_labels = test.images[::step], test.labels[::step]
-            self.floor_images, reference = pool_images[balanced(pool_labels, floor_count)], train.images
+            self.floor_images, reference = pool_images[balanced(pool_labels, floor_count, floor_sets)], train.images
+        reference = reference[:reference_count]
         self.ref = as_reference(self._measure(reference, ["fid", "kid", "pr"]), self.names)
         self.real = self.ref["inception"]["features"]
         self.dataset = dataset
+        self.floor_count = floor_count
         self.protocol = (f"features: {dataset}-classifier trained on the 'features' split; reference: "
                          f"{len(reference)} 'train' images; floor: {len(self.floor_images)} held-out real images")
 
@@ -71,18 +82,31 @@ class Evaluator:
         batches = ((torch.arange(i, min(i + batch, len(x))), x[i:i + batch]) for i in range(0, len(x), batch))
         return measure(batches, {"inception": self.net}, metrics, float_images=True)
 
-    def __call__(self, x: torch.Tensor) -> dict:
-        m = compute(self.METRICS, self._measure(x, self.METRICS), self.ref, self.names, kid_subsets_n=0, is_splits=1)
-        out = dict(fd=m["fid"], kid=m["kid"], inception_score=m["is"], precision=m["precision"], recall=m["recall"],
-                   contrast=contrast(x).mean().item(), saturation=saturation(x).mean().item(),
+    def __call__(self, x: torch.Tensor, metrics: list[str] | None = None) -> dict:
+        """The figures of images x (float, [-1, 1]): FD, KID, IS, precision/recall (or only ``metrics``
+        of these), contrast, saturation, clipped share and, on mirror, the asymmetry."""
+        metrics = self.METRICS if metrics is None else metrics
+        if "pr" in metrics and "radii" not in self.ref["inception"]:      # once, not per call
+            self.ref["inception"].update(radii=reference_radii(self.real), radii_k=3)
+        m = compute(metrics, self._measure(x, metrics), self.ref, self.names, kid_subsets_n=0, is_splits=1)
+        names = dict(fid="fd", kid="kid", precision="precision", recall="recall")
+        out = {names[k]: v for k, v in m.items() if k in names}
+        if "is" in m:
+            out["inception_score"] = m["is"]
+        out.update(contrast=contrast(x).mean().item(), saturation=saturation(x).mean().item(),
                    clipped=clipped_fraction(x).mean().item())
         if self.dataset == "mirror":
             out["asymmetry"] = asymmetry(x.clamp(-1, 1)).mean().item()
         return out
 
-    def floor(self, n: int | None = None) -> dict:
+    def floor(self, n: int | None = None, metrics: list[str] | None = None) -> dict:
         """The metrics of n held-out real images (all of them by default): what a perfect sampler scores."""
-        return self(self.floor_images[:n])
+        return self(self.floor_images[:n], metrics)
+
+    def floor_set(self, j: int, metrics: list[str] | None = None) -> dict:
+        """The metrics of floor set j (``floor_sets`` disjoint sets of ``floor_count`` real images, each
+        with the samples' class counts)."""
+        return self(self.floor_images[j * self.floor_count:(j + 1) * self.floor_count], metrics)
 
 
 __all__ = ["Evaluator", "balanced"]
