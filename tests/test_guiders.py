@@ -91,7 +91,10 @@ def test_sdxl_two_images_per_prompt(sdxl):
 
 def test_sdxl_swg_alone_runs_one_batch_and_default_window(sdxl):
     classic, pipe = sdxl
-    assert guiders.default_window(16, 8) == 8 and guiders.default_window(64, 8) == 40 and guiders.default_window(32, 2) == 20
+    assert guiders.default_window(64, 8) == 40 and guiders.default_window(32, 2) == 20
+    assert guiders.default_window(16, 4) == 12 and guiders.default_window(24, 4) == 16
+    with pytest.raises(WindowguideError, match="side of 16 is too small.*factor 8"):
+        guiders.default_window(16, 8)           # 8 + 8 = 16: two windows would not overlap
     out = _run(pipe, guiders.SlidingWindowGuidance(guidance_scale=1.0, swg_scale=0.7, masked=False,
                                                   swg_start=0.25, swg_stop=1.0, window=12))
     m = wg.from_pipeline(classic)

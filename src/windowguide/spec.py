@@ -108,7 +108,7 @@ def _number(keys: dict, key: str, default: Any, cast=float) -> Any:
 
 def _window(keys: dict) -> Any:
     if "window" not in keys:
-        return 16
+        return "auto"          # 5/8 of each side, rounded up to the model's factor (windows.default_window)
     sizes = [_number({"window": v}, "window", None, int) for v in keys["window"].split("/")]
     return sizes[0] if len(sizes) == 1 else sizes
 

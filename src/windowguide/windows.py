@@ -178,6 +178,26 @@ def _cached_total(layout: Layout, weighting: str, device, dtype) -> torch.Tensor
     return layout._total(window_weights(weighting, *layout.window, device, dtype))
 
 
+AUTO = "auto"
+
+
+def default_window(side: int, multiple: int = 1) -> int:
+    """The default window of sliding-window guidance on a side of ``side`` latent pixels:
+    k = ceil(5/8 side / multiple) * multiple, the M-SWG paper's 5/8 of the side (40 of 64 on EDM2,
+    20 of 32 on DiT) rounded *up* to the network's factor. Rounding up keeps k > side / 2, so two
+    windows per side always overlap and the M-SWG mask is never empty. A side too small for any
+    window below it (k >= side) is refused, naming the side and the factor."""
+    if side < 1 or multiple < 1:
+        raise WindowguideError(f"default window: need a side and a factor >= 1, got {side} and {multiple}")
+    k = -(-5 * side // (8 * multiple)) * multiple
+    if k >= side:
+        raise WindowguideError(f"a latent side of {side} is too small for sliding-window guidance with the network's "
+                               f"factor {multiple}: its default window (5/8 of the side, rounded up to {multiple}) "
+                               f"would be the whole side; accepted: sides of at least {2 * multiple} latent pixels "
+                               f"with a window that fits, or give window= explicitly")
+    return k
+
+
 def layout(height: int, width: int, window, stride=None, windows_per_side=None, circular: bool = False) -> Layout:
     """Build a Layout. ``window``, ``stride`` and ``windows_per_side`` are ints or (h, w) pairs;
     give exactly one of stride and windows_per_side. ``circular`` wraps along the width."""

@@ -30,6 +30,7 @@ from ..conds import Cond
 from ..denoiser import Denoiser
 from ..errors import WindowguideError
 from ..guidance import CFG, Guidance, GuidedDenoiser
+from ..windows import default_window
 
 SIGMA_FLOOR, SIGMA_CEIL = 1e-8, 1e8
 NETWORKS = ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel", "PixArtTransformer2DModel")
@@ -254,12 +255,6 @@ def skip_layer_negative(net: torch.nn.Module, kind: str, layers) -> Callable:
     return lambda x, sigma, cond: model(x, cond["t"], cond["c"], skip_layers=layers)
 
 
-def default_window(side: int, multiple: int) -> int:
-    """The M-SWG paper's rule of thumb: a window of 5/8 of the side (40 of 64 for EDM2, 20 of 32 for
-    DiT), rounded to the network's multiple."""
-    return max(multiple, int(round(side * 5 / 8 / multiple)) * multiple)
-
-
 OPEN_WINDOW = 0    # a recipe's swg/mswg term without window=: sized when the latent's shape is known
 
 
@@ -277,7 +272,7 @@ def open_windows(recipe: str) -> str:
 
 
 def fit_windows(guidance: Guidance, shape: tuple[int, int], multiple: int) -> Guidance:
-    """SWG terms of an open window get (5/8 H, 5/8 W) rounded to ``multiple`` (``default_window``)."""
+    """SWG terms of an open window get (5/8 H, 5/8 W) rounded up to ``multiple`` (``default_window``)."""
     from dataclasses import replace
     from ..guidance import SWG
     fitted = (default_window(shape[0], multiple), default_window(shape[1], multiple))
