@@ -1,4 +1,6 @@
-"""The ``windowguide`` command line."""
+"""windowguide: sliding-window guidance (SWG, M-SWG), weak-to-strong guidance (CFG, autoguidance, SGG) and
+window fusion for large images, on the bundled models, your checkpoints and local diffusers pipelines.
+Start with 'windowguide demo'; 'windowguide COMMAND --help' explains each command."""
 from __future__ import annotations
 
 import argparse
@@ -202,10 +204,14 @@ def _demo(args) -> int:
     return 0
 
 
+_DEVICE = "cpu (default), cuda, cuda:N or mps"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every subcommand."""
     from .toy import EXPERIMENTS
     p = argparse.ArgumentParser(prog="windowguide", description=__doc__)
+    p.set_defaults(resumable=False)
     p.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -213,13 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     toy = sub.add_parser("toy", parents=[common], help="2-D experiments with exact ground truth")
-    toy.add_argument("name", choices=sorted(EXPERIMENTS))
+    toy.add_argument("name", choices=sorted(EXPERIMENTS),
+                     help="leaves: the SGG paper's regimes on recursive 2-D mixtures; tree: autoguidance with a "
+                          "weaker and a weight-decayed model, and SGG; triangle: the M-SWG paper's analytic toy")
     toy.add_argument("--json", help="write the report here")
     toy.add_argument("--out", help="folder for figures (default runs/toy/NAME)")
     toy.set_defaults(func=_toy)
 
     bench = sub.add_parser("bench", parents=[common], help="benchmarks that print figures")
-    bench.add_argument("what", choices=["speed", "quality", "panorama", "w2s", "generate", "positions", "demo"])
+    bench.add_argument("what", choices=["speed", "quality", "panorama", "w2s", "generate", "positions", "demo"],
+                       help="speed: what each guidance costs against its FLOP floor and diffusers; quality: every "
+                            "guidance method over weights on the bundled models (FD, KID, IS, P/R, coherence); "
+                            "panorama: fusion methods on wide scenes, and speed against diffusers; w2s: guidance "
+                            "learned in training vs CFG; generate: the sample command's overhead and 1 vs 2 "
+                            "processes; positions: crop positional embeddings on a tiny DiT; demo: 'windowguide "
+                            "demo' timed as a fresh process, alone and beside a busy core")
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
@@ -237,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     smp = sub.add_parser("sample", parents=[common], help="sample a model with a guidance SPEC (see the README)")
     smp.add_argument("--model", required=True,
-                     help="bundled name (digits, mirror), a .safetensors file, or a local diffusers pipeline folder")
+                     help="bundled name (digits, mirror, scenes, or their -weak/-wd variants), a .safetensors "
+                          "file, or a local diffusers pipeline folder")
     smp.add_argument("--guidance", help="e.g. 'cfg:w=1+mswg:w=0.5,window=16' (default none)")
     smp.add_argument("--preset", help="a paper's setting by name (see windowguide.presets): e.g. edm2-s-mswg-fid")
     smp.add_argument("--weak", help="the weak model of an autoguidance preset (a .safetensors)")
@@ -251,26 +266,30 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--crop-positions", choices=["slice", "stretch"],
                      help="pipeline folders (DiT, FLUX): a crop's positions: its true location (slice, the default) "
                           "or its own grid (stretch, the M-SWG authors' way; the DiT presets' choice)")
-    smp.add_argument("--seeds", default="0-63", help="e.g. 0-63 or 1,5,7-9")
+    smp.add_argument("--seeds", default="0-63", help="one sample per seed, e.g. 0-63 or 1,5,7-9 (default 0-63)")
     smp.add_argument("--class", dest="klass", default=None,
                      help="class index, 'all' (seed mod K, the default) or 'none' (unconditional)")
-    smp.add_argument("--out", default="runs/sample")
+    smp.add_argument("--out", default="runs/sample",
+                     help="folder for the PNGs, grid, npz and manifest; a re-run resumes it (default runs/sample)")
     smp.add_argument("--steps", type=int, help="default 32 (or the preset's)")
     smp.add_argument("--sampler", help="default heun (or the preset's)")
     smp.add_argument("--batch-size", type=int, help="seeds drawn together (default 64; pipeline folders 4)")
-    smp.add_argument("--device")
-    smp.set_defaults(func=_sample)
+    smp.add_argument("--device", help=_DEVICE)
+    smp.set_defaults(func=_sample, resumable=True)
 
     pano = sub.add_parser("panorama", parents=[common], help="a canvas larger than the model, from fused windows")
     pano.add_argument("--model", default="scenes", help="bundled name, checkpoint, or diffusers pipeline folder")
     pano.add_argument("--prompt", help="pipeline folders: the prompt")
     pano.add_argument("--negative-prompt", default="", help="pipeline folders: CFG's negative prompt")
-    pano.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    pano.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                      help="pipeline folders: weights and activations")
     pano.add_argument("--preset", help="pipeline folders: a panorama preset, e.g. gvcf-sd2-panorama")
     pano.add_argument("--width", type=int, default=96, help="canvas width in pixels")
     pano.add_argument("--height", type=int, help="canvas height (default: the model's)")
     pano.add_argument("--stride", type=int, default=8, help="step between windows")
-    pano.add_argument("--mode", default="multidiffusion", choices=["multidiffusion", "gf", "gaussian"])
+    pano.add_argument("--mode", default="multidiffusion", choices=["multidiffusion", "gf", "gaussian"],
+                      help="multidiffusion: uniform average of window states; gf: Guided Fusion's cone weights; "
+                           "gaussian: Mixture of Diffusers' gaussian weights on predictions")
     pano.add_argument("--fuse", choices=["state", "prediction"], help="override the mode's fused quantity")
     pano.add_argument("--sampler", help="ddim (default), ddpm, euler, heun")
     pano.add_argument("--steps", type=int, help="default 32 (pipeline folders 50, or the preset's)")
@@ -281,25 +300,27 @@ def build_parser() -> argparse.ArgumentParser:
     pano.add_argument("--circular", action="store_true", help="wrap around the width (360 degrees)")
     pano.add_argument("--guidance", default="none", help="SPEC applied inside every window")
     pano.add_argument("--class", dest="klass", default=None, help="class index, 'all' or 'none'")
-    pano.add_argument("--seeds", default="0-3")
-    pano.add_argument("--out", default="runs/panorama")
+    pano.add_argument("--seeds", default="0-3", help="one panorama per seed, e.g. 0-3 or 1,5 (default 0-3)")
+    pano.add_argument("--out", default="runs/panorama",
+                      help="folder for the panoramas and manifest; a re-run resumes it (default runs/panorama)")
     pano.add_argument("--max-batch", type=int, help="window-sized inputs per network call (memory cap)")
     pano.add_argument("--batch-size", type=int, default=4, help="panoramas drawn together (default 4)")
-    pano.add_argument("--device")
-    pano.set_defaults(func=_panorama)
+    pano.add_argument("--device", help=_DEVICE)
+    pano.set_defaults(func=_panorama, resumable=True)
 
     met = sub.add_parser("metrics", parents=[common], help="FID, FD-DINOv2, KID, IS, precision/recall of images")
     met.add_argument("images", help="a folder of images (recursively) or an .npz with an 'images' array")
     met.add_argument("--ref", help="reference: windowguide/pytorch-fid .npz, EDM2 .pkl, or a bundled dataset name")
-    met.add_argument("--metrics", default="fid,kid,is,pr", help="comma-separated: fid,fd_dinov2,kid,is,pr")
+    met.add_argument("--metrics", help="comma-separated: fid,fd_dinov2,kid,is,pr (default fid,kid,is,pr, less "
+                                       "those the image count cannot support, each named)")
     met.add_argument("--make-ref", action="store_true", help="write the images' reference statistics to --out")
     met.add_argument("--out", help="with --make-ref: the REF.npz to write")
     met.add_argument("--features", default="inception",
                      help="network in the Inception's role: inception, or a bundled NAME-classifier")
     met.add_argument("--inception", help="pt_inception-2015-12-05-6726825d.pth (or $WINDOWGUIDE_INCEPTION)")
     met.add_argument("--dinov2", help="local DINOv2 ViT-L/14 folder, transformers format (or $WINDOWGUIDE_DINOV2)")
-    met.add_argument("--batch-size", type=int, default=64)
-    met.add_argument("--device")
+    met.add_argument("--batch-size", type=int, default=64, help="images per feature-network call (default 64)")
+    met.add_argument("--device", help=_DEVICE)
     met.add_argument("--json", help="write the result here")
     met.set_defaults(func=_metrics)
 
@@ -319,23 +340,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dataset", help="digits, mirror, a folder of images or an .npz file")
     tr.add_argument("--out", required=True, help="folder: state.safetensors (resumable) and model.safetensors")
     tr.add_argument("--classifier", action="store_true", help="train the feature classifier instead")
-    tr.add_argument("--steps", type=int)
-    tr.add_argument("--batch", type=int)
-    tr.add_argument("--lr", type=_finite())
+    tr.add_argument("--steps", type=int, help="optimiser steps (default: the preset's)")
+    tr.add_argument("--batch", type=int, help="images per step (default: the preset's)")
+    tr.add_argument("--lr", type=_finite(), help="learning rate (default: the preset's)")
     tr.add_argument("--base", type=int, help="UNet width")
     tr.add_argument("--mults", type=_mults, help="channel multipliers per level, e.g. 1,2,2")
-    tr.add_argument("--weight-decay", type=_finite())
-    tr.add_argument("--label-dropout", type=_finite())
-    tr.add_argument("--unconditional", action="store_true")
-    tr.add_argument("--seed", type=int)
-    tr.add_argument("--checkpoint-every", type=int)
+    tr.add_argument("--weight-decay", type=_finite(), help="AdamW weight decay (the -wd models: 1.0)")
+    tr.add_argument("--label-dropout", type=_finite(), help="share of labels replaced by the null label (CFG's "
+                                                              "unconditional model), e.g. 0.1")
+    tr.add_argument("--unconditional", action="store_true", help="train without labels")
+    tr.add_argument("--seed", type=int, help="seed of every random draw of training")
+    tr.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
     tr.add_argument("--w2s", choices=["mg", "ag", "branch", "sgg"],
                     help="weak-to-strong guidance in training: the model learns the guided prediction")
     tr.add_argument("--w2s-weight", type=_finite(), help="its weight w (0 = none; a CFG scale is 1 + w)")
     tr.add_argument("--w2s-split", type=_finite(), help="sgg: CFG difference above this sigma (default 1)")
     tr.add_argument("--w2s-low", choices=["branch", "ag"], help="sgg: the low-noise source (default branch)")
     tr.add_argument("--w2s-weak", help="ag: the weak model (default: the preset's NAME-weak)")
-    tr.set_defaults(func=_train)
+    tr.set_defaults(func=_train, resumable=True)
     return p
 
 
@@ -348,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print("windowguide: interrupted; run the same command again to resume", file=sys.stderr)
+        print("windowguide: interrupted; " + ("run the same command again to resume" if args.resumable else
+                                              "nothing was kept; this command does not resume"), file=sys.stderr)
         return 130
     except RunError as e:
         if args.debug:
@@ -369,8 +392,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    """The message's first line, plus the SPEC syntax line when there is one."""
-    return " ".join(str(e).split("\n"))
+    """The message on one line: its lines joined as sentences (the SPEC syntax after the problem)."""
+    parts = [p.strip() for p in str(e).split("\n") if p.strip()]
+    return " ".join(p if p[-1] in ".;:!?" or i == len(parts) - 1 else p + "." for i, p in enumerate(parts))
 
 
 if __name__ == "__main__":

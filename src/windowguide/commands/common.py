@@ -153,6 +153,10 @@ def draw_missing(seeds, r, path_of: Callable[[int], str], batch_size: int, draw:
             drawn += len(batch)
         bar.update(len(batch) * r.world)
     bar.close()
+    if drawn == 0 and progress and r.world == 1:     # a finished run re-run: say so instead of nothing
+        first = next(iter(seeds), None)
+        where = os.path.dirname(path_of(first)) if first is not None else "the folder"
+        print(f"all {len(seeds)} seeds already in {where}; nothing to draw", flush=True)
     return drawn
 
 

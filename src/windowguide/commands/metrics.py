@@ -96,11 +96,27 @@ def _listed(folder: str) -> list[str] | None:
         return [os.path.join(folder, name) for name in json.load(f)["files"]]
 
 
-def run(images: str, ref: str | None = None, metrics: str = "fid,kid,is,pr", out: str | None = None,
+DEFAULT_METRICS = "fid,kid,is,pr"
+IS_SPLITS = 10
+PR_K = 3
+
+
+def supported(names: list[str], count: int) -> tuple[list[str], dict[str, str]]:
+    """The default metrics that ``count`` images can support, and each one left out with the reason."""
+    need = {"is": (IS_SPLITS, f"the Inception Score's {IS_SPLITS} splits need at least {IS_SPLITS} images"),
+            "pr": (PR_K + 1, f"precision/recall's k = {PR_K} neighbours need at least {PR_K + 1} images")}
+    left = {m: f"{why}, got {count}" for m, (n, why) in need.items() if m in names and count < n}
+    return [m for m in names if m not in left], left
+
+
+def run(images: str, ref: str | None = None, metrics: str | None = None, out: str | None = None,
         make_ref: bool = False, features: str = "inception", inception: str | None = None, dinov2: str | None = None,
         batch_size: int = 64, device="cpu", json_path: str | None = None, progress: bool = True) -> dict:
-    """Metrics of ``images`` against ``ref`` (or, with ``make_ref``, reference statistics written to ``out``)."""
-    names = parse_metrics(metrics)
+    """Metrics of ``images`` against ``ref`` (or, with ``make_ref``, reference statistics written to ``out``).
+    metrics None: fid, kid, is, pr less those the image count cannot support (``supported``: named in
+    the result's ``left_out``). On a bundled classifier, 'fid' is an FD on that classifier's features:
+    the result's ``labels`` say so."""
+    names = parse_metrics(metrics or DEFAULT_METRICS)
     check_count(batch_size, "--batch-size")
     if make_ref:
         if not out:
@@ -119,6 +135,9 @@ def run(images: str, ref: str | None = None, metrics: str = "fid,kid,is,pr", out
         features = features if features != "inception" else f"{ref}-classifier"
     reference = None if make_ref or bundled else load_reference(ref)    # fail on a bad --ref before any work
     data = ImageSet(images)
+    left_out = {}
+    if metrics is None:
+        names, left_out = supported(names, len(data))
     nets = load_networks(names, features, inception, dinov2, device)
     net_names = {role: net.name for role, net in nets.items()}
     stats = measure(data.batches(r, batch_size, progress), nets, names)
@@ -130,7 +149,10 @@ def run(images: str, ref: str | None = None, metrics: str = "fid,kid,is,pr", out
     if bundled:
         reference = as_reference(_bundled_reference(ref, nets, names), net_names)
     result = dict(images=data.path, count=stats[next(iter(stats))].count, reference=ref, networks=net_names,
-                  **compute(names, stats, reference, net_names))
+                  **compute(names, stats, reference, net_names, is_splits=IS_SPLITS, pr_k=PR_K))
+    result["labels"] = labels(result, net_names)
+    if left_out:
+        result["left_out"] = left_out
     if json_path and r.main:
         write_json(json_path, result)
     distributed.close()
@@ -152,14 +174,25 @@ def _bundled_reference(dataset: str, nets: dict, names: list[str]):
     return measure(batches, nets, names, float_images=True, reduce=False)
 
 
+def labels(result: dict, networks: dict) -> dict:
+    """What each number is, by its network: 'fid' is FID only on the FID Inception; on a bundled
+    classifier it is an FD on that classifier's features (and KID, IS, P/R are on them too)."""
+    inc = networks.get("inception", "inception")
+    names = {"fid": "FID" if inc == "inception" else f"FD on {inc}", "fd_dinov2": "FD-DINOv2", "kid": "KID",
+             "is": "IS", "precision": "precision", "recall": "recall"}
+    return {k: v for k, v in names.items() if k in result}
+
+
 def format_result(result: dict) -> str:
     keys = [k for k in ("fid", "fd_dinov2", "kid", "is", "precision", "recall") if k in result]
+    label = result.get("labels") or {}
     parts = []
     for k in keys:
         std = result.get(f"{k}_std")
-        parts.append(f"{k} {result[k]:.4g}" + (f" ± {std:.2g}" if std is not None else ""))
+        parts.append(f"{label.get(k, k)} {result[k]:.4g}" + (f" ± {std:.2g}" if std is not None else ""))
     nets = ", ".join(f"{role}: {name}" for role, name in result["networks"].items())
-    return f"{result['count']} images vs {result['reference']} ({nets})\n" + "  ".join(parts)
+    left = "".join(f"\nleft out {m}: {why}" for m, why in (result.get("left_out") or {}).items())
+    return f"{result['count']} images vs {result['reference']} ({nets})\n" + "  ".join(parts) + left
 
 
 __all__ = ["run", "ImageSet", "format_result"]

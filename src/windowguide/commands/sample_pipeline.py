@@ -40,7 +40,7 @@ def load_pipeline(folder: str, device, dtype: str = "float32"):
         index = json.load(f)
     # components saved as absent (e.g. SD3 without T5) must be passed as None explicitly
     absent = {k: None for k, v in index.items() if isinstance(v, list) and v[0] is None}
-    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, torch_dtype=DTYPES[dtype], **absent)
+    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, dtype=DTYPES[dtype], **absent)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
