@@ -21,4 +21,16 @@ class NonFiniteError(RunError):
     """A prediction, a loss or a weight became NaN or infinite."""
 
 
-__all__ = ["WindowguideError", "RunError", "NonFiniteError"]
+INSTALL_DIFFUSERS = ("pip install -e '.[diffusers]' in a windowguide checkout, or pip install 'windowguide[diffusers]' "
+                     "(diffusers>=0.42,<0.43 and transformers)")
+
+
+def missing_module(what: str, exc: ImportError) -> WindowguideError:
+    """The error for an optional dependency that does not import: it names the module that failed
+    (which need not be the one imported first) and the extra that installs it."""
+    name = getattr(exc, "name", None) or str(exc)
+    return WindowguideError(f"{what} needs the module {name!r}, which does not import here ({exc}); "
+                            f"install it with {INSTALL_DIFFUSERS}")
+
+
+__all__ = ["WindowguideError", "RunError", "NonFiniteError", "missing_module", "INSTALL_DIFFUSERS"]

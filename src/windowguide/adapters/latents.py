@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import WindowguideError
+from ..errors import WindowguideError, missing_module
 from ..files import pretrained_dir
 
 ENV = "WINDOWGUIDE_VAE"
@@ -30,8 +30,8 @@ def load_vae(folder: str | None, device: Any = "cpu"):
             f"'stabilityai/sd-vae-ft-mse').save_pretrained(DIR) where there is internet) or set {ENV}=DIR")
     try:
         from diffusers import AutoencoderKL
-    except ImportError:
-        raise WindowguideError("decoding latents needs diffusers: pip install 'windowguide[diffusers]'") from None
+    except ImportError as exc:
+        raise missing_module("decoding latents", exc) from None
     return AutoencoderKL.from_pretrained(folder, local_files_only=True).eval().requires_grad_(False).to(device)
 
 

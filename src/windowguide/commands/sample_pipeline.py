@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .. import spec
-from ..errors import WindowguideError
+from ..errors import WindowguideError, missing_module
 from ..files import check_out_dir, write_png
 from ..generate import parse_seeds, sample
 from .common import check_count, claim, draw_missing, finish, labels_for, normalise_class, rank_device
@@ -33,8 +33,8 @@ def load_pipeline(folder: str, device, dtype: str = "float32"):
         raise WindowguideError(f"--dtype {dtype!r}: accepted: {', '.join(DTYPES)}")
     try:
         from diffusers import DiffusionPipeline
-    except ImportError:
-        raise WindowguideError("a pipeline folder needs diffusers: pip install 'windowguide[diffusers]'") from None
+    except ImportError as exc:
+        raise missing_module("a pipeline folder", exc) from None
     import json
     with open(os.path.join(folder, "model_index.json")) as f:
         index = json.load(f)

@@ -43,8 +43,9 @@ try:
     from diffusers.guiders.guider_utils import GuiderOutput, rescale_noise_cfg
     from diffusers.hooks import HookRegistry
 except ImportError as exc:                      # pragma: no cover - exercised without diffusers
-    raise ImportError("windowguide's guiders plug into diffusers' modular pipelines and need diffusers: "
-                      "pip install 'windowguide[diffusers]' (diffusers>=0.42,<0.43)") from exc
+    from ..errors import INSTALL_DIFFUSERS
+    raise ImportError(f"windowguide's guiders plug into diffusers' modular pipelines and need diffusers (the module "
+                      f"{getattr(exc, 'name', None) or exc!s} does not import): {INSTALL_DIFFUSERS}") from exc
 
 import torch
 

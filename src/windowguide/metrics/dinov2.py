@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import WindowguideError
+from ..errors import WindowguideError, missing_module
 from ..files import pretrained_dir
 
 ENV = "WINDOWGUIDE_DINOV2"
@@ -54,8 +54,8 @@ def load_dinov2(folder: str | None = None, device="cpu") -> DINOv2Features:
             f"machine with internet, then pass --dinov2 DIR or set {ENV}=DIR")
     try:
         from transformers import Dinov2Model
-    except ImportError:
-        raise WindowguideError("FD-DINOv2 needs transformers: pip install 'windowguide[diffusers]'") from None
+    except ImportError as exc:
+        raise missing_module("FD-DINOv2", exc) from None
     model = Dinov2Model.from_pretrained(folder, local_files_only=True)
     return DINOv2Features(model).to(device)
 
