@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import tempfile
 from typing import Any, Callable, Iterator
 
@@ -112,8 +113,64 @@ def locked(folder: str) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+STALE_TMP_S = 15 * 60     # a temporary of ours this old is left by a killed writer (a write takes seconds)
+_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")       # atomic_write's mkstemp names
+
+
+def remove_stale_temporaries(folder: str, age_s: float = STALE_TMP_S) -> list[str]:
+    """Delete this project's own temporaries (``.NAME.XXXXXXXX.tmp``) older than ``age_s`` in ``folder``:
+    what a writer killed mid-write (SIGKILL) leaves; a live writer's are younger and kept."""
+    import time
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    now = time.time()
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if _TMP.match(name) and os.path.isfile(path) and not os.path.islink(path):
+            with contextlib.suppress(OSError):
+                if now - os.path.getmtime(path) > age_s:
+                    os.unlink(path)
+                    removed.append(path)
+    return removed
+
+
+def _hash_file(path: str, limit: int = 1 << 24) -> str:
+    """sha256 of a small file, or for a safetensors / large file of its size, header and last bytes."""
+    import hashlib
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= limit:
+            h.update(f.read())
+        else:                                  # safetensors: the header names every tensor, dtype and offset
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if path.endswith(".safetensors") else 0
+            h.update(head + f.read(min(n, 1 << 26) if 0 < n < size else 1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(path: str) -> dict[str, str]:
+    """{file: hash} of a model file or of every file in a model folder (relative names), so that a
+    resumed run can tell that the network changed under the same path, and say which file did."""
+    if os.path.isfile(path):
+        return {os.path.basename(path): _hash_file(path)}
+    out = {}
+    for d, dirs, names in os.walk(path):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(d, name)
+            if name.startswith(".") or not os.path.isfile(full):
+                continue
+            out[os.path.relpath(full, path)] = _hash_file(full)
+    return out
+
+
 __all__ = ["atomic_write", "write_bytes", "write_json", "write_npz", "write_png", "read_png", "check_out_dir",
-           "locked"]
+           "locked", "fingerprint", "remove_stale_temporaries"]
 
 
 def pretrained_dir(folder: str | None, env: str) -> tuple[str | None, str | None]:

@@ -21,6 +21,7 @@ from .errors import WindowguideError
 
 
 SEED_LIMIT = 2 ** 63
+MAX_STEPS = 10_000
 SEED_SYNTAX = "accepted: '7', '0-63', '1,5,7-9' (integers in [0, 2^63), ranges ascending)"
 
 
@@ -163,6 +164,8 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     """
     if sampler not in SAMPLERS:
         raise WindowguideError(f"unknown sampler {sampler!r}; accepted: {sorted(SAMPLERS)}")
+    if sigmas is None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS):
+        raise WindowguideError(f"steps {steps!r}: accepted: an integer in 1..{MAX_STEPS}")
     shape = tuple(shape)
     if len(shape) != 3 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in shape):
         raise WindowguideError(f"shape must be (C, H, W) of positive ints, got {shape!r}")

@@ -43,10 +43,17 @@ def check_device(device: Any) -> torch.device:
     return dev
 
 
-def check_count(value: Any, flag: str, minimum: int = 1) -> int:
-    """An integer >= minimum (bools refused), or a WindowguideError naming the flag."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise WindowguideError(f"{flag} {value!r}: accepted: an integer >= {minimum}")
+MAX_STEPS = 10_000     # sampler steps: far past any paper's 1000; a billion would allocate gigabytes of sigmas
+
+
+def check_count(value: Any, flag: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer in [minimum, maximum] (bools refused), or a WindowguideError naming the flag;
+    ``--steps`` is bounded by ``MAX_STEPS`` unless told otherwise."""
+    maximum = MAX_STEPS if maximum is None and flag == "--steps" else maximum
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        bound = f"an integer in {minimum}..{maximum}" if maximum is not None else f"an integer >= {minimum}"
+        raise WindowguideError(f"{flag} {value!r}: accepted: {bound}")
     return value
 
 
@@ -112,18 +119,49 @@ def done(path: str) -> bool:
     return True
 
 
+def _model_files(model: Any) -> dict | None:
+    """The fingerprint of the model named in the settings (a bundled name, a file, a folder)."""
+    from ..files import fingerprint
+    from ..models.checkpoint import resolve
+    if not isinstance(model, str):
+        return None
+    if os.path.isdir(model) or os.path.isfile(model):
+        return fingerprint(model)
+    try:
+        return fingerprint(resolve(model))
+    except WindowguideError:
+        return None
+
+
 def claim(out: str, settings: dict) -> None:
     """Write OUT/settings.json once, or check that the folder's recipe is this one (naming what differs);
-    under the folder's lock, so concurrent runs agree."""
+    under the folder's lock, so concurrent runs agree. The settings get the model's fingerprint
+    (``files.fingerprint``): a resume whose network changed under the same path is refused, naming the
+    files that changed. Stale temporaries of a killed writer are removed."""
+    from ..files import remove_stale_temporaries
     path = os.path.join(out, "settings.json")
+    files = _model_files(settings.get("model"))
+    if files is not None:
+        settings = {**settings, "model_files": files}
     with locked(out):
+        remove_stale_temporaries(out)
         if os.path.exists(path):
             try:
                 with open(path) as f:
                     old = json.load(f)
             except (OSError, ValueError):
                 raise WindowguideError(f"{path} is not readable JSON; remove it or choose another --out") from None
+            if not isinstance(old, dict):
+                raise WindowguideError(f"{path} is not a settings record; remove it or choose another --out")
             new = json.loads(json.dumps(settings))
+            if "model_files" in old and old.get("model_files") != new.get("model_files"):
+                was, now = old["model_files"] or {}, new.get("model_files") or {}
+                changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+                raise WindowguideError(f"{out} holds samples of another network: the model's files changed since it "
+                                       f"was started ({', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); "
+                                       f"choose another --out, or put the old model back")
+            old.pop("model_files", None)       # a folder of an earlier version has no fingerprint to compare
+            new.pop("model_files", None)
             differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if differ:
                 detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in differ)

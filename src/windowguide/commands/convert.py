@@ -17,7 +17,7 @@ import torch
 from ..errors import WindowguideError
 from ..files import check_out_dir
 from ..formats.edm2_pickle import read_edm2
-from ..models.checkpoint import atomic_save, load_model
+from ..models.checkpoint import MAX_CHANNELS, MAX_SIDE, atomic_save, load_model
 from ..models.edm2 import EDM2Precond
 
 
@@ -25,6 +25,10 @@ def convert_edm2(src: str, out: str, key: str = "ema") -> dict:
     """EDM2 .pkl -> .safetensors with record {kind: edm2, config, shape, encoder, source}."""
     ck = read_edm2(src, key)
     config = ck.init_kwargs
+    res, ch = config.get("img_resolution"), config.get("img_channels")
+    if not (isinstance(res, int) and 1 <= res <= MAX_SIDE and isinstance(ch, int) and 1 <= ch <= MAX_CHANNELS):
+        raise WindowguideError(f"{src}: EDM2 img_resolution {res!r} and img_channels {ch!r}; accepted: 1..{MAX_SIDE} "
+                               f"and 1..{MAX_CHANNELS}")
     try:
         with torch.device("meta"):
             net = EDM2Precond(**config)
@@ -40,8 +44,8 @@ def convert_edm2(src: str, out: str, key: str = "ema") -> dict:
     record = dict(kind="edm2", config=net.config, shape=[config["img_channels"], config["img_resolution"],
                                                           config["img_resolution"]],
                   encoder=ck.encoder, source=os.path.basename(src), network=key)
-    atomic_save(ck.state_dict, out, {"windowguide": json.dumps(record)})
-    load_model(out, "edm2")                      # the file reads back into the architecture
+    # the new file must read back into the architecture before it replaces anything at ``out``
+    atomic_save(ck.state_dict, out, {"windowguide": json.dumps(record)}, check=lambda tmp: load_model(tmp, "edm2"))
     return record
 
 

@@ -25,6 +25,7 @@ from ..metrics.reference import load_reference, save_reference
 from .common import check_count, check_device
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+from ..imageio import MAX_PIXELS  # noqa: E402
 
 
 class ImageSet:
@@ -32,22 +33,39 @@ class ImageSet:
 
     def __init__(self, path: str):
         self.path = path
+        self.note = None
         if os.path.isdir(path):
-            self.files = _listed(path) or sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names
-                                                 if f.lower().endswith(IMAGE_SUFFIXES))
+            found = sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names
+                           if f.lower().endswith(IMAGE_SUFFIXES))
+            listed = _listed(path)
+            self.files = listed if listed is not None else found
+            if listed is not None:
+                unlisted = len(set(found) - set(listed) - {os.path.join(path, "grid.png")})
+                if unlisted:
+                    self.note = (f"{path}/manifest.json lists {len(listed)} images; {unlisted} other image file(s) in "
+                                 f"the folder are not measured")
             self.array = None
         elif os.path.isfile(path) and path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as z:
-                if "images" not in z.files:
-                    raise WindowguideError(f"{path} has no 'images' array (it holds {z.files})")
-                self.array = z["images"]
-            if self.array.dtype != np.uint8 or self.array.ndim != 4:
-                raise WindowguideError(f"{path}: 'images' must be NHWC uint8, got {self.array.dtype} {self.array.shape}")
+            self.array = _npz_images(path)
             self.files = None
         else:
             raise WindowguideError(f"{path!r}: accepted: a folder of images or an .npz with an 'images' array")
         if len(self) < 2:
             raise WindowguideError(f"{path}: found {len(self)} images; statistics need at least 2")
+        self.size = self._check_sizes()
+
+    def _check_sizes(self) -> tuple[int, int, int]:
+        """(H, W, C) shared by every image, from the headers, before anything is decoded."""
+        if self.array is not None:
+            return tuple(self.array.shape[1:])
+        from ..imageio import header
+        first = header(self.files[0])
+        for f in self.files[1:]:
+            h = header(f)
+            if h[:2] != first[:2]:
+                raise WindowguideError(f"images of different sizes: {self.files[0]} is {first[1]} x {first[0]}, {f} is "
+                                       f"{h[1]} x {h[0]}; metrics need one size")
+        return first
 
     def __len__(self) -> int:
         return len(self.files) if self.files is not None else len(self.array)
@@ -67,13 +85,8 @@ class ImageSet:
 
     @staticmethod
     def _decode(path: str) -> np.ndarray:
-        from PIL import Image
-        try:
-            with Image.open(path) as im:
-                a = np.asarray(im.convert("L") if im.mode in ("L", "I", "I;16", "1") else im.convert("RGB"))
-        except (OSError, SyntaxError, ValueError) as e:
-            raise WindowguideError(f"{path} does not decode as an image ({e})") from None
-        return a[..., None] if a.ndim == 2 else a
+        from ..imageio import read_uint8
+        return read_uint8(path)
 
     def batches(self, r: distributed.Ranks, batch: int, progress: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's (index, images) batches: images r, r + K, ..."""
@@ -92,8 +105,41 @@ def _listed(folder: str) -> list[str] | None:
     if not os.path.isfile(path):
         return None
     import json
-    with open(path) as f:
-        return [os.path.join(folder, name) for name in json.load(f)["files"]]
+    try:
+        with open(path) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WindowguideError(f"{path}: not a windowguide manifest with a 'files' list ({type(e).__name__}: {e}); "
+                               f"fix or remove it") from None
+    if not isinstance(files, list) or not all(isinstance(n, str) and n and not os.path.isabs(n) and ".." not in n
+                                               for n in files):
+        raise WindowguideError(f"{path}: 'files' must be a list of file names inside the folder")
+    missing = [n for n in files if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise WindowguideError(f"{path} lists {len(missing)} file(s) that are not there, e.g. {missing[0]}")
+    return [os.path.join(folder, name) for name in files]
+
+
+def _npz_images(path: str) -> np.ndarray:
+    """The 'images' array of an .npz, NHWC uint8 (NCHW is named as such), never unpickled."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "images" not in z.files:
+                raise WindowguideError(f"{path} has no 'images' array (it holds {z.files})")
+            a = z["images"]
+    except WindowguideError:
+        raise
+    except (ValueError, OSError, EOFError) as e:
+        msg = "holds object arrays, which are never unpickled" if "allow_pickle" in str(e) else f"{type(e).__name__}: {e}"
+        raise WindowguideError(f"{path}: not a readable .npz ({msg})") from None
+    if a.ndim == 4 and a.shape[1] in (1, 3) and a.shape[-1] not in (1, 3):
+        raise WindowguideError(f"{path}: 'images' of shape {a.shape} looks like NCHW; accepted: NHWC uint8 "
+                               f"(transpose it with a.transpose(0, 2, 3, 1))")
+    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] not in (1, 3):
+        raise WindowguideError(f"{path}: 'images' must be NHWC uint8 with 1 or 3 channels, got {a.dtype} {a.shape}")
+    if a.shape[1] * a.shape[2] > MAX_PIXELS:
+        raise WindowguideError(f"{path}: images of {a.shape[2]} x {a.shape[1]}; accepted: at most {MAX_PIXELS} pixels")
+    return a
 
 
 DEFAULT_METRICS = "fid,kid,is,pr"
@@ -125,6 +171,7 @@ def run(images: str, ref: str | None = None, metrics: str | None = None, out: st
     elif not ref:
         raise WindowguideError("metrics needs --ref REF (a reference .npz/.pkl or a bundled dataset name), "
                                "or --make-ref to write one")
+    _check_outputs(out if make_ref else None, json_path)
     r = distributed.init(device)
     device = distributed.local_device(check_device(device), r)
     bundled = ref is not None and _bundled_dataset(ref)
@@ -140,6 +187,9 @@ def run(images: str, ref: str | None = None, metrics: str | None = None, out: st
         names, left_out = supported(names, len(data))
     nets = load_networks(names, features, inception, dinov2, device)
     net_names = {role: net.name for role, net in nets.items()}
+    _check_fit(data, nets, reference)
+    if make_ref and os.path.exists(out) and progress and r.main:
+        print(f"note: {out} exists and will be replaced by this reference")
     stats = measure(data.batches(r, batch_size, progress), nets, names)
     if make_ref:
         if r.main:
@@ -151,12 +201,44 @@ def run(images: str, ref: str | None = None, metrics: str | None = None, out: st
     result = dict(images=data.path, count=stats[next(iter(stats))].count, reference=ref, networks=net_names,
                   **compute(names, stats, reference, net_names, is_splits=IS_SPLITS, pr_k=PR_K))
     result["labels"] = labels(result, net_names)
+    if data.note:
+        result["note"] = data.note
     if left_out:
         result["left_out"] = left_out
     if json_path and r.main:
         write_json(json_path, result)
     distributed.close()
     return result
+
+
+def _check_outputs(out: str | None, json_path: str | None) -> None:
+    """--out (a reference file) and --json must be writable files, checked before any feature."""
+    for flag, path in (("--out", out), ("--json", json_path)):
+        if not path:
+            continue
+        if os.path.isdir(path):
+            raise WindowguideError(f"{flag} {path}: is a folder; give a file name")
+        parent = os.path.dirname(os.path.abspath(path))
+        probe = parent
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        if not os.path.isdir(probe):
+            raise WindowguideError(f"{flag} {path}: {probe} is a file, not a folder")
+        if not os.access(probe, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+            raise WindowguideError(f"{flag} {path}: not writable")
+
+
+def _check_fit(data: "ImageSet", nets: dict, reference: dict | None) -> None:
+    """Before the feature pass: a bundled classifier sees images of its own size, and the reference's
+    statistics have the dimension of the network that will measure the images."""
+    for role, net in nets.items():
+        shape = (getattr(net, "info", None) or {}).get("shape")
+        if shape and tuple(data.size[:2]) != tuple(shape[1:]):
+            raise WindowguideError(f"{net.name} measures {shape[2]} x {shape[1]} images; these are {data.size[1]} x "
+                                   f"{data.size[0]} (resize them, or use --features inception)")
+        if reference and role in reference and len(reference[role]["mu"]) != net.feature_dim:
+            raise WindowguideError(f"the reference's {role} statistics have dimension {len(reference[role]['mu'])}, "
+                                   f"the {net.name} network's features {net.feature_dim}: they do not compare")
 
 
 def _bundled_dataset(name: str) -> bool:
@@ -192,6 +274,7 @@ def format_result(result: dict) -> str:
         parts.append(f"{label.get(k, k)} {result[k]:.4g}" + (f" ± {std:.2g}" if std is not None else ""))
     nets = ", ".join(f"{role}: {name}" for role, name in result["networks"].items())
     left = "".join(f"\nleft out {m}: {why}" for m, why in (result.get("left_out") or {}).items())
+    left += f"\nnote: {result['note']}" if result.get("note") else ""
     return f"{result['count']} images vs {result['reference']} ({nets})\n" + "  ".join(parts) + left
 
 

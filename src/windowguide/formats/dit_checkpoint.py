@@ -30,14 +30,16 @@ import torch
 from ..errors import WindowguideError
 
 HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1152: 16}
+# Bounds on what a file may declare (the largest DiT, XL/2 at 512 px: 28 layers, width 1152, 1000 classes,
+# 64 x 64 latents of 4 channels); a file past them is refused before any network is built.
+LIMITS = dict(num_layers=64, hidden=4096, classes=100_000, tokens=128 * 128, in_channels=64, patch_size=16)
 
 
 def read_dit(path: str) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WindowguideError(f"{path}: not a weights-only torch file ({type(e).__name__}: "
-                               f"{' '.join(str(e).split())[:200]})") from None
+        raise WindowguideError(f"{path}: not a weights-only torch file: {_torch_reason(e)}") from None
     if isinstance(sd, dict):
         for key in ("ema", "model"):
             if key in sd and isinstance(sd[key], dict):
@@ -45,14 +47,55 @@ def read_dit(path: str) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(sd, dict) or "x_embedder.proj.weight" not in sd:
         raise WindowguideError(f"{path}: not a DiT state dict (no x_embedder.proj.weight)")
+    bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WindowguideError(f"{path}: entries that are not named tensors: {[str(k)[:40] for k in bad[:3]]}")
+    for k, v in sd.items():       # a declared shape must be backed by its storage's bytes
+        if not v.is_contiguous() or v.numel() * v.element_size() > v.untyped_storage().nbytes():
+            raise WindowguideError(f"{path}: tensor {k} of shape {tuple(v.shape)} is not a plain contiguous tensor "
+                                   f"backed by its data (strides {v.stride()})")
     return sd
 
 
+def _torch_reason(e: Exception) -> str:
+    """torch's refusal without its advice to turn weights_only off (never do that for a file from
+    elsewhere): the offending global is named in the first line."""
+    text = " ".join(str(e).split())
+    cut = min((i for i in (text.find("Check the documentation"), text.find("If you")) if i > 0), default=len(text))
+    return f"{type(e).__name__}: {text[:cut].strip()[:600]}"
+
+
 def dit_config(sd: dict, heads: int | None = None) -> dict:
-    """DiTTransformer2DModel arguments read off the weights' shapes."""
+    """DiTTransformer2DModel arguments read off the weights' shapes, checked against ``LIMITS``."""
+    try:
+        config = _config(sd, heads)
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError) as e:
+        raise WindowguideError(f"not a DiT state dict windowguide can read: {type(e).__name__} {e}") from None
+    over = {k: v for k, v in (("num_layers", config["num_layers"]), ("in_channels", config["in_channels"]),
+                              ("patch_size", config["patch_size"]),
+                              ("classes", config["num_embeds_ada_norm"] + 1),
+                              ("hidden", config["num_attention_heads"] * config["attention_head_dim"]),
+                              ("tokens", (config["sample_size"] // config["patch_size"]) ** 2)) if v > LIMITS[k]}
+    if over:
+        raise WindowguideError(f"the DiT file declares {over}; accepted at most {({k: LIMITS[k] for k in over})}")
+    if config["num_embeds_ada_norm"] < 1:
+        raise WindowguideError(f"the DiT class table has {config['num_embeds_ada_norm'] + 1} rows; it needs the "
+                               f"classes and the null class")
+    return config
+
+
+def _config(sd: dict, heads: int | None) -> dict:
     w = sd["x_embedder.proj.weight"]
+    if w.ndim != 4 or w.shape[2] != w.shape[3]:
+        raise ValueError(f"x_embedder.proj.weight of shape {tuple(w.shape)}, expected [width, C, p, p]")
     hidden, channels, patch = w.shape[0], w.shape[1], w.shape[2]
-    layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
+    indices = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if not indices:
+        raise ValueError("no blocks.N. weights")
+    layers = max(indices) + 1
+    if indices != set(range(layers)):
+        raise ValueError(f"blocks {sorted(set(range(layers)) - indices)[:5]} are missing (the file names block "
+                         f"{max(indices)})")
     heads = heads or HEADS_BY_WIDTH.get(hidden)
     if not heads or hidden % heads:
         raise WindowguideError(f"DiT width {hidden}: the head count is not in the weights; known widths "
@@ -99,15 +142,54 @@ def convert_dit(path: str, out_dir: str, heads: int | None = None):
     """Write a diffusers DiTTransformer2DModel folder (config.json + safetensors); returns the model."""
     from diffusers import DiTTransformer2DModel
     sd = read_dit(path)
-    config = dit_config(sd, heads)
-    model = DiTTransformer2DModel(**config)
     try:
-        model.load_state_dict(to_diffusers(sd, config["num_layers"]), strict=True)
-    except (RuntimeError, KeyError) as e:
-        raise WindowguideError(f"{path}: the DiT weights do not map onto diffusers' DiT "
-                               f"({' '.join(str(e).split())[:300]})") from None
-    model.save_pretrained(out_dir, safe_serialization=True)
+        config = dit_config(sd, heads)
+        converted = to_diffusers(sd, config["num_layers"])
+    except WindowguideError as e:
+        raise WindowguideError(f"{path}: {e}") from None
+    except (KeyError, IndexError, RuntimeError) as e:
+        raise WindowguideError(f"{path}: the DiT weights do not map onto diffusers' DiT (missing or misshapen "
+                               f"{' '.join(str(e).split())[:200]})") from None
+    with torch.device("meta"):                 # shapes first: nothing is allocated for a file that does not fit
+        expected = {k: tuple(v.shape) for k, v in DiTTransformer2DModel(**config).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in converted.items()}
+    if expected != got:
+        wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+        raise WindowguideError(f"{path}: the DiT weights do not fit {config} (missing "
+                               f"{sorted(set(expected) - set(got))[:3]}, unexpected {sorted(set(got) - set(expected))[:3]}, "
+                               f"shape {wrong[:3]})")
+    model = DiTTransformer2DModel(**config)
+    model.load_state_dict(converted, strict=True)
+    _write_folder(model, out_dir)
     return model
+
+
+def _write_folder(model, out_dir: str) -> None:
+    """save_pretrained into a new folder beside ``out_dir``, read it back, then put it in place: a
+    failed conversion never replaces a good folder."""
+    import os
+    import shutil
+    import tempfile
+    from diffusers import DiTTransformer2DModel
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.", suffix=".tmp")
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        back = DiTTransformer2DModel.from_pretrained(tmp, local_files_only=True)
+        if any(not torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values())):
+            raise WindowguideError(f"{out_dir}: the written folder does not read back as the converted network")
+        if os.path.isdir(out_dir):
+            old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.old.", suffix=".tmp")
+            os.rmdir(old)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 __all__ = ["read_dit", "dit_config", "to_diffusers", "convert_dit", "match_original_timesteps", "HEADS_BY_WIDTH"]

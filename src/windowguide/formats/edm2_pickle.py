@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import WindowguideError
-from .safe_pickle import NUMPY_GLOBALS, safe_load
+from .safe_pickle import NUMPY_GLOBALS, check_tree, safe_load
 
 
 @dataclass
@@ -60,10 +61,38 @@ def _parameter(data, requires_grad=False, backward_hooks=None, state=None):
     return data
 
 
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    """torch's ``_rebuild_tensor_v2``, after checking that the declared tensor is a plain contiguous
+    layout backed by its storage's bytes: a stride-0 view of one 4-byte storage would otherwise
+    become gigabytes once materialised."""
+    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
+        raise WindowguideError(f"refusing a tensor over a {type(storage).__name__}, not a storage")
+    if (not isinstance(size, (tuple, list)) or len(size) > 8 or not isinstance(stride, (tuple, list))
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in list(size) + list(stride))
+            or not isinstance(storage_offset, int) or storage_offset < 0):
+        raise WindowguideError(f"refusing a tensor of size {str(size)[:60]}, stride {str(stride)[:60]}")
+    size, stride = tuple(size), tuple(stride)
+    contiguous, step = [], 1
+    for n in reversed(size):
+        contiguous.insert(0, step)
+        step *= max(n, 1)
+    numel = math.prod(size)
+    if numel and any(s != c for n, s, c in zip(size, stride, contiguous) if n > 1):
+        raise WindowguideError(f"refusing a tensor of size {size} with strides {stride}: accepted: the plain "
+                               f"contiguous layout {tuple(contiguous)}")
+    itemsize = storage.element_size() if isinstance(storage, torch.TypedStorage) else 1
+    have = storage.nbytes()
+    if (storage_offset + numel) * itemsize > have:
+        raise WindowguideError(f"refusing a tensor of size {size} at offset {storage_offset}: it needs "
+                               f"{(storage_offset + numel) * itemsize} bytes, its storage holds {have}")
+    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, tuple(contiguous), requires_grad,
+                                           collections.OrderedDict())
+
+
 ALLOWED = dict(NUMPY_GLOBALS)
 ALLOWED.update({
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _parameter,
     ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
@@ -118,6 +147,8 @@ def read_edm2(path_or_bytes, key: str = "ema") -> EDM2Checkpoint:
         raise WindowguideError(f"the pickle's {key!r} is a {type(net).__name__}, not an EDM2 network")
     if net.class_name != "Precond":
         raise WindowguideError(f"the pickle's {key!r} is a {net.class_name}; windowguide reads EDM2's Precond")
+    check_tree((net.state.get("_init_args"), net.state.get("_init_kwargs")), "the network's constructor arguments",
+               max_nodes=10_000, max_depth=16)
     kwargs = dict(zip(_PRECOND_ARGS, net.state.get("_init_args") or ()), **net.init_kwargs)
     return EDM2Checkpoint(net.class_name, _plain(kwargs), state_dict(net), _encoder(data.get("encoder")))
 
@@ -134,6 +165,7 @@ def _encoder(enc) -> dict:
         return dict(kind=enc.class_name)
     if enc.class_name == "StabilityVAEEncoder":
         s = enc.state
+        check_tree((s.get("scale"), s.get("bias")), "the encoder's scale and bias", max_nodes=1_000, max_depth=4)
         return dict(kind=enc.class_name, vae_name=str(s.get("vae_name")),
                     scale=np.asarray(s["scale"], np.float32).reshape(-1).tolist(),
                     bias=np.asarray(s["bias"], np.float32).reshape(-1).tolist())

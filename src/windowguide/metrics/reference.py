@@ -19,6 +19,7 @@ from ..files import write_npz
 from .stats import FeatureStats
 
 FORMAT = "windowguide-ref-1"
+MAX_DIM = 16384      # feature dimension: DINOv2-L 1024, Inception 2048; a larger reference is refused
 _EDM2_KEYS = {"fid": "inception", "fd_dinov2": "dinov2"}
 
 
@@ -44,16 +45,29 @@ def load_reference(path: str) -> dict[str, dict]:
 
 
 def _from_npz(path: str) -> dict[str, dict]:
+    try:
+        return _read_npz(path)
+    except WindowguideError:
+        raise
+    except (ValueError, OSError, KeyError, EOFError) as e:    # numpy's own words would advise allow_pickle
+        msg = "holds object arrays, which are never unpickled" if "allow_pickle" in str(e) else f"{type(e).__name__}: {e}"
+        raise WindowguideError(f"{path}: not a readable reference .npz ({msg})") from None
+
+
+def _read_npz(path: str) -> dict[str, dict]:
     with np.load(path, allow_pickle=False) as z:
         keys = set(z.files)
         if "format" in keys:
             if str(z["format"]) != FORMAT:
                 raise WindowguideError(f"{path}: reference format {str(z['format'])!r}; this version reads {FORMAT!r}")
             roles = sorted({k.split(".")[0] for k in keys if "." in k})
+            missing = [f"{r}.{k}" for r in roles for k in ("network", "count", "mu", "sigma") if f"{r}.{k}" not in keys]
+            if missing or not roles:
+                raise WindowguideError(f"{path}: a windowguide reference without {missing or 'any role'}")
             return {r: _entry(str(z[f"{r}.network"]), int(z[f"{r}.count"]), z[f"{r}.mu"], z[f"{r}.sigma"],
-                              z[f"{r}.features"] if f"{r}.features" in keys else None) for r in roles}
+                              z[f"{r}.features"] if f"{r}.features" in keys else None, path) for r in roles}
         if {"mu", "sigma"} <= keys:
-            return {"inception": _entry("inception", 0, z["mu"], z["sigma"], None)}
+            return {"inception": _entry("inception", 0, z["mu"], z["sigma"], None, path)}
     raise WindowguideError(f"{path}: an .npz without reference statistics (expected windowguide's 'format' "
                            f"key, or pytorch-fid's 'mu' and 'sigma')")
 
@@ -63,15 +77,52 @@ def _from_edm2(path: str) -> dict[str, dict]:
     data = safe_load(path)
     if not isinstance(data, dict) or not set(data) & set(_EDM2_KEYS):
         raise WindowguideError(f"{path}: not an EDM2 reference (a dict with 'fid' and/or 'fd_dinov2')")
-    count = int(data.get("num_images", 0))
-    return {_EDM2_KEYS[k]: _entry(_EDM2_KEYS[k], count, v["mu"], v["sigma"], None)
-            for k, v in data.items() if k in _EDM2_KEYS}
+    out = {}
+    for k, v in data.items():
+        if k not in _EDM2_KEYS:
+            continue
+        if not isinstance(v, dict) or not {"mu", "sigma"} <= set(v):
+            raise WindowguideError(f"{path}: the EDM2 reference's {k!r} is not a dict with 'mu' and 'sigma'")
+        if not all(isinstance(v[a], np.ndarray) for a in ("mu", "sigma")):
+            raise WindowguideError(f"{path}: the EDM2 reference's {k} mu and sigma must be arrays, got "
+                                   f"{type(v['mu']).__name__} and {type(v['sigma']).__name__}")
+        out[_EDM2_KEYS[k]] = _entry(_EDM2_KEYS[k], _count(data.get("num_images", 0), path), v["mu"], v["sigma"], None,
+                                    path)
+    return out
 
 
-def _entry(network, count, mu, sigma, features) -> dict:
-    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
-    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
-        raise WindowguideError(f"reference statistics of shapes {mu.shape} and {sigma.shape}; expected [D] and [D, D]")
+def _count(value, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise WindowguideError(f"{path}: num_images {str(value)[:40]!r} is not a count")
+    return int(value)
+
+
+def _entry(network, count, mu, sigma, features, path: str = "the reference") -> dict:
+    """One role's statistics, checked before any image is read: shapes [D] and [D, D], finite, sigma
+    symmetric and positive semi-definite (a covariance), features [N, D]."""
+    try:
+        mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    except (TypeError, ValueError) as e:
+        raise WindowguideError(f"{path}: mu and sigma are not numeric arrays ({e})") from None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or len(mu) < 1:
+        raise WindowguideError(f"{path}: reference statistics of shapes {mu.shape} and {sigma.shape}; expected [D] and "
+                               f"[D, D]")
+    if len(mu) > MAX_DIM:
+        raise WindowguideError(f"{path}: feature dimension {len(mu)}; accepted: at most {MAX_DIM}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise WindowguideError(f"{path}: mu or sigma holds NaN or infinite values")
+    scale = max(1.0, float(np.abs(sigma).max()))
+    if np.abs(sigma - sigma.T).max() > 1e-6 * scale:
+        raise WindowguideError(f"{path}: sigma is not symmetric (max |S - S^T| {np.abs(sigma - sigma.T).max():.3g}); "
+                               f"not a covariance")
+    low = float(np.linalg.eigvalsh((sigma + sigma.T) / 2).min())
+    if low < -1e-6 * scale:
+        raise WindowguideError(f"{path}: sigma has a negative eigenvalue ({low:.3g}); a covariance is positive "
+                               f"semi-definite")
+    if features is not None:
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[1] != len(mu) or not np.isfinite(features).all():
+            raise WindowguideError(f"{path}: features of shape {features.shape}; expected [N, {len(mu)}], finite")
     return dict(network=network, count=count, mu=mu, sigma=sigma,
                 features=None if features is None else torch.from_numpy(np.asarray(features, np.float32)))
 

@@ -25,10 +25,27 @@ ARCHITECTURES = {"unet": SmallUNet, "classifier": SmallClassifier, "edm2": EDM2P
 DENOISERS = ("unet", "edm2")          # kinds that are diffusion models
 
 
-def atomic_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
-    """save_file to a temporary name, then rename: an interrupted write never leaves a half file."""
+def atomic_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None,
+                check: Any = None) -> None:
+    """save_file to a temporary name, then rename: an interrupted write never leaves a half file.
+    ``check(tmp_path)``: read the new file back before it replaces ``path`` (a file that does not
+    load never replaces a good one)."""
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-    write_bytes(path, data)
+    if check is None:
+        write_bytes(path, data)
+        return
+    import tempfile
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write_bytes(tmp, data)
+        check(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def save_model(path: str, net: nn.Module, kind: str, **info: Any) -> None:
@@ -67,6 +84,19 @@ def _open(path: str):
 
 
 REQUIRED = {"unet": ("config", "shape"), "classifier": ("config",), "edm2": ("config", "shape")}
+# What a record may declare: one sample is at most 64 x 4096 x 4096 values (a record of 65536 x 65536 would
+# make ``sample`` allocate tens of GB before anything else could fail).
+MAX_CHANNELS, MAX_SIDE = 64, 4096
+
+
+def check_shape(shape: Any, where: str) -> list[int]:
+    """A record's sample shape [C, H, W]: positive ints within ``MAX_CHANNELS`` and ``MAX_SIDE``."""
+    ok = (isinstance(shape, list) and len(shape) == 3
+          and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape))
+    if not ok or shape[0] > MAX_CHANNELS or max(shape[1:]) > MAX_SIDE:
+        raise WindowguideError(f"{where}: the record's shape {str(shape)[:60]} is not [C, H, W] with C <= {MAX_CHANNELS} "
+                               f"and H, W <= {MAX_SIDE}")
+    return shape
 
 
 def read_info(name_or_path: str) -> dict[str, Any]:
@@ -87,6 +117,11 @@ def read_info(name_or_path: str) -> dict[str, Any]:
     if missing or not isinstance(info["config"], dict):
         raise WindowguideError(f"{path}: the model record lacks {missing or ['a config dict']}; it cannot be "
                                f"rebuilt (was it written by windowguide?)")
+    if "shape" in info:
+        check_shape(info["shape"], path)
+    res = info["config"].get("img_resolution")
+    if res is not None and (not isinstance(res, int) or not 1 <= res <= MAX_SIDE):
+        raise WindowguideError(f"{path}: img_resolution {res!r}; accepted: 1..{MAX_SIDE}")
     return info
 
 
