@@ -149,7 +149,7 @@ def _panorama(args) -> int:
         from .commands import panorama_pipeline
         settings = dict(width=args.width, height=args.height, stride=args.stride, mode=args.mode, vcf=args.vcf,
                         sampler=args.sampler or "ddim", steps=50 if args.steps is None else args.steps,
-                        guidance=args.guidance if args.guidance != "none" else "cfg:w=6.5")
+                        guidance=args.guidance if args.guidance is not None else "cfg:w=6.5")
         if args.preset:
             from .presets import expand
             p = expand(args.preset)
@@ -168,7 +168,7 @@ def _panorama(args) -> int:
         raise WindowguideError("--prompt and --preset need a diffusers pipeline folder as --model")
     panorama.run(args.model, args.width, args.height, args.stride, args.mode, args.fuse, args.sampler or "ddim",
                  32 if args.steps is None else args.steps,
-                 args.vcf, args.style_alpha, args.circular, args.guidance, args.klass, args.seeds, args.out,
+                 args.vcf, args.style_alpha, args.circular, args.guidance or "none", args.klass, args.seeds, args.out,
                  args.max_batch, args.device or "cpu", True, args.batch_size, **options)
     print(f"panoramas: {args.out}/ (panorama_SEED.png, panoramas.png, manifest.json, settings.json)")
     return 0
@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     pano.add_argument("--vcf", action="store_true", help="variance-corrected fusion (stochastic samplers)")
     pano.add_argument("--style-alpha", type=_finite(), default=0.0, help="style alignment strength, 0 = off")
     pano.add_argument("--circular", action="store_true", help="wrap around the width (360 degrees)")
-    pano.add_argument("--guidance", default="none", help="SPEC applied inside every window")
+    pano.add_argument("--guidance", help="SPEC applied inside every window (default: none; pipeline folders with a "
+                                         "prompt: cfg:w=6.5, diffusers' scale 7.5); 'none' is no guidance")
     pano.add_argument("--class", dest="klass", default=None, help="class index, 'all' or 'none'")
     pano.add_argument("--seeds", default="0-3", help="one panorama per seed, e.g. 0-3 or 1,5 (default 0-3)")
     pano.add_argument("--out", default="runs/panorama",

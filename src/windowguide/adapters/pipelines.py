@@ -191,7 +191,8 @@ def _dit(pipe, crop_positions: str = "slice") -> PipelineModel:
     size = dit.config.sample_size
     return PipelineModel("dit", _vp_denoiser(model, pipe.scheduler, dit.config.patch_size, torch.tensor(classes)),
                          c, (size, size), dit.config.patch_size, encode, _vae_decoder(pipe.vae), num_classes=classes,
-                         extras=dict(variance_probe=probe, learned_variance=dit.config.out_channels == 2 * c))
+                         extras=dict(variance_probe=probe, learned_variance=dit.config.out_channels == 2 * c,
+                                     vae_factor=2 ** (len(pipe.vae.config.block_out_channels) - 1)))
 
 
 def ddpm_learned_step(x, denoised, frac, sigma, sigma_next, z):

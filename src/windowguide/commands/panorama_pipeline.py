@@ -16,7 +16,7 @@ from ..fusion import check_fusion, panorama
 from ..generate import parse_seeds
 from .common import check_count, claim, draw_missing, finish, rank_device
 from .panorama import _path, _stack
-from .sample_pipeline import conditions_and_guidance, load_pipeline
+from .sample_pipeline import conditions_and_guidance, latent_factor, latent_side, load_pipeline
 
 
 def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width: int = 2048,
@@ -36,11 +36,12 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
     m = from_pipeline(load_pipeline(folder, device, dtype))
     if m.family in ("sd3", "flux"):
         raise WindowguideError(f"panorama of {m.family} pipelines: not supported yet (VP pipelines: SD, SDXL, PixArt, DiT)")
-    factor = m.extras.get("vae_factor", 8) if m.family != "unet2d" else 1
+    factor = latent_factor(m)
     c, (wh, ww) = m.channels, m.size
-    canvas = (c, (height // factor) if height else wh, width // factor)
-    if canvas[1] % m.multiple or canvas[2] % m.multiple:
-        raise WindowguideError(f"--height/--width must be multiples of {factor * m.multiple} pixels")
+    canvas = (c, latent_side(height, factor, m.multiple, "--height") or wh,
+              latent_side(width, factor, m.multiple, "--width"))
+    from ..windows import layout
+    layout(canvas[1], canvas[2], (min(wh, canvas[1]), min(ww, canvas[2])), stride=stride, circular=circular)
     klass, cond_of, g = conditions_and_guidance(m, guidance, prompt, negative_prompt, klass)
     sigmas = m.sigmas(steps)
     settings = dict(model=os.path.abspath(folder), family=m.family, prompt=prompt, negative_prompt=negative_prompt,

@@ -40,9 +40,54 @@ def load_pipeline(folder: str, device, dtype: str = "float32"):
         index = json.load(f)
     # components saved as absent (e.g. SD3 without T5) must be passed as None explicitly
     absent = {k: None for k, v in index.items() if isinstance(v, list) and v[0] is None}
-    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, dtype=DTYPES[dtype], **absent)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, dtype=DTYPES[dtype], **absent)
+    except (RuntimeError, ValueError, OSError, KeyError) as e:   # e.g. weights of other shapes than the config's
+        text = " ".join(str(e).split())
+        raise WindowguideError(f"{folder}: the pipeline does not load ({type(e).__name__}: {text[:300]}"
+                               f"{' ...' if len(text) > 300 else ''})") from None
+    check_weights(folder, pipe)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _stored_keys(sub: str) -> set[str] | None:
+    """The tensor names saved in a component folder (safetensors files or their shard index)."""
+    import glob
+    import json
+    from safetensors import safe_open
+    index = glob.glob(os.path.join(sub, "*.safetensors.index.json"))
+    if index:
+        with open(index[0]) as f:
+            return set(json.load(f).get("weight_map", {}))
+    files = glob.glob(os.path.join(sub, "*.safetensors"))
+    if not files:
+        return None
+    keys: set[str] = set()
+    for path in files:
+        with safe_open(path, "pt") as f:
+            keys |= set(f.keys())
+    return keys
+
+
+def check_weights(folder: str, pipe) -> None:
+    """Refuse a folder whose weights do not match its configs: a network whose config asks for layers
+    the file lacks would otherwise run with those layers at random initialisation (diffusers only
+    logs it). Tied weights (one tensor saved under one of its names) are not missing."""
+    for name, comp in pipe.components.items():
+        if not isinstance(comp, torch.nn.Module):
+            continue
+        stored = _stored_keys(os.path.join(folder, name))
+        if stored is None:
+            continue
+        state = comp.state_dict()
+        kept = {t.data_ptr() for k, t in state.items() if k in stored}
+        missing = sorted(k for k, t in state.items() if k not in stored and t.data_ptr() not in kept)
+        unexpected = sorted(stored - set(state))
+        if missing or unexpected:
+            raise WindowguideError(f"{folder}/{name}: the weights do not match its config (missing {missing[:3]}"
+                                   f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                                   f"{' ...' if len(unexpected) > 3 else ''}); the network would run partly random")
 
 
 def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "runs/sample", prompt: str | None = None,
@@ -62,8 +107,17 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
         raise WindowguideError(f"--sampler dit_ddpm is DiT's learned-variance DDPM; this is a {m.family} pipeline")
     steps = steps or (28 if flow else 50)
     check_count(steps, "--steps")
-    factor = m.extras.get("vae_factor", 8) if m.family != "unet2d" else 1
-    shape = m.shape(height // factor if height else None, width // factor if width else None)
+    from ..generate import SAMPLERS
+    if sampler not in SAMPLERS and sampler != "dit_ddpm":
+        raise WindowguideError(f"--sampler {sampler!r}: accepted: {', '.join(sorted(SAMPLERS))}, dit_ddpm (DiT)")
+    factor = latent_factor(m)
+    shape = m.shape(latent_side(height, factor, m.multiple, "--height"), latent_side(width, factor, m.multiple, "--width"))
+    if m.family == "dit" and shape[1] != shape[2]:
+        raise WindowguideError(f"--height/--width: diffusers' DiT un-patchifies square latents only; got "
+                               f"{shape[1] * factor} x {shape[2] * factor} pixels")
+    if m.family == "dit" and (shape[1] > m.size[0] or shape[2] > m.size[1]):
+        raise WindowguideError(f"--height/--width: DiT's positional embedding covers {m.size[0]} x {m.size[1]} latents "
+                               f"({m.size[0] * factor} x {m.size[1] * factor} pixels); accepted: up to that size")
     klass, cond_of, g = conditions_and_guidance(m, guidance, prompt, negative_prompt, klass)
     from ..guidance import GuidedDenoiser
     GuidedDenoiser(m.denoiser, g).check(shape)
@@ -96,21 +150,53 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     return settings
 
 
+def latent_factor(m) -> int:
+    """Pixels per latent pixel: the pipeline's VAE downsampling (read from the VAE), 1 without a VAE."""
+    if m.family == "unet2d":
+        return 1
+    if "vae_factor" not in m.extras:
+        raise WindowguideError(f"cannot tell the VAE factor of this {m.family} pipeline")
+    return int(m.extras["vae_factor"])
+
+
+def latent_side(pixels: int | None, factor: int, multiple: int, flag: str) -> int | None:
+    """The latent side of ``pixels`` image pixels, refused unless a positive multiple of factor * multiple."""
+    if pixels is None:
+        return None
+    step = factor * multiple
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < step or pixels % step:
+        near = max(step, (pixels // step) * step) if isinstance(pixels, int) else step
+        raise WindowguideError(f"{flag} {pixels}: accepted: positive multiples of {step} pixels (the VAE's factor "
+                               f"{factor} x the network's {multiple}), e.g. {near} or {near + step}")
+    return pixels // factor
+
+
 def conditions_and_guidance(m, guidance: str, prompt, negative_prompt, klass):
     """(class choice, seeds -> condition, Guidance) for a pipeline model: DiT's classes with its null
     class, or the prompt's embeddings with the negative prompt's as CFG's null; the SPEC built with the
     model's skip-layer negative."""
     if m.num_classes:
+        if prompt is not None:
+            raise WindowguideError(f"--prompt: this {m.family} pipeline takes class labels (--class), not a prompt")
         klass = normalise_class(klass, m.num_classes)
         null, cond_of = torch.tensor(m.num_classes), (lambda batch: labels_for(batch, m.num_classes, klass))
     elif m.family == "unet2d":
+        if prompt is not None or klass not in (None, "none"):
+            raise WindowguideError("--prompt/--class: this pipeline is unconditional; leave them out")
         null, cond_of = None, (lambda batch: None)
     else:
+        if klass is not None:
+            raise WindowguideError(f"--class: this {m.family} pipeline takes a prompt (--prompt), not class labels")
         pos, neg = m.encode(prompt=prompt, negative_prompt=negative_prompt)
         null = {k: v[0] for k, v in neg.items()} if isinstance(neg, dict) else neg[0]
         cond_of = lambda batch: _repeat(pos, len(batch))
     m.denoiser.null_cond = null
-    return klass, cond_of, spec.build(guidance, spec.Context(net=None, load=_no_weak, skip=_skipper(m)))
+    g = spec.build(guidance, spec.Context(net=None, load=_no_weak, skip=_skipper(m)))
+    from ..guidance import CFG
+    if null is None and any(isinstance(t, CFG) for t in g):
+        raise WindowguideError(f"cfg needs a condition; this {m.family} pipeline is unconditional (use swg/mswg, or "
+                               f"--guidance none)")
+    return klass, cond_of, g
 
 
 def _repeat(cond, n: int):

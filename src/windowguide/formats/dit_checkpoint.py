@@ -69,6 +69,8 @@ def dit_config(sd: dict, heads: int | None = None) -> dict:
     """DiTTransformer2DModel arguments read off the weights' shapes, checked against ``LIMITS``."""
     try:
         config = _config(sd, heads)
+    except WindowguideError:
+        raise
     except (KeyError, IndexError, AttributeError, TypeError, ValueError) as e:
         raise WindowguideError(f"not a DiT state dict windowguide can read: {type(e).__name__} {e}") from None
     over = {k: v for k, v in (("num_layers", config["num_layers"]), ("in_channels", config["in_channels"]),
