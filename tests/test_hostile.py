@@ -485,3 +485,23 @@ def test_a_folder_whose_weights_do_not_match_its_config_is_refused(folders, tmp_
     assert main(["sample", "--model", str(bad), "--prompt", "a cat", "--steps", "2", "--seeds", "0",
                  "--out", str(tmp_path / "o")]) == 2
     assert "missing ['conv_out.weight']" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_guider_and_term_constructors_refuse_bad_numbers():
+    import warnings
+    from windowguide.guidance import CFG, MSWG, SWG, GuidedDenoiser
+    warnings.simplefilter("ignore")
+    import windowguide.guiders as g
+    bad = [lambda: g.SlidingWindowGuidance(guidance_rescale=float("nan")), lambda: g.SlidingWindowGuidance(guidance_rescale=float("inf")),
+           lambda: g.SlidingWindowGuidance(guidance_rescale=-1), lambda: g.SlidingWindowGuidance(window=0),
+           lambda: g.SlidingWindowGuidance(window=-8), lambda: g.SlidingWindowGuidance(windows_per_side=0),
+           lambda: g.SlidingWindowGuidance(max_batch=0), lambda: g.SlidingWindowGuidance(swg_scale=float("nan")),
+           lambda: g.SlidingWindowGuidance(guidance_scale=-2), lambda: g.ModelAutoGuidance(autoguidance_scale=-1),
+           lambda: g.SegmentedGuidance(low_scale=float("inf")), lambda: g.SegmentedGuidance(window=0),
+           lambda: CFG(1e308), lambda: CFG(float("nan")), lambda: CFG(-1), lambda: MSWG(1, window=0),
+           lambda: SWG(1, window=(8, -8)), lambda: SWG(1, windows_per_side=0), lambda: SWG(1, stride=0),
+           lambda: GuidedDenoiser(lambda x, s, c: x, None, max_batch=0)]
+    for make in bad:
+        with pytest.raises(WindowguideError):
+            make()
+    assert CFG(1000).weight == 1000 and MSWG(0.5).window == "auto"

@@ -26,13 +26,29 @@ from .errors import WindowguideError
 INF = math.inf
 
 
+MAX_WEIGHT = 1000.0      # a CFG scale of 1001; CFG(1e308) would turn every prediction into inf
+
+
 def _check_weight(weight: Any, name: str) -> float:
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise WindowguideError(f"{name}: weight must be a number, got {weight!r}")
     w = float(weight)
-    if not math.isfinite(w) or w < 0:
-        raise WindowguideError(f"{name}: weight must be finite and >= 0 (0 = off), got {weight!r}")
+    if not math.isfinite(w) or w < 0 or w > MAX_WEIGHT:
+        raise WindowguideError(f"{name}: weight must be finite, in [0, {MAX_WEIGHT:g}] (0 = off), got {weight!r}")
     return w
+
+
+def _positive_ints(value: Any, name: str, allow_auto: bool = False) -> None:
+    """An int >= 1, a pair of them, (windows) a list of those or 'auto'; else a clear error."""
+    def ok(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if allow_auto and v == AUTO:
+            continue
+        if not (ok(v) or (isinstance(v, tuple) and len(v) == 2 and all(ok(u) for u in v))):
+            raise WindowguideError(f"{name} {value!r}: accepted: an integer >= 1 or a pair (h, w) of them"
+                                   f"{', a list of those, or ' + repr(AUTO) if allow_auto else ''}")
 
 
 def _check_range(lo: float, hi: float, name: str) -> tuple[float, float]:
@@ -328,6 +344,11 @@ class SWG(Term):
             object.__setattr__(self, "net", as_denoiser(self.net))
         if isinstance(self.window, list) and not self.window:
             raise WindowguideError("SWG: an empty list of window sizes")
+        _positive_ints(self.window, "SWG window", allow_auto=True)
+        if self.stride is not None:
+            _positive_ints(self.stride, "SWG stride")
+        else:
+            _positive_ints(self.windows_per_side, "SWG windows_per_side")
         super().__post_init__()
 
     @property

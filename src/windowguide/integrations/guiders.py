@@ -51,7 +51,8 @@ import torch
 
 from ..errors import WindowguideError
 from ..denoiser import Denoiser
-from ..guidance import CFG, SWG, AutoGuidance, Custom, Guidance, StepRange
+from ..guidance import CFG, MAX_WEIGHT, SWG, AutoGuidance, Custom, Guidance, StepRange
+from ..windows import AUTO
 from .calls import (after_call_hook, default_sigma, default_window, fit_windows, guided_change, network_model,
                     network_multiple, open_windows, read_call, skip_layer_negative, weak_denoiser)
 
@@ -88,6 +89,13 @@ def _sigma_range(lo: float, hi: float | None) -> tuple[float, float]:
     return float(lo), INF if hi is None else float(hi)
 
 
+def _check_scale(value: Any, name: str) -> float:
+    """A windowguide weight given to a guider: finite, in [0, MAX_WEIGHT]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) <= MAX_WEIGHT:
+        raise WindowguideError(f"{name} must be a number in [0, {MAX_WEIGHT:g}], got {value!r}")
+    return float(value)
+
+
 class _WindowguideGuidance(BaseGuidance):
     """CFG in diffusers' form plus windowguide terms (module docstring). Subclasses give the terms.
     Their arguments are keyword-only: diffusers' ``register_to_config`` records positional ones as
@@ -102,8 +110,12 @@ class _WindowguideGuidance(BaseGuidance):
         self.use_original_formulation, self.max_batch = use_original_formulation, max_batch
         self.scheduler = None          # optional: the pipeline's scheduler, for sigma ranges of UNet models
         self._delta, self._hooked, self._inside, self._terms_cache = None, None, False, {}
-        if not math.isfinite(self.guidance_scale):
-            raise WindowguideError(f"guidance_scale must be finite, got {guidance_scale!r}")
+        if not math.isfinite(self.guidance_scale) or not 0 <= self.guidance_scale <= 1 + MAX_WEIGHT:
+            raise WindowguideError(f"guidance_scale must be finite, in [0, {1 + MAX_WEIGHT:g}], got {guidance_scale!r}")
+        if not 0 <= self.guidance_rescale <= 1:       # NaN fails this too
+            raise WindowguideError(f"guidance_rescale must be in [0, 1] (diffusers' phi), got {guidance_rescale!r}")
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+            raise WindowguideError(f"max_batch must be a positive integer or None, got {max_batch!r}")
 
     # --- which batches: diffusers' CFG rule, and the subclass's own range for CFG (SGG) ---------------
     def _cfg_here(self) -> bool:
@@ -245,7 +257,9 @@ class SlidingWindowGuidance(_WindowguideGuidance):
         self.swg_scale, self.window, self.windows_per_side, self.masked = swg_scale, window, windows_per_side, masked
         self._swg_steps = _fraction(swg_start, swg_stop, "SlidingWindowGuidance swg_start/swg_stop")
         self._swg_sigma = _sigma_range(swg_sigma_lo, swg_sigma_hi)
-        SWG(swg_scale, 8, sigma_lo=self._swg_sigma[0], sigma_hi=self._swg_sigma[1])     # checks the numbers now
+        # checks the numbers now (window, windows per side, scale), not at the first step
+        SWG(swg_scale, AUTO if window is None else window, windows_per_side, sigma_lo=self._swg_sigma[0],
+            sigma_hi=self._swg_sigma[1])
 
     def _make_terms(self, net, kind, shape, multiple):
         if self.swg_scale == 0:
@@ -291,6 +305,9 @@ class SegmentedGuidance(_WindowguideGuidance):
                                    f"schedule='sd' (SD 1.x/2.x/XL) or 'flow' (SD3), got schedule={schedule!r}")
         if low == "skip_layer" and not skip_layers:
             raise WindowguideError("SegmentedGuidance low='skip_layer' needs skip_layers, e.g. [7, 8, 9] for SD3.5")
+        _check_scale(low_scale, "SegmentedGuidance low_scale")
+        if low in ("mswg", "swg"):
+            SWG(float(low_scale), AUTO if window is None else window, windows_per_side)
         self.low, self.low_scale, self.split, self.sigma_split = low, float(low_scale), float(split), sigma_split
         self.timestep_schedule, self.window, self.windows_per_side = schedule, window, windows_per_side
         self.skip_layers, self.weak_model = skip_layers, weak_model
@@ -349,7 +366,7 @@ class ModelAutoGuidance(_WindowguideGuidance):
                  start: float = 0.0, stop: float = 1.0, enabled: bool = True, max_batch: int | None = None):
         self._setup(guidance_scale, guidance_rescale, use_original_formulation, start, stop, enabled, max_batch)
         self.weak_model = weak_model if weak_model is not None else weak_model_path
-        self.autoguidance_scale = float(autoguidance_scale)
+        self.autoguidance_scale = _check_scale(autoguidance_scale, "ModelAutoGuidance autoguidance_scale")
         self._ag_steps = _fraction(ag_start, ag_stop, "ModelAutoGuidance ag_start/ag_stop")
         self._ag_sigma = _sigma_range(ag_sigma_lo, ag_sigma_hi)
 
