@@ -359,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--w2s-low", choices=["branch", "ag"], help="sgg: the low-noise source (default branch)")
     tr.add_argument("--w2s-weak", help="ag: the weak model (default: the preset's NAME-weak)")
     tr.set_defaults(func=_train, resumable=True)
+    for action in sub._choices_actions:           # 'windowguide CMD --help' opens with the same line
+        sub.choices[action.dest].description = sub.choices[action.dest].description or action.help
     return p
 
 
