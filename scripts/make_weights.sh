@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-create every bundled model from its preset (seeded: the same weights on the same machine and
-# torch build). About 50 minutes on a 2-core CPU; each run resumes if interrupted.
+# torch build). Each run resumes if interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=src/windowguide/weights

@@ -51,8 +51,27 @@ def test_kid_equals_torchmetrics_poly_mmd_and_subsets_average_it():
 def test_inception_score_splits_of_a_known_distribution():
     # split 1: one-hot over 4 classes (IS 4); split 2: uniform (IS 1)
     probs = torch.cat([torch.eye(4).repeat(2, 1), torch.full((8, 4), 0.25)])
-    mean, std = D.inception_score_splits(probs, splits=2)
+    mean, std = D.inception_score_splits(probs, splits=2, shuffle=False)
     assert mean == pytest.approx(2.5) and std == pytest.approx(1.5)
+
+
+def test_inception_score_shuffles_and_splits_as_torch_fidelity():
+    """torch-fidelity's isc_features_to_metric, written out as a loop on logits: RandomState(2020)
+    permutation, chunks [i N // s, (i + 1) N // s), log-softmax; on a class-sorted set (where an
+    unshuffled split sees few classes) and with N not a multiple of the splits."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(103, 12, generator=gen, dtype=torch.float64) * 3
+    logits = logits[logits.argmax(1).argsort()]                  # ordered by class
+    perm = np.random.RandomState(2020).permutation(103)
+    f = logits[perm]
+    p, log_p = f.softmax(1), f.log_softmax(1)
+    scores = []
+    for i in range(10):
+        pc, lc = p[i * 103 // 10:(i + 1) * 103 // 10], log_p[i * 103 // 10:(i + 1) * 103 // 10]
+        scores.append(float((pc * (lc - pc.mean(0, keepdim=True).log())).sum(1).mean().exp()))
+    mean, std = D.inception_score_splits(logits.softmax(1), splits=10)
+    assert mean == pytest.approx(np.mean(scores), rel=1e-9) and std == pytest.approx(np.std(scores), rel=1e-7)
+    assert D.inception_score_splits(logits.softmax(1), splits=10, shuffle=False)[0] < 0.8 * mean
     with pytest.raises(WindowguideError, match="splits"):
         D.inception_score_splits(probs[:3], splits=10)
 

@@ -34,7 +34,7 @@ def _check_weight(weight: Any, name: str) -> float:
         raise WindowguideError(f"{name}: weight must be a number, got {weight!r}")
     w = float(weight)
     if not math.isfinite(w) or w < 0 or w > MAX_WEIGHT:
-        raise WindowguideError(f"{name}: weight must be finite, in [0, {MAX_WEIGHT:g}] (0 = off), got {weight!r}")
+        raise WindowguideError(f"{name}: weight must be finite and >= 0, at most {MAX_WEIGHT:g} (0 = off), got {weight!r}")
     return w
 
 

@@ -107,7 +107,7 @@ def _number(keys: dict, key: str, default: Any, cast=float) -> Any:
 
 
 def _window(keys: dict) -> Any:
-    if "window" not in keys:
+    if "window" not in keys or keys["window"] == "auto":
         return "auto"          # 5/8 of each side, rounded up to the model's factor (windows.default_window)
     sizes = [_number({"window": v}, "window", None, int) for v in keys["window"].split("/")]
     return sizes[0] if len(sizes) == 1 else sizes

@@ -67,7 +67,15 @@ def pixel_decoder(info: dict, vae: str | None = None, device: Any = "cpu"):
         return latents.decode, latents.image_shape(shape)
     if vae:
         raise WindowguideError("--vae: this model makes pixels, not latents; drop --vae")
+    if encoder.get("kind") == "StandardRGBEncoder":
+        return edm2_rgb_decode, shape
     return to_uint8, shape
 
 
-__all__ = ["load_vae", "EDM2Latents", "pixel_decoder", "ENV"]
+def edm2_rgb_decode(x):
+    """EDM2's pixel decode (``StandardRGBEncoder.decode``): uint8(clip(x * 127.5 + 128, 0, 255)), a
+    truncation, where windowguide's own models round (x + 1) * 127.5; half-way values differ by one level."""
+    return (x.detach().float().cpu() * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+__all__ = ["load_vae", "EDM2Latents", "pixel_decoder", "edm2_rgb_decode", "ENV"]

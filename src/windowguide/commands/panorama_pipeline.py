@@ -33,10 +33,11 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
     r, device = rank_device(device)
     progress = progress and r.main
     check_out_dir(out)
-    m = from_pipeline(load_pipeline(folder, device, dtype))
+    pipe = load_pipeline(folder, device, dtype)
+    m = from_pipeline(pipe)
     if m.family in ("sd3", "flux"):
         raise WindowguideError(f"panorama of {m.family} pipelines: not supported yet (VP pipelines: SD, SDXL, PixArt, DiT)")
-    factor = latent_factor(m)
+    factor = latent_factor(m, pipe)
     c, (wh, ww) = m.channels, m.size
     canvas = (c, latent_side(height, factor, m.multiple, "--height") or wh,
               latent_side(width, factor, m.multiple, "--width"))

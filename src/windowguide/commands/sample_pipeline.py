@@ -100,7 +100,8 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     r, device = rank_device(device)
     progress = progress and r.main
     check_out_dir(out)
-    m = from_pipeline(load_pipeline(folder, device, dtype), crop_positions=crop_positions)
+    pipe = load_pipeline(folder, device, dtype)
+    m = from_pipeline(pipe, crop_positions=crop_positions)
     flow = m.family in ("sd3", "flux")
     sampler = sampler or ("flow_euler" if flow else "ddim")
     if sampler == "dit_ddpm" and m.family != "dit":
@@ -110,7 +111,7 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     from ..generate import SAMPLERS
     if sampler not in SAMPLERS and sampler != "dit_ddpm":
         raise WindowguideError(f"--sampler {sampler!r}: accepted: {', '.join(sorted(SAMPLERS))}, dit_ddpm (DiT)")
-    factor = latent_factor(m)
+    factor = latent_factor(m, pipe)
     shape = m.shape(latent_side(height, factor, m.multiple, "--height"), latent_side(width, factor, m.multiple, "--width"))
     if m.family == "dit" and shape[1] != shape[2]:
         raise WindowguideError(f"--height/--width: diffusers' DiT un-patchifies square latents only; got "
@@ -150,13 +151,17 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     return settings
 
 
-def latent_factor(m) -> int:
-    """Pixels per latent pixel: the pipeline's VAE downsampling (read from the VAE), 1 without a VAE."""
+def latent_factor(m, pipe=None) -> int:
+    """Pixels per latent pixel: the pipeline's VAE downsampling, 2^(levels - 1) of its encoder as
+    diffusers computes ``vae_scale_factor``; 1 without a VAE (pixel-space DDPM)."""
     if m.family == "unet2d":
         return 1
-    if "vae_factor" not in m.extras:
-        raise WindowguideError(f"cannot tell the VAE factor of this {m.family} pipeline")
-    return int(m.extras["vae_factor"])
+    if "vae_factor" in m.extras:
+        return int(m.extras["vae_factor"])
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        raise WindowguideError(f"cannot tell the VAE factor of this {m.family} pipeline: it has no VAE")
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def latent_side(pixels: int | None, factor: int, multiple: int, flag: str) -> int | None:

@@ -255,7 +255,7 @@ def skip_layer_negative(net: torch.nn.Module, kind: str, layers) -> Callable:
     return lambda x, sigma, cond: model(x, cond["t"], cond["c"], skip_layers=layers)
 
 
-OPEN_WINDOW = 0    # a recipe's swg/mswg term without window=: sized when the latent's shape is known
+OPEN_WINDOW = "auto"    # a recipe's swg/mswg term without window=: sized when the latent's shape is known
 
 
 def open_windows(recipe: str) -> str:

@@ -152,9 +152,27 @@ class _WindowguideGuidance(BaseGuidance):
         if self.is_conditional:
             self._delta = None
             if self._enabled:
-                HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(
-                    after_call_hook(self._after_conditional_call), HOOK)
+                registry = HookRegistry.check_if_exists_or_initialize(denoiser)
+                if registry.get_hook(HOOK) is not None:       # left by a guider whose run raised
+                    registry.remove_hook(HOOK, recurse=False)
+                registry.register_hook(self._hook(denoiser), HOOK)
                 self._hooked = denoiser
+
+    def _hook(self, denoiser: torch.nn.Module):
+        """The after-call hook, removed again if the call raises: diffusers calls ``cleanup_models``
+        only after a batch that succeeded, and a hook left behind would make every later run of the
+        network (with any guider) raise this guider's error."""
+        hook = after_call_hook(self._after_conditional_call)
+        call = hook.new_forward
+
+        def new_forward(module, *args, **kwargs):
+            try:
+                return call(module, *args, **kwargs)
+            except BaseException:
+                self.cleanup_models(denoiser)
+                raise
+        hook.new_forward = new_forward
+        return hook
 
     def cleanup_models(self, denoiser: torch.nn.Module) -> None:
         if self._hooked is denoiser:

@@ -41,12 +41,19 @@ def inception_score(probs: torch.Tensor) -> float:
     return float((p * (p.log() - marginal.log())).sum(1).mean().exp())
 
 
-def inception_score_splits(probs: torch.Tensor, splits: int = 10) -> tuple[float, float]:
-    """(mean, std) of the IS over ``splits`` consecutive chunks of the samples, torch-fidelity's
-    protocol (10 splits; std with 1/n). One split is the IS of all samples."""
-    if not 1 <= splits <= len(probs):
-        raise WindowguideError(f"Inception Score with {splits} splits needs at least that many samples, got {len(probs)}")
-    scores = np.array([inception_score(c) for c in probs.tensor_split(splits)])
+def inception_score_splits(probs: torch.Tensor, splits: int = 10, shuffle: bool = True,
+                           seed: int = 2020) -> tuple[float, float]:
+    """(mean, std) of the IS over ``splits`` chunks, torch-fidelity's protocol (``isc_features_to_metric``):
+    the samples shuffled by ``np.random.RandomState(2020).permutation(N)``, then chunk i = samples
+    [i N // splits, (i + 1) N // splits); std with 1/n. Without the shuffle a set ordered by class
+    (e.g. seed order with class = seed mod K sorted) gives every chunk few classes and a low IS.
+    One split is the IS of all samples."""
+    n = len(probs)
+    if not 1 <= splits <= n:
+        raise WindowguideError(f"Inception Score with {splits} splits needs at least that many samples, got {n}")
+    if shuffle:
+        probs = probs[torch.from_numpy(np.random.RandomState(seed).permutation(n))]
+    scores = np.array([inception_score(probs[i * n // splits:(i + 1) * n // splits]) for i in range(splits)])
     return float(scores.mean()), float(scores.std())
 
 
