@@ -66,10 +66,15 @@ def dit_forward(sd, x, t, y, freq_divisor):
 
 def test_dit_weights_convert_to_diffusers_and_compute_the_papers_dit(tmp_path):
     from diffusers import DiTTransformer2DModel
+    import argparse
     sd = _original_state_dict()
-    torch.save({"model": sd, "ema": sd}, tmp_path / "DiT-tiny.pt")
+    # a train.py checkpoint: {model, ema, opt, args} with args an argparse.Namespace (read as an inert record)
+    torch.save({"model": sd, "ema": sd, "opt": {}, "args": argparse.Namespace(model="DiT-tiny", image_size=8)},
+               tmp_path / "DiT-tiny.pt")
     assert main(["convert", str(tmp_path / "DiT-tiny.pt"), "--out", str(tmp_path / "dit"), "--heads", str(HEADS)]) == 0
     model = DiTTransformer2DModel.from_pretrained(tmp_path / "dit").eval()
+    for block in model.transformer_blocks:        # plain diffusers: its own frequencies (the key is ignored)
+        block.norm1.emb.time_proj.downscale_freq_shift = 1
     assert model.config.sample_size == GRID * PATCH and model.config.num_embeds_ada_norm == CLASSES
     x = torch.randn(3, C_IN, GRID * PATCH, GRID * PATCH, generator=torch.Generator().manual_seed(1))
     t, y = torch.tensor([1, 500, 999]), torch.tensor([0, 3, CLASSES])     # CLASSES = the null class
@@ -85,6 +90,34 @@ def test_dit_weights_convert_to_diffusers_and_compute_the_papers_dit(tmp_path):
     with torch.no_grad():
         fixed = match_original_timesteps(model)(x, timestep=t, class_labels=y).sample
     assert torch.allclose(fixed, original, atol=1e-5), (fixed - original).abs().max()
+
+
+def test_a_converted_folder_loads_as_the_original_network_through_windowguide(tmp_path):
+    """Replayed: the converted folder, loaded again, used diffusers' frequencies (2-3 % off). The folder
+    now says it is the original network, and windowguide's loader restores the original sinusoid."""
+    import json
+    import warnings
+    import windowguide as wg
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+    from pipes import tiny_vae
+    sd = _original_state_dict()
+    torch.save(sd, tmp_path / "DiT-tiny.pt")
+    assert main(["convert", str(tmp_path / "DiT-tiny.pt"), "--out", str(tmp_path / "dit"), "--heads", str(HEADS)]) == 0
+    assert json.loads((tmp_path / "dit" / "config.json").read_text())["windowguide_timesteps"] == "original"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DiTTransformer2DModel.from_pretrained(tmp_path / "dit").eval()
+    pipe = DiTPipeline(transformer=model, vae=tiny_vae(), scheduler=DDIMScheduler())
+    pipe.save_pretrained(tmp_path / "pipe")                  # and once more through a pipeline folder
+    from windowguide.commands.sample_pipeline import load_pipeline
+    x = torch.randn(3, C_IN, GRID * PATCH, GRID * PATCH, generator=torch.Generator().manual_seed(1))
+    t, y = torch.tensor([1, 500, 999]), torch.tensor([0, 3, CLASSES])
+    loaded = load_pipeline(str(tmp_path / "pipe"), "cpu")
+    wg.from_pipeline(loaded)                                 # what sample --model and from_pipeline do
+    with torch.no_grad():
+        got = loaded.transformer(x, timestep=t, class_labels=y).sample
+    original = dit_forward(sd, x, t, y, freq_divisor=128)
+    assert torch.allclose(got, original, atol=1e-5), (got - original).abs().max()
 
 
 def test_dit_config_and_refusals(tmp_path, capsys):

@@ -248,3 +248,20 @@ def test_without_diffusers_windowguide_imports_and_the_guiders_say_what_to_insta
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "ERR" in out.stdout and "pip install 'windowguide[diffusers]'" in out.stdout
+
+
+def test_a_guider_that_raises_leaves_no_hook_behind(sdxl, monkeypatch):
+    """Replayed first: a windowguide guider whose terms fail mid-call; the next run with diffusers' own
+    CFG and the next windowguide guider must run as if it never happened."""
+    classic, pipe = sdxl
+    cfg = _run(pipe, ClassifierFreeGuidance(guidance_scale=3.0))
+
+    def broken(self, *args):
+        raise RuntimeError("the terms failed")
+    monkeypatch.setattr(guiders.SlidingWindowGuidance, "_make_terms", broken)
+    with pytest.raises(RuntimeError, match="the terms failed"):
+        _run(pipe, guiders.SlidingWindowGuidance(guidance_scale=3.0, swg_scale=0.5))
+    assert not getattr(getattr(classic.unet, "_diffusers_hook", None), "hooks", None)
+    assert torch.equal(_run(pipe, ClassifierFreeGuidance(guidance_scale=3.0)), cfg)
+    monkeypatch.undo()
+    assert torch.equal(_run(pipe, guiders.SlidingWindowGuidance(guidance_scale=3.0, swg_scale=0.0)), cfg)

@@ -185,7 +185,8 @@ def test_crafted_dit_files_are_refused_before_building(tmp_path, change, message
 def test_weights_only_refusal_names_the_global_and_never_advises_turning_it_off(tmp_path):
     torch.save({"x_embedder.proj.weight": torch.zeros(1), "evil": _Reduce(os.getcwd, ())}, tmp_path / "g.pt")
     p = _limited("convert", tmp_path / "g.pt", "--out", tmp_path / "o")
-    assert p.returncode == 2 and "getcwd" in p.stderr and "weights_only=False" not in p.stderr, p.stderr
+    assert p.returncode == 2 and "getcwd" in p.stderr, p.stderr
+    assert "False" not in p.stderr and "likely succeed" not in p.stderr and "weights_only" not in p.stderr
 
 
 # ---- 6: a failed convert keeps the old output ----------------------------------------------------------

@@ -237,3 +237,15 @@ def test_panorama_patch_guides_inside_each_view(tmp_path):
     # views (uncond/cond interleaved) is followed by one call of the M-SWG crops of their cond rows
     per_step = [(4, 4, 64, 64), (8, 4, 40, 40)] * 2 + [(2, 4, 64, 64), (4, 4, 40, 40)]
     assert calls == per_step * 2
+
+
+def test_flux_cfg_recipe_with_a_list_of_prompts_gets_one_negative_per_prompt(flux_pipe):
+    """Replayed: pipe(["a", "b"]) under a cfg recipe failed "4 vs 2" with one injected negative prompt."""
+    def run(**kw):
+        with torch.no_grad():
+            return flux_pipe(["a red cat", "a blue dog"], guidance_scale=2.5, height=32, width=32,
+                             num_inference_steps=2, output_type="latent", max_sequence_length=6,
+                             generator=torch.Generator().manual_seed(0), **kw).images
+    with wg.patch(flux_pipe, "cfg:w=2"):
+        patched = run()
+    assert torch.equal(patched, run(true_cfg_scale=3.0, negative_prompt=["", ""]))

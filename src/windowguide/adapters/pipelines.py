@@ -37,6 +37,7 @@ from ..errors import WindowguideError
 from ..windows import current_regions
 from .diffusers import schedule_of
 
+ORIGINAL_TIMESTEPS_KEY = "windowguide_timesteps"     # config key of converted DiT folders
 FAMILIES = ("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline", "StableDiffusionXLPipeline",
             "StableDiffusion3Pipeline", "FluxPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "DiTPipeline", "DDPMPipeline",
             "DDIMPipeline")
@@ -164,6 +165,9 @@ def _stable_diffusion(pipe) -> PipelineModel:
 
 def _dit(pipe, crop_positions: str = "slice") -> PipelineModel:
     dit = pipe.transformer
+    if dit.config.get(ORIGINAL_TIMESTEPS_KEY) == "original":      # a folder written by windowguide convert
+        from ..formats.dit_checkpoint import match_original_timesteps
+        match_original_timesteps(dit)
     c = dit.config.in_channels
     classes = dit.config.num_embeds_ada_norm
 

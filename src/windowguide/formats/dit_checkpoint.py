@@ -18,7 +18,11 @@ Note: diffusers' DiT computes the timestep sinusoid with frequencies 10000^(-i /
 original (``TimestepEmbedder.timestep_embedding``) uses 10000^(-i / 128); the phases drift apart with t
 (on random weights the outputs differ by 54 % RMS at t = 999). ``match_original_timesteps(model)``
 sets the frequencies back to the original's, after which diffusers' model computes the original
-network (tested to 1e-5).
+network (tested to 1e-5). ``windowguide convert`` writes ``"windowguide_timesteps": "original"`` into the
+folder's config.json and windowguide's pipeline loader (``from_pipeline``, ``sample --model``) applies
+``match_original_timesteps`` whenever it sees that key. Plain diffusers cannot keep the original
+frequencies (its ``Timesteps`` shift is not a config option): it warns that it ignores the key, and a
+user of the folder outside windowguide must call ``match_original_timesteps(model)`` after loading.
 """
 from __future__ import annotations
 
@@ -35,9 +39,17 @@ HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1152: 16}
 LIMITS = dict(num_layers=64, hidden=4096, classes=100_000, tokens=128 * 128, in_channels=64, patch_size=16)
 
 
+class TrainingArgs:
+    """DiT's ``train.py`` checkpoints hold ``args``, an ``argparse.Namespace``: read as this inert
+    record of its attributes (nothing in it is called)."""
+
+
 def read_dit(path: str) -> dict[str, torch.Tensor]:
+    """The network of a DiT file: a state dict, or a training checkpoint {model, ema, opt, args}
+    whose 'ema' (else 'model') is taken; read with weights_only, argparse.Namespace as a record."""
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([(TrainingArgs, "argparse.Namespace")]):
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise WindowguideError(f"{path}: not a weights-only torch file: {_torch_reason(e)}") from None
     if isinstance(sd, dict):
@@ -59,10 +71,11 @@ def read_dit(path: str) -> dict[str, torch.Tensor]:
 
 def _torch_reason(e: Exception) -> str:
     """torch's refusal without its advice to turn weights_only off (never do that for a file from
-    elsewhere): the offending global is named in the first line."""
-    text = " ".join(str(e).split())
-    cut = min((i for i in (text.find("Check the documentation"), text.find("If you")) if i > 0), default=len(text))
-    return f"{type(e).__name__}: {text[:cut].strip()[:600]}"
+    elsewhere): the paragraph that names the offending global, whole."""
+    parts = [" ".join(p.split()) for p in str(e).split("\n\n") if p.strip()]
+    kept = [p for p in parts if "weights_only" not in p and not p.startswith("Check the documentation")
+            and "Weights only load failed" not in p]
+    return f"{type(e).__name__}: {' '.join(kept) if kept else (parts[0][:300] if parts else 'no detail')}"
 
 
 def dit_config(sd: dict, heads: int | None = None) -> dict:
@@ -162,6 +175,10 @@ def convert_dit(path: str, out_dir: str, heads: int | None = None):
                                f"shape {wrong[:3]})")
     model = DiTTransformer2DModel(**config)
     model.load_state_dict(converted, strict=True)
+    # the folder says that it is the original network, whose timestep frequencies diffusers' class lacks:
+    # windowguide's loader restores them; plain diffusers warns that it ignores the key
+    model.register_to_config(windowguide_timesteps="original")
+    match_original_timesteps(model)
     _write_folder(model, out_dir)
     return model
 

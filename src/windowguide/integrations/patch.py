@@ -166,7 +166,9 @@ def _call_wrapper(cls, state: _State, scale_name: str):
                                        f"({scale_name} = 1 + w = {want}); give one of them")
             kwargs[scale_name] = want
             if state.kind == "flux" and not _given(signature, self, args, kwargs, "negative_prompt", "negative_prompt_embeds"):
-                kwargs["negative_prompt"] = ""       # FLUX runs its true CFG only with a negative prompt
+                # FLUX runs its true CFG only with a negative prompt: an empty one per prompt
+                prompt = signature.bind(self, *args, **kwargs).arguments.get("prompt")
+                kwargs["negative_prompt"] = [""] * len(prompt) if isinstance(prompt, (list, tuple)) else ""
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         scale = float(bound.arguments[scale_name])
