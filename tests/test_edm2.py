@@ -212,12 +212,37 @@ def test_a_latent_model_without_a_vae_is_a_clear_error(latent_model, tmp_path, c
     assert not (tmp_path / "s").exists()
 
 
+def test_cfg_on_an_edm2_network_needs_its_unconditional_network():
+    """EDM2 trains without label dropout: CFG with its zero label is refused, CFG by the unconditional
+    network is D_cond + w (D_cond - D_uncond(x)), the condition never reaching the unconditional net."""
+    from windowguide import spec
+    from windowguide.generate import sample
+    torch.manual_seed(0)
+    net = E.EDM2Precond(16, 3, 10, model_channels=8, channels_per_head=8, channel_mult=(1,), num_blocks=1,
+                        attn_resolutions=()).eval()
+    uncond = E.EDM2Precond(16, 3, 0, model_channels=8, channels_per_head=8, channel_mult=(1,), num_blocks=1,
+                           attn_resolutions=()).eval()
+    with pytest.raises(WindowguideError, match="unconditional network"):
+        spec.build("cfg:w=1", spec.Context(net=net, load=None))
+    g = spec.build("cfg:w=0.5,model=u", spec.Context(net=net, load=None, load_unconditional=lambda _: uncond.denoiser()))
+    x, s, c = torch.randn(2, 3, 16, 16), torch.tensor([1.0, 2.0]), torch.tensor([3, 7])
+    from windowguide.guidance import GuidedDenoiser
+    with torch.no_grad():
+        got = GuidedDenoiser(net.denoiser(), g)(x, s, c)
+        pos, neg = net.denoiser()(x, s, c), uncond.denoiser()(x, s, None)
+    assert torch.allclose(got, pos + 0.5 * (pos - neg), atol=1e-6)
+
+
 def test_presets_expand_with_their_sources_and_converted_weights(capsys):
     from windowguide.presets import PRESETS, expand
     from windowguide import spec
     assert expand("edm2-s-mswg-fid").guidance == "mswg:w=0.2,window=40,n=2"
     assert expand("edm2-s-ag-fid", weak="xs.safetensors").guidance == "ag:w=1.1,model=xs.safetensors"
-    assert expand("edm2-xxl-cfg-interval").guidance == "cfg:w=1.0,lo=0.28,hi=2.9"
+    assert expand("edm2-xxl-cfg-interval", weak="u.safetensors").guidance == "cfg:w=1.0,lo=0.28,hi=2.9,model=u.safetensors"
+    with pytest.raises(WindowguideError, match="--weak FILE"):
+        expand("edm2-xxl-cfg-interval")
+    assert "edm2-img512-xs-0134217-0.125" in PRESETS["edm2-s-ag-fid"].model
+    assert "edm2-img512-xs-0134217-0.165" in PRESETS["edm2-s-ag-fd-dinov2"].model
     for name, p in PRESETS.items():
         assert p.source and p.weights and spec.parse(expand(name, "w.safetensors" if p.needs_weak else None).guidance)
     with pytest.raises(WindowguideError, match="--weak FILE"):

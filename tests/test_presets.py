@@ -89,8 +89,10 @@ def test_edm2_presets_run_on_a_small_edm2_at_64(name, tmp_path):
     net = EDM2Precond(64, 4, 10, model_channels=8, channels_per_head=8).eval()
     den = net.denoiser()
     p = expand(name, weak="xs" if PRESETS[name].needs_weak else None)
-    g = spec.build(p.guidance, spec.Context(net=net, load=lambda _: net.denoiser()))
-    counter = Counter(net.unet)
+    uncond = EDM2Precond(64, 4, 0, model_channels=8, channels_per_head=8).eval()     # EDM2's unconditional XS
+    g = spec.build(p.guidance, spec.Context(net=net, load=lambda _: net.denoiser(),
+                                            load_unconditional=lambda _: uncond.denoiser()))
+    counter, uncond_counter = Counter(net.unet), Counter(uncond.unet)
     with torch.no_grad():
         x = sample(den, (4, 64, 64), [0], steps=3, sampler=p.sampler, guidance=g, cond=torch.tensor([3]))
     assert torch.isfinite(x).all() and p.steps == 32 and p.sampler == "heun"
@@ -99,6 +101,10 @@ def test_edm2_presets_run_on_a_small_edm2_at_64(name, tmp_path):
         assert (40, 40) in counter.calls
     if name == "edm2-s-mswg-fid":
         assert counter.samples == evals * (1 + 4)
+    if "cfg" in name:                          # CFG's negative is the unconditional network, never a null label
+        assert counter.samples == evals and 0 < uncond_counter.samples <= evals
+        if name == "edm2-xxl-cfg-fid":         # on at every sigma: one unconditional evaluation each
+            assert uncond_counter.samples == evals
 
 
 def test_gvcf_panorama_preset_makes_two_evaluations_per_window_per_step():

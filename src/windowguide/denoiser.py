@@ -91,6 +91,20 @@ class EDMDenoiser(Denoiser):
         return self.net(x, sigma, cond)
 
 
+class UnconditionalDenoiser(Denoiser):
+    """A separately trained unconditional network as CFG's negative: ``D(x, sigma, cond) = net(x, sigma)``
+    whatever the condition (EDM2 trains without label dropout; its CFG presets guide with an
+    unconditional XS network, ``edm2-img512-xs-uncond-*``)."""
+
+    def __init__(self, denoiser: Any):
+        self.denoiser = as_denoiser(denoiser)
+        self.multiple, self.sigma_min, self.sigma_max = (self.denoiser.multiple, self.denoiser.sigma_min,
+                                                         self.denoiser.sigma_max)
+
+    def forward(self, x, sigma, cond):
+        return self.denoiser(x, sigma, None)
+
+
 class VPSchedule:
     """A discrete variance-preserving schedule alpha_bar_t, t = 0..T-1, seen in VE form:
 

@@ -44,14 +44,20 @@ PRESETS = {
                               "w = 0.2 as printed (the paper's convention is ours)"),
     "edm2-s-mswg-fd-dinov2": Preset(f"mswg:w=1.1,{_MSWG}", "EDM2-S (ImageNet-512)",
                                     f"{MSWG_PAPER}, EDM2-S best FD-DINOv2", "w = 1.1 as printed"),
-    "edm2-s-ag-mswg": Preset(f"ag:w=1.2,model={{weak}}+mswg:w=0.14,{_MSWG}", "EDM2-S, weak model EDM2-XS",
+    "edm2-s-ag-mswg": Preset(f"ag:w=1.2,model={{weak}}+mswg:w=0.14,{_MSWG}",
+                             "EDM2-S with EDM2-XS as the weak model (the M-SWG paper names no snapshots; EDM2's FID "
+                             "pairing is edm2-img512-s-2147483-0.070 with edm2-img512-xs-0134217-0.125)",
                              f"{MSWG_PAPER}, table 1 'both' (FID 1.79, FD-DINOv2 40.9)",
                              "1.2 + 0.14 in the M-SWG paper's convention, which is ours (Karras's autoguidance "
                              "scale would read 2.2)"),
-    "edm2-s-ag-fid": Preset("ag:w=1.1,model={weak}", "EDM2-S, weak model EDM2-XS", f"{AG_PAPER}, EDM2-S, FID",
+    "edm2-s-ag-fid": Preset("ag:w=1.1,model={weak}", "edm2-img512-s-2147483-0.070 guided by "
+                            "edm2-img512-xs-0134217-0.125 (--weak)",
+                            f"{AG_PAPER}, EDM2-S, FID 1.34 (EDM2's preset edm2-img512-s-autog-fid)",
                             "guidance scale 2.10 -> w = 1.10"),
-    "edm2-s-ag-fd-dinov2": Preset("ag:w=1.45,model={weak}", "EDM2-S, weak model EDM2-XS",
-                                  f"{AG_PAPER}, EDM2-S, FD-DINOv2", "guidance scale 2.45 -> w = 1.45"),
+    "edm2-s-ag-fd-dinov2": Preset("ag:w=1.45,model={weak}", "edm2-img512-s-2147483-0.120 guided by "
+                                  "edm2-img512-xs-0134217-0.165 (--weak)",
+                                  f"{AG_PAPER}, EDM2-S, FD-DINOv2 36.67 (EDM2's preset edm2-img512-s-autog-dino)",
+                                  "guidance scale 2.45 -> w = 1.45"),
     "dit-xl-2-mswg-fid": Preset("mswg:w=0.5,window=20,n=2", "DiT-XL/2 256 (pipeline folder)",
                                 f"{MSWG_PAPER}, DiT-XL/2 best FID", "w = 0.5 as printed; window 20 of the 32 x 32 "
                                 "latent; DiT's own sampler: 250 respaced DDPM steps with the learned variance; "
@@ -77,9 +83,17 @@ PRESETS = {
                                 "SD's guidance_scale 7.5 -> w 6.5; the paper's DDPM has 1000 steps",
                                 steps=1000, sampler="ddpm",
                                 panorama=dict(height=512, width=3584, stride=48, mode="gf", vcf=True)),
-    "edm2-xxl-cfg-interval": Preset("cfg:w=1.0,lo=0.28,hi=2.9", "EDM2-XXL (ImageNet-512)",
+    "edm2-xxl-cfg-fid": Preset("cfg:w=0.2,model={weak}", "edm2-img512-xxl-0939524-0.015 with the unconditional "
+                               "edm2-img512-xs-uncond-2147483-0.015 (--weak)",
+                               "EDM2 (Karras et al. 2024), preset edm2-img512-xxl-guid-fid, FID 1.81",
+                               "CFG scale 1.2 -> w = 0.2; the negative is EDM2's separately trained unconditional "
+                               "XS network (EDM2 trains without label dropout)"),
+    "edm2-xxl-cfg-interval": Preset("cfg:w=1.0,lo=0.28,hi=2.9,model={weak}",
+                                    "edm2-img512-xxl-0939524-0.015 with the unconditional "
+                                    "edm2-img512-xs-uncond-2147483-0.015 (--weak)",
                                     f"{INTERVAL_PAPER}, EDM2-XXL, FID 1.81 -> 1.40",
-                                    "scale 2.0 on sigma in (0.28, 2.9] -> w = 1.0 with lo=0.28, hi=2.9"),
+                                    "scale 2.0 on sigma in (0.28, 2.9] -> w = 1.0 with lo=0.28, hi=2.9; the negative "
+                                    "is the unconditional XS network, as in EDM2's CFG"),
 }
 
 
@@ -89,8 +103,8 @@ def expand(name: str, weak: str | None = None) -> Preset:
         raise WindowguideError(f"--preset {name!r}: accepted: {', '.join(sorted(PRESETS))}")
     p = PRESETS[name]
     if p.needs_weak and not weak:
-        raise WindowguideError(f"--preset {name} guides {p.model}: pass the weak model with --weak FILE "
-                               f"(e.g. an EDM2-XS .pkl converted by windowguide convert)")
+        raise WindowguideError(f"--preset {name} is for {p.model}: pass that second network with --weak FILE "
+                               f"(its .pkl converted by windowguide convert)")
     if weak and not p.needs_weak:
         raise WindowguideError(f"--preset {name} uses no weak model; drop --weak")
     return Preset(p.guidance.replace("{weak}", weak or ""), p.model, p.source, p.weights, p.steps, p.sampler, p.panorama,

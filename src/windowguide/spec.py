@@ -5,7 +5,7 @@
 
 | NAME  | term | keys (besides the common ones) |
 |-------|------|------|
-| cfg   | CFG with the model's null label | |
+| cfg   | CFG with the model's null label, or with model= a separately trained unconditional network (EDM2's way) | model |
 | ag    | AutoGuidance by a weaker model | model (default: the main model's NAME-weak) |
 | wd    | AutoGuidance by the weight-decayed model | model (default: NAME-wd) |
 | swg   | SWG | window (several sizes joined by '/'), n (windows per side) or stride, model (crops on a weak net) |
@@ -25,15 +25,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import WindowguideError
+from .denoiser import UnconditionalDenoiser
 from .guidance import CFG, SWG, AutoGuidance, Custom, Guidance, Segmented, StepRange, flow_t_range
 
 SYNTAX = ("SPEC is 'none' or TERM+TERM+..., TERM = NAME[:key=value,...]; NAME in cfg, ag, wd, swg, mswg, "
           "slg, sgg; keys: w (weight), wend (ramp), lo/hi (sigma) or tlo/thi (flow t) or first/last (steps) "
           "or start/stop (step fractions); swg/mswg: window (a/b for several sizes), n or stride, model; "
-          "ag/wd: model; slg: skip=mid; sgg: split|tsplit|stepsplit|fsplit, cfg, cfgend, and one of "
+          "cfg/ag/wd: model; slg: skip=mid; sgg: split|tsplit|stepsplit|fsplit, cfg, cfgend, and one of "
           "ag/wd/swg/mswg/slg = weight. Example: cfg:w=1+mswg:w=0.5,window=16")
 
-KEYS = {"cfg": set(), "ag": {"model"}, "wd": {"model"}, "swg": {"window", "n", "stride", "model"},
+KEYS = {"cfg": {"model"}, "ag": {"model"}, "wd": {"model"}, "swg": {"window", "n", "stride", "model"},
         "mswg": {"window", "n", "stride", "model"}, "slg": {"skip"}}
 COMMON = {"w", "wend", "lo", "hi", "tlo", "thi", "first", "last", "start", "stop"}
 SPLITS = ("split", "tsplit", "stepsplit", "fsplit")
@@ -83,6 +84,7 @@ class Context:
     load: Callable[[str], Any]
     model_name: str | None = None
     skip: Callable[[tuple[str, ...]], Callable] | None = None    # a pipeline's skip-layer negative, by block
+    load_unconditional: Callable[[str], Any] | None = None       # cfg:model=...: an unconditional network
 
 
     def weak(self, keys: dict, suffix: str):
@@ -146,6 +148,15 @@ def _term(name: str, keys: dict, ctx: Context, weight: float | None = None):
         weight = _number(keys, "w", 0.0)
     rng = _where(keys)
     if name == "cfg":
+        if "model" in keys:                     # CFG whose negative is a separately trained unconditional net
+            if ctx.load_unconditional is None:
+                raise _error("cfg:model=... (an unconditional network) is not available here")
+            return AutoGuidance(UnconditionalDenoiser(ctx.load_unconditional(keys["model"])), weight, **rng)
+        if getattr(ctx.net, "cfg_needs_unconditional_net", False):
+            raise _error("cfg on an EDM2 network needs EDM2's unconditional network: EDM2 trains without label "
+                         "dropout, so its null label is no model it learned; write cfg:w=W,model=UNCOND.safetensors "
+                         "(e.g. edm2-img512-xs-uncond-2147483-0.015.pkl converted), or --preset edm2-xxl-cfg-fid "
+                         "--weak FILE")
         return CFG(weight, **rng)
     if name in ("ag", "wd"):
         return AutoGuidance(ctx.weak(keys, "weak" if name == "ag" else "wd"), weight, **rng)

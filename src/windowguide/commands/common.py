@@ -97,7 +97,8 @@ def prepare(model: str, guidance: str, device: Any = "cpu"):
     named in the SPEC are loaded and checked against the main model."""
     denoiser, info, net = load_denoiser(model, device)
     name = model if model in bundled_names() else None
-    ctx = spec.Context(net=net, load=_weak_loader(info, device), model_name=name)
+    ctx = spec.Context(net=net, load=_weak_loader(info, device), model_name=name,
+                       load_unconditional=lambda path: load_matching_denoiser(path, info.get("shape", []), 0, device))
     return denoiser, net, info, spec.build(guidance, ctx)
 
 

@@ -222,6 +222,8 @@ class EDM2Precond(nn.Module):
     ``config`` holds the constructor arguments (the record a converted file carries)."""
 
     multiple = 8        # three 2x downsamplings
+    # trained without label dropout: a zero label is not an unconditional model it has learned
+    cfg_needs_unconditional_net = True
 
     def __init__(self, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool = True,
                  sigma_data: float = 0.5, logvar_channels: int = 128, **unet_kwargs):
