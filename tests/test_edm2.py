@@ -249,3 +249,17 @@ def test_presets_expand_with_their_sources_and_converted_weights(capsys):
         expand("edm2-s-ag-mswg")
     assert main(["sample", "--model", "digits", "--preset", "edm2-s-mswg-fid", "--guidance", "cfg:w=1"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_pixel_edm2_models_decode_as_the_authors_do():
+    """NVlabs' StandardRGBEncoder.decode: uint8(clip(x * 127.5 + 128, 0, 255)), a truncation; half-way
+    values land one level above windowguide's own rounding of (x + 1) * 127.5."""
+    from windowguide.adapters.latents import edm2_rgb_decode, pixel_decoder
+    from windowguide.images import to_uint8
+    levels = torch.tensor([2.5, 100.5, 101.5, 0.2, 254.9, -3.0, 300.0])
+    x = ((levels - 127.5) / 127.5).double().float().view(1, 1, 1, -1)
+    decode, _ = pixel_decoder({"encoder": {"kind": "StandardRGBEncoder"}, "shape": [1, 1, 7]})
+    assert decode is edm2_rgb_decode
+    assert edm2_rgb_decode(x)[0, 0, :, 0].tolist() == [3, 101, 102, 0, 255, 0, 255]
+    assert to_uint8(x)[0, 0, :, 0].tolist() == [2, 100, 102, 0, 255, 0, 255]      # round half to even
+    assert pixel_decoder({"shape": [1, 1, 7]})[0] is to_uint8                    # windowguide's own models

@@ -343,3 +343,19 @@ def test_cli_dit_folder_with_the_learned_variance_sampler(dit_pipe, tmp_path):
     assert main(["sample", "--model", str(tmp_path / "dit"), "--sampler", "dit_ddpm", "--steps", "4", "--seeds", "0",
                  "--guidance", "cfg:w=0.6+mswg:w=0.5,window=6", "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s" / "000000.png").exists()
+
+
+def test_dit_refuses_shapes_and_windows_it_cannot_run_before_any_work(dit_pipe):
+    """Replayed: m.shape(12, 10) and MSWG(window=(8, 6)) were accepted, then failed inside diffusers."""
+    m = wg.from_pipeline(dit_pipe)
+    with pytest.raises(WindowguideError, match="square"):
+        m.shape(8, 6)
+    with pytest.raises(WindowguideError, match="square"):
+        m.shape(12, 12)                                   # past the 8 x 8 positional embedding
+    with pytest.raises(WindowguideError, match="square windows"):
+        wg.sample(m.denoiser, m.shape(), [0], steps=2, sampler="ddim", sigmas=m.sigmas(2),
+                  cond=torch.tensor([1]), guidance=wg.MSWG(0.5, window=(6, 4)))
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, m.shape(), [0], steps=2, sampler="ddim", sigmas=m.sigmas(2),
+                      cond=torch.tensor([1]), guidance=wg.MSWG(0.5))          # the default window: 6 x 6
+    assert torch.isfinite(x).all()

@@ -375,6 +375,9 @@ class SWG(Term):
             if h % m or w % m:
                 raise WindowguideError(f"SWG window {h}x{w} is not a multiple of {m}, the factor the model needs; "
                                        f"accepted: window sizes divisible by {m}")
+            if getattr(self.net or denoiser, "square_only", False) and h != w:
+                raise WindowguideError(f"SWG window {h}x{w}: this network (diffusers' DiT) runs square inputs only; "
+                                       f"accepted: square windows")
         if self.masked and self.overlap_mask(torch.zeros(1, 1, H, W), lays).sum() == 0:
             raise WindowguideError(f"M-SWG mask is empty for window {self.window} with {lays[0].tops}/"
                                    f"{lays[0].lefts} on {H}x{W}: no pixel is covered twice, so it would not "

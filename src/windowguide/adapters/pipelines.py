@@ -61,6 +61,9 @@ class PipelineModel:
         h, w = height or self.size[0], width or self.size[1]
         if h % self.multiple or w % self.multiple:
             raise WindowguideError(f"{self.family}: a {h}x{w} latent is not a multiple of {self.multiple}")
+        if self.extras.get("square_only") and (h != w or h > self.size[0]):
+            raise WindowguideError(f"{self.family}: a {h}x{w} latent cannot run: diffusers' DiT un-patchifies square "
+                                   f"latents only, up to its positional embedding's {self.size[0]}x{self.size[1]}")
         return (self.channels, h, w)
 
     def sigmas(self, steps: int, spacing: str | None = None) -> torch.Tensor:
@@ -193,9 +196,12 @@ def _dit(pipe, crop_positions: str = "slice") -> PipelineModel:
         return labels, torch.full_like(labels, classes)   # diffusers' DiT: the null class is the last row
 
     size = dit.config.sample_size
-    return PipelineModel("dit", _vp_denoiser(model, pipe.scheduler, dit.config.patch_size, torch.tensor(classes)),
+    denoiser = _vp_denoiser(model, pipe.scheduler, dit.config.patch_size, torch.tensor(classes))
+    denoiser.square_only = True          # diffusers' DiT un-patchifies with h = w = sqrt(tokens)
+    return PipelineModel("dit", denoiser,
                          c, (size, size), dit.config.patch_size, encode, _vae_decoder(pipe.vae), num_classes=classes,
                          extras=dict(variance_probe=probe, learned_variance=dit.config.out_channels == 2 * c,
+                                     square_only=True,
                                      vae_factor=2 ** (len(pipe.vae.config.block_out_channels) - 1)))
 
 

@@ -2,8 +2,11 @@
 
 Protocol (EDM2's ``calculate_metrics.py``, itself after dgm-eval): uint8 images -> bicubic resize to
 224 x 224 with antialiasing (on the 0..255 values) -> /255 -> ImageNet mean/std normalisation ->
-the class token after the final layer norm (transformers' ``pooler_output``, the same vector as the
-hub model's ``x_norm_clstoken``), 1024-d for ViT-L/14.
+the class token after the final layer norm (transformers' ``pooler_output``, the role of the hub
+model's ``x_norm_clstoken``), 1024-d for ViT-L/14. Not the same vector at 224 x 224: transformers
+interpolates the 37 x 37 positional grid to 16 x 16 with ``size=(16, 16)``, torch.hub's DINOv2 (which
+EDM2 loads) with ``scale_factor=(16 + 0.1) / 37``; the features differ by about 1e-3 (on a magnitude
+of 2.65), so an FD-DINOv2 from here is close to, not identical with, EDM2's.
 """
 from __future__ import annotations
 

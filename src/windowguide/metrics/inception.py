@@ -1,7 +1,8 @@
 """The FID Inception-v3, defined here so that the standard weights load into it exactly.
 
 The network is TensorFlow's ``inception-2015-12-05`` graph as ported to PyTorch by pytorch-fid
-(file ``pt_inception-2015-12-05-6726825d.pth``, the file torchmetrics and pytorch-fid load): the
+(file ``pt_inception-2015-12-05-6726825d.pth``, the file pytorch-fid loads; torchmetrics loads
+torch-fidelity's own port, ``weights-inception-2015-12-05-6726825d.pth``, with another input protocol): the
 torchvision Inception3 layout with 1008 classes, no auxiliary head, and the FID-specific blocks
 (average pooling without the padded zeros in the A, C and first E blocks; max pooling in the last E
 block). The parameter names and shapes are those of that file, so ``load_state_dict(strict=True)``
