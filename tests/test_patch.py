@@ -249,3 +249,25 @@ def test_flux_cfg_recipe_with_a_list_of_prompts_gets_one_negative_per_prompt(flu
     with wg.patch(flux_pipe, "cfg:w=2"):
         patched = run()
     assert torch.equal(patched, run(true_cfg_scale=3.0, negative_prompt=["", ""]))
+
+
+@pytest.mark.parametrize("scheduler", ["HeunDiscreteScheduler", "KDPM2DiscreteScheduler"])
+def test_step_fractions_count_scheduler_steps_on_second_order_schedulers(tmp_path, scheduler):
+    """Replayed: start=0.5 over 4 Heun steps guided evaluations 5-6 (of 0-6) instead of 4-6: the patch
+    counted 2N - 1 network calls as steps. Steps 2 and 3 are evaluations 4, 5 (step 2 and its
+    correction) and 6 (the last step, first order)."""
+    import diffusers
+    pipe = tiny_sd(tmp_path)
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+    sizes = []
+    hook = pipe.unet.register_forward_pre_hook(lambda mod, args: sizes.append(tuple(args[0].shape[-2:])))
+    try:
+        with wg.patch(pipe, "swg:w=0.7,window=12,start=0.5,stop=1"):
+            _run_sd(pipe)
+    finally:
+        hook.remove()
+    full = [i for i, s in enumerate(sizes) if s == (16, 16)]
+    crops = [i for i, s in enumerate(sizes) if s == (12, 12)]
+    assert len(full) == 7 and len(crops) == 3
+    guided = [full.index(i - 1) for i in crops]           # the full-size call each crop call follows
+    assert guided == [4, 5, 6]

@@ -63,6 +63,7 @@ class _State:
     def begin(self, scale: float, do_cfg: bool) -> None:
         self.scale, self.do_cfg = float(scale), bool(do_cfg)
         self.step, self.last_t, self.sigmas, self._schedule = -1, None, None, None
+        self.last_index = object()
 
     def schedule(self):
         """The VP schedule of the pipeline's scheduler (read once per pipeline call); None for flow."""
@@ -71,10 +72,20 @@ class _State:
             self._schedule = schedule_of(self.pipe.scheduler)
         return self._schedule
 
+    def second_order(self) -> bool:
+        """Heun / DPM2-style schedulers: two network calls per step (the last step one); diffusers'
+        ``state_in_first_order`` says which call opens a step."""
+        sched = self.pipe.scheduler
+        return getattr(sched, "order", 1) == 2 and hasattr(sched, "state_in_first_order")
+
     def _sigmas(self) -> list[float]:
-        """The whole run's sigmas (for step ranges and weight ramps), from the scheduler's timesteps."""
+        """The whole run's step sigmas (for step ranges and weight ramps), from the scheduler's timesteps;
+        a second-order scheduler's list holds each step's second evaluation too: its steps open at
+        timesteps 0, 2, 4, ..."""
         if self.sigmas is None:
             ts = torch.as_tensor(self.pipe.scheduler.timesteps).reshape(-1)
+            if self.second_order():
+                ts = ts[0::2]
             if self.kind == "flux":
                 ts = ts / 1000                       # FLUX's pipeline hands its network t / 1000
             self.sigmas = default_sigma(self.kind, ts, self.schedule()).tolist() + [0.0]
@@ -104,8 +115,14 @@ class _State:
             return out
         t0 = float(call.t[0])
         first = t0 != self.last_t
-        if first:
-            self.step, self.last_t = self.step + 1, t0
+        if self.second_order():                      # a step opens with a first-order call after a scheduler step
+            sched = self.pipe.scheduler
+            if sched.state_in_first_order and sched.step_index != self.last_index:
+                self.step += 1
+            self.last_index = sched.step_index
+        elif first:
+            self.step += 1
+        self.last_t = t0
         idx = self.cond_rows(call, first)
         if idx is None:
             return out
