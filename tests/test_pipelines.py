@@ -359,3 +359,20 @@ def test_dit_refuses_shapes_and_windows_it_cannot_run_before_any_work(dit_pipe):
         x = wg.sample(m.denoiser, m.shape(), [0], steps=2, sampler="ddim", sigmas=m.sigmas(2),
                       cond=torch.tensor([1]), guidance=wg.MSWG(0.5))          # the default window: 6 x 6
     assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("config", [dict(clip_sample=True), dict(timestep_spacing="trailing", clip_sample=True),
+                                    dict(thresholding=True, sample_max_value=1.2, dynamic_thresholding_ratio=0.8)])
+def test_ddim_pipeline_with_its_scheduler_options_equals_windowguide(ddim_pipe, config):
+    """DDIMScheduler() clips x0 by default; trailing spacing steps to t - T // N: both reproduced through
+    from_pipeline's sampler options, on the pipeline's own UNet (the CLI passes the same)."""
+    from diffusers import DDIMPipeline, DDIMScheduler
+    pipe = DDIMPipeline(unet=ddim_pipe.unet, scheduler=DDIMScheduler(num_train_timesteps=1000, **config))
+    m = wg.from_pipeline(pipe)
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, m.shape(), [5], sampler="ddim", sigmas=m.sigmas(7, sampler="ddim"),
+                      **m.sampler_options("ddim", 7))
+        ref = pipe(batch_size=1, num_inference_steps=7, eta=0.0, output_type="np",
+                   generator=torch.Generator().manual_seed(5), use_clipped_model_output=False).images
+    ours = (m.pipeline_latents(x, m.sigmas(7, sampler="ddim")) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert np.abs(ours - ref).max() <= 1e-4

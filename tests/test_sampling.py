@@ -254,3 +254,45 @@ def test_seed_strings_parse():
     assert wg.parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
     assert wg.parse_seeds(5) == [5]
     assert math.isclose(1, 1)
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "linspace"])
+@pytest.mark.parametrize("steps", [3, 7])
+@pytest.mark.parametrize("eta", [0.0, 0.6])
+def test_ddim_with_trailing_and_linspace_spacing_steps_as_diffusers(spacing, steps, eta):
+    """Replayed: diffusers' DDIM steps from t to t - T // N, not to the next timestep of the list (0.10
+    off at N = 3 trailing, 18-29 with linspace); ``VPSchedule.ddim_targets`` gives those targets."""
+    sched = DDIMScheduler(clip_sample=False, timestep_spacing=spacing)
+    model = TinyEps(sched.alphas_cumprod)
+    ref = diffusers_loop(sched, model, [2], (2, 8, 8), steps, eta=eta)
+    schedule = VPSchedule(sched.alphas_cumprod, spacing=spacing)
+    out = wg.sample(EpsDenoiser(model, schedule), (2, 8, 8), seeds=[2], sampler="ddim", steps=steps, eta=eta)
+    final = float(schedule.ddim_targets(steps)[-1])
+    assert (out / (1 + final ** 2) ** 0.5 - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["clip", "threshold"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_clip_sample_and_thresholding_match_diffusers_schedulers(kind, sampler):
+    """Replayed: clip_sample (the default of DDIMScheduler() and DDPMScheduler()) was ignored; with x0
+    far outside [-1, 1] the results differed by up to 1.0."""
+    from windowguide.adapters.pipelines import scheduler_x0_clip
+    config = dict(clip_sample=True, clip_sample_range=0.8) if kind == "clip" else dict(
+        clip_sample=False, thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5)
+    sched = (DDIMScheduler if sampler == "ddim" else DDPMScheduler)(**config)
+
+    class Loud(TinyEps):                        # x0 out to +-3, so the clipping acts
+        def forward(self, x, t, cond=None):
+            a = self.alphas_cumprod[torch.as_tensor(t).long()].reshape(-1, 1, 1, 1).to(x.dtype)
+            x0 = 3 * torch.tanh(self.conv(x))
+            return (x - a.sqrt() * x0) / (1 - a).sqrt()
+    model = Loud(sched.alphas_cumprod)
+    steps = 10
+    ref = diffusers_loop(sched, model, [4], (2, 8, 8), steps)
+    clip = scheduler_x0_clip(sched)
+    out = wg.sample(EpsDenoiser(model, VPSchedule(sched.alphas_cumprod)), (2, 8, 8), seeds=[4], sampler=sampler,
+                    steps=steps, x0_clip=clip)
+    assert (out - ref).abs().max() <= 1e-4                    # float32 through 10 steps (measured <= 1.8e-5)
+    plain = wg.sample(EpsDenoiser(model, VPSchedule(sched.alphas_cumprod)), (2, 8, 8), seeds=[4], sampler=sampler,
+                      steps=steps)
+    assert (plain - ref).abs().max() > 1e-2                   # without it, a visible difference

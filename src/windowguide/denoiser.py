@@ -196,6 +196,22 @@ class VPSchedule:
         return torch.cat([self.sigmas[torch.tensor(ts)], final])
 
 
+    def ddim_targets(self, steps: int, spacing: str | None = None, offset: int | None = None,
+                     final_alpha_one: bool | None = None) -> torch.Tensor | None:
+        """Where diffusers' DDIM steps to from each inference timestep: t - T // steps (its
+        ``prev_timestep``), the final alpha below 0, as sigmas [steps]. With 'trailing' and 'linspace'
+        spacing that is not the next timestep of the list (which is where the next evaluation is); with
+        'leading' it is, and this returns None (nothing to correct)."""
+        spacing = self.spacing if spacing is None else spacing
+        offset = self.steps_offset if offset is None else offset
+        final_alpha_one = self.set_alpha_to_one if final_alpha_one is None else final_alpha_one
+        ts = self.timesteps(steps, spacing, offset)
+        final = torch.zeros(1, dtype=torch.float64) if final_alpha_one else self.sigmas[:1]
+        prev = [t - self.T // steps for t in ts]
+        targets = torch.cat([self.sigmas[p:p + 1] if p >= 0 else final for p in prev])
+        return None if prev[:-1] == ts[1:] and prev[-1] < 0 else targets
+
+
 class _VPModelDenoiser(Denoiser):
     """Shared plumbing of eps- and v-prediction models on a discrete VP schedule."""
 

@@ -176,9 +176,17 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     model = guided(base, guidance, max_batch)
     if isinstance(model, GuidedDenoiser):
         model.check(shape)
+    if sigmas is None and sampler == "ddim" and getattr(base, "schedule", None) is not None \
+            and "targets" not in options:                # diffusers' DDIM steps to t - T // N
+        targets = base.schedule.ddim_targets(steps, spacing, steps_offset, set_alpha_to_one)
+        if targets is not None:
+            options["targets"] = targets
     sigmas = (check_sigmas(sigmas) if sigmas is not None else
               schedule_sigmas(sampler, base, steps, sigma_min, sigma_max, rho, shift, spacing, steps_offset,
                               set_alpha_to_one))
+    if "targets" in options and options["targets"] is not None and len(options["targets"]) == len(sigmas) - 1:
+        sigmas = sigmas.clone()
+        sigmas[-1] = float(options["targets"][-1])        # the state ends where the last step went
     device = torch.device(device) if device is not None else torch.device("cpu")
     size = len(seeds) if batch_size is None else int(batch_size)
     if size < 1:

@@ -213,35 +213,78 @@ def ddim_coefficients(sigma: float, sigma_next: float, eta: float) -> tuple[floa
     return math.sqrt(max(sigma_next ** 2 - up ** 2, 0.0)), up
 
 
+def clip_x0(x0: torch.Tensor, clip: dict | None) -> torch.Tensor:
+    """A diffusers scheduler's treatment of its x0 prediction, on our D (the same x0):
+    {'kind': 'clip', 'range': r}: clamp to [-r, r] (``clip_sample``); {'kind': 'threshold', 'ratio': p,
+    'max': m}: dynamic thresholding (Imagen; ``thresholding``): per sample s = clamp(quantile_p |x0|, 1, m),
+    x0 = clamp(x0, -s, s) / s. None: unchanged."""
+    if clip is None:
+        return x0
+    if clip["kind"] == "clip":
+        return x0.clamp(-clip["range"], clip["range"])
+    if clip["kind"] != "threshold":
+        raise WindowguideError(f"x0_clip kind {clip['kind']!r}: accepted 'clip', 'threshold'")
+    flat = x0.float().reshape(x0.shape[0], -1)
+    s = torch.quantile(flat.abs(), clip["ratio"], dim=1).clamp(min=1, max=clip["max"])[:, None]
+    return (flat.clamp(-s, s) / s).reshape(x0.shape).to(x0.dtype)
+
+
 @torch.no_grad()
 def sample_ddim(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, eta: float = 0.0, noise=None,
-                callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
+                callback: Callable | None = None, progress: bool = False, targets=None,
+                x0_clip: dict | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021) with stochasticity eta; eta = 0 is deterministic, eta = 1 is DDPM.
 
-        x' = D + sigma_down (x - D) / sigma + sigma_up z     (see ``ddim_coefficients``)
+        x' = clip(D) + sigma_down (x - D) / sigma + sigma_up z     (see ``ddim_coefficients``)
+
+    as diffusers' DDIM: the direction term keeps the model's own (unclipped) prediction; ``x0_clip``
+    (``clip_x0``) treats only the x0 term. ``targets``: where each step goes when that is not the next
+    sigma (diffusers' DDIM steps to t - T // N, ``VPSchedule.ddim_targets``); the next evaluation is at
+    the next sigma with the same VP latents, x <- x sqrt(1 + sigma_next^2) / sqrt(1 + target^2) (VP models).
     """
     if not 0 <= eta <= 1:
         raise WindowguideError(f"eta must be in [0, 1], got {eta}")
     sigmas = check_sigmas(sigmas).tolist()
+    targets = None if targets is None else [float(t) for t in targets]
+    if targets is not None and len(targets) != len(sigmas) - 1:
+        raise WindowguideError(f"targets: one per step ({len(sigmas) - 1}), got {len(targets)}")
     noise = _noise_or_default(noise)
     for i in _steps(sigmas, progress, "ddim" if eta < 1 else "ddpm"):
         begin_step(denoiser, i, sigmas)
-        s, s_next = sigmas[i], sigmas[i + 1]
+        s = sigmas[i]
+        if targets is not None and i > 0:
+            x = x * math.sqrt((1 + s ** 2) / (1 + targets[i - 1] ** 2))
+        s_next = sigmas[i + 1] if targets is None else targets[i]
         denoised = denoiser(x, s, cond)
         if callback is not None:
             callback(i, x, denoised, s)
         down, up = ddim_coefficients(s, s_next, eta)
-        x = denoised + (down / s) * (x - denoised)
+        x = clip_x0(denoised, x0_clip) + (down / s) * (x - denoised)
         if up > 0:
             x = x + up * noise(x)
     return x
 
 
+@torch.no_grad()
 def sample_ddpm(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, noise=None,
-                callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
+                callback: Callable | None = None, progress: bool = False, x0_clip: dict | None = None) -> torch.Tensor:
     """DDPM ancestral sampling (Ho et al. 2020): each step draws from the posterior
-    q(x' | x, x0 = D):  x' = D + (sigma'^2 / sigma^2)(x - D) + sigma' sqrt(sigma^2 - sigma'^2)/sigma z."""
-    return sample_ddim(denoiser, x, sigmas, cond, eta=1.0, noise=noise, callback=callback, progress=progress)
+    q(x' | x, x0 = clip(D)):  x' = clip(D) + (sigma'^2 / sigma^2)(x - clip(D)) + sigma' sqrt(sigma^2 - sigma'^2)/sigma z,
+    as diffusers' DDPMScheduler (its posterior mean takes the treated x0 and x_t; ``clip_x0``)."""
+    sigmas = check_sigmas(sigmas).tolist()
+    noise = _noise_or_default(noise)
+    for i in _steps(sigmas, progress, "ddpm"):
+        begin_step(denoiser, i, sigmas)
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = denoiser(x, s, cond)
+        if callback is not None:
+            callback(i, x, denoised, s)
+        x0 = clip_x0(denoised, x0_clip)
+        down, up = ddim_coefficients(s, s_next, 1.0)
+        x = x0 + (down / s) * (x - x0)
+        if up > 0:
+            x = x + up * noise(x)
+    return x
 
 
 def sample_flow_euler(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, noise=None,

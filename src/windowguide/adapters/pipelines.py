@@ -66,16 +66,46 @@ class PipelineModel:
                                    f"latents only, up to its positional embedding's {self.size[0]}x{self.size[1]}")
         return (self.channels, h, w)
 
-    def sigmas(self, steps: int, spacing: str | None = None) -> torch.Tensor:
+    def sigmas(self, steps: int, spacing: str | None = None, sampler: str | None = None) -> torch.Tensor:
         """The pipeline scheduler's own timesteps as a VE sigma schedule, ending in 0 or (diffusers'
-        ``set_alpha_to_one=False``) in the sigma of t = 0."""
-        return self.denoiser.schedule.step_sigmas(steps, spacing).float()
+        ``set_alpha_to_one=False``) in the sigma of t = 0; for ``sampler='ddim'`` with trailing or
+        linspace spacing, ending where diffusers' last DDIM step goes (``VPSchedule.ddim_targets``)."""
+        sigmas = self.denoiser.schedule.step_sigmas(steps, spacing).float()
+        targets = self.denoiser.schedule.ddim_targets(steps, spacing) if sampler == "ddim" else None
+        if targets is not None:
+            sigmas[-1] = float(targets[-1])
+        return sigmas
+
+    def sampler_options(self, sampler: str, steps: int, spacing: str | None = None) -> dict:
+        """What ``wg.sample`` needs to take the steps of the pipeline's own scheduler: its x0 clipping
+        or dynamic thresholding (``x0_clip``, DDIM and DDPM) and DDIM's step targets (``targets``)."""
+        options = {}
+        if sampler in ("ddim", "ddpm") and self.extras.get("x0_clip") is not None:
+            options["x0_clip"] = self.extras["x0_clip"]
+        if sampler == "ddim" and getattr(self.denoiser, "schedule", None) is not None:
+            targets = self.denoiser.schedule.ddim_targets(steps, spacing)
+            if targets is not None:
+                options["targets"] = targets.float()
+        return options
 
     @staticmethod
     def pipeline_latents(x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
         """Our VE state at the last sigma as the pipeline's latents: x_vp = x / sqrt(1 + sigma_last^2)
         (the same when the schedule ends in 0; SD's DDIM ends at t = 0, a 4e-4 relative scale)."""
         return x / (1 + float(sigmas[-1]) ** 2) ** 0.5
+
+
+def scheduler_x0_clip(scheduler: Any) -> dict | None:
+    """The x0 treatment a diffusers scheduler's config asks for: dynamic thresholding (which takes
+    precedence, as in its ``step``), clipping to ``clip_sample_range``, or None."""
+    c = getattr(scheduler, "config", None)
+    if c is None:
+        return None
+    if getattr(c, "thresholding", False):
+        return dict(kind="threshold", ratio=float(c.dynamic_thresholding_ratio), max=float(c.sample_max_value))
+    if getattr(c, "clip_sample", False):
+        return dict(kind="clip", range=float(getattr(c, "clip_sample_range", 1.0)))
+    return None
 
 
 def from_pipeline(pipe: Any, crop_positions: str = "slice", guidance_embed: float | None = 3.5) -> PipelineModel:
@@ -93,20 +123,16 @@ def from_pipeline(pipe: Any, crop_positions: str = "slice", guidance_embed: floa
     name = type(pipe).__name__
     if crop_positions not in ("stretch", "slice"):
         raise WindowguideError(f"crop_positions {crop_positions!r}: accepted: 'stretch', 'slice'")
-    if name in ("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline"):
-        return _stable_diffusion(pipe)
-    if name == "DiTPipeline":
-        return _dit(pipe, crop_positions)
-    if name == "StableDiffusion3Pipeline":
-        return _sd3(pipe)
-    if name == "StableDiffusionXLPipeline":
-        return _sdxl(pipe)
-    if name in ("PixArtAlphaPipeline", "PixArtSigmaPipeline"):
-        return _pixart(pipe)
-    if name == "FluxPipeline":
-        return _flux(pipe, crop_positions, guidance_embed)
-    if name in ("DDPMPipeline", "DDIMPipeline"):
-        return _unet2d(pipe)
+    builders = {"StableDiffusionPipeline": lambda: _stable_diffusion(pipe),
+                "StableDiffusionPanoramaPipeline": lambda: _stable_diffusion(pipe),
+                "DiTPipeline": lambda: _dit(pipe, crop_positions), "StableDiffusion3Pipeline": lambda: _sd3(pipe),
+                "StableDiffusionXLPipeline": lambda: _sdxl(pipe), "PixArtAlphaPipeline": lambda: _pixart(pipe),
+                "PixArtSigmaPipeline": lambda: _pixart(pipe), "FluxPipeline": lambda: _flux(pipe, crop_positions, guidance_embed),
+                "DDPMPipeline": lambda: _unet2d(pipe), "DDIMPipeline": lambda: _unet2d(pipe)}
+    if name in builders:
+        m = builders[name]()
+        m.extras["x0_clip"] = scheduler_x0_clip(getattr(pipe, "scheduler", None))   # clip_sample / thresholding
+        return m
     raise WindowguideError(f"{name} is not supported (yet); supported pipelines: {', '.join(FAMILIES)}")
 
 
@@ -407,7 +433,7 @@ def _flux(pipe, crop_positions: str, guidance_embed: float | None) -> PipelineMo
         z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
         return _to_uint8((vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1))
 
-    def sigmas(steps, spacing=None, shape=None):
+    def sigmas(steps, spacing=None, shape=None, sampler=None):
         """The pipeline's schedule: t = linspace(1, 1/N, N), exponentially shifted by mu(image tokens), then 0."""
         import numpy as np
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -470,7 +496,7 @@ def _sd3(pipe) -> PipelineModel:
     m = PipelineModel("sd3", FlowDenoiser(model, time_scale=train_steps, multiple=patch), tr.config.in_channels,
                       (size, size), patch, encode, decode, extras=dict(shift=pipe.scheduler.config.shift))
     m.skip_layers = skip_layers
-    m.sigmas = lambda steps, spacing=None: _flow_sigmas(steps, m.extras["shift"], train_steps)
+    m.sigmas = lambda steps, spacing=None, sampler=None: _flow_sigmas(steps, m.extras["shift"], train_steps)
     return m
 
 

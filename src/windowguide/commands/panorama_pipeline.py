@@ -45,6 +45,12 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
     layout(canvas[1], canvas[2], (min(wh, canvas[1]), min(ww, canvas[2])), stride=stride, circular=circular)
     klass, cond_of, g = conditions_and_guidance(m, guidance, prompt, negative_prompt, klass)
     sigmas = m.sigmas(steps)
+    scheduler_options = m.sampler_options(sampler, steps)
+    if "targets" in scheduler_options:
+        raise WindowguideError("this scheduler's DDIM steps go to t - T // N, off its trailing/linspace timesteps; "
+                               "window fusion does not reproduce that yet: use --sampler ddpm, or a scheduler with "
+                               "timestep_spacing='leading'")
+    sampler_options = {**scheduler_options, **sampler_options}     # the scheduler's clip_sample / thresholding
     settings = dict(model=os.path.abspath(folder), family=m.family, prompt=prompt, negative_prompt=negative_prompt,
                     canvas=list(canvas), window=[wh, ww], stride=stride, mode=mode, fuse=fuse, sampler=sampler,
                     steps=steps, vcf=vcf, style_alpha=style_alpha, circular=circular, guidance=spec.canonical(guidance),

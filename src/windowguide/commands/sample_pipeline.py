@@ -122,7 +122,8 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     klass, cond_of, g = conditions_and_guidance(m, guidance, prompt, negative_prompt, klass)
     from ..guidance import GuidedDenoiser
     GuidedDenoiser(m.denoiser, g).check(shape)
-    sigmas = m.sigmas(steps) if sampler != "dit_ddpm" else None
+    sigmas = m.sigmas(steps, sampler=sampler) if sampler != "dit_ddpm" else None
+    options = m.sampler_options(sampler, steps) if sampler != "dit_ddpm" else {}
     settings = dict(model=os.path.abspath(folder), family=m.family, prompt=prompt, negative_prompt=negative_prompt,
                     klass=klass, guidance=spec.canonical(guidance), steps=steps, sampler=sampler, shape=list(shape),
                     dtype=dtype, crop_positions=crop_positions)
@@ -135,7 +136,7 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
                 images = m.decode(x)
             else:
                 x = sample(m.denoiser, shape, batch, sampler=sampler, sigmas=sigmas, guidance=g, cond=cond_of(batch),
-                           device=device, progress=progress)
+                           device=device, progress=progress, **options)
                 images = m.decode(m.pipeline_latents(x, sigmas))
         for s, im in zip(batch, images):
             write_png(im, png_path(out, s))
