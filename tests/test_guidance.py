@@ -224,3 +224,20 @@ def test_bad_calls_name_the_value():
         GuidedDenoiser(d, Custom(lambda x, s, c: x[:, :1], 1.0))(x, s, c)
     with pytest.raises(ValueError, match="returned shape"):
         EDMDenoiser(lambda x, s, c: x[..., :-1])(x, s, c)
+
+
+def test_cfg_on_the_first_channels_only_is_dits_own_cfg():
+    """facebookresearch DiT's forward_with_cfg guides eps[:, :3]; D is affine in eps per channel, so
+    that is CFG with M = 1 on channels 0..2: channel 3 keeps the conditional prediction."""
+    from windowguide import spec
+    def net(x, sigma, cond):
+        return x * 0.5 + cond.float().view(-1, 1, 1, 1) * torch.arange(1.0, 5.0).view(1, 4, 1, 1)
+    den = wg.EDMDenoiser(net, null_cond=torch.tensor(0))
+    x, s, c = torch.randn(2, 4, 3, 3), torch.tensor([1.0, 1.0]), torch.tensor([2, 3])
+    g = spec.build("cfg:w=0.5,channels=3", spec.Context(net=None, load=None))
+    got = wg.GuidedDenoiser(den, g)(x, s, c)
+    pos, neg = net(x, s, c), net(x, s, torch.zeros(2))
+    want = pos.clone()
+    want[:, :3] = pos[:, :3] + 0.5 * (pos[:, :3] - neg[:, :3])
+    assert torch.allclose(got, want) and torch.equal(got[:, 3], pos[:, 3])
+    assert torch.allclose(wg.GuidedDenoiser(den, wg.CFG(0.5))(x, s, c), pos + 0.5 * (pos - neg))

@@ -271,3 +271,17 @@ def test_step_fractions_count_scheduler_steps_on_second_order_schedulers(tmp_pat
     assert len(full) == 7 and len(crops) == 3
     guided = [full.index(i - 1) for i in crops]           # the full-size call each crop call follows
     assert guided == [4, 5, 6]
+
+
+def test_windows_are_checked_at_the_first_call_even_for_a_term_not_yet_on(tmp_path):
+    """Replayed: an impossible window failed only when its term first switched on (here at step 3)."""
+    pipe = tiny_sd(tmp_path)
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    try:
+        with pytest.raises(WindowguideError, match="not a multiple of 2"):
+            with wg.patch(pipe, "swg:w=0.5,window=9,first=3,last=3"):
+                _run_sd(pipe)
+    finally:
+        hook.remove()
+    assert len(calls) == 1                        # refused at the first network call, not at step 3

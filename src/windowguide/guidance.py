@@ -243,7 +243,10 @@ class CFG(Term):
     """Classifier-free guidance: D_neg = D(x, sigma, null condition).
 
     ``null``: the null condition, once (broadcast) or per sample; None asks the denoiser's
-    ``null_cond``. Weight w = scale - 1 in the diffusers/SD convention.
+    ``null_cond``. Weight w = scale - 1 in the diffusers/SD convention. ``channels``: guide only the
+    first k channels (M = 1 on channels < k): DiT's own ``forward_with_cfg`` (facebookresearch's
+    models.py) guides the first 3 of the 4 latent channels; None (all channels) is diffusers' DiT
+    pipeline and the M-SWG authors' DiT code.
     """
 
     weight: float
@@ -253,6 +256,21 @@ class CFG(Term):
     mask: torch.Tensor | None = None
     steps: StepRange | None = None
     weight_end: float | None = None
+    channels: int | None = None
+
+    def __post_init__(self):
+        if self.channels is not None and (isinstance(self.channels, bool) or not isinstance(self.channels, int)
+                                          or self.channels < 1):
+            raise WindowguideError(f"CFG channels {self.channels!r}: accepted: an integer >= 1 or None (all)")
+        super().__post_init__()
+
+    def term_mask(self, x, idx=None):
+        m = super().term_mask(x, idx)
+        if self.channels is None or self.channels >= x.shape[1]:
+            return m
+        c = torch.zeros(1, x.shape[1], 1, 1, device=x.device, dtype=x.dtype)
+        c[:, :self.channels] = 1
+        return c if m is None else m * c
 
     def negative(self, ctx, x, sigma, cond):
         if cond is None:

@@ -70,6 +70,12 @@ PRESETS = {
                                 f"{MSWG_PAPER}, DiT-XL/2 CFG + M-SWG", "0.6 + 0.5 in the paper's convention (ours); "
                                 "diffusers' guidance_scale would read 1.6", steps=250, sampler="dit_ddpm",
                                 crop_positions="stretch"),
+    "dit-xl-2-cfg-dit-paper": Preset("cfg:w=0.5,channels=3", "DiT-XL/2 256 (pipeline folder)",
+                                     "Peebles & Xie 2023 (DiT), FID 2.27 at CFG scale 1.5",
+                                     "scale 1.5 -> w 0.5 on the first 3 latent channels only, as the DiT code's "
+                                     "forward_with_cfg guides them (diffusers and the M-SWG authors guide all 4); "
+                                     "250 respaced DDPM steps with the learned variance", steps=250,
+                                     sampler="dit_ddpm"),
     "sd35-slg": Preset("cfg:w=6.0+slg:w=2.8,skip=7/8/9,first=1,last=5", "SD3.5 Medium (pipeline folder)", SD35,
                        "guidance_scale 7.0 -> w 6.0; skip-layer scale 2.8 is already an extra-term weight; "
                        "start 0.01 / stop 0.2 of 28 steps = the pipeline's steps 1..5 (it skips when "

@@ -5,7 +5,7 @@
 
 | NAME  | term | keys (besides the common ones) |
 |-------|------|------|
-| cfg   | CFG with the model's null label, or with model= a separately trained unconditional network (EDM2's way) | model |
+| cfg   | CFG with the model's null label, or with model= a separately trained unconditional network (EDM2's way) | model, channels (guide the first k channels only: DiT's own CFG is channels=3) |
 | ag    | AutoGuidance by a weaker model | model (default: the main model's NAME-weak) |
 | wd    | AutoGuidance by the weight-decayed model | model (default: NAME-wd) |
 | swg   | SWG | window (several sizes joined by '/'), n (windows per side) or stride, model (crops on a weak net) |
@@ -34,7 +34,7 @@ SYNTAX = ("SPEC is 'none' or TERM+TERM+..., TERM = NAME[:key=value,...]; NAME in
           "cfg/ag/wd: model; slg: skip=mid; sgg: split|tsplit|stepsplit|fsplit, cfg, cfgend, and one of "
           "ag/wd/swg/mswg/slg = weight. Example: cfg:w=1+mswg:w=0.5,window=16")
 
-KEYS = {"cfg": {"model"}, "ag": {"model"}, "wd": {"model"}, "swg": {"window", "n", "stride", "model"},
+KEYS = {"cfg": {"model", "channels"}, "ag": {"model"}, "wd": {"model"}, "swg": {"window", "n", "stride", "model"},
         "mswg": {"window", "n", "stride", "model"}, "slg": {"skip"}}
 COMMON = {"w", "wend", "lo", "hi", "tlo", "thi", "first", "last", "start", "stop"}
 SPLITS = ("split", "tsplit", "stepsplit", "fsplit")
@@ -157,7 +157,7 @@ def _term(name: str, keys: dict, ctx: Context, weight: float | None = None):
                          "dropout, so its null label is no model it learned; write cfg:w=W,model=UNCOND.safetensors "
                          "(e.g. edm2-img512-xs-uncond-2147483-0.015.pkl converted), or --preset edm2-xxl-cfg-fid "
                          "--weak FILE")
-        return CFG(weight, **rng)
+        return CFG(weight, channels=_number(keys, "channels", None, int), **rng)
     if name in ("ag", "wd"):
         return AutoGuidance(ctx.weak(keys, "weak" if name == "ag" else "wd"), weight, **rng)
     if name in ("swg", "mswg"):

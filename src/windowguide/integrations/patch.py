@@ -150,7 +150,7 @@ def _split(g: Guidance) -> tuple[Guidance, CFG | None]:
     if cfgs:
         c = cfgs[0]
         if c.sigma_lo > 0 or c.sigma_hi != float("inf") or c.steps is not None or c.weight_end is not None \
-                or c.mask is not None or c.null is not None:
+                or c.mask is not None or c.null is not None or c.channels is not None:
             raise WindowguideError("inside a classic pipeline the cfg term is its guidance scale: no interval, "
                                    "ramp, mask or null of its own (use the windowguide guiders or wg.sample)")
     return Guidance(tuple(t for t in g if not isinstance(t, CFG))), (cfgs[0] if cfgs else None)
