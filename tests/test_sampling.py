@@ -296,3 +296,30 @@ def test_clip_sample_and_thresholding_match_diffusers_schedulers(kind, sampler):
     plain = wg.sample(EpsDenoiser(model, VPSchedule(sched.alphas_cumprod)), (2, 8, 8), seeds=[4], sampler=sampler,
                       steps=steps)
     assert (plain - ref).abs().max() > 1e-2                   # without it, a visible difference
+
+
+def test_zero_terminal_snr_schedules_start_from_pure_noise():
+    """rescale_betas_zero_snr=True: alpha_bar = 0 at t = 999 (sigma = inf) was refused; it is now a tiny
+    alpha_bar (min(2^-24, alpha_bar_998 / 4), as diffusers' Euler schedulers take 2^-24), and DDIM on a
+    v-prediction model follows diffusers' DDIM (which keeps the exact 0) to that clamp's error."""
+    from windowguide.denoiser import VDenoiser
+    sched = DDIMScheduler(clip_sample=False, rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                          prediction_type="v_prediction")
+    assert float(sched.alphas_cumprod[-1]) == 0.0
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
+
+    def v_model(x, t, cond=None):                 # a v-predictor of a bounded x0 = tanh(conv(x_vp))
+        a = sched.alphas_cumprod[torch.as_tensor(t).long()].reshape(-1, 1, 1, 1).to(x.dtype)
+        x0 = torch.tanh(conv(x))
+        eps = x if float(a.max()) == 0 else (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return a.sqrt() * eps - (1 - a).sqrt() * x0
+    ref = diffusers_loop(sched, v_model, [1], (2, 8, 8), 10)
+    schedule = VPSchedule(sched.alphas_cumprod, spacing="trailing")
+    assert schedule.zero_terminal_snr and float(schedule.sigmas[-1]) > 4000
+    out = wg.sample(VDenoiser(v_model, schedule), (2, 8, 8), seeds=[1], sampler="ddim", steps=10)
+    assert schedule.ddim_targets(10) is None and float(schedule.step_sigmas(10)[-1]) == 0.0   # ends at x0
+    assert torch.isfinite(out).all()
+    assert (out - ref).abs().max() <= 1e-3

@@ -119,9 +119,16 @@ class VPSchedule:
         """``spacing``, ``steps_offset`` and ``set_alpha_to_one`` are the defaults of ``step_sigmas``,
         as a diffusers scheduler config names them (SD 1.x/2.x: leading, 1, False)."""
         self.spacing, self.steps_offset, self.set_alpha_to_one = spacing, int(steps_offset), bool(set_alpha_to_one)
-        a = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        a = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten().clone()
+        # zero terminal SNR (rescale_betas_zero_snr): alpha_bar = 0 at t = T-1 is sigma = inf, which no VE
+        # state holds; like diffusers' Euler schedulers (which take 2^-24) it becomes a tiny alpha_bar,
+        # min(2^-24, alpha_bar_{T-2} / 4) so the schedule stays decreasing: a start from noise to sqrt(alpha_bar)
+        self.zero_terminal_snr = bool(a.numel() >= 2 and a[-1] == 0 and a[-2] > 0)
+        if self.zero_terminal_snr:
+            a[-1] = min(2.0 ** -24, float(a[-2]) / 4)
         if a.numel() < 2 or not ((a > 0) & (a < 1)).all() or not (a[1:] < a[:-1]).all():
-            raise WindowguideError("alphas_cumprod must be strictly decreasing values in (0, 1), at least two")
+            raise WindowguideError("alphas_cumprod must be strictly decreasing values in (0, 1) (a last 0, zero "
+                                   "terminal SNR, is accepted), at least two")
         self.alphas_cumprod = a
         self.sigmas = ((1 - a) / a).sqrt()
         self.log_sigmas = self.sigmas.log()
