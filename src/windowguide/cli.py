@@ -177,7 +177,7 @@ def _panorama(args) -> int:
 def _metrics(args) -> int:
     from .commands import metrics
     result = metrics.run(args.images, args.ref, args.metrics, args.out, args.make_ref, args.features, args.inception,
-                         args.dinov2, args.batch_size, args.device or "cpu", args.json)
+                         args.dinov2, args.batch_size, args.device or "cpu", args.json, protocol=args.protocol)
     from .distributed import ranks
     if ranks().main:
         print(f"reference: {result['reference']} ({result['images']} images)" if args.make_ref
@@ -323,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     met.add_argument("--batch-size", type=int, default=64, help="images per feature-network call (default 64)")
     met.add_argument("--device", help=_DEVICE)
     met.add_argument("--json", help="write the result here")
+    met.add_argument("--protocol", choices=["pytorch-fid", "edm2"],
+                     help="how images reach the Inception/DINOv2: pytorch-fid (PyTorch bilinear, transformers' "
+                          "DINOv2) or edm2 (TF 1.x bilinear and (x - 128) / 128, torch.hub's DINOv2 positions: the "
+                          "M-SWG and EDM2 papers' numbers); default: the reference's own")
     met.set_defaults(func=_metrics)
 
     pr = sub.add_parser("presets", parents=[common], help="the papers' settings by name, with sources")

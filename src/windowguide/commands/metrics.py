@@ -157,12 +157,18 @@ def supported(names: list[str], count: int) -> tuple[list[str], dict[str, str]]:
 
 def run(images: str, ref: str | None = None, metrics: str | None = None, out: str | None = None,
         make_ref: bool = False, features: str = "inception", inception: str | None = None, dinov2: str | None = None,
-        batch_size: int = 64, device="cpu", json_path: str | None = None, progress: bool = True) -> dict:
+        batch_size: int = 64, device="cpu", json_path: str | None = None, progress: bool = True,
+        protocol: str | None = None) -> dict:
     """Metrics of ``images`` against ``ref`` (or, with ``make_ref``, reference statistics written to ``out``).
     metrics None: fid, kid, is, pr less those the image count cannot support (``supported``: named in
     the result's ``left_out``). On a bundled classifier, 'fid' is an FD on that classifier's features:
-    the result's ``labels`` say so."""
+    the result's ``labels`` say so. ``protocol`` ('pytorch-fid' or 'edm2', ``metrics.inception``): by
+    default the reference's own (EDM2 .pkl: edm2, pytorch-fid .npz: pytorch-fid, windowguide's: as
+    recorded; --make-ref: pytorch-fid); another one than the reference's is refused."""
     names = parse_metrics(metrics or DEFAULT_METRICS)
+    from ..metrics.inception import PROTOCOLS
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise WindowguideError(f"--protocol {protocol!r}: accepted: {', '.join(PROTOCOLS)}")
     check_count(batch_size, "--batch-size")
     if make_ref:
         if not out:
@@ -181,11 +187,19 @@ def run(images: str, ref: str | None = None, metrics: str | None = None, out: st
                                    f"(fid, kid, is, pr); for fd_dinov2 make a reference with --make-ref")
         features = features if features != "inception" else f"{ref}-classifier"
     reference = None if make_ref or bundled else load_reference(ref)    # fail on a bad --ref before any work
+    if reference is not None:
+        from ..metrics.reference import reference_protocol
+        made = reference_protocol(ref)
+        if protocol is not None and protocol != made:
+            raise WindowguideError(f"--protocol {protocol}: the reference {ref} was made under the {made} protocol; "
+                                   f"features under another one do not compare (drop --protocol to use {made})")
+        protocol = made
+    protocol = protocol or "pytorch-fid"
     data = ImageSet(images)
     left_out = {}
     if metrics is None:
         names, left_out = supported(names, len(data))
-    nets = load_networks(names, features, inception, dinov2, device)
+    nets = load_networks(names, features, inception, dinov2, device, protocol)
     net_names = {role: net.name for role, net in nets.items()}
     _check_fit(data, nets, reference)
     if make_ref and os.path.exists(out) and progress and r.main:
@@ -193,12 +207,13 @@ def run(images: str, ref: str | None = None, metrics: str | None = None, out: st
     stats = measure(data.batches(r, batch_size, progress), nets, names)
     if make_ref:
         if r.main:
-            save_reference(out, stats, net_names)
+            save_reference(out, stats, net_names, protocol)
         distributed.close()
         return dict(reference=out, images=stats[next(iter(stats))].count, networks=net_names)
     if bundled:
         reference = as_reference(_bundled_reference(ref, nets, names), net_names)
     result = dict(images=data.path, count=stats[next(iter(stats))].count, reference=ref, networks=net_names,
+                  protocol=protocol if not bundled else "bundled classifier",
                   **compute(names, stats, reference, net_names, is_splits=IS_SPLITS, pr_k=PR_K))
     result["labels"] = labels(result, net_names)
     if data.note:

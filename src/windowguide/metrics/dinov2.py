@@ -22,14 +22,46 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+def hub_interpolate_pos_encoding(embeddings: nn.Module, offset: float = 0.1):
+    """torch.hub's DINOv2 positional-embedding interpolation (``interpolate_offset`` 0.1, no antialias),
+    for a transformers ``Dinov2Embeddings``: the M x M grid resized bicubically by the scale factor
+    ((w0 + 0.1) / M, (h0 + 0.1) / M), where transformers resizes to the size (h0, w0). At 224 x 224 with
+    patch 14 (w0 = 16, M = 37) the sampling grids differ and so do the features (about 1e-3)."""
+    import math
+
+    def interpolate(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        pos = embeddings.position_embeddings
+        n = pos.shape[1] - 1
+        if x.shape[1] - 1 == n and height == width:
+            return pos
+        patch = embeddings.patch_size if hasattr(embeddings, "patch_size") else embeddings.config.patch_size
+        w0, h0, m = width // patch, height // patch, int(math.sqrt(n))
+        grid = pos[:, 1:].float().reshape(1, m, m, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, mode="bicubic", antialias=False,
+                             scale_factor=((h0 + offset) / m, (w0 + offset) / m))
+        if grid.shape[-2:] != (h0, w0):
+            raise WindowguideError(f"DINOv2 positions: the hub's interpolation gave {tuple(grid.shape[-2:])}, "
+                                   f"expected {(h0, w0)}")
+        grid = grid.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1])
+        return torch.cat([pos[:, :1].float(), grid], 1).to(pos.dtype)
+    return interpolate
+
+
 class DINOv2Features(nn.Module):
-    """``features(u8)``: the normalised class token of a transformers ``Dinov2Model``."""
+    """``features(u8)``: the normalised class token of a transformers ``Dinov2Model``.
+
+    ``protocol`` 'edm2': the positional embeddings interpolated as torch.hub's DINOv2 (which EDM2's
+    calculate_metrics.py loads) does (``hub_interpolate_pos_encoding``); 'pytorch-fid' (windowguide's
+    default): transformers' own interpolation."""
 
     name = "dinov2"
 
-    def __init__(self, model: nn.Module, size: int = 224):
+    def __init__(self, model: nn.Module, size: int = 224, protocol: str = "pytorch-fid"):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
+        self.protocol = protocol
+        if protocol == "edm2":
+            model.embeddings.interpolate_pos_encoding = hub_interpolate_pos_encoding(model.embeddings)
         self.size = size
         self.feature_dim = model.config.hidden_size
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
@@ -45,7 +77,7 @@ class DINOv2Features(nn.Module):
         return self.model(pixel_values=self.preprocess(images)).pooler_output.float()
 
 
-def load_dinov2(folder: str | None = None, device="cpu") -> DINOv2Features:
+def load_dinov2(folder: str | None = None, device="cpu", protocol: str = "pytorch-fid") -> DINOv2Features:
     """DINOv2 from a local folder in transformers format (config.json + weights): ``folder``, else
     $WINDOWGUIDE_DINOV2; a clear error when missing."""
     folder, where = pretrained_dir(folder, ENV)
@@ -60,7 +92,7 @@ def load_dinov2(folder: str | None = None, device="cpu") -> DINOv2Features:
     except ImportError as exc:
         raise missing_module("FD-DINOv2", exc) from None
     model = Dinov2Model.from_pretrained(folder, local_files_only=True)
-    return DINOv2Features(model).to(device)
+    return DINOv2Features(model, protocol=protocol).to(device)
 
 
 __all__ = ["DINOv2Features", "load_dinov2", "ENV"]

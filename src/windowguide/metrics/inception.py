@@ -142,15 +142,44 @@ class InceptionE(nn.Module):
                           self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d), self.branch_pool(pooled)], 1)
 
 
+PROTOCOLS = ("pytorch-fid", "edm2")
+
+
+def tf1_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TensorFlow 1.x ``resize_bilinear`` with align_corners=False (no half-pixel centres): output pixel i
+    samples the input at i * in / out, linearly between floor and floor + 1 (clamped to the last row).
+    The resize of the original TF FID graph, which EDM2's and StyleGAN's Inception (and torch-fidelity)
+    reproduce; PyTorch's bilinear with align_corners=False samples at (i + 0.5) in / out - 0.5 instead."""
+    out = x.float()
+    for dim, n_out in ((2, size[0]), (3, size[1])):
+        n_in = out.shape[dim]
+        src = torch.arange(n_out, dtype=torch.float32, device=x.device) * torch.tensor(n_in / n_out, dtype=torch.float32)
+        lo = src.long().clamp(max=n_in - 1)
+        hi = (lo + 1).clamp(max=n_in - 1)
+        frac = (src - lo.float()).view(*([1] * dim), n_out, *([1] * (3 - dim)))
+        a, b = out.index_select(dim, lo.to(x.device)), out.index_select(dim, hi.to(x.device))
+        out = a + (b - a) * frac
+    return out
+
+
 class FIDInceptionV3(nn.Module):
     """Inception-v3 of FID: ``features(u8)`` the 2048-d pool, ``probs(u8)`` the 1008-class softmax
-    of the unbiased logits; input NCHW uint8 (or float in [0, 255]) RGB images of any size."""
+    of the unbiased logits; input NCHW uint8 (or float in [0, 255]) RGB images of any size.
+
+    ``protocol``: how images reach the network. 'pytorch-fid' (default): [0, 1], PyTorch's bilinear to
+    299 x 299 (align_corners=False), 2x - 1. 'edm2': TF 1.x bilinear to 299 x 299 on the 0..255 values
+    (``tf1_bilinear``), then (x - 128) / 128, as the TF graph that EDM2's calculate_metrics.py loads
+    (and torch-fidelity) computes. On 24 x 24 images the inputs differ by up to 0.73; the FIDs of the
+    M-SWG and EDM2 papers are under 'edm2'."""
 
     feature_dim = 2048
     name = "inception"
 
-    def __init__(self):
+    def __init__(self, protocol: str = "pytorch-fid"):
         super().__init__()
+        if protocol not in PROTOCOLS:
+            raise WindowguideError(f"--protocol {protocol!r}: accepted: {', '.join(PROTOCOLS)}")
+        self.protocol = protocol
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
@@ -170,9 +199,13 @@ class FIDInceptionV3(nn.Module):
         self.fc = nn.Linear(2048, 1008)
         self.eval().requires_grad_(False)
 
-    @staticmethod
-    def preprocess(images: torch.Tensor) -> torch.Tensor:
-        """uint8 [0, 255] -> bilinear 299 x 299 -> [-1, 1] (pytorch-fid's order: scale, resize, shift)."""
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [0, 255] -> the protocol's resize to 299 x 299 -> [-1, 1] (class docstring)."""
+        if self.protocol == "edm2":
+            x = images.float()
+            if x.shape[-2:] != (299, 299):
+                x = tf1_bilinear(x, (299, 299))
+            return (x - 128) / 128
         x = images.float() / 255
         if x.shape[-2:] != (299, 299):
             x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
@@ -204,12 +237,12 @@ def weights_path(path: str | None = None) -> str:
     return path
 
 
-def load_inception(path: str | None = None, device="cpu") -> FIDInceptionV3:
+def load_inception(path: str | None = None, device="cpu", protocol: str = "pytorch-fid") -> FIDInceptionV3:
     """The FID Inception with the weights of ``path`` (state dict, strict keys and shapes, read with
     ``weights_only=True``). A file whose SHA-256 does not start with 6726825d is loaded with a warning:
     its FID is not comparable with published numbers."""
     path = weights_path(path)
-    net = FIDInceptionV3()
+    net = FIDInceptionV3(protocol)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)

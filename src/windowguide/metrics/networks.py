@@ -63,20 +63,21 @@ def parse_metrics(text: str) -> list[str]:
 
 
 def load_networks(metrics: list[str], features: str = "inception", inception: str | None = None,
-                  dinov2: str | None = None, device="cpu") -> dict[str, nn.Module]:
+                  dinov2: str | None = None, device="cpu", protocol: str = "pytorch-fid") -> dict[str, nn.Module]:
     """{role: network} for the metrics asked; ``features`` names the network in the Inception's role
-    ('inception' or a bundled classifier such as 'digits-classifier')."""
+    ('inception' or a bundled classifier such as 'digits-classifier'); ``protocol``: how images reach
+    the Inception and DINOv2 ('pytorch-fid' or 'edm2', see ``metrics.inception``)."""
     nets = {}
     roles = {ROLE[m] for m in metrics}
     if "inception" in roles:
         if features == "inception":
             from .inception import load_inception
-            nets["inception"] = load_inception(inception, device)
+            nets["inception"] = load_inception(inception, device, protocol)
         else:
             nets["inception"] = ClassifierFeatures(features, device)
     if "dinov2" in roles:
         from .dinov2 import load_dinov2
-        nets["dinov2"] = load_dinov2(dinov2, device)
+        nets["dinov2"] = load_dinov2(dinov2, device, protocol)
     return nets
 
 

@@ -23,9 +23,11 @@ MAX_DIM = 16384      # feature dimension: DINOv2-L 1024, Inception 2048; a large
 _EDM2_KEYS = {"fid": "inception", "fd_dinov2": "dinov2"}
 
 
-def save_reference(path: str, stats: dict[str, FeatureStats], names: dict[str, str]) -> str:
-    """Write {role: statistics} (``names``: role -> network name) as a windowguide reference."""
-    arrays = dict(format=np.array(FORMAT))
+def save_reference(path: str, stats: dict[str, FeatureStats], names: dict[str, str],
+                   protocol: str = "pytorch-fid") -> str:
+    """Write {role: statistics} (``names``: role -> network name) as a windowguide reference, with the
+    input protocol the features were computed under."""
+    arrays = dict(format=np.array(FORMAT), protocol=np.array(protocol))
     for role, s in stats.items():
         arrays.update({f"{role}.network": np.array(names[role]), f"{role}.count": np.array(s.count),
                        f"{role}.mu": s.mu, f"{role}.sigma": s.sigma})
@@ -44,6 +46,17 @@ def load_reference(path: str) -> dict[str, dict]:
     return _from_npz(path) if zipped else _from_edm2(path)
 
 
+def reference_protocol(path: str) -> str:
+    """The input protocol a reference was made with: windowguide's records it (older ones:
+    pytorch-fid), pytorch-fid's .npz is 'pytorch-fid', EDM2's .pkl is 'edm2'."""
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+    if not zipped:
+        return "edm2"
+    with np.load(path, allow_pickle=False) as z:
+        return str(z["protocol"]) if "protocol" in z.files else "pytorch-fid"
+
+
 def _from_npz(path: str) -> dict[str, dict]:
     try:
         return _read_npz(path)
@@ -60,7 +73,7 @@ def _read_npz(path: str) -> dict[str, dict]:
         if "format" in keys:
             if str(z["format"]) != FORMAT:
                 raise WindowguideError(f"{path}: reference format {str(z['format'])!r}; this version reads {FORMAT!r}")
-            roles = sorted({k.split(".")[0] for k in keys if "." in k})
+            roles = sorted({k.split(".")[0] for k in keys if "." in k and k != "protocol"})
             missing = [f"{r}.{k}" for r in roles for k in ("network", "count", "mu", "sigma") if f"{r}.{k}" not in keys]
             if missing or not roles:
                 raise WindowguideError(f"{path}: a windowguide reference without {missing or 'any role'}")
@@ -127,4 +140,4 @@ def _entry(network, count, mu, sigma, features, path: str = "the reference") -> 
                 features=None if features is None else torch.from_numpy(np.asarray(features, np.float32)))
 
 
-__all__ = ["save_reference", "load_reference", "FORMAT"]
+__all__ = ["save_reference", "load_reference", "reference_protocol", "FORMAT"]
