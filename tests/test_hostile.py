@@ -186,7 +186,8 @@ def test_weights_only_refusal_names_the_global_and_never_advises_turning_it_off(
     torch.save({"x_embedder.proj.weight": torch.zeros(1), "evil": _Reduce(os.getcwd, ())}, tmp_path / "g.pt")
     p = _limited("convert", tmp_path / "g.pt", "--out", tmp_path / "o")
     assert p.returncode == 2 and "getcwd" in p.stderr, p.stderr
-    assert "False" not in p.stderr and "likely succeed" not in p.stderr and "weights_only" not in p.stderr
+    reason = p.stderr.split("torch file:")[-1]
+    assert "False" not in reason and "likely succeed" not in reason and "weights_only" not in reason
 
 
 # ---- 6: a failed convert keeps the old output ----------------------------------------------------------
@@ -446,7 +447,7 @@ def folders(tmp_path_factory):
     ("sample", ["dit", "--prompt", "a cat"], "takes class labels"),
     ("sample", ["ddpm", "--guidance", "cfg:w=1"], "unconditional"),
     ("sample", ["dit", "--height", "102"], "positive multiples of 4"),
-    ("sample", ["dit", "--height", "100", "--width", "100"], "positional embedding covers 8 x 8 latents (16 x 16 pixels)"),
+    ("sample", ["dit", "--height", "100", "--width", "100"], "up to its positional embedding's 8x8"),
     ("panorama", ["sd", "--prompt", "a cat", "--stride", "100"], "stride 100"),
 ])
 def test_a_refused_pipeline_run_leaves_no_settings(folders, tmp_path, capsys, command, argv, message):

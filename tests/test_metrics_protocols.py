@@ -43,22 +43,33 @@ def test_tf1_bilinear_equals_tensorflows_formula_and_differs_from_pytorchs():
 
 
 def _torch_fidelity_resize():
-    """torch-fidelity's own implementation (``pip install --no-deps torch-fidelity``), loaded from its
-    file so that its package (which needs torchvision) is not imported."""
-    for base in sys.path:
-        path = os.path.join(base, "torch_fidelity", "interpolate_compat_tensorflow.py")
-        if os.path.isfile(path):
-            spec = importlib.util.spec_from_file_location("tf_interp", path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            return mod.interpolate_bilinear_2d_like_tensorflow1x
-    return None
+    """torch-fidelity's own implementation, from its wheel (downloaded by pip into the cache, never
+    installed: the package needs torchvision and torchmetrics would import it), that one file loaded."""
+    import glob
+    import subprocess
+    import zipfile
+    cache = os.path.join(os.environ.get("WINDOWGUIDE_CACHE", os.path.expanduser("~/.cache/windowguide")), "peers")
+    path = os.path.join(cache, "torch_fidelity", "interpolate_compat_tensorflow.py")
+    if not os.path.isfile(path):
+        os.makedirs(cache, exist_ok=True)
+        try:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "torch-fidelity==0.4.0",
+                            "-d", cache], check=True, timeout=120, capture_output=True)
+            wheel = glob.glob(os.path.join(cache, "torch_fidelity-0.4.0-*.whl"))[0]
+            with zipfile.ZipFile(wheel) as z:
+                z.extract("torch_fidelity/interpolate_compat_tensorflow.py", cache)
+        except (subprocess.SubprocessError, OSError, IndexError, KeyError):
+            return None
+    spec = importlib.util.spec_from_file_location("tf_interp", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.interpolate_bilinear_2d_like_tensorflow1x
 
 
 def test_tf1_bilinear_equals_torch_fidelitys():
     resize = _torch_fidelity_resize()
     if resize is None:
-        pytest.skip("torch-fidelity is not installed (.ci/run installs it with --no-deps)")
+        pytest.skip("torch-fidelity's wheel could not be downloaded (no package registry)")
     for size in ((24, 24), (17, 40), (512, 300)):
         img = torch.randint(0, 256, (2, 3, *size), generator=torch.Generator().manual_seed(1)).float()
         theirs = resize(img, size=(299, 299), align_corners=False)

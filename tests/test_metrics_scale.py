@@ -53,6 +53,8 @@ def test_inception_score_splits_of_a_known_distribution():
     probs = torch.cat([torch.eye(4).repeat(2, 1), torch.full((8, 4), 0.25)])
     mean, std = D.inception_score_splits(probs, splits=2, shuffle=False)
     assert mean == pytest.approx(2.5) and std == pytest.approx(1.5)
+    with pytest.raises(WindowguideError, match="splits"):
+        D.inception_score_splits(probs[:3], splits=10)
 
 
 def test_inception_score_shuffles_and_splits_as_torch_fidelity():
@@ -72,8 +74,6 @@ def test_inception_score_shuffles_and_splits_as_torch_fidelity():
     mean, std = D.inception_score_splits(logits.softmax(1), splits=10)
     assert mean == pytest.approx(np.mean(scores), rel=1e-9) and std == pytest.approx(np.std(scores), rel=1e-7)
     assert D.inception_score_splits(logits.softmax(1), splits=10, shuffle=False)[0] < 0.8 * mean
-    with pytest.raises(WindowguideError, match="splits"):
-        D.inception_score_splits(probs[:3], splits=10)
 
 
 def test_precision_recall_on_hand_made_points():
@@ -194,7 +194,7 @@ def test_inception_has_the_fid_network_shapes_and_loads_a_saved_state_dict(tmp_p
 def test_inception_preprocessing_is_pytorch_fids():
     from windowguide.metrics.inception import FIDInceptionV3
     u8 = torch.randint(0, 256, (1, 3, 20, 30), dtype=torch.uint8)
-    x = FIDInceptionV3.preprocess(u8)
+    x = FIDInceptionV3().preprocess(u8)
     # bilinear, align_corners=False, on [0, 1] values, then 2x - 1
     ref = 2 * torch.nn.functional.interpolate(u8.float() / 255, size=(299, 299), mode="bilinear",
                                               align_corners=False) - 1
