@@ -285,3 +285,24 @@ def test_windows_are_checked_at_the_first_call_even_for_a_term_not_yet_on(tmp_pa
     finally:
         hook.remove()
     assert len(calls) == 1                        # refused at the first network call, not at step 3
+
+
+def test_dynamic_cfg_callback_switches_cfg_off_mid_run(tmp_path):
+    """Replayed: diffusers' documented dynamic-CFG callback (at step k: _guidance_scale = 0 and the prompt
+    batch halved) left the patch guiding with the scale and row layout of the call's start (0.43-0.52
+    off). The patch reads them at each network call: CFG on steps 0-1, the recipe's terms on all."""
+    pipe = tiny_sd(tmp_path)
+
+    def dynamic_cfg(p, i, t, kwargs):
+        if i == 1:
+            kwargs["prompt_embeds"] = kwargs["prompt_embeds"].chunk(2)[-1]
+            p._guidance_scale = 0.0
+        return kwargs
+    with wg.patch(pipe, "swg:w=0.7,window=12"):
+        patched = _run_sd(pipe, callback_on_step_end=dynamic_cfg, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+    m = wg.from_pipeline(pipe)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog")
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, (4, 16, 16), [7], sampler="ddim", sigmas=m.sigmas(4), cond=pos,
+                      guidance=wg.Interval(wg.CFG(2.5, null=neg[0]), steps=(0, 1)) + wg.SWG(0.7, window=12))
+    assert (m.pipeline_latents(x, m.sigmas(4)) - patched).abs().max() <= 1e-4

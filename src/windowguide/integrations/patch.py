@@ -91,6 +91,16 @@ class _State:
             self.sigmas = default_sigma(self.kind, ts, self.schedule()).tolist() + [0.0]
         return self.sigmas
 
+    def read_cfg(self) -> None:
+        """The CFG scale and on/off at this network call, where the pipeline exposes them (SD, SDXL, SD3,
+        panorama: ``guidance_scale`` and ``do_classifier_free_guidance``): a step-end callback may change
+        them mid-run (diffusers' documented dynamic CFG sets ``_guidance_scale = 0`` and halves the
+        prompt batch). FLUX and PixArt decide once per call of the pipeline."""
+        cls = type(self.pipe)
+        if self.kind in ("sd", "sdxl", "sd3") and isinstance(getattr(cls, "do_classifier_free_guidance", None), property):
+            self.scale = float(self.pipe.guidance_scale)
+            self.do_cfg = bool(self.pipe.do_classifier_free_guidance)
+
     def cond_rows(self, call, first_at_t: bool) -> torch.Tensor | None:
         n = call.x.shape[0]
         if self.kind == "flux":                      # FLUX calls cond, then (true CFG) uncond, separately
@@ -123,6 +133,7 @@ class _State:
         elif first:
             self.step += 1
         self.last_t = t0
+        self.read_cfg()
         idx = self.cond_rows(call, first)
         if idx is None:
             return out
