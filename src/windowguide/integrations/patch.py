@@ -95,8 +95,10 @@ class _State:
         """The CFG scale and on/off at this network call, where the pipeline exposes them (SD, SDXL, SD3,
         panorama: ``guidance_scale`` and ``do_classifier_free_guidance``): a step-end callback may change
         them mid-run (diffusers' documented dynamic CFG sets ``_guidance_scale = 0`` and halves the
-        prompt batch). FLUX and PixArt decide once per call of the pipeline."""
+        prompt batch). FLUX, PixArt and the panorama pipeline decide once per call of the pipeline."""
         cls = type(self.pipe)
+        if self.panorama:                 # its __call__ decides CFG locally; the property is not kept up to date
+            return
         if self.kind in ("sd", "sdxl", "sd3") and isinstance(getattr(cls, "do_classifier_free_guidance", None), property):
             self.scale = float(self.pipe.guidance_scale)
             self.do_cfg = bool(self.pipe.do_classifier_free_guidance)
