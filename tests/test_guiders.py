@@ -265,3 +265,17 @@ def test_a_guider_that_raises_leaves_no_hook_behind(sdxl, monkeypatch):
     assert torch.equal(_run(pipe, ClassifierFreeGuidance(guidance_scale=3.0)), cfg)
     monkeypatch.undo()
     assert torch.equal(_run(pipe, guiders.SlidingWindowGuidance(guidance_scale=3.0, swg_scale=0.0)), cfg)
+
+
+def test_guidance_rescale_sees_the_same_reference_in_the_guider_and_the_patch(sdxl):
+    """One definition for both paths: rescale's reference is P_cond + Delta / s (what a classic pipeline
+    under wg.patch hands its rescale). The modular guider and the patched classic SDXL pipeline agree."""
+    classic, pipe = sdxl
+    out = _run(pipe, guiders.SlidingWindowGuidance(guidance_scale=3.0, swg_scale=0.5, window=10, guidance_rescale=0.7))
+    with wg.patch(classic, "cfg:w=2+mswg:w=0.5,window=10"):
+        with torch.no_grad():
+            ref = classic(prompt="a red cat", negative_prompt="blue dog", height=32, width=32,
+                          num_inference_steps=STEPS, latents=_latents(), output_type="latent",
+                          guidance_rescale=0.7).images
+    plain = _run(pipe, guiders.SlidingWindowGuidance(guidance_scale=3.0, swg_scale=0.5, window=10))
+    assert (out - ref).abs().max() <= 1e-4 and (out - plain).abs().max() > 1e-4

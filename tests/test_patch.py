@@ -306,3 +306,23 @@ def test_dynamic_cfg_callback_switches_cfg_off_mid_run(tmp_path):
         x = wg.sample(m.denoiser, (4, 16, 16), [7], sampler="ddim", sigmas=m.sigmas(4), cond=pos,
                       guidance=wg.Interval(wg.CFG(2.5, null=neg[0]), steps=(0, 1)) + wg.SWG(0.7, window=12))
     assert (m.pipeline_latents(x, m.sigmas(4)) - patched).abs().max() <= 1e-4
+
+
+def test_sd3_own_skip_layer_guidance_under_the_patch_adds_the_terms_once(sd3_pipe):
+    """Replayed: with the pipeline's skip_guidance_layers, diffusers' SLG used the shifted P_text and the
+    result was CFG + 1.35 x M-SWG + SLG (0.038 off). Now CFG + M-SWG + SLG, as windowguide's sampler."""
+    steps, start, stop = 6, 0.01, 0.5
+    on = [i for i in range(steps) if steps * start < i < steps * stop]
+    with wg.patch(sd3_pipe, "cfg:w=3+mswg:w=0.5,window=10"):
+        with torch.no_grad():
+            patched = sd3_pipe("a red cat", negative_prompt="blue dog", height=32, width=32, num_inference_steps=steps,
+                               latents=_latents((4, 16, 16)), output_type="latent", max_sequence_length=8,
+                               skip_guidance_layers=[1], skip_layer_guidance_scale=2.8, skip_layer_guidance_start=start,
+                               skip_layer_guidance_stop=stop).images
+    m = wg.from_pipeline(sd3_pipe)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog", max_sequence_length=8)
+    g = (wg.CFG(3.0, null={k: v[0] for k, v in neg.items()}) + wg.MSWG(0.5, window=10)
+         + wg.Custom(m.skip_layers([1]), 2.8, steps=wg.guidance.StepRange(on[0], on[-1])))
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, (4, 16, 16), [7], sampler="flow_euler", sigmas=m.sigmas(steps), cond=pos, guidance=g)
+    assert (x - patched).abs().max() <= 1e-4

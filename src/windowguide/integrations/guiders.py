@@ -220,16 +220,22 @@ class _WindowguideGuidance(BaseGuidance):
 
     # --- the combination -------------------------------------------------------------------------------
     def forward(self, pred_cond: torch.Tensor, pred_uncond: torch.Tensor | None = None) -> GuiderOutput:
-        pred = pred_cond
-        if self._is_cfg_enabled():
+        pred, cfg_on = pred_cond, self._is_cfg_enabled()
+        if cfg_on:
             shift = pred_cond - pred_uncond
             pred = pred_cond if self.use_original_formulation else pred_uncond
             pred = pred + self.guidance_scale * shift
+        reference = pred_cond
         if self._delta is not None:
-            pred = pred + self._delta.to(pred.dtype)
+            delta = self._delta.to(pred.dtype)
+            pred = pred + delta
+            # guidance_rescale's reference is the conditional prediction shifted so that CFG of it carries
+            # Delta (P_cond + Delta / s): what a classic pipeline under wg.patch hands its rescale too
+            s = (1 + self.guidance_scale if self.use_original_formulation else self.guidance_scale) if cfg_on else 1.0
+            reference = pred_cond + delta / s
             self._delta = None
         if self.guidance_rescale > 0.0:
-            pred = rescale_noise_cfg(pred, pred_cond, self.guidance_rescale)
+            pred = rescale_noise_cfg(pred, reference, self.guidance_rescale)
         return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
 
 

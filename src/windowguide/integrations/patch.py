@@ -64,6 +64,7 @@ class _State:
         self.scale, self.do_cfg = float(scale), bool(do_cfg)
         self.step, self.last_t, self.sigmas, self._schedule = -1, None, None, None
         self.last_index = object()
+        self.last_shift = (None, None)
 
     def schedule(self):
         """The VP schedule of the pipeline's scheduler (read once per pipeline call); None for flow."""
@@ -122,6 +123,8 @@ class _State:
     def after_call(self, module, args, kwargs, out):
         if self.inside or not len(self.open_terms):
             return out
+        if self.kind == "sd3" and kwargs.get("skip_layers") is not None:
+            return self._skip_layer_call(out)
         call = read_call(module, args, kwargs)
         if call is None:
             return out
@@ -152,8 +155,21 @@ class _State:
         if delta is None:
             return out
         pred = pred.clone()
-        pred[idx] = (positive.float() + delta / (self.scale if self.do_cfg else 1.0)).to(pred.dtype)
+        shift = delta / (self.scale if self.do_cfg else 1.0)
+        pred[idx] = (positive.float() + shift).to(pred.dtype)
+        self.last_shift = (self.step, shift)
         return call.write(out, pred)
+
+    def _skip_layer_call(self, out):
+        """SD3's own skip-layer guidance adds s_slg (P_text - P_skip) with the P_text this patch shifted by
+        Delta / s: the same shift on P_skip keeps the difference the network's own, so the result is
+        CFG + Delta + SLG (not CFG + (1 + s_slg / s) Delta + SLG)."""
+        step, shift = getattr(self, "last_shift", (None, None))
+        sample = out[0] if isinstance(out, tuple) else out.sample
+        if step != self.step or shift is None or shift.shape != sample.shape:
+            return out
+        new = (sample.float() + shift).to(sample.dtype)
+        return (new, *out[1:]) if isinstance(out, tuple) else type(out)(sample=new)
 
 
 def _split(g: Guidance) -> tuple[Guidance, CFG | None]:
