@@ -326,3 +326,47 @@ def test_sd3_own_skip_layer_guidance_under_the_patch_adds_the_terms_once(sd3_pip
     with torch.no_grad():
         x = wg.sample(m.denoiser, (4, 16, 16), [7], sampler="flow_euler", sigmas=m.sigmas(steps), cond=pos, guidance=g)
     assert (x - patched).abs().max() <= 1e-4
+
+
+def test_every_argument_of_the_pipelines_call_reaches_the_crops(tmp_path):
+    """Replayed: a LoRA scale (cross_attention_kwargs), LCM's timestep_cond and IP-adapter image_embeds
+    never reached the crop calls, so M-SWG's negative ran another network than the positive (and
+    IP-adapter pipelines crashed). Each crop call now gets the static ones as they are and the per-row
+    ones of its own sample."""
+    from types import SimpleNamespace
+    from windowguide.adapters.pipelines import sd_unet_model
+    from windowguide.integrations.calls import guided_change, read_call
+    pipe = tiny_sd(tmp_path)
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append((tuple(args[0].shape), kwargs.get("cross_attention_kwargs"))),
+        with_kwargs=True)
+    try:
+        with wg.patch(pipe, "swg:w=0.5,window=12"):
+            _run_sd(pipe, cross_attention_kwargs={"probe": 1})   # (a LoRA scale needs peft for the text encoder)
+    finally:
+        hook.remove()
+    crops = [c for c in seen if c[0][-1] == 12]
+    assert crops and all(c[1] == {"probe": 1} for c in crops)
+
+    class FakeUNet:                            # records what each crop call receives
+        dtype = torch.float32
+        calls = []
+
+        def __call__(self, x, t, encoder_hidden_states=None, **kwargs):
+            self.calls.append(kwargs)
+            return SimpleNamespace(sample=torch.zeros_like(x))
+    x, embeds = torch.randn(2, 4, 16, 16), torch.randn(2, 8, 16)
+    tcond = torch.arange(2.0)[:, None].expand(2, 4).clone()
+    images = torch.arange(2.0)[:, None, None].expand(2, 1, 3).clone()
+    call = read_call(pipe.unet, (x, 500), dict(encoder_hidden_states=embeds, timestep_cond=tcond,
+                                               cross_attention_kwargs={"scale": 0.5},
+                                               added_cond_kwargs={"image_embeds": [images]}))
+    fake = FakeUNet()
+    guided_change(wg.Guidance.of(wg.SWG(0.5, window=12)), sd_unet_model(fake), 2, call, torch.zeros_like(x),
+                  torch.full((2,), 1.0))
+    got = fake.calls[-1]
+    assert got["cross_attention_kwargs"] == {"scale": 0.5}
+    # 4 crops per sample in sample order, each with its own sample's rows
+    assert torch.equal(got["timestep_cond"][:, 0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    assert torch.equal(got["added_cond_kwargs"]["image_embeds"][0][:, 0, 0], torch.tensor([0.0] * 4 + [1.0] * 4))

@@ -163,9 +163,14 @@ def _to_uint8(x01: torch.Tensor) -> np.ndarray:
 
 
 def sd_unet_model(unet) -> Callable:
-    """Stable Diffusion's UNet as model(x_vp, t, embeds) -> its prediction (eps or v)."""
+    """Stable Diffusion's UNet as model(x_vp, t, embeds) -> its prediction (eps or v); ``cond`` may be a
+    dict {embeds, timestep_cond, image_embeds.i} when the pipeline's call carried those (the patch)."""
+    from ..integrations.calls import unet_extras
+
     def model(x, t, cond):
-        return unet(x.to(unet.dtype), t, encoder_hidden_states=cond).sample.float()
+        if isinstance(cond, dict):
+            return unet(x.to(unet.dtype), t, encoder_hidden_states=cond["embeds"], **unet_extras(cond)).sample.float()
+        return unet(x.to(unet.dtype), t, encoder_hidden_states=cond, **unet_extras({})).sample.float()
     return model
 
 
@@ -295,12 +300,16 @@ def sdxl_time_ids(regions: torch.Tensor | None, size, factor: int) -> torch.Tens
 def sdxl_unet_model(unet, vae_factor: int) -> Callable:
     """SDXL's UNet as model(x_vp, t, {embeds, pooled}) -> eps; the time ids describe the call's crops
     (``windows.current_regions()``; ``sdxl_time_ids``)."""
+    from ..integrations.calls import unet_extras
+
     def model(x, t, cond):
         ids = sdxl_time_ids(current_regions(), x.shape[-2:], vae_factor).to(x.device, x.dtype)
         ids = ids.expand(x.shape[0], -1) if ids.shape[0] == 1 else ids
         added = dict(text_embeds=cond["pooled"].to(unet.dtype), time_ids=ids.to(unet.dtype))
+        extra = unet_extras(cond)
+        added.update(extra.pop("added_cond_kwargs", {}))
         return unet(x.to(unet.dtype), t, encoder_hidden_states=cond["embeds"].to(unet.dtype),
-                    added_cond_kwargs=added).sample.float()
+                    added_cond_kwargs=added, **extra).sample.float()
     return model
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -39,17 +41,52 @@ NETWORKS = ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DM
 @dataclass
 class Call:
     """One call of the denoising network: latents, timestep per row, condition, and how the
-    prediction is read from and written back into the network's output."""
+    prediction is read from and written back into the network's output. ``static``: the call's
+    arguments that are the same for every row (a LoRA scale in ``cross_attention_kwargs``), given to
+    the crop calls as they are (``static_kwargs``); per-row ones (LCM's ``timestep_cond``, IP-adapter
+    image embeddings) travel in ``cond``, selected and repeated with it."""
     kind: str
     x: torch.Tensor                    # [B, C, H, W] network input (unpacked)
     t: torch.Tensor                    # [B] timestep, in the network's units
     cond: Cond                         # the adapters' condition format
     read: Callable[[Any], torch.Tensor]
     write: Callable[[Any, torch.Tensor], Any]
+    static: dict | None = None
 
     def rows(self, idx: torch.Tensor) -> "Call":
         from ..conds import cond_select
-        return Call(self.kind, self.x[idx], self.t[idx], cond_select(self.cond, idx), self.read, self.write)
+        return Call(self.kind, self.x[idx], self.t[idx], cond_select(self.cond, idx), self.read, self.write,
+                    self.static)
+
+
+_STATIC: ContextVar = ContextVar("windowguide_static_kwargs", default=None)
+
+
+@contextmanager
+def static_kwargs(kwargs: dict | None):
+    """The pipeline call's row-independent arguments, for the crop calls made inside the block."""
+    token = _STATIC.set(kwargs or None)
+    try:
+        yield
+    finally:
+        _STATIC.reset(token)
+
+
+def current_static() -> dict:
+    return _STATIC.get() or {}
+
+
+def unet_extras(cond: dict) -> dict:
+    """The UNet keyword arguments a call's condition carries besides the text embeddings: LCM's
+    ``timestep_cond`` and IP-adapter ``image_embeds`` (stored as image_embeds.0, .1, ...), plus the
+    static ones of the call in progress."""
+    kwargs = dict(current_static())
+    if "timestep_cond" in cond:
+        kwargs["timestep_cond"] = cond["timestep_cond"]
+    images = [cond[k] for k in sorted(k for k in cond if k.startswith("image_embeds."))]
+    if images:
+        kwargs["added_cond_kwargs"] = {"image_embeds": images}
+    return kwargs
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,14 +156,20 @@ def _unet_call(kwargs) -> Call | None:
         return None
     x, t, embeds = kwargs["sample"], kwargs["timestep"], kwargs["encoder_hidden_states"]
     added = kwargs.get("added_cond_kwargs") or {}
+    extras = {}                               # per-row arguments the crops need too (LCM, IP-adapter)
+    if kwargs.get("timestep_cond") is not None:
+        extras["timestep_cond"] = kwargs["timestep_cond"]
+    for i, e in enumerate(added.get("image_embeds") or []):
+        extras[f"image_embeds.{i}"] = e
+    static = {k: kwargs[k] for k in ("cross_attention_kwargs",) if kwargs.get(k) is not None}
     if "text_embeds" in added:               # SDXL: pooled embedding; time ids are made per crop
-        cond, kind = dict(embeds=embeds, pooled=added["text_embeds"]), "sdxl"
+        cond, kind = dict(embeds=embeds, pooled=added["text_embeds"], **extras), "sdxl"
         ids = added["time_ids"]
         cond["vae_factor"] = (ids[:, 4].float() / x.shape[-2]).round()
     else:
-        cond, kind = embeds, "sd"
+        cond, kind = (dict(embeds=embeds, **extras) if extras else embeds), "sd"
     return Call(kind, x, _rows_t(t, x.shape[0], x.device), cond, _sample,
-                lambda out, p: _output(out, p, lambda q: q.to(_sample(out).dtype)))
+                lambda out, p: _output(out, p, lambda q: q.to(_sample(out).dtype)), static)
 
 
 def _flux_call(kwargs) -> Call:
@@ -227,7 +270,8 @@ def guided_change(guidance: Guidance, model: Callable, multiple: int, call: Call
     den.check((x.shape[1], x.shape[-2], x.shape[-1]))   # every term's windows, at the first call, on or off
     if not any(bool(term.active(sigma, getattr(den, "step", None)).any()) for term in guidance):
         return None
-    return den(x, sigma.to(x.device), dict(t=call.t, c=call.cond)) - positive.float()
+    with static_kwargs(call.static):
+        return den(x, sigma.to(x.device), dict(t=call.t, c=call.cond)) - positive.float()
 
 
 def weak_denoiser(weak: Any, net: torch.nn.Module, kind: str, crop_positions: str = "slice") -> Denoiser:
