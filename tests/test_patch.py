@@ -370,3 +370,46 @@ def test_every_argument_of_the_pipelines_call_reaches_the_crops(tmp_path):
     # 4 crops per sample in sample order, each with its own sample's rows
     assert torch.equal(got["timestep_cond"][:, 0], torch.tensor([0.0] * 4 + [1.0] * 4))
     assert torch.equal(got["added_cond_kwargs"]["image_embeds"][0][:, 0, 0], torch.tensor([0.0] * 4 + [1.0] * 4))
+
+
+def test_controlnet_residuals_reach_the_crops_cut_to_each_window(tmp_path):
+    """Replayed: calls with ControlNet residuals were left alone (the guiders returned exactly CFG, no
+    crop call, no warning). Each crop now gets the residuals cut to its window at every resolution; with
+    a ControlNet whose residuals are zero the patched result equals the plain pipeline's patched result."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    base = tiny_sd(tmp_path)
+    torch.manual_seed(3)
+    control = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(4, 8)).eval()
+    pipe = StableDiffusionControlNetPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                             unet=base.unet, controlnet=control, scheduler=base.scheduler,
+                                             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    seen = []
+    hook = base.unet.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append((tuple(args[0].shape), [tuple(r.shape) for r in
+                                           (kw.get("down_block_additional_residuals") or ())])), with_kwargs=True)
+    try:
+        with wg.patch(pipe, "cfg:w=2.5+mswg:w=0.5,window=12"):
+            with torch.no_grad():
+                out = pipe("a red cat", image=image, negative_prompt="blue dog", height=32, width=32,
+                           num_inference_steps=2, latents=_latents((4, 16, 16)), output_type="latent").images
+    finally:
+        hook.remove()
+    crops = [s for s in seen if s[0][-1] == 12]
+    assert crops and all(shapes and shapes[0][-2:] == (12, 12) and shapes[-1][-2:] == (6, 6) for _, shapes in crops)
+    assert torch.isfinite(out).all()
+    with torch.no_grad():                              # zero residuals: the ControlNet changes nothing
+        for p in control.controlnet_down_blocks.parameters():
+            p.zero_()
+        for p in control.controlnet_mid_block.parameters():
+            p.zero_()
+    with wg.patch(pipe, "cfg:w=2.5+mswg:w=0.5,window=12"):
+        with torch.no_grad():
+            zero = pipe("a red cat", image=image, negative_prompt="blue dog", height=32, width=32,
+                        num_inference_steps=2, latents=_latents((4, 16, 16)), output_type="latent").images
+    with wg.patch(base, "cfg:w=2.5+mswg:w=0.5,window=12"):
+        with torch.no_grad():
+            plain = base("a red cat", negative_prompt="blue dog", height=32, width=32, num_inference_steps=2,
+                         latents=_latents((4, 16, 16)), output_type="latent").images
+    assert (zero - plain).abs().max() <= 1e-5

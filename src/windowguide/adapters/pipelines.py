@@ -169,7 +169,8 @@ def sd_unet_model(unet) -> Callable:
 
     def model(x, t, cond):
         if isinstance(cond, dict):
-            return unet(x.to(unet.dtype), t, encoder_hidden_states=cond["embeds"], **unet_extras(cond)).sample.float()
+            return unet(x.to(unet.dtype), t, encoder_hidden_states=cond["embeds"],
+                        **unet_extras(cond, x.shape[-2:])).sample.float()
         return unet(x.to(unet.dtype), t, encoder_hidden_states=cond, **unet_extras({})).sample.float()
     return model
 
@@ -306,7 +307,7 @@ def sdxl_unet_model(unet, vae_factor: int) -> Callable:
         ids = sdxl_time_ids(current_regions(), x.shape[-2:], vae_factor).to(x.device, x.dtype)
         ids = ids.expand(x.shape[0], -1) if ids.shape[0] == 1 else ids
         added = dict(text_embeds=cond["pooled"].to(unet.dtype), time_ids=ids.to(unet.dtype))
-        extra = unet_extras(cond)
+        extra = unet_extras(cond, x.shape[-2:])
         added.update(extra.pop("added_cond_kwargs", {}))
         return unet(x.to(unet.dtype), t, encoder_hidden_states=cond["embeds"].to(unet.dtype),
                     added_cond_kwargs=added, **extra).sample.float()

@@ -76,17 +76,39 @@ def current_static() -> dict:
     return _STATIC.get() or {}
 
 
-def unet_extras(cond: dict) -> dict:
+def unet_extras(cond: dict, size: tuple[int, int] | None = None) -> dict:
     """The UNet keyword arguments a call's condition carries besides the text embeddings: LCM's
-    ``timestep_cond`` and IP-adapter ``image_embeds`` (stored as image_embeds.0, .1, ...), plus the
-    static ones of the call in progress."""
+    ``timestep_cond``, IP-adapter ``image_embeds`` (stored as image_embeds.0, .1, ...), ControlNet's
+    residuals (residual.0, ..., mid_residual; cut to the crops of ``size``), plus the static ones of the
+    call in progress."""
     kwargs = dict(current_static())
     if "timestep_cond" in cond:
         kwargs["timestep_cond"] = cond["timestep_cond"]
     images = [cond[k] for k in sorted(k for k in cond if k.startswith("image_embeds."))]
     if images:
         kwargs["added_cond_kwargs"] = {"image_embeds": images}
+    residuals = [cond[k] for k in sorted((k for k in cond if k.startswith("residual.")), key=lambda k: int(k[9:]))]
+    if residuals:
+        kwargs["down_block_additional_residuals"] = tuple(crop_residual(r, size) for r in residuals)
+    if "mid_residual" in cond:
+        kwargs["mid_block_additional_residual"] = crop_residual(cond["mid_residual"], size)
     return kwargs
+
+
+def crop_residual(r: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A ControlNet residual of the whole canvas, cut to each row's crop of ``size`` latent pixels
+    (``current_regions``: top, left, canvas height, width) at the residual's own resolution, canvas /
+    f with f = canvas height / residual height (windows are multiples of the UNet's factor, so the cut
+    is exact). The whole image (no regions, or the canvas itself) is the residual as it is."""
+    from ..windows import current_regions
+    regions = current_regions()
+    if regions is None or tuple(size) == tuple(regions[0, 2:].tolist()):
+        return r
+    out = []
+    for row, (top, left, height, width) in zip(r, regions.long().tolist()):
+        f = height // row.shape[-2]
+        out.append(row[:, top // f:(top + size[0]) // f, left // f:(left + size[1]) // f])
+    return torch.stack(out)
 
 
 @functools.lru_cache(maxsize=None)
@@ -152,11 +174,13 @@ def read_call(net: torch.nn.Module, args: tuple, kwargs: dict) -> Call | None:
 
 
 def _unet_call(kwargs) -> Call | None:
-    if kwargs.get("down_block_additional_residuals") is not None or kwargs.get("mid_block_additional_residual") is not None:
-        return None
     x, t, embeds = kwargs["sample"], kwargs["timestep"], kwargs["encoder_hidden_states"]
     added = kwargs.get("added_cond_kwargs") or {}
-    extras = {}                               # per-row arguments the crops need too (LCM, IP-adapter)
+    extras = {}                               # per-row arguments the crops need too (LCM, IP-adapter, ControlNet)
+    for i, r in enumerate(kwargs.get("down_block_additional_residuals") or []):
+        extras[f"residual.{i}"] = r           # ControlNet: each crop gets the residuals' crop (unet_extras)
+    if kwargs.get("mid_block_additional_residual") is not None:
+        extras["mid_residual"] = kwargs["mid_block_additional_residual"]
     if kwargs.get("timestep_cond") is not None:
         extras["timestep_cond"] = kwargs["timestep_cond"]
     for i, e in enumerate(added.get("image_embeds") or []):

@@ -42,6 +42,7 @@ from .calls import (after_call_hook, default_sigma, fit_windows, guided_change, 
                     open_windows, read_call, skip_layer_negative, weak_denoiser)
 
 PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionPanoramaPipeline": "sd",
+             "StableDiffusionControlNetPipeline": "sd", "StableDiffusionXLControlNetPipeline": "sdxl",
              "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux",
              "PixArtAlphaPipeline": "pixart", "PixArtSigmaPipeline": "pixart"}
 HOOK = "windowguide"
