@@ -413,3 +413,50 @@ def test_controlnet_residuals_reach_the_crops_cut_to_each_window(tmp_path):
             plain = base("a red cat", negative_prompt="blue dog", height=32, width=32, num_inference_steps=2,
                          latents=_latents((4, 16, 16)), output_type="latent").images
     assert (zero - plain).abs().max() <= 1e-5
+
+
+def test_sdxl_crops_keep_the_users_micro_conditions(tmp_path):
+    """Replayed: with original_size 1024 and target 320 x 192 the crop ids came out (320, 192, 0, 0,
+    192, 128): the crops replaced the user's original and crop origin and took the VAE factor from the
+    target. A crop's ids are now the user's original, the user's origin plus the crop's offset and the
+    crop's share of the user's target (``sdxl_crop_time_ids``)."""
+    pipe = tiny_sdxl(tmp_path)
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append((tuple(args[0].shape), kw["added_cond_kwargs"]["time_ids"].clone())),
+        with_kwargs=True)
+    try:
+        with wg.patch(pipe, "mswg:w=0.5,window=12"):
+            with torch.no_grad():
+                pipe("a red cat", negative_prompt="blue dog", height=32, width=32, num_inference_steps=1,
+                     latents=_latents((4, 16, 16)), output_type="latent", guidance_scale=3.0,
+                     original_size=(1024, 1024), target_size=(320, 192), crops_coords_top_left=(8, 4))
+    finally:
+        hook.remove()
+    crops = [ids for shape, ids in seen if shape[-1] == 12]
+    assert crops
+    sy, sx = 320 / 16, 192 / 16                       # latent canvas 16 x 16 spans the user's target
+    want = torch.tensor([[1024, 1024, 8 + top * sy, 4 + left * sx, 12 * sy, 12 * sx]
+                         for top in (0, 4) for left in (0, 4)])
+    assert torch.allclose(crops[0].float(), want.float())
+
+
+def test_pixart_micro_conditions_follow_the_vae_factor():
+    """Replayed: PixArt's factor was fixed at 8 (with a 4x VAE the patch and the sampler differed by 0.46);
+    the patch reads it from the pipeline's VAE."""
+    from types import SimpleNamespace
+    from windowguide.integrations.calls import network_model
+    seen = []
+
+    class FakePixArt(torch.nn.Module):
+        config = SimpleNamespace(in_channels=4, sample_size=128)
+        dtype = torch.float32
+
+        def forward(self, x, encoder_hidden_states=None, encoder_attention_mask=None, timestep=None,
+                    added_cond_kwargs=None):
+            seen.append(added_cond_kwargs["resolution"][0].tolist())
+            return SimpleNamespace(sample=torch.zeros(x.shape[0], 8, *x.shape[-2:]))
+    cond = dict(embeds=torch.zeros(1, 2, 4), mask=torch.ones(1, 2))
+    for factor in (4, 8):
+        network_model(FakePixArt(), "pixart", vae_factor=factor)(torch.zeros(1, 4, 16, 12), torch.tensor([5]), cond)
+    assert seen == [[64.0, 48.0], [128.0, 96.0]]

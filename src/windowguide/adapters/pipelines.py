@@ -298,13 +298,33 @@ def sdxl_time_ids(regions: torch.Tensor | None, size, factor: int) -> torch.Tens
                        dim=1) * factor
 
 
-def sdxl_unet_model(unet, vae_factor: int) -> Callable:
+def sdxl_crop_time_ids(ids: torch.Tensor, regions: torch.Tensor | None, size) -> torch.Tensor:
+    """A crop's micro-conditions from the pipeline call's own (original h, w, crop top, left, target h,
+    w), per row: the original and its crop origin are the user's; the canvas of H x W latent pixels
+    spans the user's target, so a crop at (top, left) of h x w latent pixels gets crop origin
+    (top0 + top th / H, left0 + left tw / W) and target (h th / H, w tw / W). With SDXL's defaults
+    (original = target = the image) this is ``sdxl_time_ids``: the canvas as the original, the crop's
+    offset and size."""
+    if regions is None:
+        return ids
+    r, ids = regions.to(ids.device, torch.float64), ids.double()
+    sy, sx = ids[:, 4] / r[:, 2], ids[:, 5] / r[:, 3]
+    h, w = size
+    return torch.stack([ids[:, 0], ids[:, 1], ids[:, 2] + r[:, 0] * sy, ids[:, 3] + r[:, 1] * sx, h * sy, w * sx],
+                       1).float()
+
+
+def sdxl_unet_model(unet, vae_factor: int | None) -> Callable:
     """SDXL's UNet as model(x_vp, t, {embeds, pooled}) -> eps; the time ids describe the call's crops
-    (``windows.current_regions()``; ``sdxl_time_ids``)."""
+    (``windows.current_regions()``): from the call's own ids when the condition carries them
+    (``sdxl_crop_time_ids``, the patch and the guiders), else from the canvas (``sdxl_time_ids``)."""
     from ..integrations.calls import unet_extras
 
     def model(x, t, cond):
-        ids = sdxl_time_ids(current_regions(), x.shape[-2:], vae_factor).to(x.device, x.dtype)
+        if "time_ids" in cond:
+            ids = sdxl_crop_time_ids(cond["time_ids"], current_regions(), x.shape[-2:]).to(x.device, x.dtype)
+        else:
+            ids = sdxl_time_ids(current_regions(), x.shape[-2:], vae_factor).to(x.device, x.dtype)
         ids = ids.expand(x.shape[0], -1) if ids.shape[0] == 1 else ids
         added = dict(text_embeds=cond["pooled"].to(unet.dtype), time_ids=ids.to(unet.dtype))
         extra = unet_extras(cond, x.shape[-2:])

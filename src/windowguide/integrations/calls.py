@@ -188,8 +188,8 @@ def _unet_call(kwargs) -> Call | None:
     static = {k: kwargs[k] for k in ("cross_attention_kwargs",) if kwargs.get(k) is not None}
     if "text_embeds" in added:               # SDXL: pooled embedding; time ids are made per crop
         cond, kind = dict(embeds=embeds, pooled=added["text_embeds"], **extras), "sdxl"
-        ids = added["time_ids"]
-        cond["vae_factor"] = (ids[:, 4].float() / x.shape[-2]).round()
+        ids = added["time_ids"]                # the user's micro-conditions, per row: crops derive theirs
+        cond["time_ids"] = ids.reshape(1, -1).expand(x.shape[0], -1) if ids.shape[0] == 1 else ids
     else:
         cond, kind = (dict(embeds=embeds, **extras) if extras else embeds), "sd"
     return Call(kind, x, _rows_t(t, x.shape[0], x.device), cond, _sample,
@@ -210,22 +210,21 @@ def _flux_call(kwargs) -> Call:
                 lambda out, p: _output(out, p, lambda q: pack(q).to(_sample(out).dtype)))
 
 
-def network_model(net: torch.nn.Module, kind: str, crop_positions: str = "slice") -> Callable:
-    """model(x, t, cond) -> prediction for the network of a call of this kind (``adapters.pipelines``)."""
+def network_model(net: torch.nn.Module, kind: str, crop_positions: str = "slice",
+                  vae_factor: int | None = None) -> Callable:
+    """model(x, t, cond) -> prediction for the network of a call of this kind (``adapters.pipelines``);
+    ``vae_factor``: pixels per latent pixel, read from the pipeline's VAE (PixArt's micro-conditions)."""
     from ..adapters import pipelines as P
     if kind == "sd":
         return P.sd_unet_model(net)
-    if kind == "sdxl":
-        def model(x, t, cond):
-            f = int(cond["vae_factor"][0])
-            return P.sdxl_unet_model(net, f)(x, t, cond)
-        return model
+    if kind == "sdxl":                    # crops derive their time ids from the call's (sdxl_crop_time_ids)
+        return P.sdxl_unet_model(net, None)
     if kind == "sd3":
         return P.sd3_model(net)
     if kind == "flux":
         return P.flux_model(net, crop_positions)
-    if kind == "pixart":                  # every PixArt uses SD's 8x VAE (its 1024 model's micro-conditions)
-        return P.pixart_model(net, 8)
+    if kind == "pixart":                  # PixArt-alpha 1024's micro-conditions are in image pixels
+        return P.pixart_model(net, 8 if vae_factor is None else int(vae_factor))
     raise WindowguideError(f"no network model for calls of kind {kind!r}")
 
 

@@ -55,7 +55,9 @@ class _State:
         self.pipe, self.kind, self.cfg, self.max_batch = pipe, kind, cfg, max_batch
         self.open_terms, self.fitted = terms, {}
         self.net = pipe.transformer if kind in ("sd3", "flux", "pixart") else pipe.unet
-        self.model = network_model(self.net, kind, crop_positions)
+        vae = getattr(pipe, "vae", None)
+        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else None
+        self.model = network_model(self.net, kind, crop_positions, self.vae_factor)
         self.multiple = network_multiple(self.net, kind)
         self.panorama = type(pipe).__name__ == "StableDiffusionPanoramaPipeline"
         self.inside = False
