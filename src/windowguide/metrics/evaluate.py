@@ -6,7 +6,7 @@ Metrics (the role of the network in brackets):
 - fid [inception], fd_dinov2 [dinov2]: FD = |mu_g - mu_r|^2 + tr(S_g + S_r - 2 (S_g S_r)^(1/2));
 - kid [inception]: unbiased MMD^2 with k(x, y) = (x.y / D + 1)^3, mean (and std) over 100 random
   subsets of 1000 per set (torch-fidelity's protocol; ``kid_subsets=0``: one estimate on all samples);
-- is [inception]: exp(E KL(p(y|x) || p(y))), mean and std over 10 consecutive splits;
+- is [inception]: exp(E KL(p(y|x) || p(y))), mean and std over 10 splits after torch-fidelity's shuffle;
 - pr [inception]: improved precision and recall with k = 3 nearest-neighbour balls.
 """
 from __future__ import annotations
