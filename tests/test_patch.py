@@ -460,3 +460,74 @@ def test_pixart_micro_conditions_follow_the_vae_factor():
     for factor in (4, 8):
         network_model(FakePixArt(), "pixart", vae_factor=factor)(torch.zeros(1, 4, 16, 12), torch.tensor([5]), cond)
     assert seen == [[64.0, 48.0], [128.0, 96.0]]
+
+
+def _ip_adapter_sd(folder):
+    """A tiny SD pipeline with an IP-adapter (image projection and decoupled cross-attention), built
+    from diffusers' own classes (no weights file): image embeddings enter through added_cond_kwargs."""
+    from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
+    from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
+    pipe = tiny_sd(folder)
+    unet, ch = pipe.unet, pipe.unet.config.block_out_channels
+    torch.manual_seed(5)
+    procs = {}
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            procs[name] = AttnProcessor2_0()
+            continue
+        block = int(name.split(".")[1]) if not name.startswith("mid_block") else None
+        hidden = ch[-1] if block is None else (ch[block] if name.startswith("down") else list(reversed(ch))[block])
+        procs[name] = IPAdapterAttnProcessor2_0(hidden_size=hidden, cross_attention_dim=unet.config.cross_attention_dim,
+                                                num_tokens=(4,), scale=1.0)
+    unet.set_attn_processor(procs)
+    unet.encoder_hid_proj = MultiIPAdapterImageProjection([ImageProjection(cross_attention_dim=16, image_embed_dim=8,
+                                                                           num_image_text_embeds=4)])
+    unet.config.encoder_hid_dim_type = "ip_image_proj"
+    return pipe
+
+
+def test_ip_adapter_pipeline_under_the_patch_equals_windowguides_sampler(tmp_path):
+    """Replayed: with an IP-adapter the crop calls lacked added_cond_kwargs and SD failed ("argument of
+    type 'NoneType' is not iterable"). The crops now get their sample's image embedding: the patched
+    pipeline equals windowguide's sampler on the same UNet with the embeddings in the condition."""
+    from windowguide.adapters.diffusers import schedule_of
+    pipe = _ip_adapter_sd(tmp_path)
+    emb = torch.randn(2, 1, 8, generator=torch.Generator().manual_seed(1))        # negative, positive
+    with wg.patch(pipe, "cfg:w=2.5+mswg:w=0.5,window=12"):
+        patched = _run_sd(pipe, ip_adapter_image_embeds=[emb])
+    m = wg.from_pipeline(pipe)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog")
+    unet = pipe.unet
+
+    def model(x, t, cond):
+        return unet(x, t, encoder_hidden_states=cond["embeds"], added_cond_kwargs={"image_embeds": [cond["image"]]}).sample
+    den = wg.EpsDenoiser(model, schedule_of(pipe.scheduler), multiple=2)
+    with torch.no_grad():
+        x = wg.sample(den, (4, 16, 16), [7], sampler="ddim", sigmas=m.sigmas(4), cond=dict(embeds=pos, image=emb[1:]),
+                      guidance=wg.CFG(2.5, null=dict(embeds=neg[0], image=emb[0])) + wg.MSWG(0.5, window=12))
+    assert (m.pipeline_latents(x, m.sigmas(4)) - patched).abs().max() <= 1e-4
+
+
+def test_lcm_timestep_cond_reaches_the_crops_and_equals_windowguides_sampler(tmp_path):
+    """Replayed: LCM-style UNets (time_cond_proj_dim) get a guidance embedding as timestep_cond; the crops
+    ran without it, another network than the positive. Now equal to windowguide's sampler with the
+    embedding in the condition."""
+    from diffusers import UNet2DConditionModel
+    from windowguide.adapters.diffusers import schedule_of
+    pipe = tiny_sd(tmp_path)
+    torch.manual_seed(0)
+    pipe.unet = UNet2DConditionModel(**{**pipe.unet.config, "time_cond_proj_dim": 8}).eval()
+    with wg.patch(pipe, "mswg:w=0.5,window=12"):
+        patched = _run_sd(pipe)                    # guidance_scale 3.5: the embedding of w = 2.5, no CFG batch
+    m = wg.from_pipeline(pipe)
+    pos, _ = m.encode(prompt="a red cat", negative_prompt="blue dog")
+    tc = pipe.get_guidance_scale_embedding(torch.tensor([2.5]), embedding_dim=8)
+    unet = pipe.unet
+
+    def model(x, t, cond):
+        return unet(x, t, encoder_hidden_states=cond["embeds"], timestep_cond=cond["tc"]).sample
+    den = wg.EpsDenoiser(model, schedule_of(pipe.scheduler), multiple=2)
+    with torch.no_grad():
+        x = wg.sample(den, (4, 16, 16), [7], sampler="ddim", sigmas=m.sigmas(4), cond=dict(embeds=pos, tc=tc),
+                      guidance=wg.MSWG(0.5, window=12))
+    assert (m.pipeline_latents(x, m.sigmas(4)) - patched).abs().max() <= 1e-4
