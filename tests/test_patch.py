@@ -531,3 +531,21 @@ def test_lcm_timestep_cond_reaches_the_crops_and_equals_windowguides_sampler(tmp
         x = wg.sample(den, (4, 16, 16), [7], sampler="ddim", sigmas=m.sigmas(4), cond=dict(embeds=pos, tc=tc),
                       guidance=wg.MSWG(0.5, window=12))
     assert (m.pipeline_latents(x, m.sigmas(4)) - patched).abs().max() <= 1e-4
+
+
+def test_sd3_joint_attention_kwargs_reach_the_crops(sd3_pipe):
+    """SD3's and FLUX's LoRA scale travels in joint_attention_kwargs: every crop call gets it as given."""
+    seen = []
+    hook = sd3_pipe.transformer.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append((tuple(kw["hidden_states"].shape), kw.get("joint_attention_kwargs"))),
+        with_kwargs=True)
+    try:
+        with wg.patch(sd3_pipe, "cfg:w=3+mswg:w=0.5,window=10"):
+            with torch.no_grad():
+                sd3_pipe("a red cat", negative_prompt="blue dog", height=32, width=32, num_inference_steps=2,
+                         latents=_latents((4, 16, 16)), output_type="latent", max_sequence_length=8,
+                         joint_attention_kwargs={"scale": 1.0})
+    finally:
+        hook.remove()
+    crops = [c for c in seen if c[0][-1] == 10]
+    assert crops and all(c[1] == {"scale": 1.0} for c in crops)

@@ -420,9 +420,11 @@ def flux_model(tr, crop_positions: str = "slice", guidance_embed: float | None =
         g = None
         if tr.config.guidance_embeds:
             g = cond["guidance"] if "guidance" in cond else torch.full((x.shape[0],), guidance_embed, device=x.device)
+        from ..integrations.calls import current_static     # the pipeline call's joint_attention_kwargs (LoRA)
         out = tr(hidden_states=pack(x).to(tr.dtype), timestep=t.to(tr.dtype), guidance=g,
                  pooled_projections=cond["pooled"].to(tr.dtype), encoder_hidden_states=cond["embeds"].to(tr.dtype),
-                 txt_ids=torch.zeros(cond["embeds"].shape[1], 3, device=x.device), img_ids=ids.to(x.device)).sample
+                 txt_ids=torch.zeros(cond["embeds"].shape[1], 3, device=x.device), img_ids=ids.to(x.device),
+                 **current_static()).sample
         return unpack(out.float(), *x.shape[-2:])
 
     def model(x, t, cond):
@@ -484,8 +486,9 @@ def _flux(pipe, crop_positions: str, guidance_embed: float | None) -> PipelineMo
 def sd3_model(tr) -> Callable:
     """SD3's transformer as model(x_t, t, {embeds, pooled}, skip_layers=None) -> velocity."""
     def model(x, t, cond, skip_layers=None):
+        from ..integrations.calls import current_static     # the pipeline call's joint_attention_kwargs (LoRA)
         return tr(hidden_states=x.to(tr.dtype), timestep=t, encoder_hidden_states=cond["embeds"],
-                  pooled_projections=cond["pooled"], skip_layers=skip_layers).sample.float()
+                  pooled_projections=cond["pooled"], skip_layers=skip_layers, **current_static()).sample.float()
     return model
 
 

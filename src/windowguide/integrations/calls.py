@@ -157,7 +157,7 @@ def read_call(net: torch.nn.Module, args: tuple, kwargs: dict) -> Call | None:
         x, t = kwargs["hidden_states"], kwargs["timestep"]
         cond = dict(embeds=kwargs["encoder_hidden_states"], pooled=kwargs["pooled_projections"])
         return Call("sd3", x, _rows_t(t, x.shape[0], x.device), cond, _sample,
-                    lambda out, p: _output(out, p, lambda q: q.to(_sample(out).dtype)))
+                    lambda out, p: _output(out, p, lambda q: q.to(_sample(out).dtype)), _joint(kwargs))
     if name == "FluxTransformer2DModel":
         return _flux_call(kwargs)
     if name == "PixArtTransformer2DModel":
@@ -207,7 +207,12 @@ def _flux_call(kwargs) -> Call:
         cond["guidance"] = _rows_t(kwargs["guidance"], x.shape[0], x.device)
     return Call("flux", x, _rows_t(kwargs["timestep"], x.shape[0], x.device), cond,
                 lambda out: unpack(_sample(out), h, w),
-                lambda out, p: _output(out, p, lambda q: pack(q).to(_sample(out).dtype)))
+                lambda out, p: _output(out, p, lambda q: pack(q).to(_sample(out).dtype)), _joint(kwargs))
+
+
+def _joint(kwargs) -> dict:
+    """A transformer call's row-independent attention arguments (a LoRA scale), for its crops."""
+    return {"joint_attention_kwargs": kwargs["joint_attention_kwargs"]} if kwargs.get("joint_attention_kwargs") else {}
 
 
 def network_model(net: torch.nn.Module, kind: str, crop_positions: str = "slice",
