@@ -279,3 +279,32 @@ def test_guidance_rescale_sees_the_same_reference_in_the_guider_and_the_patch(sd
                           guidance_rescale=0.7).images
     plain = _run(pipe, guiders.SlidingWindowGuidance(guidance_scale=3.0, swg_scale=0.5, window=10))
     assert (out - ref).abs().max() <= 1e-4 and (out - plain).abs().max() > 1e-4
+
+
+def test_controlnet_residuals_reach_the_guiders_crops(tmp_path):
+    """Replayed: in the modular SDXL pipeline with a ControlNet, SlidingWindowGuidance returned exactly CFG
+    (no crop call, no warning). The crops now run, each with the residuals cut to its window; with zero
+    residuals the result equals the same guider without a ControlNet."""
+    from diffusers import ControlNetModel
+    classic = tiny_sdxl(tmp_path)
+    torch.manual_seed(3)
+    control = ControlNetModel.from_unet(classic.unet, conditioning_embedding_out_channels=(4, 8)).eval()
+    guider = lambda: guiders.SlidingWindowGuidance(guidance_scale=3.0, swg_scale=0.5, window=10)
+    plain = _run(modular(classic, guider()), guider())
+    pipe = modular(classic, guider())
+    pipe.update_components(controlnet=control)
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    seen = []
+    hook = classic.unet.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append((tuple(args[0].shape), [tuple(r.shape[-2:]) for r in
+                                           (kw.get("down_block_additional_residuals") or ())])), with_kwargs=True)
+    try:
+        _run(pipe, guider(), control_image=image)
+    finally:
+        hook.remove()
+    crops = [r for shape, r in seen if shape[-1] == 10]
+    assert len(crops) == STEPS and all(r[0] == (10, 10) and r[-1] == (5, 5) for r in crops)
+    with torch.no_grad():
+        for p in list(control.controlnet_down_blocks.parameters()) + list(control.controlnet_mid_block.parameters()):
+            p.zero_()
+    assert (_run(pipe, guider(), control_image=image) - plain).abs().max() <= 1e-5
