@@ -415,24 +415,30 @@ def test_controlnet_residuals_reach_the_crops_cut_to_each_window(tmp_path):
     assert (zero - plain).abs().max() <= 1e-5
 
 
+def _calls_under_patch(pipe, net, recipe, record, **call_kwargs):
+    """record(args, kwargs) of every call of ``net`` while ``pipe`` runs a 32 x 32 image under the patch."""
+    seen = []
+    hook = net.register_forward_pre_hook(lambda mod, args, kw: seen.append(record(args, kw)), with_kwargs=True)
+    try:
+        with wg.patch(pipe, recipe):
+            with torch.no_grad():
+                pipe("a red cat", height=32, width=32, latents=_latents((4, 16, 16)), output_type="latent",
+                     **call_kwargs)
+    finally:
+        hook.remove()
+    return seen
+
+
 def test_sdxl_crops_keep_the_users_micro_conditions(tmp_path):
     """Replayed: with original_size 1024 and target 320 x 192 the crop ids came out (320, 192, 0, 0,
     192, 128): the crops replaced the user's original and crop origin and took the VAE factor from the
     target. A crop's ids are now the user's original, the user's origin plus the crop's offset and the
     crop's share of the user's target (``sdxl_crop_time_ids``)."""
     pipe = tiny_sdxl(tmp_path)
-    seen = []
-    hook = pipe.unet.register_forward_pre_hook(
-        lambda mod, args, kw: seen.append((tuple(args[0].shape), kw["added_cond_kwargs"]["time_ids"].clone())),
-        with_kwargs=True)
-    try:
-        with wg.patch(pipe, "mswg:w=0.5,window=12"):
-            with torch.no_grad():
-                pipe("a red cat", negative_prompt="blue dog", height=32, width=32, num_inference_steps=1,
-                     latents=_latents((4, 16, 16)), output_type="latent", guidance_scale=3.0,
-                     original_size=(1024, 1024), target_size=(320, 192), crops_coords_top_left=(8, 4))
-    finally:
-        hook.remove()
+    seen = _calls_under_patch(pipe, pipe.unet, "mswg:w=0.5,window=12",
+                              lambda args, kw: (tuple(args[0].shape), kw["added_cond_kwargs"]["time_ids"].clone()),
+                              negative_prompt="blue dog", num_inference_steps=1, guidance_scale=3.0,
+                              original_size=(1024, 1024), target_size=(320, 192), crops_coords_top_left=(8, 4))
     crops = [ids for shape, ids in seen if shape[-1] == 12]
     assert crops
     sy, sx = 320 / 16, 192 / 16                       # latent canvas 16 x 16 spans the user's target
@@ -535,17 +541,9 @@ def test_lcm_timestep_cond_reaches_the_crops_and_equals_windowguides_sampler(tmp
 
 def test_sd3_joint_attention_kwargs_reach_the_crops(sd3_pipe):
     """SD3's and FLUX's LoRA scale travels in joint_attention_kwargs: every crop call gets it as given."""
-    seen = []
-    hook = sd3_pipe.transformer.register_forward_pre_hook(
-        lambda mod, args, kw: seen.append((tuple(kw["hidden_states"].shape), kw.get("joint_attention_kwargs"))),
-        with_kwargs=True)
-    try:
-        with wg.patch(sd3_pipe, "cfg:w=3+mswg:w=0.5,window=10"):
-            with torch.no_grad():
-                sd3_pipe("a red cat", negative_prompt="blue dog", height=32, width=32, num_inference_steps=2,
-                         latents=_latents((4, 16, 16)), output_type="latent", max_sequence_length=8,
-                         joint_attention_kwargs={"scale": 1.0})
-    finally:
-        hook.remove()
+    seen = _calls_under_patch(sd3_pipe, sd3_pipe.transformer, "cfg:w=3+mswg:w=0.5,window=10",
+                              lambda args, kw: (tuple(kw["hidden_states"].shape), kw.get("joint_attention_kwargs")),
+                              negative_prompt="blue dog", num_inference_steps=2, max_sequence_length=8,
+                              joint_attention_kwargs={"scale": 1.0})
     crops = [c for c in seen if c[0][-1] == 10]
     assert crops and all(c[1] == {"scale": 1.0} for c in crops)
