@@ -547,3 +547,16 @@ def test_sd3_joint_attention_kwargs_reach_the_crops(sd3_pipe):
                               joint_attention_kwargs={"scale": 1.0})
     crops = [c for c in seen if c[0][-1] == 10]
     assert crops and all(c[1] == {"scale": 1.0} for c in crops)
+
+
+def test_crop_residual_cuts_each_rows_window_at_the_residuals_resolution():
+    from windowguide.integrations.calls import crop_residual
+    from windowguide.windows import regions_of_call
+    r = torch.randn(3, 2, 8, 8)                               # a residual at half the 16 x 16 canvas
+    regions = torch.tensor([[0, 0, 16, 16], [4, 0, 16, 16], [4, 4, 16, 16]])
+    with regions_of_call(regions):
+        got = crop_residual(r, (12, 12))
+    want = torch.stack([r[0, :, 0:6, 0:6], r[1, :, 2:8, 0:6], r[2, :, 2:8, 2:8]])
+    assert torch.equal(got, want)
+    with regions_of_call(torch.tensor([[0, 0, 16, 16]])):
+        assert torch.equal(crop_residual(r[:1], (16, 16)), r[:1])          # the whole canvas: as it is

@@ -54,13 +54,13 @@ def read_uint8(path: str) -> np.ndarray:
         with Image.open(path) as im:
             mode = im.mode
             if mode in SIXTEEN:
-                a = _from_16(np.asarray(im).astype(np.float64), path)
+                a = _from_16(np.asarray(im).astype(np.float64))
             elif mode == "I":
                 a = np.asarray(im).astype(np.float64)
                 if a.size and (a.min() < 0 or a.max() > 65535):
                     raise WindowguideError(f"{path}: 32-bit integer pixels in [{a.min():.0f}, {a.max():.0f}]; accepted: "
                                            f"[0, 65535] (16-bit)")
-                a = _from_16(a, path)
+                a = _from_16(a)
             elif mode == "F":
                 a = np.asarray(im).astype(np.float64)
                 if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
@@ -77,7 +77,8 @@ def read_uint8(path: str) -> np.ndarray:
     return a[..., None] if a.ndim == 2 else a
 
 
-def _from_16(a: np.ndarray, path: str) -> np.ndarray:
+def _from_16(a: np.ndarray) -> np.ndarray:
+    """16-bit values to 8 bits: round(v / 257), so 65535 -> 255 and v * 257 -> v exactly."""
     return np.round(a / 257.0).astype(np.uint8)
 
 

@@ -220,10 +220,13 @@ def clip_x0(x0: torch.Tensor, clip: dict | None) -> torch.Tensor:
     x0 = clamp(x0, -s, s) / s. None: unchanged."""
     if clip is None:
         return x0
-    if clip["kind"] == "clip":
+    need = {"clip": ("range",), "threshold": ("ratio", "max")}
+    kind = clip.get("kind") if isinstance(clip, dict) else None
+    if kind not in need or not all(k in clip for k in need[kind]):
+        raise WindowguideError(f"x0_clip {clip!r}: accepted None, {{'kind': 'clip', 'range': r}} or "
+                               f"{{'kind': 'threshold', 'ratio': p, 'max': m}}")
+    if kind == "clip":
         return x0.clamp(-clip["range"], clip["range"])
-    if clip["kind"] != "threshold":
-        raise WindowguideError(f"x0_clip kind {clip['kind']!r}: accepted 'clip', 'threshold'")
     flat = x0.float().reshape(x0.shape[0], -1)
     s = torch.quantile(flat.abs(), clip["ratio"], dim=1).clamp(min=1, max=clip["max"])[:, None]
     return (flat.clamp(-s, s) / s).reshape(x0.shape).to(x0.dtype)

@@ -12,6 +12,7 @@ import torch
 from .. import spec
 from ..errors import WindowguideError
 from ..files import locked, read_png, write_json
+from ..generate import MAX_STEPS
 from ..guidance import CFG, Guidance, GuidedDenoiser
 from ..models.checkpoint import bundled_names, load_denoiser, load_matching_denoiser
 
@@ -43,13 +44,8 @@ def check_device(device: Any) -> torch.device:
     return dev
 
 
-MAX_STEPS = 10_000     # sampler steps: far past any paper's 1000; a billion would allocate gigabytes of sigmas
-
-
 def check_count(value: Any, flag: str, minimum: int = 1, maximum: int | None = None) -> int:
-    """An integer in [minimum, maximum] (bools refused), or a WindowguideError naming the flag;
-    ``--steps`` is bounded by ``MAX_STEPS`` unless told otherwise."""
-    maximum = MAX_STEPS if maximum is None and flag == "--steps" else maximum
+    """An integer in [minimum, maximum] (bools refused), or a WindowguideError naming the flag."""
     if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
             or (maximum is not None and value > maximum)):
         bound = f"an integer in {minimum}..{maximum}" if maximum is not None else f"an integer >= {minimum}"
@@ -220,4 +216,4 @@ def finish(out: str, r, collect: Callable[[], Any]) -> None:
     distributed.close()
 
 
-__all__ = ["rank_device", "draw_missing", "finish", "done", "claim", "check_device", "check_count", "normalise_class", "labels_for", "prepare", "check_guidance"]
+__all__ = ["MAX_STEPS", "rank_device", "draw_missing", "finish", "done", "claim", "check_device", "check_count", "normalise_class", "labels_for", "prepare", "check_guidance"]

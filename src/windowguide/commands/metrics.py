@@ -19,13 +19,13 @@ from tqdm import tqdm
 from .. import distributed
 from ..errors import WindowguideError
 from ..files import write_json
+from ..imageio import MAX_PIXELS
 from ..metrics.evaluate import as_reference, compute, measure
 from ..metrics.networks import load_networks, parse_metrics
 from ..metrics.reference import load_reference, save_reference
 from .common import check_count, check_device
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-from ..imageio import MAX_PIXELS  # noqa: E402
 
 
 class ImageSet:

@@ -24,7 +24,7 @@ from ..generate import parse_seeds
 from ..images import grid, to_uint8
 from ..sampling import karras_sigmas
 from ..windows import layout
-from .common import (check_count, check_guidance, claim, draw_missing, finish, labels_for, normalise_class, prepare,
+from .common import (MAX_STEPS, check_count, check_guidance, claim, draw_missing, finish, labels_for, normalise_class, prepare,
                      rank_device)
 
 STACK_LIMIT = 16       # panoramas.png stacks the first 16 panoramas (by seed)
@@ -38,7 +38,7 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
         device: Any = "cpu", progress: bool = True, batch_size: int = 4, **sampler_options) -> dict:
     """Sample the panoramas and write them to ``out``; returns the settings record."""
     seeds = parse_seeds(seeds)
-    check_count(steps, "--steps")
+    check_count(steps, "--steps", maximum=MAX_STEPS)
     check_count(batch_size, "--batch-size")
     check_count(width, "--width")
     if max_batch is not None:

@@ -14,7 +14,7 @@ from ..errors import WindowguideError
 from ..files import check_out_dir, write_png
 from ..fusion import check_fusion, panorama
 from ..generate import parse_seeds
-from .common import check_count, claim, draw_missing, finish, rank_device
+from .common import MAX_STEPS, check_count, claim, draw_missing, finish, rank_device
 from .panorama import _path, _stack
 from .sample_pipeline import conditions_and_guidance, latent_factor, latent_side, load_pipeline
 
@@ -27,7 +27,8 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
         progress: bool = True, **sampler_options) -> dict:
     from ..adapters.pipelines import from_pipeline
     seeds = parse_seeds(seeds)
-    for v, flag in ((steps, "--steps"), (batch_size, "--batch-size"), (width, "--width"), (stride, "--stride")):
+    check_count(steps, "--steps", maximum=MAX_STEPS)
+    for v, flag in ((batch_size, "--batch-size"), (width, "--width"), (stride, "--stride")):
         check_count(v, flag)
     check_fusion(mode, fuse, None, sampler, vcf, sampler_options)
     r, device = rank_device(device)

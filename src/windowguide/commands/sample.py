@@ -26,7 +26,7 @@ from ..adapters.latents import pixel_decoder
 from ..images import grid
 from ..sampling import SAMPLERS
 from ..train.w2s import describe
-from .common import (check_count, check_guidance, claim, draw_missing, finish, labels_for, normalise_class, prepare,
+from .common import (MAX_STEPS, check_count, check_guidance, claim, draw_missing, finish, labels_for, normalise_class, prepare,
                      rank_device)
 
 GRID_LIMIT = 256        # grid.png shows the first 256 samples (by seed); samples.npz holds them all
@@ -42,7 +42,7 @@ def run(model: str, guidance: str = "none", seeds: Any = "0-63", out: str = "run
         progress: bool = True, vae: str | None = None, preset: str | None = None, **sampler_options) -> dict:
     """Sample and write everything to ``out``; returns the settings record."""
     seeds = parse_seeds(seeds)
-    check_count(steps, "--steps")
+    check_count(steps, "--steps", maximum=MAX_STEPS)
     check_count(batch_size, "--batch-size")
     if sampler not in SAMPLERS:
         raise WindowguideError(f"--sampler {sampler!r}: accepted: {', '.join(sorted(SAMPLERS))}")

@@ -18,7 +18,7 @@ from .. import spec
 from ..errors import WindowguideError, missing_module
 from ..files import check_out_dir, write_png
 from ..generate import parse_seeds, sample
-from .common import check_count, claim, draw_missing, finish, labels_for, normalise_class, rank_device
+from .common import MAX_STEPS, check_count, claim, draw_missing, finish, labels_for, normalise_class, rank_device
 from .sample import collect, png_path
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -107,18 +107,12 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     if sampler == "dit_ddpm" and m.family != "dit":
         raise WindowguideError(f"--sampler dit_ddpm is DiT's learned-variance DDPM; this is a {m.family} pipeline")
     steps = steps or (28 if flow else 50)
-    check_count(steps, "--steps")
+    check_count(steps, "--steps", maximum=MAX_STEPS)
     from ..generate import SAMPLERS
     if sampler not in SAMPLERS and sampler != "dit_ddpm":
         raise WindowguideError(f"--sampler {sampler!r}: accepted: {', '.join(sorted(SAMPLERS))}, dit_ddpm (DiT)")
     factor = latent_factor(m, pipe)
     shape = m.shape(latent_side(height, factor, m.multiple, "--height"), latent_side(width, factor, m.multiple, "--width"))
-    if m.family == "dit" and shape[1] != shape[2]:
-        raise WindowguideError(f"--height/--width: diffusers' DiT un-patchifies square latents only; got "
-                               f"{shape[1] * factor} x {shape[2] * factor} pixels")
-    if m.family == "dit" and (shape[1] > m.size[0] or shape[2] > m.size[1]):
-        raise WindowguideError(f"--height/--width: DiT's positional embedding covers {m.size[0]} x {m.size[1]} latents "
-                               f"({m.size[0] * factor} x {m.size[1] * factor} pixels); accepted: up to that size")
     klass, cond_of, g = conditions_and_guidance(m, guidance, prompt, negative_prompt, klass)
     from ..guidance import GuidedDenoiser
     GuidedDenoiser(m.denoiser, g).check(shape)

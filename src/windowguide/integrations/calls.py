@@ -104,11 +104,12 @@ def crop_residual(r: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     regions = current_regions()
     if regions is None or tuple(size) == tuple(regions[0, 2:].tolist()):
         return r
-    out = []
-    for row, (top, left, height, width) in zip(r, regions.long().tolist()):
-        f = height // row.shape[-2]
-        out.append(row[:, top // f:(top + size[0]) // f, left // f:(left + size[1]) // f])
-    return torch.stack(out)
+    regions = regions.long().to(r.device)
+    f = regions[:, 2] // r.shape[-2]                             # the residual's factor, per row
+    rows = (regions[:, 0] // f)[:, None] + torch.arange(size[0] // int(f[0]), device=r.device)
+    cols = (regions[:, 1] // f)[:, None] + torch.arange(size[1] // int(f[0]), device=r.device)
+    batch = torch.arange(r.shape[0], device=r.device)[:, None, None]
+    return r[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)     # [N, h, w, C] -> [N, C, h, w]
 
 
 @functools.lru_cache(maxsize=None)
