@@ -4,7 +4,7 @@ import torch
 
 import windowguide as wg
 from pipes import tiny_flux, tiny_pixart, tiny_sd, tiny_sd3, tiny_sdxl
-from windowguide.adapters.pipelines import pack
+from windowguide.adapters.flux import pack
 from windowguide.errors import WindowguideError
 
 
@@ -334,7 +334,7 @@ def test_every_argument_of_the_pipelines_call_reaches_the_crops(tmp_path):
     IP-adapter pipelines crashed). Each crop call now gets the static ones as they are and the per-row
     ones of its own sample."""
     from types import SimpleNamespace
-    from windowguide.adapters.pipelines import sd_unet_model
+    from windowguide.adapters.sd import sd_unet_model
     from windowguide.integrations.calls import guided_change, read_call
     pipe = tiny_sd(tmp_path)
     seen = []
@@ -550,7 +550,7 @@ def test_sd3_joint_attention_kwargs_reach_the_crops(sd3_pipe):
 
 
 def test_crop_residual_cuts_each_rows_window_at_the_residuals_resolution():
-    from windowguide.integrations.calls import crop_residual
+    from windowguide.adapters.sd import crop_residual
     from windowguide.windows import regions_of_call
     r = torch.randn(3, 2, 8, 8)                               # a residual at half the 16 x 16 canvas
     regions = torch.tensor([[0, 0, 16, 16], [4, 0, 16, 16], [4, 4, 16, 16]])

@@ -185,7 +185,7 @@ def test_cli_samples_an_sd3_folder_with_skip_layer_guidance(sd3_pipe, tmp_path, 
 def test_dit_crop_positions_stretch_or_slice(dit_pipe):
     """'slice' gives a crop the rows of the canvas's embedding at its place; 'stretch' is diffusers' own.
     On the whole image both are the trained embedding, so unguided sampling is unchanged."""
-    from windowguide.adapters.pipelines import sliced_position_embedding
+    from windowguide.adapters.dit import sliced_position_embedding
     pe = dit_pipe.transformer.pos_embed
     full = pe.pos_embed[0].reshape(4, 4, -1)                     # the trained 8 x 8 latent, patch 2
     assert torch.allclose(sliced_position_embedding(pe, (2, 4, 8, 8), (6, 4)), full[1:4, 2:4].reshape(6, -1))
@@ -217,7 +217,7 @@ def test_sdxl_sampling_equals_the_pipeline(sdxl_pipe, scale):
 
 
 def test_sdxl_time_ids_describe_each_crop():
-    from windowguide.adapters.pipelines import sdxl_time_ids
+    from windowguide.adapters.sdxl import sdxl_time_ids
     from windowguide.windows import layout
     assert sdxl_time_ids(None, (128, 128), 8).tolist() == [[1024, 1024, 0, 0, 1024, 1024]]
     lay = layout(128, 128, 80, windows_per_side=2)
@@ -259,7 +259,7 @@ def test_pixart_sampling_equals_the_pipeline(scale):
 
 @pytest.mark.parametrize("true_cfg", [1.0, 3.0])
 def test_flux_sampling_equals_the_pipeline(flux_pipe, true_cfg):
-    from windowguide.adapters.pipelines import pack
+    from windowguide.adapters.flux import pack
     m = wg.from_pipeline(flux_pipe, guidance_embed=2.5)
     pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog", max_sequence_length=6)
     shape = m.shape(16, 16)
@@ -274,7 +274,7 @@ def test_flux_sampling_equals_the_pipeline(flux_pipe, true_cfg):
 
 
 def test_flux_crop_ids_local_or_true_location(flux_pipe):
-    from windowguide.adapters.pipelines import flux_image_ids
+    from windowguide.adapters.flux import flux_image_ids
     assert flux_image_ids(4, 6, 2, 4).tolist()[0] == [0, 1, 2] and flux_image_ids(4, 6).shape == (6, 3)
     pos, _ = wg.from_pipeline(flux_pipe).encode(prompt="a red cat", max_sequence_length=6)
     out = []
@@ -307,7 +307,7 @@ def test_panorama_preset_is_the_gvcf_setting():
 
 def test_ddpm_learned_variance_step_equals_diffusers_learned_range():
     from diffusers import DDPMScheduler
-    from windowguide.adapters.pipelines import ddpm_learned_step
+    from windowguide.adapters.dit import ddpm_learned_step
     sch = DDPMScheduler(num_train_timesteps=1000, variance_type="learned_range", clip_sample=False,
                         timestep_spacing="linspace")
     sch.set_timesteps(10)
@@ -326,7 +326,7 @@ def test_ddpm_learned_variance_step_equals_diffusers_learned_range():
 
 
 def test_dit_learned_variance_sampler_with_guidance(dit_pipe):
-    from windowguide.adapters.pipelines import sample_dit_learned_variance
+    from windowguide.adapters.dit import sample_dit_learned_variance
     m = wg.from_pipeline(dit_pipe)
     cond, null = m.encode(class_labels=[1, 2])
     a = sample_dit_learned_variance(m, [0, 1], steps=5, guidance=wg.CFG(1.0, null=null) + wg.MSWG(0.5, window=6),

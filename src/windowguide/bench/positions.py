@@ -44,7 +44,7 @@ def train_tiny_dit(steps: int = 1500, seed: int = 0, progress: bool = True):
 
 @torch.no_grad()
 def crop_agreement(dit, data, timesteps=(100, 300, 600, 900), n: int = 256, seed: int = 1) -> dict:
-    from ..adapters.pipelines import _sliced_positions
+    from ..adapters.dit import _sliced_positions
     from ..denoiser import VPSchedule
     from ..windows import layout
     abar = VPSchedule.linear().alphas_cumprod.float()

@@ -94,7 +94,8 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
         negative_prompt: str = "", klass: Any = None, steps: int | None = None, sampler: str | None = None,
         batch_size: int = 4, device: Any = "cpu", dtype: str = "float32", height: int | None = None,
         width: int | None = None, progress: bool = True, crop_positions: str = "slice") -> dict:
-    from ..adapters.pipelines import from_pipeline, sample_dit_learned_variance
+    from ..adapters.dit import sample_dit_learned_variance
+    from ..adapters.pipelines import from_pipeline
     seeds = parse_seeds(seeds)
     check_count(batch_size, "--batch-size")
     r, device = rank_device(device)

@@ -38,28 +38,26 @@ import torch
 from .. import spec
 from ..errors import WindowguideError
 from ..guidance import CFG, Guidance
+from ..adapters.registry import Family, by_pipeline, patched_names
 from .calls import (after_call_hook, default_sigma, fit_windows, guided_change, network_model, network_multiple,
                     open_windows, read_call, skip_layer_negative, weak_denoiser)
 
-PIPELINES = {"StableDiffusionPipeline": "sd", "StableDiffusionPanoramaPipeline": "sd",
-             "StableDiffusionControlNetPipeline": "sd", "StableDiffusionXLControlNetPipeline": "sdxl",
-             "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux",
-             "PixArtAlphaPipeline": "pixart", "PixArtSigmaPipeline": "pixart"}
 HOOK = "windowguide"
 
 
 class _State:
     """What the hook needs to know about the pipeline call in progress."""
 
-    def __init__(self, pipe, kind: str, terms: Guidance, cfg: CFG | None, max_batch: int | None, crop_positions: str):
-        self.pipe, self.kind, self.cfg, self.max_batch = pipe, kind, cfg, max_batch
+    def __init__(self, pipe, family: Family, terms: Guidance, cfg: CFG | None, max_batch: int | None,
+                 crop_positions: str):
+        self.pipe, self.family, self.kind, self.cfg, self.max_batch = pipe, family, family.kind, cfg, max_batch
+        self.rules = family.patched[type(pipe).__name__]
         self.open_terms, self.fitted = terms, {}
-        self.net = pipe.transformer if kind in ("sd3", "flux", "pixart") else pipe.unet
+        self.net = getattr(pipe, self.rules.net)
         vae = getattr(pipe, "vae", None)
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else None
-        self.model = network_model(self.net, kind, crop_positions, self.vae_factor)
-        self.multiple = network_multiple(self.net, kind)
-        self.panorama = type(pipe).__name__ == "StableDiffusionPanoramaPipeline"
+        self.model = network_model(self.net, self.kind, crop_positions, self.vae_factor)
+        self.multiple = network_multiple(self.net, self.kind)
         self.inside = False
         self.begin(1.0, False)
 
@@ -71,7 +69,7 @@ class _State:
 
     def schedule(self):
         """The VP schedule of the pipeline's scheduler (read once per pipeline call); None for flow."""
-        if self._schedule is None and self.kind not in ("sd3", "flux"):
+        if self._schedule is None and not self.family.flow:
             from ..adapters.diffusers import schedule_of
             self._schedule = schedule_of(self.pipe.scheduler)
         return self._schedule
@@ -90,8 +88,7 @@ class _State:
             ts = torch.as_tensor(self.pipe.scheduler.timesteps).reshape(-1)
             if self.second_order():
                 ts = ts[0::2]
-            if self.kind == "flux":
-                ts = ts / 1000                       # FLUX's pipeline hands its network t / 1000
+            ts = self.family.network_t(ts)          # FLUX's pipeline hands its network t / 1000
             self.sigmas = default_sigma(self.kind, ts, self.schedule()).tolist() + [0.0]
         return self.sigmas
 
@@ -101,19 +98,17 @@ class _State:
         them mid-run (diffusers' documented dynamic CFG sets ``_guidance_scale = 0`` and halves the
         prompt batch). FLUX, PixArt and the panorama pipeline decide once per call of the pipeline."""
         cls = type(self.pipe)
-        if self.panorama:                 # its __call__ decides CFG locally; the property is not kept up to date
-            return
-        if self.kind in ("sd", "sdxl", "sd3") and isinstance(getattr(cls, "do_classifier_free_guidance", None), property):
+        if self.rules.reads_cfg and isinstance(getattr(cls, "do_classifier_free_guidance", None), property):
             self.scale = float(self.pipe.guidance_scale)
             self.do_cfg = bool(self.pipe.do_classifier_free_guidance)
 
     def cond_rows(self, call, first_at_t: bool) -> torch.Tensor | None:
         n = call.x.shape[0]
-        if self.kind == "flux":                      # FLUX calls cond, then (true CFG) uncond, separately
+        if self.rules.rows == "separate":            # FLUX calls cond, then (true CFG) uncond, separately
             return torch.arange(n) if first_at_t else None
         if not self.do_cfg:
             return torch.arange(n)
-        if self.panorama:                            # views interleaved: uncond, cond, uncond, cond, ...
+        if self.rules.rows == "interleaved":         # panorama's views: uncond, cond, uncond, cond, ...
             return torch.arange(1, n, 2)
         return torch.arange(n // 2, n)
 
@@ -126,7 +121,8 @@ class _State:
     def after_call(self, module, args, kwargs, out):
         if self.inside or not len(self.open_terms):
             return out
-        if self.kind == "sd3" and kwargs.get("skip_layers") is not None:
+        own = self.rules.own_negative
+        if own is not None and kwargs.get(own) is not None:
             return self._skip_layer_call(out)
         call = read_call(module, args, kwargs)
         if call is None:
@@ -164,7 +160,7 @@ class _State:
         return call.write(out, pred)
 
     def _skip_layer_call(self, out):
-        """SD3's own skip-layer guidance adds s_slg (P_text - P_skip) with the P_text this patch shifted by
+        """The pipeline's own extra negative call. SD3's own skip-layer guidance adds s_slg (P_text - P_skip) with the P_text this patch shifted by
         Delta / s: the same shift on P_skip keeps the difference the network's own, so the result is
         CFG + Delta + SLG (not CFG + (1 + s_slg / s) Delta + SLG)."""
         step, shift = getattr(self, "last_shift", (None, None))
@@ -188,7 +184,7 @@ def _split(g: Guidance) -> tuple[Guidance, CFG | None]:
     return Guidance(tuple(t for t in g if not isinstance(t, CFG))), (cfgs[0] if cfgs else None)
 
 
-def _build(guidance, kind: str, net, weak, crop_positions: str) -> Guidance:
+def _build(guidance, family: Family, net, weak, crop_positions: str) -> Guidance:
     if not isinstance(guidance, str):
         return Guidance.of(guidance)
 
@@ -196,15 +192,16 @@ def _build(guidance, kind: str, net, weak, crop_positions: str) -> Guidance:
         if weak is None:
             raise WindowguideError(f"the recipe names a weak model ({name!r}); pass the weak network as "
                                    f"windowguide.patch(pipe, ..., weak=network)")
-        return weak_denoiser(weak, net, kind, crop_positions)
+        return weak_denoiser(weak, net, family.kind, crop_positions)
 
-    skip = (lambda blocks: skip_layer_negative(net, kind, blocks)) if kind == "sd3" else None
+    skip = (lambda blocks: skip_layer_negative(net, family.kind, blocks)) if family.skip is not None else None
     return spec.build(open_windows(guidance), spec.Context(net=None, load=load, skip=skip))
 
 
-def _call_wrapper(cls, state: _State, scale_name: str):
+def _call_wrapper(cls, state: _State):
     """``cls.__call__`` that records the CFG scale of each call (and sets it from the recipe's cfg term)."""
     signature = inspect.signature(cls.__call__)
+    scale_name, rules = state.rules.scale, state.rules
 
     def __call__(self, *args, **kwargs):
         if state.cfg is not None:
@@ -214,7 +211,7 @@ def _call_wrapper(cls, state: _State, scale_name: str):
                 raise WindowguideError(f"{scale_name}={given} conflicts with the recipe's cfg:w={state.cfg.weight} "
                                        f"({scale_name} = 1 + w = {want}); give one of them")
             kwargs[scale_name] = want
-            if state.kind == "flux" and not _given(signature, self, args, kwargs, "negative_prompt", "negative_prompt_embeds"):
+            if rules.negative and not _given(signature, self, args, kwargs, "negative_prompt", "negative_prompt_embeds"):
                 # FLUX runs its true CFG only with a negative prompt: an empty one per prompt
                 prompt = signature.bind(self, *args, **kwargs).arguments.get("prompt")
                 kwargs["negative_prompt"] = [""] * len(prompt) if isinstance(prompt, (list, tuple)) else ""
@@ -222,10 +219,9 @@ def _call_wrapper(cls, state: _State, scale_name: str):
         bound.apply_defaults()
         scale = float(bound.arguments[scale_name])
         do_cfg = scale > 1
-        if state.kind == "flux":
+        if rules.negative:
             do_cfg = do_cfg and _given(signature, self, args, kwargs, "negative_prompt", "negative_prompt_embeds")
-        elif state.kind in ("sd", "sdxl"):
-            do_cfg = do_cfg and state.net.config.time_cond_proj_dim is None
+        do_cfg = do_cfg and rules.cfg_possible(self)
         state.begin(scale, do_cfg)
         return cls.__call__(self, *args, **kwargs)
 
@@ -249,14 +245,12 @@ def patch(pipe: Any, guidance: str | Guidance, max_batch: int | None = None, wea
     many crops per network call; ``crop_positions``: FLUX crops' image ids, 'slice' (their place on the
     canvas, one call per window position) or 'stretch' (their own grid, one call for all)."""
     name = type(pipe).__name__
-    kind = PIPELINES.get(name)
-    if kind is None:
-        raise WindowguideError(f"windowguide.patch does not support {name}; supported: {', '.join(PIPELINES)}")
+    family = by_pipeline(pipe, patched=True)
     if crop_positions not in ("slice", "stretch"):
         raise WindowguideError(f"crop_positions {crop_positions!r}: accepted: 'slice', 'stretch'")
-    net = pipe.transformer if kind in ("sd3", "flux", "pixart") else pipe.unet
-    terms, cfg = _split(_build(guidance, kind, net, weak, crop_positions))
-    state = _State(pipe, kind, terms, cfg, max_batch, crop_positions)
+    net = getattr(pipe, family.patched[name].net)
+    terms, cfg = _split(_build(guidance, family, net, weak, crop_positions))
+    state = _State(pipe, family, terms, cfg, max_batch, crop_positions)
     from diffusers.hooks import HookRegistry
     had_registry = hasattr(net, "_diffusers_hook")
     had_forward = "forward" in vars(net)
@@ -266,7 +260,7 @@ def patch(pipe: Any, guidance: str | Guidance, max_batch: int | None = None, wea
                                f"outer `with` block first, or put all terms in one recipe)")
     registry.register_hook(after_call_hook(state.after_call), HOOK)
     cls = type(pipe)
-    pipe.__class__ = _call_wrapper(cls, state, "true_cfg_scale" if kind == "flux" else "guidance_scale")
+    pipe.__class__ = _call_wrapper(cls, state)
     try:
         yield pipe
     finally:
@@ -279,4 +273,4 @@ def patch(pipe: Any, guidance: str | Guidance, max_batch: int | None = None, wea
                 del net._diffusers_hook
 
 
-__all__ = ["patch", "PIPELINES"]
+__all__ = ["patch", "patched_names"]

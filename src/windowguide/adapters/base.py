@@ -1,0 +1,150 @@
+"""What the family modules share: the model a pipeline becomes, and the pieces most families use
+(a VP denoiser from a diffusers scheduler, a VAE decoder, the flow schedules with a dynamic shift)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..denoiser import Denoiser, EpsDenoiser, VDenoiser
+from ..errors import WindowguideError
+from .diffusers import schedule_of
+
+
+@dataclass
+class PipelineModel:
+    """What sampling needs from a pipeline: the EDM-form denoiser, its schedule, conditions, decoding."""
+    family: str
+    denoiser: Denoiser
+    channels: int
+    size: tuple[int, int]              # the trained latent (or pixel) size
+    multiple: int                      # a crop's side must be a multiple of this (in latent pixels)
+    encode: Callable[..., tuple[Any, Any]]
+    decode: Callable[[torch.Tensor], np.ndarray]
+    num_classes: int = 0
+    extras: dict = field(default_factory=dict)
+
+    def shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+        """(C, H, W) of a sample, the trained size by default (in latent pixels)."""
+        h, w = height or self.size[0], width or self.size[1]
+        if h % self.multiple or w % self.multiple:
+            raise WindowguideError(f"{self.family}: a {h}x{w} latent is not a multiple of {self.multiple}")
+        if self.extras.get("square_only") and (h != w or h > self.size[0]):
+            raise WindowguideError(f"{self.family}: a {h}x{w} latent cannot run: diffusers' DiT un-patchifies square "
+                                   f"latents only, up to its positional embedding's {self.size[0]}x{self.size[1]}")
+        return (self.channels, h, w)
+
+    def sigmas(self, steps: int, spacing: str | None = None, sampler: str | None = None) -> torch.Tensor:
+        """The pipeline scheduler's own timesteps as a VE sigma schedule, ending in 0 or (diffusers'
+        ``set_alpha_to_one=False``) in the sigma of t = 0; for ``sampler='ddim'`` with trailing or
+        linspace spacing, ending where diffusers' last DDIM step goes (``VPSchedule.ddim_targets``)."""
+        sigmas = self.denoiser.schedule.step_sigmas(steps, spacing).float()
+        targets = self.denoiser.schedule.ddim_targets(steps, spacing) if sampler == "ddim" else None
+        if targets is not None:
+            sigmas[-1] = float(targets[-1])
+        return sigmas
+
+    def sampler_options(self, sampler: str, steps: int, spacing: str | None = None) -> dict:
+        """What ``wg.sample`` needs to take the steps of the pipeline's own scheduler: its x0 clipping
+        or dynamic thresholding (``x0_clip``, DDIM and DDPM) and DDIM's step targets (``targets``)."""
+        options = {}
+        if sampler in ("ddim", "ddpm") and self.extras.get("x0_clip") is not None:
+            options["x0_clip"] = self.extras["x0_clip"]
+        if sampler == "ddim" and getattr(self.denoiser, "schedule", None) is not None:
+            targets = self.denoiser.schedule.ddim_targets(steps, spacing)
+            if targets is not None:
+                options["targets"] = targets.float()
+        return options
+
+    @staticmethod
+    def pipeline_latents(x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """Our VE state at the last sigma as the pipeline's latents: x_vp = x / sqrt(1 + sigma_last^2)
+        (the same when the schedule ends in 0; SD's DDIM ends at t = 0, a 4e-4 relative scale)."""
+        return x / (1 + float(sigmas[-1]) ** 2) ** 0.5
+
+
+def scheduler_x0_clip(scheduler: Any) -> dict | None:
+    """The x0 treatment a diffusers scheduler's config asks for: dynamic thresholding (which takes
+    precedence, as in its ``step``), clipping to ``clip_sample_range``, or None."""
+    c = getattr(scheduler, "config", None)
+    if c is None:
+        return None
+    if getattr(c, "thresholding", False):
+        return dict(kind="threshold", ratio=float(c.dynamic_thresholding_ratio), max=float(c.sample_max_value))
+    if getattr(c, "clip_sample", False):
+        return dict(kind="clip", range=float(getattr(c, "clip_sample_range", 1.0)))
+    return None
+
+
+def vp_denoiser(model: Callable, scheduler, multiple: int, null=None):
+    """The EDM-form denoiser of an eps- or v-predicting network on a diffusers scheduler's betas."""
+    schedule = schedule_of(scheduler)
+    kind = getattr(scheduler.config, "prediction_type", "epsilon")
+    cls = {"epsilon": EpsDenoiser, "v_prediction": VDenoiser}.get(kind)
+    if cls is None:
+        raise WindowguideError(f"prediction_type {kind!r} is not supported; accepted: 'epsilon', 'v_prediction'")
+    return cls(model, schedule, multiple=multiple, null_cond=null, quantize=True)
+
+
+def vae_factor(vae, default: int = 8) -> int:
+    """Image pixels per latent pixel of a diffusers ``AutoencoderKL``: 2^(levels - 1)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else default
+
+
+def vae_decoder(vae, tile_above: int = 96, shift: float = 0.0) -> Callable[[torch.Tensor], np.ndarray]:
+    """Latents -> uint8 images: z = latents / scaling_factor + shift; above ``tile_above`` latent pixels
+    a side, the exact tiled decode (``vae_tiling``)."""
+    from .vae_tiling import decode_tiled
+
+    @torch.no_grad()
+    def decode(latents: torch.Tensor) -> np.ndarray:
+        z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
+        if shift:
+            z = z + shift
+        x = decode_tiled(vae, z) if max(z.shape[-2:]) > tile_above else vae.decode(z).sample
+        return to_uint8((x.float() / 2 + 0.5).clamp(0, 1))
+    return decode
+
+
+def to_uint8(x01: torch.Tensor) -> np.ndarray:
+    """[0, 1] images -> uint8 NHWC as diffusers' numpy_to_pil does: round(255 x)."""
+    return (x01 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def flow_sigmas(steps, shift, train_steps):
+    """SD3's static-shift flow schedule as VE sigmas (``sampling.flow_sigmas``)."""
+    from ..sampling import flow_sigmas as flow
+    return flow(steps, shift, train_steps).float()
+
+
+def dynamic_shift_sigmas(scheduler, steps: int, tokens: int, mu: float | None = None,
+                         t: np.ndarray | None = None) -> torch.Tensor:
+    """A FLUX-style pipeline's schedule as VE sigmas: t = linspace(1, 1/N, N) (or ``t``), shifted by the
+    scheduler with mu = calculate_shift(image tokens) (or ``mu``), then 0; sigma = t / (1 - t)."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+    from ..sampling import sigmas_from_flow_t
+    cfg = scheduler.config
+    if mu is None:
+        mu = calculate_shift(tokens, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps) if t is None else t, mu=mu)
+    return sigmas_from_flow_t(scheduler.sigmas.double().tolist()).float()
+
+
+def flow_sigma(t: torch.Tensor, t_max: float) -> torch.Tensor:
+    """The VE sigma of a flow network's timestep: s = t / t_max, sigma = s / (1 - s)."""
+    s = (t.double() / t_max).clamp(max=1 - 1e-9)
+    return s / (1 - s)
+
+
+def needs_prompt(family: str, prompt, class_labels) -> None:
+    if class_labels is not None or prompt is None:
+        raise WindowguideError(f"{family} needs a prompt (--prompt), not class labels")
+
+
+def needs_parts(pipe, family: str, *names: str) -> None:
+    missing = [n for n in names if getattr(pipe, n, None) is None]
+    if missing:
+        raise WindowguideError(f"this {family} pipeline has no {', '.join(missing)}, so a prompt cannot be encoded")

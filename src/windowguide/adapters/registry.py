@@ -1,0 +1,109 @@
+"""Which family module knows a pipeline or a network: one small table, filled by the modules.
+
+Every module of ``windowguide.adapters`` that defines ``FAMILY`` (a ``Family``) is a model family:
+``from_pipeline``, ``patch``, the guiders and the CLI ask this registry by the pipeline's class, the
+network's class or the call's kind, and know no family by name. Adding a family is adding one module.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import WindowguideError
+
+
+@dataclass(frozen=True)
+class Patched:
+    """How a classic pipeline runs its network and its CFG, for ``windowguide.patch``.
+
+    ``rows``: which rows of a call are the conditional ones: 'batched' (uncond then cond in one call),
+    'interleaved' (uncond, cond, uncond, ... per view), 'separate' (the conditional call comes first at
+    each timestep, the unconditional one is a second call). ``negative``: the pipeline runs its CFG only
+    when given a negative prompt (true CFG). ``reads_cfg``: the pipeline keeps ``guidance_scale`` and
+    ``do_classifier_free_guidance`` as properties up to date during its loop. ``own_negative``: a call
+    argument that marks the pipeline's own extra negative call (SD3's skip-layer call)."""
+    net: str = "transformer"
+    scale: str = "guidance_scale"
+    rows: str = "batched"
+    negative: bool = False
+    reads_cfg: bool = False
+    own_negative: str | None = None
+    cfg_possible: Callable[[Any], bool] = lambda pipe: True
+
+
+@dataclass(frozen=True)
+class Family:
+    """What windowguide knows of one model family (see each module's docstring).
+
+    ``build(pipe, crop_positions, guidance_embed) -> PipelineModel``; ``read_call(net, named) -> Call |
+    None``; ``model(net, crop_positions, vae_factor) -> model(x, t, cond)``; ``multiple(net) -> int``;
+    ``sigma(t, schedule) -> sigma`` of a network call's timestep (``schedule``: the pipeline's VP
+    schedule, None for flow); ``network_t(ts)``: a scheduler's timesteps as the network's;
+    ``skip(net, layers)``: the skip-layer negative in the network's prediction space, where the
+    family's network can skip blocks."""
+    kind: str
+    pipelines: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+    build: Callable | None = None
+    read_call: Callable | None = None
+    model: Callable | None = None
+    multiple: Callable | None = None
+    sigma: Callable | None = None
+    skip: Callable | None = None
+    network_t: Callable = lambda ts: ts
+    flow: bool = False
+    patched: dict[str, Patched] = field(default_factory=dict)
+    net_attr: str = "transformer"
+
+
+@functools.lru_cache(maxsize=1)
+def families() -> tuple[Family, ...]:
+    """Every ``FAMILY`` of the modules of this package, in module-name order."""
+    from .. import adapters
+    found = []
+    for info in sorted(pkgutil.iter_modules(adapters.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{adapters.__name__}.{info.name}")
+        if isinstance(getattr(module, "FAMILY", None), Family):
+            found.append(module.FAMILY)
+    return tuple(found)
+
+
+def pipeline_names() -> tuple[str, ...]:
+    return tuple(n for f in families() for n in f.pipelines)
+
+
+def patched_names() -> tuple[str, ...]:
+    return tuple(n for f in families() for n in f.patched)
+
+
+def network_names() -> tuple[str, ...]:
+    return tuple(n for f in families() for n in f.networks)
+
+
+def by_pipeline(pipe: Any, patched: bool = False) -> Family:
+    """The family of a pipeline (for ``patch``: one whose loop it can patch)."""
+    name = type(pipe).__name__
+    for f in families():
+        if name in (f.patched if patched else f.pipelines):
+            return f
+    if patched:
+        raise WindowguideError(f"windowguide.patch does not support {name}; supported: {', '.join(patched_names())}")
+    raise WindowguideError(f"{name} is not supported (yet); supported pipelines: {', '.join(pipeline_names())}")
+
+
+def by_network(net: Any) -> Family:
+    name = type(net).__name__
+    for f in families():
+        if name in f.networks:
+            return f
+    raise WindowguideError(f"windowguide cannot read calls of {name}; supported networks: {', '.join(network_names())}")
+
+
+def by_kind(kind: str) -> Family:
+    for f in families():
+        if f.kind == kind:
+            return f
+    raise WindowguideError(f"no model family of kind {kind!r}; known: {', '.join(f.kind for f in families())}")

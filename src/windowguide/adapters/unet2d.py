@@ -1,0 +1,35 @@
+"""Unconditional pixel-space models (``DDPMPipeline``, ``DDIMPipeline``): a ``UNet2DModel`` predicting
+eps or v on a VP schedule, no condition."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import WindowguideError
+from .base import PipelineModel, to_uint8, vp_denoiser
+from .registry import Family
+
+
+def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
+    unet = pipe.unet
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+
+    def model(x, t, cond):
+        return unet(x.to(unet.dtype), t).sample.float()
+
+    def encode(prompt=None, negative_prompt=None, class_labels=None):
+        raise WindowguideError(f"{type(pipe).__name__} is unconditional: it takes no prompt or class")
+
+    @torch.no_grad()
+    def decode(x: torch.Tensor) -> np.ndarray:
+        return to_uint8((x.float() / 2 + 0.5).clamp(0, 1))
+
+    size = unet.config.sample_size
+    size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    return PipelineModel("unet2d", vp_denoiser(model, pipe.scheduler, factor), unet.config.in_channels, size, factor,
+                         encode, decode)
+
+
+
+FAMILY = Family(kind="unet2d", pipelines=("DDPMPipeline", "DDIMPipeline"), build=build,
+                multiple=lambda net: 2 ** (len(net.config.block_out_channels) - 1), net_attr="unet")
