@@ -165,3 +165,30 @@ def modular(classic, guider):
     parts = {k: v for k, v in classic.components.items() if v is not None and k in pipe._component_specs}
     pipe.update_components(**parts, guider=guider)
     return pipe
+
+
+def _lift_zero_init(tr, also=()):
+    """adaLN-Zero and output layers start at zero: give them small weights so outputs depend on inputs."""
+    with torch.no_grad():
+        for name, p in tr.named_parameters():
+            if "norm" in name and "linear" in name or name.startswith("proj_out") or any(a in name for a in also):
+                p.normal_(0, 0.05)
+
+
+def tiny_chroma():
+    """A tiny Chroma (T5 built here, FLUX-style packing, attention mask) from configs."""
+    from diffusers import AutoencoderKL, ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    tok, t5 = tiny_t5()
+    torch.manual_seed(0)
+    tr = ChromaTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                                  num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4),
+                                  approximator_num_channels=8, approximator_hidden_dim=16, approximator_layers=1).eval()
+    _lift_zero_init(tr)
+    torch.manual_seed(1)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=4, shift_factor=0.1, scaling_factor=0.5).eval()
+    pipe = ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae, text_encoder=t5,
+                          tokenizer=tok, transformer=tr)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -153,12 +153,17 @@ def fit_windows(guidance: Guidance, shape: tuple[int, int], multiple: int) -> Gu
                           for t in guidance))
 
 
-def after_call_hook(after: Callable) -> Any:
-    """A diffusers model hook that runs the module, then returns ``after(module, args, kwargs, output)``."""
+def after_call_hook(after: Callable, before: Callable | None = None) -> Any:
+    """A diffusers model hook that runs the module, then returns ``after(module, args, kwargs, output)``;
+    ``before(module, args, kwargs)``, when given and not None, is the output instead of a run."""
     from diffusers.hooks import ModelHook
 
     class AfterCall(ModelHook):
         def new_forward(self, module, *args, **kwargs):
+            if before is not None:
+                known = before(module, args, kwargs)
+                if known is not None:
+                    return known
             return after(module, args, kwargs, self.fn_ref.original_forward(*args, **kwargs))
     return AfterCall()
 

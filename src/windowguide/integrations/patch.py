@@ -59,6 +59,8 @@ class _State:
         self.model = network_model(self.net, self.kind, crop_positions, self.vae_factor)
         self.multiple = network_multiple(self.net, self.kind)
         self.inside = False
+        self.cfg_ranged = cfg is not None and (cfg.sigma_lo > 0 or cfg.sigma_hi != float("inf") or cfg.steps is not None)
+        self.last_out = None
         self.begin(1.0, False)
 
     def begin(self, scale: float, do_cfg: bool) -> None:
@@ -66,6 +68,7 @@ class _State:
         self.step, self.last_t, self.sigmas, self._schedule = -1, None, None, None
         self.last_index = object()
         self.last_shift = (None, None)
+        self.last_out = None
 
     def schedule(self):
         """The VP schedule of the pipeline's scheduler (read once per pipeline call); None for flow."""
@@ -119,7 +122,7 @@ class _State:
         return self.fitted[shape]
 
     def after_call(self, module, args, kwargs, out):
-        if self.inside or not len(self.open_terms):
+        if self.inside or not (len(self.open_terms) or self.cfg_ranged):
             return out
         own = self.rules.own_negative
         if own is not None and kwargs.get(own) is not None:
@@ -141,23 +144,54 @@ class _State:
         idx = self.cond_rows(call, first)
         if idx is None:
             return out
+        sigma = default_sigma(self.kind, call.t, self.schedule())
+        cfg_off = self.do_cfg and self.cfg_off(sigma)
         sub = call.rows(idx.to(call.x.device))
         pred = call.read(out)
         positive = pred[idx]
-        self.inside = True
-        try:
-            delta = guided_change(self.terms(tuple(call.x.shape[-2:])), self.model, self.multiple, sub, positive,
-                                  default_sigma(self.kind, sub.t, self.schedule()),
-                                  (self.step, self._sigmas()), self.max_batch)
-        finally:
-            self.inside = False
-        if delta is None:
+        delta = None
+        if len(self.open_terms):
+            self.inside = True
+            try:
+                delta = guided_change(self.terms(tuple(call.x.shape[-2:])), self.model, self.multiple, sub, positive,
+                                      sigma[idx.to(sigma.device)], (self.step, self._sigmas()), self.max_batch)
+            finally:
+                self.inside = False
+        self.last_out = None
+        if delta is None and not cfg_off:
             return out
         pred = pred.clone()
-        shift = delta / (self.scale if self.do_cfg else 1.0)
-        pred[idx] = (positive.float() + shift).to(pred.dtype)
-        self.last_shift = (self.step, shift)
-        return call.write(out, pred)
+        if delta is not None:
+            shift = delta / (self.scale if self.do_cfg and not cfg_off else 1.0)
+            pred[idx] = (positive.float() + shift).to(pred.dtype)
+            self.last_shift = (self.step, shift)
+        if cfg_off:               # the pipeline's CFG of P with itself is P: CFG off at this step
+            uncond = {"batched": slice(0, len(idx)), "interleaved": slice(0, None, 2)}.get(self.rules.rows)
+            if uncond is not None:
+                pred[uncond] = pred[idx]
+        out = call.write(out, pred)
+        if cfg_off and self.rules.rows == "separate":
+            self.last_out = (t0, out)           # the unconditional call of this step returns it, unevaluated
+        return out
+
+    def before_call(self, module, args, kwargs):
+        """The unconditional call of a step where the recipe's CFG is off, on a pipeline that makes it a
+        second call ('separate' rows): not evaluated, it returns the conditional call's output, so the
+        pipeline's P_u + s (P_c - P_u) is P_c."""
+        if self.inside or self.last_out is None or self.rules.rows != "separate":
+            return None
+        call = read_call(module, args, kwargs)
+        t0, out = self.last_out
+        if call is None or float(call.t[0]) != t0:
+            return None
+        self.last_out = None
+        return out
+
+    def cfg_off(self, sigma: torch.Tensor) -> bool:
+        """Whether the recipe's cfg term (an interval: sigma range, steps) is off at this call."""
+        if not self.cfg_ranged:
+            return False
+        return not bool(self.cfg.active(sigma[:1].cpu(), (self.step, self._sigmas()))[0])
 
     def _skip_layer_call(self, out):
         """The pipeline's own extra negative call. SD3's own skip-layer guidance adds s_slg (P_text - P_skip) with the P_text this patch shifted by
@@ -177,10 +211,10 @@ def _split(g: Guidance) -> tuple[Guidance, CFG | None]:
         raise WindowguideError("a pipeline has one CFG scale: give at most one cfg term")
     if cfgs:
         c = cfgs[0]
-        if c.sigma_lo > 0 or c.sigma_hi != float("inf") or c.steps is not None or c.weight_end is not None \
-                or c.mask is not None or c.null is not None or c.channels is not None:
-            raise WindowguideError("inside a classic pipeline the cfg term is its guidance scale: no interval, "
-                                   "ramp, mask or null of its own (use the windowguide guiders or wg.sample)")
+        if c.weight_end is not None or c.mask is not None or c.null is not None or c.channels is not None:
+            raise WindowguideError("inside a classic pipeline the cfg term is its guidance scale: an interval "
+                                   "(sigma range, steps, sgg's split) but no ramp, mask or null of its own (use "
+                                   "the windowguide guiders or wg.sample)")
     return Guidance(tuple(t for t in g if not isinstance(t, CFG))), (cfgs[0] if cfgs else None)
 
 
@@ -258,7 +292,7 @@ def patch(pipe: Any, guidance: str | Guidance, max_batch: int | None = None, wea
     if registry.get_hook(HOOK) is not None:
         raise WindowguideError(f"this {name} is already patched by windowguide; one patch at a time (leave the "
                                f"outer `with` block first, or put all terms in one recipe)")
-    registry.register_hook(after_call_hook(state.after_call), HOOK)
+    registry.register_hook(after_call_hook(state.after_call, state.before_call), HOOK)
     cls = type(pipe)
     pipe.__class__ = _call_wrapper(cls, state)
     try:
