@@ -192,3 +192,61 @@ def tiny_chroma():
                           tokenizer=tok, transformer=tr)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} {% if m['content'] is string %}{{ m['content'] }}{% else %}"
+                 "{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %} {% endfor %}"
+                 "{% if add_generation_prompt %}assistant {% endif %}")
+
+
+def tiny_chat_tokenizer(words=("a", "red", "cat", "blue", "dog", "at", "dusk", "user", "system", "assistant")):
+    """A word-level fast tokenizer with a chat template (the LLM text encoders' pipelines apply one)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<eos>", *words])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def tiny_qwen3(layers=28, hidden=16, vocab=16, seed=6):
+    """A tiny Qwen3 causal LM (FLUX.2 [klein]'s and Z-Image's text encoder) from a config."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    torch.manual_seed(seed)
+    return Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=32,
+                                        num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                                        head_dim=8, max_position_embeddings=512)).eval()
+
+
+def tiny_flux2_vae():
+    from diffusers import AutoencoderKLFlux2
+    torch.manual_seed(1)
+    vae = AutoencoderKLFlux2(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+                             layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4).eval()
+    with torch.no_grad():                     # batch-norm statistics that are not the identity
+        vae.bn.running_mean.normal_(0, 0.2)
+        vae.bn.running_var.uniform_(0.5, 2.0)
+    return vae
+
+
+def tiny_flux2(klein=True):
+    """A tiny FLUX.2 [klein] (Qwen3 encoder, real CFG) or [dev] (guidance embedding; a Qwen3 stands in for
+    Mistral-3 small: the pipeline only reads hidden states) from configs."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Pipeline, Flux2Transformer2DModel
+    torch.manual_seed(0)
+    tr = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                                 num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=16,
+                                 axes_dims_rope=(2, 2, 2, 2), guidance_embeds=not klein).eval()
+    _lift_zero_init(tr)
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0)
+    if klein:
+        pipe = Flux2KleinPipeline(scheduler=scheduler, vae=tiny_flux2_vae(), text_encoder=tiny_qwen3(),
+                                  tokenizer=tiny_chat_tokenizer(), transformer=tr)
+    else:
+        pipe = Flux2Pipeline(scheduler=scheduler, vae=tiny_flux2_vae(), text_encoder=tiny_qwen3(31),
+                             tokenizer=tiny_chat_tokenizer(), transformer=tr)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -20,6 +20,8 @@ class Spec:
     shape: tuple
     pixels: int                          # image side in pixels for the pipeline's height/width
     to_pipeline: Callable                # our latents -> the pipeline's ``latents`` argument
+    from_ours: Callable = None           # our final state -> the pipeline's output_type='latent' (else to_pipeline)
+    negative: bool = True                # the pipeline takes a negative prompt
     scale: str = "guidance_scale"        # the pipeline's CFG argument
     weight: Callable = lambda s: s - 1   # our CFG weight for the pipeline's scale
     call: dict = None                    # other arguments of the pipeline's call
@@ -33,7 +35,14 @@ def _chroma():
     return Spec(pipes.tiny_chroma, (4, 16, 16), 32, pack, call=dict(max_sequence_length=6))
 
 
-SPECS = {"chroma": _chroma}
+def _klein():
+    from windowguide.adapters.flux2 import latents_to_vae
+    pipe = pipes.tiny_flux2(klein=True)
+    return Spec(lambda: pipe, (16, 8, 8), 32, lambda z: z, lambda x: latents_to_vae(pipe.vae, x), negative=False,
+                call=dict(max_sequence_length=12))
+
+
+SPECS = {"chroma": _chroma, "flux2-klein": _klein}
 
 
 @pytest.fixture(scope="module", params=sorted(SPECS))
@@ -47,16 +56,26 @@ def _latents(shape, seed=7):
 
 
 def _run(spec, pipe, **kw):
+    if not spec.negative:
+        kw.pop("negative_prompt", None)
     with torch.no_grad():
-        return pipe("a red cat", height=spec.pixels, width=spec.pixels, num_inference_steps=spec.steps,
+        return pipe(prompt="a red cat", height=spec.pixels, width=spec.pixels, num_inference_steps=spec.steps,
                     latents=spec.to_pipeline(_latents(spec.shape)), output_type="latent", **(spec.call or {}),
                     **kw).images
 
 
-def _ours(spec, pipe, guidance=None, negative="blue dog", cfg_scale=None):
+def _encode(spec, m):
+    return m.encode(prompt="a red cat", negative_prompt="blue dog" if spec.negative else "",
+                    **{k: v for k, v in (spec.call or {}).items() if k == "max_sequence_length"})
+
+
+def _out(spec, x):
+    return (spec.from_ours or spec.to_pipeline)(x)
+
+
+def _ours(spec, pipe, guidance=None, cfg_scale=None):
     m = wg.from_pipeline(pipe)
-    pos, neg = m.encode(prompt="a red cat", negative_prompt=negative,
-                        **{k: v for k, v in (spec.call or {}).items() if k == "max_sequence_length"})
+    pos, neg = _encode(spec, m)
     g = guidance
     if cfg_scale is not None and spec.weight(cfg_scale) > 0:
         cfg = wg.CFG(spec.weight(cfg_scale), null={k: v[0] for k, v in neg.items()} if isinstance(neg, dict) else neg[0])
@@ -64,7 +83,7 @@ def _ours(spec, pipe, guidance=None, negative="blue dog", cfg_scale=None):
     with torch.no_grad():
         x = wg.sample(m.denoiser, spec.shape, [7], sampler=spec.sampler, sigmas=m.sigmas(spec.steps, shape=spec.shape),
                       cond=pos, guidance=g)
-    return spec.to_pipeline(x)
+    return _out(spec, x)
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])
@@ -99,8 +118,7 @@ def test_patch_weight_zero_bit_for_bit_and_guided_equals_our_sampler(family, rec
     assert torch.equal(zero, before) and torch.equal(_run(spec, pipe, **args), before) and _untouched(pipe.transformer)
     assert not torch.equal(patched, before)
     m = wg.from_pipeline(pipe)
-    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog",
-                        **{k: v for k, v in (spec.call or {}).items() if k == "max_sequence_length"})
+    pos, neg = _encode(spec, m)
     null = {k: v[0] for k, v in neg.items()} if isinstance(neg, dict) else neg[0]
     terms = _recipe_terms(recipe, spec.shape[-2:], m.multiple, null)
     if not any(isinstance(t, wg.CFG) for t in terms):
@@ -108,7 +126,7 @@ def test_patch_weight_zero_bit_for_bit_and_guided_equals_our_sampler(family, rec
     with torch.no_grad():
         x = wg.sample(m.denoiser, spec.shape, [7], sampler=spec.sampler, sigmas=m.sigmas(spec.steps, shape=spec.shape),
                       cond=pos, guidance=terms)
-    assert (spec.to_pipeline(x) - patched).abs().max() <= 1e-4
+    assert (_out(spec, x) - patched).abs().max() <= 1e-4
 
 
 def _full_calls(pipe, run, spec):

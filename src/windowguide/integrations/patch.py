@@ -249,6 +249,9 @@ def _call_wrapper(cls, state: _State):
                 # FLUX runs its true CFG only with a negative prompt: an empty one per prompt
                 prompt = signature.bind(self, *args, **kwargs).arguments.get("prompt")
                 kwargs["negative_prompt"] = [""] * len(prompt) if isinstance(prompt, (list, tuple)) else ""
+        if scale_name is None:                     # a pipeline without CFG (guidance-distilled)
+            state.begin(1.0, False)
+            return cls.__call__(self, *args, **kwargs)
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         scale = float(bound.arguments[scale_name])
@@ -284,6 +287,9 @@ def patch(pipe: Any, guidance: str | Guidance, max_batch: int | None = None, wea
         raise WindowguideError(f"crop_positions {crop_positions!r}: accepted: 'slice', 'stretch'")
     net = getattr(pipe, family.patched[name].net)
     terms, cfg = _split(_build(guidance, family, net, weak, crop_positions))
+    if cfg is not None and family.patched[name].scale is None:
+        raise WindowguideError(f"{name} runs no CFG (its guidance is a distilled input, not a second evaluation): "
+                               f"a recipe's cfg term cannot be its scale; drop it, or use the guiders or wg.sample")
     state = _State(pipe, family, terms, cfg, max_batch, crop_positions)
     from diffusers.hooks import HookRegistry
     had_registry = hasattr(net, "_diffusers_hook")
