@@ -28,6 +28,7 @@ class Spec:
     sampler: str = "flow_euler"
     steps: int = 3
     output_layer: str = "proj_out"       # the network's last layer: one call of it per evaluation
+    modular: str | None = None           # diffusers' modular blocks of the family (with a guider)
 
 
 def _chroma():
@@ -39,7 +40,7 @@ def _klein():
     from windowguide.adapters.flux2 import latents_to_vae
     pipe = pipes.tiny_flux2(klein=True)
     return Spec(lambda: pipe, (16, 8, 8), 32, lambda z: z, lambda x: latents_to_vae(pipe.vae, x), negative=False,
-                call=dict(max_sequence_length=12))
+                call=dict(max_sequence_length=12), modular="Flux2KleinBaseAutoBlocks")
 
 
 SPECS = {"chroma": _chroma, "flux2-klein": _klein}
@@ -177,3 +178,128 @@ def test_sgg_under_the_patch_of_a_batched_cfg_pipeline(tmp_path):
         x = wg.sample(m.denoiser, (4, 16, 16), [7], sampler="ddim", sigmas=m.sigmas(4, sampler="ddim"), cond=pos,
                       guidance=terms, **m.sampler_options("ddim", 4))
     assert (m.pipeline_latents(x, m.sigmas(4, sampler="ddim")) - patched).abs().max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def modular_family(family):
+    name, spec, pipe = family
+    if spec.modular is None:
+        pytest.skip(f"diffusers has no modular {name} pipeline with a guider")
+    import diffusers.modular_pipelines as mp
+    from diffusers.guiders import ClassifierFreeGuidance
+    blocks = getattr(mp, spec.modular)().init_pipeline()
+    blocks.update_components(**{k: v for k, v in pipe.components.items() if v is not None and k in blocks._component_specs},
+                             guider=ClassifierFreeGuidance(guidance_scale=3.0))
+    return name, spec, pipe, blocks
+
+
+def _run_modular(spec, blocks, guider):
+    blocks.update_components(guider=guider)
+    kw = dict(negative_prompt="blue dog") if spec.negative else {}
+    with torch.no_grad():
+        return blocks(prompt="a red cat", height=spec.pixels, width=spec.pixels, num_inference_steps=spec.steps,
+                      latents=spec.to_pipeline(_latents(spec.shape)), output="latents", **(spec.call or {}), **kw)
+
+
+def test_guiders_in_the_modular_pipeline(modular_family):
+    from diffusers.guiders import ClassifierFreeGuidance
+    from windowguide import guiders
+    name, spec, pipe, blocks = modular_family
+    cfg = _run_modular(spec, blocks, ClassifierFreeGuidance(guidance_scale=3.0))
+    assert torch.equal(_run_modular(spec, blocks, guiders.SlidingWindowGuidance(guidance_scale=3.0, swg_scale=0.0)), cfg)
+    calls = _full_calls(pipe, lambda: _run_modular(spec, blocks, guiders.SlidingWindowGuidance(
+        guidance_scale=3.0, swg_scale=0.5)), spec)
+    assert _untouched(pipe.transformer)
+    m = wg.from_pipeline(pipe)
+    window = [wg.windows.default_window(side, m.multiple) for side in spec.shape[-2:]]
+    full = calls[0]
+    crops = [c for c in calls if c != full]
+    # per step: the conditional batch, its crops once each (one call per window place: a call's ids are
+    # shared by its rows), the unconditional batch; the conditional prediction is not evaluated again
+    assert sum(c == full for c in calls) == 2 * spec.steps and len(crops) == 4 * spec.steps
+    h, w = spec.shape[-2:]
+    assert set(crops) == {(1, full[1] * window[0] * window[1] // (h * w))}
+    pos, neg = _encode(spec, m)
+    null = {k: v[0] for k, v in neg.items()}
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, spec.shape, [7], sampler=spec.sampler, sigmas=m.sigmas(spec.steps, shape=spec.shape),
+                      cond=pos, guidance=wg.CFG(2.0, null=null) + wg.MSWG(0.5, window=tuple(window)))
+    out = _run_modular(spec, blocks, guiders.SlidingWindowGuidance(guidance_scale=3.0, swg_scale=0.5))
+    assert (spec.to_pipeline(x) - out).abs().max() <= 1e-4
+
+
+def _canvas_ids_flux(pipe, shape):
+    """The pipeline's own image ids of the whole canvas, as a [rows, cols, D] grid."""
+    h, w = shape[-2] // 2, shape[-1] // 2
+    return type(pipe)._prepare_latent_image_ids(1, h, w, "cpu", torch.float32).reshape(h, w, -1)
+
+
+def _canvas_ids_flux2(pipe, shape):
+    return type(pipe)._prepare_latent_ids(torch.zeros(1, *shape))[0].reshape(shape[-2], shape[-1], -1)
+
+
+CANVAS_IDS = {"chroma": (_canvas_ids_flux, 2), "flux2-klein": (_canvas_ids_flux2, 1)}
+
+
+def test_a_crops_positions_are_the_canvas_at_its_place(family):
+    """Every crop call's image ids equal the canvas's ids (as the pipeline builds them) at the crop's place."""
+    name, spec, pipe = family
+    canvas_ids, per_id = CANVAS_IDS[name]
+    grid = canvas_ids(pipe, spec.shape).float()
+    seen = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append((kw["hidden_states"].shape[1], kw["img_ids"].float())), with_kwargs=True)
+    m = wg.from_pipeline(pipe)
+    pos, _ = _encode(spec, m)
+    try:
+        with torch.no_grad():
+            wg.sample(m.denoiser, spec.shape, [7], sampler=spec.sampler, sigmas=m.sigmas(1, shape=spec.shape), cond=pos,
+                      guidance=wg.MSWG(0.5, window=(spec.shape[-2] - 2 * per_id, spec.shape[-1] - 4 * per_id)))
+    finally:
+        hook.remove()
+    crops = [ids for n, ids in seen if n < grid.shape[0] * grid.shape[1]]
+    assert len(crops) == 4                                     # 2 x 2 windows, one call per place
+    places = set()
+    for ids in crops:
+        ids = ids[0] if ids.dim() == 3 else ids
+        top, left = int(ids[0, 1]), int(ids[0, 2])
+        h, w = int(ids[:, 1].max()) - top + 1, int(ids[:, 2].max()) - left + 1
+        assert torch.equal(ids.reshape(h, w, -1), grid[top:top + h, left:left + w])
+        places.add((top, left))
+    gh, gw = grid.shape[:2]
+    assert {(0, 0), (gh - h, gw - w)} <= places and len(places) == 4     # the last window flush with the edge
+
+
+@pytest.fixture(scope="module")
+def flux2_dev():
+    return pipes.tiny_flux2(klein=False)
+
+
+def _run_dev(pipe, **kw):
+    with torch.no_grad():
+        return pipe(prompt="a red cat", guidance_scale=2.5, height=32, width=32, num_inference_steps=3,
+                    latents=_latents((16, 8, 8)), output_type="latent", max_sequence_length=12, **kw).images
+
+
+def test_flux2_dev_guidance_embedding_sampler_and_patch(flux2_dev):
+    """[dev] has no CFG: its guidance_scale is an input; M-SWG under the patch equals our sampler."""
+    from windowguide.adapters.flux2 import pack
+    from windowguide.errors import WindowguideError
+    pipe = flux2_dev
+    before = _run_dev(pipe)
+    m = wg.from_pipeline(pipe, guidance_embed=2.5)
+    pos, _ = m.encode(prompt="a red cat", max_sequence_length=12)
+    sigmas = m.sigmas(3, shape=(16, 8, 8))
+    with torch.no_grad():
+        plain = wg.sample(m.denoiser, (16, 8, 8), [7], sampler="flow_euler", sigmas=sigmas, cond=pos)
+        guided = wg.sample(m.denoiser, (16, 8, 8), [7], sampler="flow_euler", sigmas=sigmas, cond=pos,
+                           guidance=wg.MSWG(0.5, window=5))
+    assert (pack(plain) - before).abs().max() <= 1e-4
+    with wg.patch(pipe, "mswg:w=0"):
+        assert torch.equal(_run_dev(pipe), before)
+    with wg.patch(pipe, "mswg:w=0.5,window=5"):
+        patched = _run_dev(pipe)
+    assert (pack(guided) - patched).abs().max() <= 1e-4 and torch.equal(_run_dev(pipe), before)
+    with pytest.raises(WindowguideError, match="Flux2Pipeline runs no CFG"):
+        with wg.patch(pipe, "cfg:w=2+mswg:w=0.5"):
+            pass
