@@ -250,3 +250,38 @@ def tiny_flux2(klein=True):
                              tokenizer=tiny_chat_tokenizer(), transformer=tr)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_qwen25vl(hidden=16, seed=6):
+    """A tiny Qwen2.5-VL (Qwen-Image's text encoder; the pipeline reads its last hidden states) from a config."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    torch.manual_seed(seed)
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=64, hidden_size=hidden, bos_token_id=2, eos_token_id=2, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2])),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=hidden,
+                           fullatt_block_indexes=[0]),
+        image_token_id=60, video_token_id=61, vision_start_token_id=62, vision_end_token_id=63)
+    return Qwen2_5_VLForConditionalGeneration(cfg).eval()
+
+
+QWEN_WORDS = ("a", "red", "cat", "blue", "dog", "at", "dusk", "user", "system", "assistant", "<|", "|>", "im_start",
+              "im_end", "Describe", "the", "image")
+
+
+def tiny_qwen_image(guidance_embeds=False):
+    """A tiny Qwen-Image (Qwen2.5-VL encoder, 3-D VAE with latent statistics, centred RoPE) from configs."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+    torch.manual_seed(0)
+    tr = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=8,
+                                     num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4),
+                                     guidance_embeds=guidance_embeds).eval()
+    _lift_zero_init(tr)
+    torch.manual_seed(1)
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
+                                 latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 1.2, 2.0]).eval()
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0), vae=vae,
+                             text_encoder=tiny_qwen25vl(), tokenizer=tiny_chat_tokenizer(QWEN_WORDS), transformer=tr)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

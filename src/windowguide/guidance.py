@@ -246,7 +246,10 @@ class CFG(Term):
     ``null_cond``. Weight w = scale - 1 in the diffusers/SD convention. ``channels``: guide only the
     first k channels (M = 1 on channels < k): DiT's own ``forward_with_cfg`` (facebookresearch's
     models.py) guides the first 3 of the 4 latent channels; None (all channels) is diffusers' DiT
-    pipeline and the M-SWG authors' DiT code.
+    pipeline and the M-SWG authors' DiT code. ``renorm(x, sigma, D, D_ref) -> D``: a family's
+    correction of the guided result (Qwen-Image's norm CFG), applied after all terms with the
+    reference D_ref = D_pos + (D - D_cfg) / (1 + w), the conditional prediction shifted by the other
+    terms' change divided by the CFG scale (what the family's pipeline renormalises to under the patch).
     """
 
     weight: float
@@ -257,6 +260,7 @@ class CFG(Term):
     steps: StepRange | None = None
     weight_end: float | None = None
     channels: int | None = None
+    renorm: Any = None
 
     def __post_init__(self):
         if self.channels is not None and (isinstance(self.channels, bool) or not isinstance(self.channels, int)
@@ -567,6 +571,7 @@ class GuidedDenoiser(Denoiser):
         if not plans:
             return pos.result
         d_pos, out = pos.result, pos.result.clone()
+        renorms = []
         for term, idx, plan in plans:
             diff = (d_pos if idx is None else d_pos[idx]) - plan.finish()
             update = term.weight_at(step) * (diff if plan.mask is None else plan.mask * diff)
@@ -574,6 +579,12 @@ class GuidedDenoiser(Denoiser):
                 out += update
             else:
                 out[idx] += update
+            if getattr(term, "renorm", None) is not None:
+                renorms.append((term, idx, update))
+        for term, idx, update in renorms:          # after every term: the reference needs their sum
+            rows = slice(None) if idx is None else idx
+            d, o = d_pos[rows], out[rows]
+            out[rows] = term.renorm(x[rows], sigma[rows], o, d + (o - d - update) / (1 + term.weight_at(step)))
         return out
 
     def _run(self, requests: list[_Request]) -> None:

@@ -36,10 +36,29 @@ class PipelineModel:
                                    f"latents only, up to its positional embedding's {self.size[0]}x{self.size[1]}")
         return (self.channels, h, w)
 
-    def sigmas(self, steps: int, spacing: str | None = None, sampler: str | None = None) -> torch.Tensor:
+    @property
+    def flow(self) -> bool:
+        """Whether the network is a flow-matching one (its schedule is a flow schedule)."""
+        from ..denoiser import FlowDenoiser
+        return isinstance(self.denoiser, FlowDenoiser)
+
+    def family_guidance(self, guidance):
+        """The guidance with the family's own CFG convention on its CFG terms (Qwen-Image's norm
+        correction, ``extras['cfg_renorm']``); the guidance as it is for the other families."""
+        from dataclasses import replace
+        from ..guidance import CFG, Guidance
+        g = Guidance.of(guidance)
+        renorm = self.extras.get("cfg_renorm")
+        if renorm is None:
+            return g
+        return Guidance(tuple(replace(t, renorm=renorm) if isinstance(t, CFG) else t for t in g))
+
+    def sigmas(self, steps: int, spacing: str | None = None, sampler: str | None = None,
+               shape: tuple | None = None) -> torch.Tensor:
         """The pipeline scheduler's own timesteps as a VE sigma schedule, ending in 0 or (diffusers'
         ``set_alpha_to_one=False``) in the sigma of t = 0; for ``sampler='ddim'`` with trailing or
-        linspace spacing, ending where diffusers' last DDIM step goes (``VPSchedule.ddim_targets``)."""
+        linspace spacing, ending where diffusers' last DDIM step goes (``VPSchedule.ddim_targets``).
+        ``shape``: the sample's (C, H, W), for the families whose schedule depends on it (dynamic shift)."""
         sigmas = self.denoiser.schedule.step_sigmas(steps, spacing).float()
         targets = self.denoiser.schedule.ddim_targets(steps, spacing) if sampler == "ddim" else None
         if targets is not None:

@@ -21,7 +21,7 @@ def chroma_model(tr, crop_positions: str = "slice") -> Callable:
     """Chroma's transformer as model(x, t, {embeds[, mask]}) -> velocity on unpacked latents; the
     attention mask is the text mask extended by ones over the call's image tokens, as the pipeline's
     ``_prepare_attention_mask`` does."""
-    def call(x, t, cond, top, left):
+    def call(x, t, cond, top, left, canvas):
         tokens = pack(x).to(tr.dtype)
         mask = cond.get("mask")
         if mask is not None:

@@ -41,17 +41,19 @@ def flux_image_ids(h: int, w: int, top: int = 0, left: int = 0) -> torch.Tensor:
 
 
 def packed_model(call: Callable, crop_positions: str = "slice") -> Callable:
-    """model(x, t, cond) from call(x, t, cond, top, left) of a network whose positions are ids: with
-    'slice' and crops in progress (``windows.current_regions``), one call per window position with the
-    crop's place; else one call at (0, 0)."""
+    """model(x, t, cond) from call(x, t, cond, top, left, canvas) of a network whose positions are ids
+    (one set per call, shared by its rows): with 'slice' and crops in progress
+    (``windows.current_regions``), one call per window position with the crop's place and the canvas's
+    (H, W); else one call at (0, 0) with canvas None (the latent is the whole image)."""
     def model(x, t, cond):
         regions = current_regions()
         if crop_positions != "slice" or regions is None:
-            return call(x, t, cond, 0, 0)
+            return call(x, t, cond, 0, 0, None)
         out = torch.empty_like(x)
+        canvas = (int(regions[0, 2]), int(regions[0, 3]))
         for top, left in {(int(r[0]), int(r[1])) for r in regions}:     # one call per window position
             idx = ((regions[:, 0] == top) & (regions[:, 1] == left)).nonzero().flatten().to(x.device)
-            out[idx] = call(x[idx], t[idx], {k: v[idx] for k, v in cond.items()}, top, left)
+            out[idx] = call(x[idx], t[idx], {k: v[idx] for k, v in cond.items()}, top, left, canvas)
         return out
     return model
 
@@ -61,7 +63,7 @@ def flux_model(tr, crop_positions: str = "slice", guidance_embed: float | None =
     (packed per call with the image ids of each crop: its place on the canvas with 'slice', one call
     per window position; its own grid with 'stretch'). ``guidance``, when in the condition, is the
     per-sample guidance embedding input of FLUX.1-dev (else ``guidance_embed``)."""
-    def call(x, t, cond, top, left):
+    def call(x, t, cond, top, left, canvas):
         ids = flux_image_ids(*x.shape[-2:], top, left)
         g = None
         if tr.config.guidance_embeds:

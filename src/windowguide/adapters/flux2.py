@@ -47,7 +47,7 @@ def text_ids(length: int) -> torch.Tensor:
 
 def flux2_model(tr, crop_positions: str = "slice", guidance_embed: float | None = 4.0) -> Callable:
     """FLUX.2's transformer as model(x, t, {embeds[, guidance]}) -> velocity on the patchified grid."""
-    def call(x, t, cond, top, left):
+    def call(x, t, cond, top, left, canvas):
         g = None
         if tr.config.guidance_embeds:
             g = cond["guidance"] if "guidance" in cond else torch.full((x.shape[0],), guidance_embed, device=x.device)

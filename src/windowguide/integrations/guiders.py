@@ -234,7 +234,9 @@ class _WindowguideGuidance(BaseGuidance):
             self._delta = None
         if self.guidance_rescale > 0.0:
             pred = rescale_noise_cfg(pred, reference, self.guidance_rescale)
-        return GuiderOutput(pred=pred, pred_cond=pred_cond, pred_uncond=pred_uncond)
+        # pred_cond: that same reference, which a pipeline's own CFG correction reads (Qwen-Image renormalises
+        # the guided prediction to its norm per token), so that guiders and patch hand it the same
+        return GuiderOutput(pred=pred, pred_cond=reference, pred_uncond=pred_uncond)
 
 
 def _swg_term(weight, window, windows_per_side, masked, shape, multiple, steps, sigma_range, net=None) -> SWG:

@@ -55,7 +55,9 @@ class _State:
         self.open_terms, self.fitted = terms, {}
         self.net = getattr(pipe, self.rules.net)
         vae = getattr(pipe, "vae", None)
-        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else None
+        self.vae_factor = getattr(pipe, "vae_scale_factor", None)       # pixels per latent pixel (PixArt)
+        if self.vae_factor is None and vae is not None and "block_out_channels" in vae.config:
+            self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.model = network_model(self.net, self.kind, crop_positions, self.vae_factor)
         self.multiple = network_multiple(self.net, self.kind)
         self.inside = False
