@@ -285,3 +285,21 @@ def tiny_qwen_image(guidance_embeds=False):
                              text_encoder=tiny_qwen25vl(), tokenizer=tiny_chat_tokenizer(QWEN_WORDS), transformer=tr)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_zimage():
+    """A tiny Z-Image (Qwen3 encoder, single-stream DiT on 2 x 2 patches, list inputs) from configs."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    torch.manual_seed(0)
+    tr = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=1,
+                                  n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[4, 6, 6],
+                                  axes_lens=[256, 64, 64]).eval()
+    _lift_zero_init(tr, also=("adaLN", "final_layer"))
+    torch.manual_seed(1)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=4, shift_factor=0.1, scaling_factor=0.5).eval()
+    pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0), vae=vae,
+                          text_encoder=tiny_qwen3(4).model, tokenizer=tiny_chat_tokenizer(), transformer=tr)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -30,6 +30,7 @@ class Spec:
     output_layer: str = "proj_out"       # the network's last layer: one call of it per evaluation
     modular: str | None = None           # diffusers' modular blocks of the family (with a guider)
     modular_out: Callable = None         # our final state -> the modular pipeline's output='latents' (else to_pipeline)
+    crops_per_call: int = 1              # crops of one size in one call (1: one call per window place, shared ids)
 
 
 def _chroma():
@@ -54,7 +55,12 @@ def _qwen():
                 modular_out=lambda x: x[:, :, None] * std + mean)
 
 
-SPECS = {"chroma": _chroma, "flux2-klein": _klein, "qwenimage": _qwen}
+def _zimage():
+    return Spec(pipes.tiny_zimage, (4, 16, 16), 32, lambda z: z, weight=lambda s: s, call=dict(max_sequence_length=12),
+                output_layer="all_final_layer.2-1", modular="ZImageAutoBlocks", crops_per_call=4)
+
+
+SPECS = {"chroma": _chroma, "flux2-klein": _klein, "qwenimage": _qwen, "zimage": _zimage}
 
 
 @pytest.fixture(scope="module", params=sorted(SPECS))
@@ -119,9 +125,10 @@ def _recipe_terms(recipe, shape, multiple, null):
     return wg.Guidance(tuple(replace(t, null=null) if isinstance(t, wg.CFG) else t for t in terms))
 
 
-@pytest.mark.parametrize("recipe", ["mswg:w=0.5", "sgg:fsplit=0.5,cfg=2,mswg=0.5"])
+@pytest.mark.parametrize("recipe", ["mswg:w=0.5", "sgg:fsplit=0.5,cfg={w:g},mswg=0.5"])
 def test_patch_weight_zero_bit_for_bit_and_guided_equals_our_sampler(family, recipe):
     name, spec, pipe = family
+    recipe = recipe.format(w=spec.weight(3.0))
     args = dict(negative_prompt="blue dog", **{spec.scale: 3.0})
     before = _run(spec, pipe, **args)
     with wg.patch(pipe, "mswg:w=0"):
@@ -163,7 +170,7 @@ def test_sgg_under_the_patch_skips_the_unconditional_call_where_cfg_is_off(famil
         pytest.skip("CFG in one batch: the unconditional rows are evaluated with the conditional ones")
     args = dict(negative_prompt="blue dog", **{spec.scale: 3.0})
     plain = _full_calls(pipe, lambda: _run(spec, pipe, **args), spec)
-    with wg.patch(pipe, "sgg:fsplit=0.5,cfg=2,mswg=0.5"):
+    with wg.patch(pipe, f"sgg:fsplit=0.5,cfg={spec.weight(3.0):g},mswg=0.5"):
         calls = _full_calls(pipe, lambda: _run(spec, pipe, **args), spec)
     full = plain[0]
     high = int(0.5 * spec.steps)                       # CFG on steps 0 .. high - 1
@@ -229,9 +236,8 @@ def test_guiders_in_the_modular_pipeline(modular_family):
     crops = [c for c in calls if c != full]
     # per step: the conditional batch, its crops once each (one call per window place: a call's ids are
     # shared by its rows), the unconditional batch; the conditional prediction is not evaluated again
-    assert sum(c == full for c in calls) == 2 * spec.steps and len(crops) == 4 * spec.steps
-    h, w = spec.shape[-2:]
-    assert set(crops) == {(1, full[1] * window[0] * window[1] // (h * w))}
+    assert sum(c == full for c in calls) == 2 * spec.steps and len(crops) == 4 * spec.steps // spec.crops_per_call
+    assert {c[0] for c in crops} == {spec.crops_per_call}
     pos, neg = _encode(spec, m)
     null = {k: v[0] for k, v in neg.items()}
     with torch.no_grad():
@@ -361,3 +367,36 @@ def test_qwen_norm_cfg_in_d_space_is_the_pipelines_formula_in_velocity():
     v, v_ref = pack((x_t - d) / t), pack((x_t - ref) / t)                       # the pipeline's token layout
     v_new = v * (torch.norm(v_ref, dim=-1, keepdim=True) / torch.norm(v, dim=-1, keepdim=True))
     assert torch.allclose(renorm_cfg(x, sigma, d, ref), x_t - t * unpack(v_new, 8, 8), atol=1e-5)
+
+
+def test_zimage_crops_get_the_canvas_positions_at_their_place_in_one_call():
+    """Z-Image builds positions per sample: each crop of one call gets the canvas's rows and columns at
+    its own place (the caption axis as the canvas's)."""
+    from windowguide.adapters.zimage import image_positions_at
+    pipe = pipes.tiny_zimage()
+    tr = pipe.transformer
+    cap = [torch.randn(5, 16)]
+    full = tr.patchify_and_embed([torch.randn(4, 1, 16, 16)], cap, 2, 1)[3][0][:64].reshape(8, 8, 3)
+    corners = [(0, 0), (0, 3), (3, 0), (3, 3)]
+    with image_positions_at(tr, corners, (5, 5)):
+        crops = tr.patchify_and_embed([torch.randn(4, 1, 10, 10)] * 4, cap * 4, 2, 1)[3]
+    for (top, left), ids in zip(corners, crops):
+        assert torch.equal(ids[:25].reshape(5, 5, 3), full[top:top + 5, left:left + 5])
+    assert "create_coordinate_grid" not in vars(tr)
+
+
+def test_zimage_cfg_normalization_and_truncation_agree_in_the_patch_and_our_sampler():
+    spec = _zimage()
+    pipe = spec.build()
+    options = dict(cfg_normalization=1.02, cfg_truncation=0.5)
+    args = dict(negative_prompt="blue dog", guidance_scale=3.0, **options)
+    with wg.patch(pipe, "mswg:w=0.5"):
+        patched = _run(spec, pipe, **args)
+        plain = _run(spec, pipe, negative_prompt="blue dog", guidance_scale=3.0)
+    m = wg.from_pipeline(pipe)
+    pos, neg = _encode(spec, m)
+    g = wg.CFG(3.0, null={k: v[0] for k, v in neg.items()}) + wg.MSWG(0.5, window=10)
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, spec.shape, [7], sampler="flow_euler", sigmas=m.sigmas(3, shape=spec.shape), cond=pos,
+                      guidance=m.family_guidance(g, **options))
+    assert (x - patched).abs().max() <= 1e-4 and (patched - plain).abs().max() > 1e-3

@@ -20,14 +20,20 @@ class Patched:
     """How a classic pipeline runs its network and its CFG, for ``windowguide.patch``.
 
     ``rows``: which rows of a call are the conditional ones: 'batched' (uncond then cond in one call),
-    'interleaved' (uncond, cond, uncond, ... per view), 'separate' (the conditional call comes first at
-    each timestep, the unconditional one is a second call). ``negative``: the pipeline runs its CFG only
+    'cond_first' (cond then uncond in one call), 'interleaved' (uncond, cond, uncond, ... per view),
+    'separate' (the conditional call comes first at each timestep, the unconditional one is a second
+    call). ``scale``: the call argument of the CFG scale (None: the pipeline has no CFG); ``offset``:
+    scale = offset + w (1 for diffusers' P_u + s (P_c - P_u), 0 for the original P_c + s (P_c - P_u));
+    either way a shift d of P_c moves the result by (1 + w) d. ``cfg_now(pipe, call)``: whether this
+    call holds CFG's rows (a pipeline that drops them on some steps). ``negative``: the pipeline runs its CFG only
     when given a negative prompt (true CFG). ``reads_cfg``: the pipeline keeps ``guidance_scale`` and
     ``do_classifier_free_guidance`` as properties up to date during its loop. ``own_negative``: a call
     argument that marks the pipeline's own extra negative call (SD3's skip-layer call)."""
     net: str = "transformer"
-    scale: str = "guidance_scale"
+    scale: str | None = "guidance_scale"
     rows: str = "batched"
+    offset: float = 1.0
+    cfg_now: Callable | None = None
     negative: bool = False
     reads_cfg: bool = False
     own_negative: str | None = None
@@ -43,7 +49,9 @@ class Family:
     ``sigma(t, schedule) -> sigma`` of a network call's timestep (``schedule``: the pipeline's VP
     schedule, None for flow); ``network_t(ts)``: a scheduler's timesteps as the network's;
     ``skip(net, layers)``: the skip-layer negative in the network's prediction space, where the
-    family's network can skip blocks."""
+    family's network can skip blocks; ``guider_layout(call, out, delta)``: a change Delta of the
+    network's prediction as the modular pipeline hands predictions to its guider (by default the
+    network output's own layout)."""
     kind: str
     pipelines: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
@@ -54,9 +62,21 @@ class Family:
     sigma: Callable | None = None
     skip: Callable | None = None
     network_t: Callable = lambda ts: ts
+    guider_layout: Callable = None
     flow: bool = False
     patched: dict[str, Patched] = field(default_factory=dict)
     net_attr: str = "transformer"
+
+    def __post_init__(self):
+        if self.guider_layout is None:
+            object.__setattr__(self, "guider_layout", output_layout)
+
+
+def output_layout(call, out, delta):
+    """Delta in the layout of the network's output (its sample replaced in a zero output)."""
+    import torch
+    sample = out[0] if isinstance(out, tuple) else out.sample
+    return call.write((torch.zeros_like(sample),), delta)[0]
 
 
 @functools.lru_cache(maxsize=1)

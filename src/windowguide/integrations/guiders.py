@@ -49,6 +49,7 @@ except ImportError as exc:                      # pragma: no cover - exercised w
 
 import torch
 
+from ..adapters.registry import by_kind
 from ..errors import WindowguideError
 from ..denoiser import Denoiser
 from ..guidance import CFG, MAX_WEIGHT, SWG, _check_weight, AutoGuidance, Custom, Guidance, StepRange
@@ -205,9 +206,8 @@ class _WindowguideGuidance(BaseGuidance):
                                   call, call.read(out), sigma, step, self.max_batch)
         finally:
             self._inside = False
-        if delta is not None:                                 # in the layout of the network's output
-            sample = out[0] if isinstance(out, tuple) else out.sample
-            self._delta = call.write((torch.zeros_like(sample),), delta)[0]
+        if delta is not None:                                 # in the layout of the guider's predictions
+            self._delta = by_kind(call.kind).guider_layout(call, out, delta)
         return out
 
     def _vp_schedule(self):

@@ -67,6 +67,7 @@ class _State:
 
     def begin(self, scale: float, do_cfg: bool) -> None:
         self.scale, self.do_cfg = float(scale), bool(do_cfg)
+        self.divisor = self.scale + (1 - self.rules.offset)   # 1 + w: a shift d of P_c moves the result by (1 + w) d
         self.step, self.last_t, self.sigmas, self._schedule = -1, None, None, None
         self.last_index = object()
         self.last_shift = (None, None)
@@ -104,15 +105,24 @@ class _State:
         prompt batch). FLUX, PixArt and the panorama pipeline decide once per call of the pipeline."""
         cls = type(self.pipe)
         if self.rules.reads_cfg and isinstance(getattr(cls, "do_classifier_free_guidance", None), property):
-            self.scale = float(self.pipe.guidance_scale)
-            self.do_cfg = bool(self.pipe.do_classifier_free_guidance)
+            self.begin_cfg(float(self.pipe.guidance_scale), bool(self.pipe.do_classifier_free_guidance))
+
+    def begin_cfg(self, scale: float, do_cfg: bool) -> None:
+        self.scale, self.do_cfg = scale, do_cfg
+        self.divisor = self.scale + (1 - self.rules.offset)
+
+    def cfg_rows(self, call) -> bool:
+        """Whether this call holds CFG's rows (CFG on for the pipeline call, and at this step)."""
+        return self.do_cfg and (self.rules.cfg_now is None or self.rules.cfg_now(self.pipe, call))
 
     def cond_rows(self, call, first_at_t: bool) -> torch.Tensor | None:
         n = call.x.shape[0]
         if self.rules.rows == "separate":            # FLUX calls cond, then (true CFG) uncond, separately
             return torch.arange(n) if first_at_t else None
-        if not self.do_cfg:
+        if not self.cfg_rows(call):
             return torch.arange(n)
+        if self.rules.rows == "cond_first":
+            return torch.arange(n // 2)
         if self.rules.rows == "interleaved":         # panorama's views: uncond, cond, uncond, cond, ...
             return torch.arange(1, n, 2)
         return torch.arange(n // 2, n)
@@ -147,7 +157,8 @@ class _State:
         if idx is None:
             return out
         sigma = default_sigma(self.kind, call.t, self.schedule())
-        cfg_off = self.do_cfg and self.cfg_off(sigma)
+        cfg_here = self.cfg_rows(call)
+        cfg_off = cfg_here and self.cfg_off(sigma)
         sub = call.rows(idx.to(call.x.device))
         pred = call.read(out)
         positive = pred[idx]
@@ -164,11 +175,12 @@ class _State:
             return out
         pred = pred.clone()
         if delta is not None:
-            shift = delta / (self.scale if self.do_cfg and not cfg_off else 1.0)
+            shift = delta / (self.divisor if cfg_here and not cfg_off else 1.0)
             pred[idx] = (positive.float() + shift).to(pred.dtype)
             self.last_shift = (self.step, shift)
         if cfg_off:               # the pipeline's CFG of P with itself is P: CFG off at this step
-            uncond = {"batched": slice(0, len(idx)), "interleaved": slice(0, None, 2)}.get(self.rules.rows)
+            uncond = {"batched": slice(0, len(idx)), "cond_first": slice(len(idx), None),
+                      "interleaved": slice(0, None, 2)}.get(self.rules.rows)
             if uncond is not None:
                 pred[uncond] = pred[idx]
         out = call.write(out, pred)
@@ -241,11 +253,11 @@ def _call_wrapper(cls, state: _State):
 
     def __call__(self, *args, **kwargs):
         if state.cfg is not None:
-            want = 1.0 + state.cfg.weight
+            want = rules.offset + state.cfg.weight
             given = signature.bind(self, *args, **kwargs).arguments.get(scale_name)
             if given is not None and float(given) != want:
                 raise WindowguideError(f"{scale_name}={given} conflicts with the recipe's cfg:w={state.cfg.weight} "
-                                       f"({scale_name} = 1 + w = {want}); give one of them")
+                                       f"({scale_name} = {rules.offset:g} + w = {want}); give one of them")
             kwargs[scale_name] = want
             if rules.negative and not _given(signature, self, args, kwargs, "negative_prompt", "negative_prompt_embeds"):
                 # FLUX runs its true CFG only with a negative prompt: an empty one per prompt
@@ -257,7 +269,7 @@ def _call_wrapper(cls, state: _State):
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         scale = float(bound.arguments[scale_name])
-        do_cfg = scale > 1
+        do_cfg = scale > rules.offset
         if rules.negative:
             do_cfg = do_cfg and _given(signature, self, args, kwargs, "negative_prompt", "negative_prompt_embeds")
         do_cfg = do_cfg and rules.cfg_possible(self)
