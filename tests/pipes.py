@@ -303,3 +303,29 @@ def tiny_zimage():
                           text_encoder=tiny_qwen3(4).model, tokenizer=tiny_chat_tokenizer(), transformer=tr)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_sana(scheduler="euler"):
+    """A tiny SANA (Gemma-2 encoder, DC-AE, linear-attention DiT) on a flow scheduler, from configs."""
+    from diffusers import (AutoencoderDC, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, SanaPipeline,
+                           SanaTransformer2DModel)
+    from transformers import Gemma2Config, Gemma2Model
+    torch.manual_seed(0)
+    tr = SanaTransformer2DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+                                num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16,
+                                caption_channels=16, sample_size=16, patch_size=1).eval()
+    _lift_zero_init(tr, also=("scale_shift_table", "adaln"))
+    torch.manual_seed(1)
+    vae = AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=4, encoder_block_types=("ResBlock",) * 2,
+                        decoder_block_types=("ResBlock",) * 2, encoder_block_out_channels=(8, 8),
+                        decoder_block_out_channels=(8, 8), encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1),
+                        encoder_qkv_multiscales=((), ()), decoder_qkv_multiscales=((), ()), scaling_factor=0.4).eval()
+    torch.manual_seed(5)
+    enc = Gemma2Model(Gemma2Config(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                   max_position_embeddings=512)).eval()
+    sched = (FlowMatchEulerDiscreteScheduler(shift=3.0) if scheduler == "euler" else
+             DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0))
+    pipe = SanaPipeline(tokenizer=tiny_chat_tokenizer(), text_encoder=enc, vae=vae, transformer=tr, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -60,7 +60,12 @@ def _zimage():
                 output_layer="all_final_layer.2-1", modular="ZImageAutoBlocks", crops_per_call=4)
 
 
-SPECS = {"chroma": _chroma, "flux2-klein": _klein, "qwenimage": _qwen, "zimage": _zimage}
+def _sana():
+    return Spec(pipes.tiny_sana, (4, 16, 16), 32, lambda z: z, call=dict(max_sequence_length=12,
+                                                                          use_resolution_binning=False))
+
+
+SPECS = {"chroma": _chroma, "flux2-klein": _klein, "qwenimage": _qwen, "zimage": _zimage, "sana": _sana}
 
 
 @pytest.fixture(scope="module", params=sorted(SPECS))
