@@ -77,8 +77,8 @@ def test_patch_step_fractions_and_refusals(sd_pipe):
     with pytest.raises(WindowguideError, match="conflicts with the recipe's cfg"):
         with wg.patch(sd_pipe, "cfg:w=1+mswg:w=0.5,window=10"):
             _run_sd(sd_pipe, guidance_scale=3.5)
-    with pytest.raises(WindowguideError, match="no interval"):
-        with wg.patch(sd_pipe, "cfg:w=1,hi=3"):
+    with pytest.raises(WindowguideError, match="no ramp"):       # intervals run since sgg came to the patch
+        with wg.patch(sd_pipe, "cfg:w=1,wend=2"):
             pass
     with pytest.raises(WindowguideError, match="weak network"):
         with wg.patch(sd_pipe, "ag:w=1,model=x"):
