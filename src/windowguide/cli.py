@@ -148,8 +148,7 @@ def _panorama(args) -> int:
     if is_pipeline_dir(args.model):
         from .commands import panorama_pipeline
         settings = dict(width=args.width, height=args.height, stride=args.stride, mode=args.mode, vcf=args.vcf,
-                        sampler=args.sampler or "ddim", steps=50 if args.steps is None else args.steps,
-                        guidance=args.guidance if args.guidance is not None else "cfg:w=6.5")
+                        sampler=args.sampler, steps=args.steps, guidance=args.guidance)
         if args.preset:
             from .presets import expand
             p = expand(args.preset)
@@ -292,15 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="multidiffusion: uniform average of window states; gf: Guided Fusion's cone weights; "
                            "gaussian: Mixture of Diffusers' gaussian weights on predictions")
     pano.add_argument("--fuse", choices=["state", "prediction"], help="override the mode's fused quantity")
-    pano.add_argument("--sampler", help="ddim (default), ddpm, euler, heun")
-    pano.add_argument("--steps", type=int, help="default 32 (pipeline folders 50, or the preset's)")
+    pano.add_argument("--sampler", help="ddim (default; flow pipelines: flow_euler), ddpm, euler, heun")
+    pano.add_argument("--steps", type=int, help="default 32 (pipeline folders 50, flow pipelines 28, or the preset's)")
     pano.add_argument("--eta", type=_finite(), help="DDIM eta (stochastic if > 0)")
     pano.add_argument("--churn", type=_finite(), help="EDM churn for euler/heun")
     pano.add_argument("--vcf", action="store_true", help="variance-corrected fusion (stochastic samplers)")
     pano.add_argument("--style-alpha", type=_finite(), default=0.0, help="style alignment strength, 0 = off")
     pano.add_argument("--circular", action="store_true", help="wrap around the width (360 degrees)")
     pano.add_argument("--guidance", help="SPEC applied inside every window (default: none; pipeline folders with a "
-                                         "prompt: cfg:w=6.5, diffusers' scale 7.5); 'none' is no guidance")
+                                         "prompt: cfg:w=6.5, diffusers' scale 7.5; flow pipelines: their own "
+                                         "default scale); 'none' is no guidance")
     pano.add_argument("--class", dest="klass", default=None, help="class index, 'all' or 'none'")
     pano.add_argument("--seeds", default="0-3", help="one panorama per seed, e.g. 0-3 or 1,5 (default 0-3)")
     pano.add_argument("--out", default="runs/panorama",

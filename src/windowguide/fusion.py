@@ -35,7 +35,7 @@ from .generate import _sampler_options, parse_seeds, schedule_sigmas
 from .guidance import CFG, Guidance, GuidedDenoiser, guided
 from .sampling import (SAMPLERS, PerSampleNoise, _churn, begin_step, check_finite, check_sigmas, finite_check,
                        init_noise_scale)
-from .windows import Layout, layout, window_weights
+from .windows import Layout, layout, regions_of_call, window_weights
 from .errors import WindowguideError
 
 MODES = {   # mode -> (what is fused, window weights)
@@ -60,8 +60,16 @@ class FusedDenoiser(Denoiser):
 
     def forward(self, x, sigma, cond):
         k = self.layout.n
-        out = self.inner(self.layout.crop(x), sigma.repeat_interleave(k), cond_repeat(cond, k))
+        with placed(self.inner, self.layout, x.shape[0]):
+            out = self.inner(self.layout.crop(x), sigma.repeat_interleave(k), cond_repeat(cond, k))
         return self.layout.fold(out, self.weighting)
+
+
+def placed(denoiser: Any, lay: Layout, n: int):
+    """Within the block, a network that takes positions (``canvas_positions``: ids or RoPE) sees each
+    window's place on the canvas (``windows.current_regions``); others see each window as an image."""
+    base = getattr(denoiser, "denoiser", denoiser)
+    return regions_of_call(lay.regions(n) if getattr(base, "canvas_positions", False) else None)
 
 
 def vcf_fuse(states: torch.Tensor, means: torch.Tensor, lay: Layout, weighting: Any = "uniform") -> torch.Tensor:
@@ -140,8 +148,11 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
     wnoise = WindowNoise(noise, lay, scale)
     cond_w = cond_repeat(cond, k)
     step = SAMPLERS[sampler]
-    # the per-window step must not restart the step count: it sees a plain callable
-    windows = lambda x_w, sigma, c: window_denoiser(x_w, sigma, c)
+    # the per-window step must not restart the step count: it sees a plain callable; a network with
+    # positional ids sees each window's place on the canvas (``placed``)
+    def windows(x_w, sigma, c):
+        with placed(window_denoiser, lay, x_w.shape[0] // k):
+            return window_denoiser(x_w, sigma, c)
     for i in trange(n_steps, disable=not progress, desc=f"{sampler} (fused states)", leave=False):
         begin_step(window_denoiser, i, sigmas)
         s = sigmas[i]

@@ -20,7 +20,7 @@ import torch
 
 from .conds import Cond, broadcast_null, cond_cat, cond_repeat, cond_select
 from .denoiser import Denoiser, as_denoiser
-from .windows import AUTO, Layout, default_window, layout, regions_of_call
+from .windows import AUTO, Layout, current_regions, default_window, layout, regions_of_call
 from .errors import WindowguideError
 
 INF = math.inf
@@ -216,6 +216,7 @@ class _Request:
     cond: Cond
     result: torch.Tensor | None = None
     region: torch.Tensor | None = None     # [n, 4] crop placement; None = the whole image
+    source: torch.Tensor | None = None     # [n] the row of the guided denoiser's input each row comes from
 
     def regions(self) -> torch.Tensor:
         if self.region is not None:
@@ -563,6 +564,9 @@ class GuidedDenoiser(Denoiser):
             idx = None if on.all() else on.nonzero().flatten()
             xs = x if idx is None else x[idx]
             plan = term.negative(self, xs, sigma if idx is None else sigma[idx], cond_select(cond, idx))
+            rows = torch.arange(x.shape[0]) if idx is None else idx.cpu()
+            for r in plan.requests:             # crops come sample-major: k crops of row 0, then of row 1, ...
+                r.source = rows.repeat_interleave(r.x.shape[0] // len(rows))
             user = term.term_mask(xs, idx)
             if user is not None:
                 plan.mask = user if plan.mask is None else plan.mask * user
@@ -588,7 +592,15 @@ class GuidedDenoiser(Denoiser):
         return out
 
     def _run(self, requests: list[_Request]) -> None:
-        """Evaluate all requests, one stacked batch per (network, spatial size, dtype)."""
+        """Evaluate all requests, one stacked batch per (network, spatial size, dtype). When the input
+        itself is placed on a larger canvas (a fusion window: ``current_regions`` of this call), each
+        request's placement is composed with its row's: (top + top_i, left + left_i, canvas H, W)."""
+        outer = current_regions()
+        if outer is not None:
+            for r in requests:
+                inner, src = r.regions(), (torch.arange(r.x.shape[0]) if r.source is None else r.source)
+                o = outer[src].to(inner.dtype)
+                r.region = torch.stack([o[:, 0] + inner[:, 0], o[:, 1] + inner[:, 1], o[:, 2], o[:, 3]], 1)
         groups: dict[tuple, list[_Request]] = {}
         for r in requests:
             groups.setdefault((id(r.net), tuple(r.x.shape[1:]), r.x.dtype), []).append(r)

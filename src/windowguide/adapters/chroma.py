@@ -71,6 +71,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
                       (size, size), 2, encode, vae_decoder(vae, shift=vae.config.shift_factor or 0.0),
                       extras=dict(vae_factor=vae_factor(vae)))
     m.sigmas = sigmas
+    m.denoiser.canvas_positions = crop_positions == "slice"     # panorama windows at their place
     return m
 
 

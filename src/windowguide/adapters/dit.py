@@ -55,6 +55,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     return PipelineModel("dit", denoiser,
                          c, (size, size), dit.config.patch_size, encode, vae_decoder(pipe.vae), num_classes=classes,
                          extras=dict(variance_probe=probe, learned_variance=dit.config.out_channels == 2 * c,
+                                     learned_variance_sampler=True,
                                      square_only=True,
                                      vae_factor=2 ** (len(pipe.vae.config.block_out_channels) - 1)))
 

@@ -119,6 +119,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = 4.
     m = PipelineModel("flux2", FlowDenoiser(model, time_scale=1.0, multiple=1), tr.config.in_channels, (size, size), 1,
                       encode, decode, extras=dict(vae_factor=2 * getattr(pipe, "vae_scale_factor", 8)))
     m.sigmas = sigmas
+    m.denoiser.canvas_positions = crop_positions == "slice"     # panorama windows at their place
     return m
 
 

@@ -141,6 +141,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = No
                       (size, size), 2, encode, decode,
                       extras=dict(vae_factor=getattr(pipe, "vae_scale_factor", 8), cfg_renorm=renorm_cfg))
     m.sigmas = sigmas
+    m.denoiser.canvas_positions = crop_positions == "slice"     # panorama windows at their place
     return m
 
 

@@ -127,3 +127,16 @@ def by_kind(kind: str) -> Family:
         if f.kind == kind:
             return f
     raise WindowguideError(f"no model family of kind {kind!r}; known: {', '.join(f.kind for f in families())}")
+
+
+def default_cfg_weight(pipe) -> float | None:
+    """The CFG weight w of a pipeline's own default scale (its ``__call__``'s default, scale = offset +
+    w); None when the pipeline runs no CFG (guidance-distilled) or is not one windowguide patches."""
+    import inspect
+    name = type(pipe).__name__
+    for f in families():
+        rules = f.patched.get(name)
+        if rules is not None and rules.scale is not None:
+            default = inspect.signature(type(pipe).__call__).parameters[rules.scale].default
+            return None if default is None else float(default) - rules.offset
+    return None

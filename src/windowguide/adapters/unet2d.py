@@ -27,7 +27,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     size = unet.config.sample_size
     size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
     return PipelineModel("unet2d", vp_denoiser(model, pipe.scheduler, factor), unet.config.in_channels, size, factor,
-                         encode, decode)
+                         encode, decode, extras=dict(unconditional=True))
 
 
 

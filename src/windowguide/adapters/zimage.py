@@ -157,6 +157,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
                       vae_decoder(vae, shift=vae.config.shift_factor or 0.0),
                       extras=dict(vae_factor=pipe.vae_scale_factor, cfg_weight="scale"))
     m.sigmas = sigmas
+    m.denoiser.canvas_positions = crop_positions == "slice"     # panorama windows at their place
     m.family_guidance = lambda g, **options: family_guidance(g, **options)
     return m
 

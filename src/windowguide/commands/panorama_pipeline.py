@@ -1,6 +1,10 @@
 """``windowguide panorama --model PIPELINE_DIR --prompt ... --width 2048``: a canvas wider than a
 diffusers pipeline's model, fused from windows of its native size (MultiDiffusion / GF / gaussian,
-VCF for DDPM, style alignment), on the pipeline's own schedule, decoded without tile seams.
+VCF for DDPM, style alignment), on the pipeline's own schedule, decoded without tile seams. Every
+family ``from_pipeline`` accepts: VP ones (SD, SDXL, PixArt, DiT; DDIM by default) and flow ones
+(SD3, FLUX, FLUX.2, Chroma, Qwen-Image, Z-Image, SANA; flow Euler, 28 steps, the schedule of one
+window's size, their own default CFG scale). Each window's network call gets the window's place on
+the canvas (positional ids / RoPE, SDXL's crop coordinates, DiT's sin-cos slice).
 Written like ``panorama`` (per-seed PNGs, resumable, settings, manifest, torchrun-sharded)."""
 from __future__ import annotations
 
@@ -21,31 +25,37 @@ from .sample_pipeline import conditions_and_guidance, latent_factor, latent_side
 
 def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width: int = 2048,
         height: int | None = None, stride: int = 8, mode: str = "multidiffusion", fuse: str | None = None,
-        sampler: str = "ddim", steps: int = 50, vcf: bool = False, style_alpha: float = 0.0, circular: bool = False,
-        guidance: str = "cfg:w=6.5", klass: Any = None, seeds: Any = "0", out: str = "runs/panorama",
+        sampler: str | None = None, steps: int | None = None, vcf: bool = False, style_alpha: float = 0.0,
+        circular: bool = False, guidance: str | None = None, klass: Any = None, seeds: Any = "0", out: str = "runs/panorama",
         max_batch: int | None = None, device: Any = "cpu", dtype: str = "float32", batch_size: int = 1,
         progress: bool = True, **sampler_options) -> dict:
     from ..adapters.pipelines import from_pipeline
+    from ..adapters.registry import default_cfg_weight
     seeds = parse_seeds(seeds)
-    check_count(steps, "--steps", maximum=MAX_STEPS)
+    if steps is not None:
+        check_count(steps, "--steps", maximum=MAX_STEPS)
     for v, flag in ((batch_size, "--batch-size"), (width, "--width"), (stride, "--stride")):
         check_count(v, flag)
-    check_fusion(mode, fuse, None, sampler, vcf, sampler_options)
     r, device = rank_device(device)
     progress = progress and r.main
     check_out_dir(out)
     pipe = load_pipeline(folder, device, dtype)
     m = from_pipeline(pipe)
-    if m.family in ("sd3", "flux"):
-        raise WindowguideError(f"panorama of {m.family} pipelines: not supported yet (VP pipelines: SD, SDXL, PixArt, DiT)")
+    sampler = sampler or ("flow_euler" if m.flow else "ddim")
+    steps = steps or (28 if m.flow else 50)
+    if guidance is None:      # VP pipelines: diffusers' SD scale 7.5; flow ones: the pipeline's own default scale
+        w = 6.5 if not m.flow else default_cfg_weight(pipe)
+        guidance = f"cfg:w={w:g}" if w else "none"
+    check_fusion(mode, fuse, None, sampler, vcf, sampler_options)
     factor = latent_factor(m, pipe)
     c, (wh, ww) = m.channels, m.size
     canvas = (c, latent_side(height, factor, m.multiple, "--height") or wh,
               latent_side(width, factor, m.multiple, "--width"))
     from ..windows import layout
-    layout(canvas[1], canvas[2], (min(wh, canvas[1]), min(ww, canvas[2])), stride=stride, circular=circular)
+    wh, ww = min(wh, canvas[1]), min(ww, canvas[2])     # a canvas below the trained size: windows of its size
+    layout(canvas[1], canvas[2], (wh, ww), stride=stride, circular=circular)
     klass, cond_of, g = conditions_and_guidance(m, guidance, prompt, negative_prompt, klass)
-    sigmas = m.sigmas(steps)
+    sigmas = m.sigmas(steps, shape=(c, wh, ww))          # a window's schedule (its tokens: dynamic shifts)
     scheduler_options = m.sampler_options(sampler, steps)
     if "targets" in scheduler_options:
         raise WindowguideError("this scheduler's DDIM steps go to t - T // N, off its trailing/linspace timesteps; "

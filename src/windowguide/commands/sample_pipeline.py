@@ -103,9 +103,9 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     check_out_dir(out)
     pipe = load_pipeline(folder, device, dtype)
     m = from_pipeline(pipe, crop_positions=crop_positions)
-    flow = m.family in ("sd3", "flux")
+    flow = m.flow
     sampler = sampler or ("flow_euler" if flow else "ddim")
-    if sampler == "dit_ddpm" and m.family != "dit":
+    if sampler == "dit_ddpm" and not m.extras.get("learned_variance_sampler"):
         raise WindowguideError(f"--sampler dit_ddpm is DiT's learned-variance DDPM; this is a {m.family} pipeline")
     steps = steps or (28 if flow else 50)
     check_count(steps, "--steps", maximum=MAX_STEPS)
@@ -115,9 +115,10 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     factor = latent_factor(m, pipe)
     shape = m.shape(latent_side(height, factor, m.multiple, "--height"), latent_side(width, factor, m.multiple, "--width"))
     klass, cond_of, g = conditions_and_guidance(m, guidance, prompt, negative_prompt, klass)
+    g = m.family_guidance(g)                  # the family's CFG convention (Qwen-Image's norm correction)
     from ..guidance import GuidedDenoiser
     GuidedDenoiser(m.denoiser, g).check(shape)
-    sigmas = m.sigmas(steps, sampler=sampler) if sampler != "dit_ddpm" else None
+    sigmas = m.sigmas(steps, sampler=sampler, shape=shape) if sampler != "dit_ddpm" else None
     options = m.sampler_options(sampler, steps) if sampler != "dit_ddpm" else {}
     settings = dict(model=os.path.abspath(folder), family=m.family, prompt=prompt, negative_prompt=negative_prompt,
                     klass=klass, guidance=spec.canonical(guidance), steps=steps, sampler=sampler, shape=list(shape),
@@ -150,7 +151,7 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
 def latent_factor(m, pipe=None) -> int:
     """Pixels per latent pixel: the pipeline's VAE downsampling, 2^(levels - 1) of its encoder as
     diffusers computes ``vae_scale_factor``; 1 without a VAE (pixel-space DDPM)."""
-    if m.family == "unet2d":
+    if m.extras.get("unconditional"):
         return 1
     if "vae_factor" in m.extras:
         return int(m.extras["vae_factor"])
@@ -181,7 +182,7 @@ def conditions_and_guidance(m, guidance: str, prompt, negative_prompt, klass):
             raise WindowguideError(f"--prompt: this {m.family} pipeline takes class labels (--class), not a prompt")
         klass = normalise_class(klass, m.num_classes)
         null, cond_of = torch.tensor(m.num_classes), (lambda batch: labels_for(batch, m.num_classes, klass))
-    elif m.family == "unet2d":
+    elif m.extras.get("unconditional"):
         if prompt is not None or klass not in (None, "none"):
             raise WindowguideError("--prompt/--class: this pipeline is unconditional; leave them out")
         null, cond_of = None, (lambda batch: None)
