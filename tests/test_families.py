@@ -405,3 +405,39 @@ def test_zimage_cfg_normalization_and_truncation_agree_in_the_patch_and_our_samp
         x = wg.sample(m.denoiser, spec.shape, [7], sampler="flow_euler", sigmas=m.sigmas(3, shape=spec.shape), cond=pos,
                       guidance=m.family_guidance(g, **options))
     assert (x - patched).abs().max() <= 1e-4 and (patched - plain).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["qwenimage", "zimage"])
+def test_cli_sample_of_a_new_family_folder_equals_the_python_api(name, tmp_path):
+    """``windowguide sample --model DIR`` on a saved folder: the PNGs are the Python API's images (the
+    family's CFG convention included: Qwen-Image's norm correction)."""
+    from windowguide.cli import main
+    from windowguide.files import read_png
+    spec = SPECS[name]()
+    pipe = spec.build()
+    pipe.save_pretrained(tmp_path / name)
+    out = tmp_path / "s"
+    assert main(["sample", "--model", str(tmp_path / name), "--prompt", "a red cat", "--negative-prompt", "blue dog",
+                 "--height", "32", "--width", "32", "--steps", "3", "--seeds", "5", "--guidance",
+                 "cfg:w=2+mswg:w=0.5", "--out", str(out)]) == 0
+    png = read_png(str(out / "000005.png")) if (out / "000005.png").exists() else read_png(
+        str(sorted(out.glob("*5.png"))[0]))
+    m = wg.from_pipeline(pipe)
+    pos, neg = m.encode(prompt="a red cat", negative_prompt="blue dog")
+    from windowguide import spec as recipes
+    g = recipes.build("cfg:w=2+mswg:w=0.5", recipes.Context(net=None, load=None))
+    m.denoiser.null_cond = {k: v[0] for k, v in neg.items()}
+    with torch.no_grad():
+        x = wg.sample(m.denoiser, spec.shape, [5], sampler="flow_euler", steps=3, sigmas=m.sigmas(3, shape=spec.shape),
+                      cond=pos, guidance=m.family_guidance(g))
+    assert (png.astype(int) - m.decode(x)[0].astype(int)).__abs__().max() <= 1
+    import json
+    assert json.loads((out / "settings.json").read_text())["family"] == name
+
+
+def test_model_card_presets_name_their_source():
+    from windowguide.presets import PRESETS
+    for name in ("flux2-dev", "flux2-klein-base", "qwen-image", "z-image-turbo", "z-image", "chroma", "sana"):
+        p = PRESETS[name]
+        assert "model card" in p.source and p.sampler == "flow_euler" and p.steps > 0
+    assert PRESETS["flux2-dev"].guidance_embed == 2.5

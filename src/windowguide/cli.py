@@ -105,7 +105,7 @@ def _sample(args) -> int:
         if args.weak or args.vae:
             raise WindowguideError("--weak and --vae are for windowguide/EDM2 checkpoints, not pipeline folders")
         guidance, steps, sampler = args.guidance or "none", args.steps, args.sampler
-        positions = args.crop_positions
+        positions, embed = args.crop_positions, args.guidance_embed
         if args.preset:
             from .presets import expand
             if args.guidance is not None:
@@ -113,9 +113,11 @@ def _sample(args) -> int:
             p = expand(args.preset)
             guidance, steps, sampler = p.guidance, steps or p.steps, sampler or p.sampler
             positions = positions or p.crop_positions
+            embed = p.guidance_embed if embed is None else embed
         sample_pipeline.run(args.model, guidance, args.seeds, args.out, args.prompt, args.negative_prompt,
                             args.klass, steps, sampler, 4 if args.batch_size is None else args.batch_size,
-                            args.device or "cpu", args.dtype, args.height, args.width, True, positions or "slice")
+                            args.device or "cpu", args.dtype, args.height, args.width, True, positions or "slice",
+                            embed)
         if ranks().main:
             print(f"samples: {args.out}/ (PNG per seed, grid.png, samples.npz, manifest.json, settings.json)")
         return 0
@@ -257,12 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--preset", help="a paper's setting by name (see windowguide.presets): e.g. edm2-s-mswg-fid")
     smp.add_argument("--weak", help="the weak model of an autoguidance preset (a .safetensors)")
     smp.add_argument("--vae", help="latent models: local diffusers AutoencoderKL folder (or $WINDOWGUIDE_VAE)")
-    smp.add_argument("--prompt", help="pipeline folders (SD, SD3): the prompt")
+    smp.add_argument("--prompt", help="pipeline folders (SD, SDXL, SD3, FLUX, Qwen-Image, ...): the prompt")
     smp.add_argument("--negative-prompt", default="", help="pipeline folders: CFG's negative prompt (default empty)")
     smp.add_argument("--height", type=int, help="pipeline folders: image height in pixels (default the model's)")
     smp.add_argument("--width", type=int, help="pipeline folders: image width in pixels")
     smp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                      help="pipeline folders: weights and activations")
+    smp.add_argument("--guidance-embed", type=_finite(), help="pipeline folders of guidance-distilled models "
+                     "(FLUX.1-dev, FLUX.2 [dev]): the guidance input (default: the family's, 3.5 / 4.0)")
     smp.add_argument("--crop-positions", choices=["slice", "stretch"],
                      help="pipeline folders (DiT, FLUX): a crop's positions: its true location (slice, the default) "
                           "or its own grid (stretch, the M-SWG authors' way; the DiT presets' choice)")

@@ -17,6 +17,7 @@ AG_PAPER = "Karras et al. 2024, Guiding a diffusion model with a bad version of 
 INTERVAL_PAPER = "Kynkäänniemi et al. 2024, Applying guidance in a limited interval (arXiv 2404.07724)"
 SGG_PAPER = "Improving Diffusion Generalization with Weak-to-Strong Segmented Guidance (SGG), SD3.5 recipe"
 SD35 = "diffusers' StableDiffusion3Pipeline skip-layer guidance for SD3.5 Medium"
+CARD = "the model card's settings, as diffusers' {pipeline} documents them (its example and defaults)"
 GVCF_PAPER = ("Guided and Variance-Corrected Fusion with One-shot Style Alignment for Large-Content Image "
               "Generation (arXiv 2412.12771), SD 2.0 panoramas")
 
@@ -31,6 +32,7 @@ class Preset:
     sampler: str = "heun"
     panorama: dict | None = None  # windowguide panorama settings (canvas in pixels, stride in latent pixels, mode, vcf)
     crop_positions: str | None = None   # a transformer crop's positions, where the source fixes them
+    guidance_embed: float | None = None  # a guidance-distilled model's guidance input (FLUX.2 [dev])
 
     @property
     def needs_weak(self) -> bool:
@@ -100,6 +102,27 @@ PRESETS = {
                                     f"{INTERVAL_PAPER}, EDM2-XXL, FID 1.81 -> 1.40",
                                     "scale 2.0 on sigma in (0.28, 2.9] -> w = 1.0 with lo=0.28, hi=2.9; the negative "
                                     "is the unconditional XS network, as in EDM2's CFG"),
+    "flux2-dev": Preset("none", "FLUX.2 [dev] (pipeline folder)", CARD.format(pipeline="Flux2Pipeline"),
+                        "no CFG: guidance-distilled, its guidance_scale 2.5 is the model's guidance input "
+                        "(--guidance-embed), not an evaluation; 50 steps", steps=50, sampler="flow_euler",
+                        guidance_embed=2.5),
+    "flux2-klein-base": Preset("cfg:w=3", "FLUX.2 [klein] base 4B/9B (pipeline folder)",
+                               CARD.format(pipeline="Flux2KleinPipeline"),
+                               "guidance_scale 4.0 -> w 3 (diffusers' convention), the empty negative prompt; 50 steps",
+                               steps=50, sampler="flow_euler"),
+    "qwen-image": Preset("cfg:w=3", "Qwen-Image (pipeline folder)", CARD.format(pipeline="QwenImagePipeline"),
+                         "true_cfg_scale 4.0 -> w 3, with Qwen-Image's norm correction per token; 50 steps",
+                         steps=50, sampler="flow_euler"),
+    "z-image-turbo": Preset("none", "Z-Image-Turbo (pipeline folder)", CARD.format(pipeline="ZImagePipeline"),
+                            "guidance_scale 0.0: no CFG (distilled); 8 steps", steps=8, sampler="flow_euler"),
+    "z-image": Preset("cfg:w=5", "Z-Image base (pipeline folder)", CARD.format(pipeline="ZImagePipeline"),
+                      "guidance_scale 5.0 in the original formulation P_c + s (P_c - P_u): w = s = 5; 50 steps",
+                      steps=50, sampler="flow_euler"),
+    "chroma": Preset("cfg:w=4", "Chroma (pipeline folder)", CARD.format(pipeline="ChromaPipeline"),
+                     "guidance_scale 5.0 -> w 4; 35 steps", steps=35, sampler="flow_euler"),
+    "sana": Preset("cfg:w=3.5", "SANA 1600M / 600M (pipeline folder)", CARD.format(pipeline="SanaPipeline"),
+                   "guidance_scale 4.5 -> w 3.5; 20 steps (the pipeline's DPM-Solver++ steps; windowguide's flow "
+                   "Euler takes the same schedule)", steps=20, sampler="flow_euler"),
 }
 
 
@@ -114,7 +137,7 @@ def expand(name: str, weak: str | None = None) -> Preset:
     if weak and not p.needs_weak:
         raise WindowguideError(f"--preset {name} uses no weak model; drop --weak")
     return Preset(p.guidance.replace("{weak}", weak or ""), p.model, p.source, p.weights, p.steps, p.sampler, p.panorama,
-                  p.crop_positions)
+                  p.crop_positions, p.guidance_embed)
 
 
 def describe() -> str:

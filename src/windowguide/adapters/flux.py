@@ -93,11 +93,11 @@ def read_call(net, kwargs: dict) -> Call:
                 lambda out, p: with_sample(out, p, lambda q: pack(q).to(sample_of(out).dtype)), joint(kwargs))
 
 
-def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = 3.5) -> PipelineModel:
+def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = None) -> PipelineModel:
     tr = pipe.transformer
     c = tr.config.in_channels // 4
     vae = pipe.vae
-    model = flux_model(tr, crop_positions, guidance_embed)
+    model = flux_model(tr, crop_positions, 3.5 if guidance_embed is None else guidance_embed)
 
     @torch.no_grad()
     def encode(prompt=None, negative_prompt="", class_labels=None, max_sequence_length: int = 512):

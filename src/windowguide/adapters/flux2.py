@@ -83,7 +83,7 @@ def latents_to_vae(vae, latents: torch.Tensor) -> torch.Tensor:
     return z.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c // 4, h * 2, w * 2)
 
 
-def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = 4.0) -> PipelineModel:
+def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = None) -> PipelineModel:
     from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
     tr = pipe.transformer
     vae = pipe.vae

@@ -23,7 +23,7 @@ from .base import PipelineModel, scheduler_x0_clip
 from .registry import by_pipeline, pipeline_names
 
 
-def from_pipeline(pipe: Any, crop_positions: str = "slice", guidance_embed: float | None = 3.5) -> PipelineModel:
+def from_pipeline(pipe: Any, crop_positions: str = "slice", guidance_embed: float | None = None) -> PipelineModel:
     """The ``PipelineModel`` of a loaded diffusers pipeline (its family module builds it).
 
     ``crop_positions`` (DiT and the transformers with positional ids): a crop's positional input.
@@ -35,7 +35,8 @@ def from_pipeline(pipe: Any, crop_positions: str = "slice", guidance_embed: floa
     t <= 300: the crop loses long-range context, not also its position (SWG's weak model should err
     like the model, only more). FLUX with 'slice' makes one call per window position, 'stretch' one
     call for all crops. ``guidance_embed``: a guidance-distilled model's guidance input (FLUX.1-dev's
-    ``guidance_scale``; not a CFG, no extra evaluation)."""
+    ``guidance_scale``, FLUX.2 [dev]'s; not a CFG, no extra evaluation); None: the family's pipeline's
+    default (3.5 for FLUX.1, 4.0 for FLUX.2)."""
     if crop_positions not in ("stretch", "slice"):
         raise WindowguideError(f"crop_positions {crop_positions!r}: accepted: 'stretch', 'slice'")
     family = by_pipeline(pipe)

@@ -70,6 +70,24 @@ def _stored_keys(sub: str) -> set[str] | None:
     return keys
 
 
+def _as_loaded(comp, keys: set[str]) -> set[str]:
+    """Stored tensor names as transformers renames them when it loads them (checkpoints of Qwen2.5-VL
+    and others keep an older layout of names that ``from_pretrained`` converts)."""
+    try:
+        from transformers import PreTrainedModel
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, rename_source_key
+    except ImportError:                         # an older transformers: names are loaded as stored
+        return keys
+    if not isinstance(comp, PreTrainedModel):
+        return keys
+    rules = get_model_conversion_mapping(comp)
+    renamings = [r for r in rules if not isinstance(r, WeightConverter)]
+    converters = [r for r in rules if isinstance(r, WeightConverter)]
+    state = comp.state_dict()
+    return {rename_source_key(k, renamings, converters, comp.base_model_prefix, state)[0] for k in keys}
+
+
 def check_weights(folder: str, pipe) -> None:
     """Refuse a folder whose weights do not match its configs: a network whose config asks for layers
     the file lacks would otherwise run with those layers at random initialisation (diffusers only
@@ -80,6 +98,7 @@ def check_weights(folder: str, pipe) -> None:
         stored = _stored_keys(os.path.join(folder, name))
         if stored is None:
             continue
+        stored = _as_loaded(comp, stored)
         state = comp.state_dict()
         kept = {t.data_ptr() for k, t in state.items() if k in stored}
         missing = sorted(k for k, t in state.items() if k not in stored and t.data_ptr() not in kept)
@@ -93,7 +112,8 @@ def check_weights(folder: str, pipe) -> None:
 def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "runs/sample", prompt: str | None = None,
         negative_prompt: str = "", klass: Any = None, steps: int | None = None, sampler: str | None = None,
         batch_size: int = 4, device: Any = "cpu", dtype: str = "float32", height: int | None = None,
-        width: int | None = None, progress: bool = True, crop_positions: str = "slice") -> dict:
+        width: int | None = None, progress: bool = True, crop_positions: str = "slice",
+        guidance_embed: float | None = None) -> dict:
     from ..adapters.dit import sample_dit_learned_variance
     from ..adapters.pipelines import from_pipeline
     seeds = parse_seeds(seeds)
@@ -102,7 +122,8 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     progress = progress and r.main
     check_out_dir(out)
     pipe = load_pipeline(folder, device, dtype)
-    m = from_pipeline(pipe, crop_positions=crop_positions)
+    m = from_pipeline(pipe, crop_positions=crop_positions,
+                      **({} if guidance_embed is None else dict(guidance_embed=guidance_embed)))
     flow = m.flow
     sampler = sampler or ("flow_euler" if flow else "ddim")
     if sampler == "dit_ddpm" and not m.extras.get("learned_variance_sampler"):
@@ -122,7 +143,7 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     options = m.sampler_options(sampler, steps) if sampler != "dit_ddpm" else {}
     settings = dict(model=os.path.abspath(folder), family=m.family, prompt=prompt, negative_prompt=negative_prompt,
                     klass=klass, guidance=spec.canonical(guidance), steps=steps, sampler=sampler, shape=list(shape),
-                    dtype=dtype, crop_positions=crop_positions)
+                    dtype=dtype, crop_positions=crop_positions, guidance_embed=guidance_embed)
     claim(out, settings)
 
     def draw(batch):
