@@ -152,6 +152,16 @@ def dynamic_shift_sigmas(scheduler, steps: int, tokens: int, mu: float | None = 
     return sigmas_from_flow_t(scheduler.sigmas.double().tolist()).float()
 
 
+def token_shifted_sigmas(scheduler, size: tuple[int, int], patch: int = 2) -> Callable:
+    """``PipelineModel.sigmas`` of a FLUX-style pipeline: its shifted schedule for a sample's image
+    tokens, (H / patch) (W / patch) (the trained ``size`` when no shape is given)."""
+    def sigmas(steps, spacing=None, shape=None, sampler=None):
+        """The pipeline's schedule: t = linspace(1, 1/N, N), shifted by mu(image tokens), then 0."""
+        h, w = (shape or size)[-2:]
+        return dynamic_shift_sigmas(scheduler, steps, (h // patch) * (w // patch))
+    return sigmas
+
+
 def flow_sigma(t: torch.Tensor, t_max: float) -> torch.Tensor:
     """The VE sigma of a flow network's timestep: s = t / t_max, sigma = s / (1 - s)."""
     s = (t.double() / t_max).clamp(max=1 - 1e-9)

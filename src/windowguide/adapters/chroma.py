@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from ..denoiser import FlowDenoiser
-from .base import PipelineModel, dynamic_shift_sigmas, flow_sigma, needs_parts, needs_prompt, vae_decoder, vae_factor
+from .base import PipelineModel, token_shifted_sigmas, flow_sigma, needs_parts, needs_prompt, vae_decoder, vae_factor
 from .flux import flux_image_ids, ids_size, pack, packed_model, unpack
 from .netcall import Call, current_static, joint, rows_t, sample_of, with_sample
 from .registry import Family, Patched
@@ -61,16 +61,12 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
                                                                 max_sequence_length=max_sequence_length)
         return dict(embeds=pos, mask=pos_mask), dict(embeds=neg, mask=neg_mask)
 
-    def sigmas(steps, spacing=None, shape=None, sampler=None):
-        """The pipeline's schedule: t = linspace(1, 1/N, N), shifted by mu(image tokens), then 0."""
-        h, w = (shape or m.shape())[-2:]
-        return dynamic_shift_sigmas(pipe.scheduler, steps, (h // 2) * (w // 2))
 
     size = getattr(pipe, "default_sample_size", 128)
     m = PipelineModel("chroma", FlowDenoiser(model, time_scale=1.0, multiple=2), tr.config.in_channels // 4,
                       (size, size), 2, encode, vae_decoder(vae, shift=vae.config.shift_factor or 0.0),
                       extras=dict(vae_factor=vae_factor(vae)))
-    m.sigmas = sigmas
+    m.sigmas = token_shifted_sigmas(pipe.scheduler, m.size)
     m.denoiser.canvas_positions = crop_positions == "slice"     # panorama windows at their place
     return m
 

@@ -23,7 +23,7 @@ import torch
 
 from ..denoiser import FlowDenoiser
 from ..errors import WindowguideError
-from .base import PipelineModel, dynamic_shift_sigmas, flow_sigma, needs_parts, needs_prompt, to_uint8
+from .base import PipelineModel, token_shifted_sigmas, flow_sigma, needs_parts, needs_prompt, to_uint8
 from .flux import pack, packed_model, unpack
 from .netcall import Call, current_static, joint, rows_t, sample_of, with_sample
 from .registry import Family, Patched
@@ -123,10 +123,6 @@ def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = No
         pad = max(pos.shape[1], neg.shape[1])          # one length for both: CFG stacks them in one batch here
         return _padded(pos, pos_mask, pad), _padded(neg, neg_mask, pad)
 
-    def sigmas(steps, spacing=None, shape=None, sampler=None):
-        """The pipeline's schedule: t = linspace(1, 1/N, N), shifted by mu(image tokens), then 0."""
-        h, w = (shape or m.shape())[-2:]
-        return dynamic_shift_sigmas(pipe.scheduler, steps, (h // 2) * (w // 2))
 
     @torch.no_grad()
     def decode(latents):
@@ -140,7 +136,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = No
     m = PipelineModel("qwenimage", FlowDenoiser(model, time_scale=1.0, multiple=2), tr.config.in_channels // 4,
                       (size, size), 2, encode, decode,
                       extras=dict(vae_factor=getattr(pipe, "vae_scale_factor", 8), cfg_renorm=renorm_cfg))
-    m.sigmas = sigmas
+    m.sigmas = token_shifted_sigmas(pipe.scheduler, m.size)
     m.denoiser.canvas_positions = crop_positions == "slice"     # panorama windows at their place
     return m
 

@@ -22,7 +22,7 @@ import torch
 from ..denoiser import FlowDenoiser
 from ..errors import WindowguideError
 from ..windows import current_regions
-from .base import PipelineModel, dynamic_shift_sigmas, flow_sigma, needs_parts, needs_prompt, vae_decoder
+from .base import PipelineModel, token_shifted_sigmas, flow_sigma, needs_parts, needs_prompt, vae_decoder
 from .netcall import Call, current_static, joint, rows_t, sample_of, with_sample
 from .registry import Family, Patched
 
@@ -146,17 +146,13 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
         n = max(e.shape[0] for e in pos + neg)        # one length: CFG stacks cond and null in one batch here
         return padded(pos, n), padded(neg, n)
 
-    def sigmas(steps, spacing=None, shape=None, sampler=None):
-        """The pipeline's schedule: t = linspace(1, 1/N, N), shifted by mu(image tokens), then 0."""
-        h, w = (shape or m.shape())[-2:]
-        return dynamic_shift_sigmas(pipe.scheduler, steps, (h // 2) * (w // 2))
 
     size = 2 * (1024 // (2 * pipe.vae_scale_factor))
     m = PipelineModel("zimage", FlowDenoiser(zimage_flow_model(tr, crop_positions), time_scale=1.0, multiple=patch),
                       tr.config.in_channels, (size, size), patch, encode,
                       vae_decoder(vae, shift=vae.config.shift_factor or 0.0),
                       extras=dict(vae_factor=pipe.vae_scale_factor, cfg_weight="scale"))
-    m.sigmas = sigmas
+    m.sigmas = token_shifted_sigmas(pipe.scheduler, m.size)
     m.denoiser.canvas_positions = crop_positions == "slice"     # panorama windows at their place
     m.family_guidance = lambda g, **options: family_guidance(g, **options)
     return m
