@@ -441,3 +441,20 @@ def test_model_card_presets_name_their_source():
         p = PRESETS[name]
         assert "model card" in p.source and p.sampler == "flow_euler" and p.steps > 0
     assert PRESETS["flux2-dev"].guidance_embed == 2.5
+
+
+def test_calls_a_crop_cannot_take_are_refused_by_name():
+    """Editing calls (reference image tokens) cannot be cut into crops: a clear error, not a wrong image."""
+    from windowguide.adapters import flux2, qwenimage
+    from windowguide.errors import WindowguideError
+    ids = torch.cat([flux2.flux2_ids(4, 4), flux2.flux2_ids(4, 4) + torch.tensor([10, 0, 0, 0])])
+    call = dict(img_ids=ids, hidden_states=torch.zeros(1, 32, 8), encoder_hidden_states=torch.zeros(1, 3, 4),
+                timestep=torch.tensor([0.5]))
+    with pytest.raises(WindowguideError, match="FLUX.2 with reference images"):
+        flux2.read_call(None, call)
+    call = dict(img_shapes=[[(1, 4, 4), (1, 4, 4)]], hidden_states=torch.zeros(1, 32, 16),
+                encoder_hidden_states=torch.zeros(1, 3, 4), timestep=torch.tensor([0.5]))
+    with pytest.raises(WindowguideError, match="Qwen-Image with reference images"):
+        qwenimage.read_call(None, call)
+    with pytest.raises(WindowguideError, match="QwenLikePipeline is not supported.*QwenImagePipeline"):
+        wg.from_pipeline(type("QwenLikePipeline", (), {})())
