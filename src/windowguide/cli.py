@@ -113,7 +113,6 @@ def _sample(args) -> int:
             p = expand(args.preset)
             guidance, steps, sampler = p.guidance, steps or p.steps, sampler or p.sampler
             positions = positions or p.crop_positions
-            embed = p.guidance_embed if embed is None else embed
         sample_pipeline.run(args.model, guidance, args.seeds, args.out, args.prompt, args.negative_prompt,
                             args.klass, steps, sampler, 4 if args.batch_size is None else args.batch_size,
                             args.device or "cpu", args.dtype, args.height, args.width, True, positions or "slice",

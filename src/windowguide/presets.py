@@ -32,7 +32,6 @@ class Preset:
     sampler: str = "heun"
     panorama: dict | None = None  # windowguide panorama settings (canvas in pixels, stride in latent pixels, mode, vcf)
     crop_positions: str | None = None   # a transformer crop's positions, where the source fixes them
-    guidance_embed: float | None = None  # a guidance-distilled model's guidance input (FLUX.2 [dev])
 
     @property
     def needs_weak(self) -> bool:
@@ -102,10 +101,6 @@ PRESETS = {
                                     f"{INTERVAL_PAPER}, EDM2-XXL, FID 1.81 -> 1.40",
                                     "scale 2.0 on sigma in (0.28, 2.9] -> w = 1.0 with lo=0.28, hi=2.9; the negative "
                                     "is the unconditional XS network, as in EDM2's CFG"),
-    "flux2-dev": Preset("none", "FLUX.2 [dev] (pipeline folder)", CARD.format(pipeline="Flux2Pipeline"),
-                        "no CFG: guidance-distilled, its guidance_scale 2.5 is the model's guidance input "
-                        "(--guidance-embed), not an evaluation; 50 steps", steps=50, sampler="flow_euler",
-                        guidance_embed=2.5),
     "flux2-klein-base": Preset("cfg:w=3", "FLUX.2 [klein] base 4B/9B (pipeline folder)",
                                CARD.format(pipeline="Flux2KleinPipeline"),
                                "guidance_scale 4.0 -> w 3 (diffusers' convention), the empty negative prompt; 50 steps",
@@ -113,8 +108,6 @@ PRESETS = {
     "qwen-image": Preset("cfg:w=3", "Qwen-Image (pipeline folder)", CARD.format(pipeline="QwenImagePipeline"),
                          "true_cfg_scale 4.0 -> w 3, with Qwen-Image's norm correction per token; 50 steps",
                          steps=50, sampler="flow_euler"),
-    "z-image-turbo": Preset("none", "Z-Image-Turbo (pipeline folder)", CARD.format(pipeline="ZImagePipeline"),
-                            "guidance_scale 0.0: no CFG (distilled); 8 steps", steps=8, sampler="flow_euler"),
     "z-image": Preset("cfg:w=5", "Z-Image base (pipeline folder)", CARD.format(pipeline="ZImagePipeline"),
                       "guidance_scale 5.0 in the original formulation P_c + s (P_c - P_u): w = s = 5; 50 steps",
                       steps=50, sampler="flow_euler"),
@@ -137,7 +130,7 @@ def expand(name: str, weak: str | None = None) -> Preset:
     if weak and not p.needs_weak:
         raise WindowguideError(f"--preset {name} uses no weak model; drop --weak")
     return Preset(p.guidance.replace("{weak}", weak or ""), p.model, p.source, p.weights, p.steps, p.sampler, p.panorama,
-                  p.crop_positions, p.guidance_embed)
+                  p.crop_positions)
 
 
 def describe() -> str:
