@@ -1,0 +1,323 @@
+"""windowguide's guidance inside ComfyUI's own sampler: the host module of the ComfyUI nodes.
+
+ComfyUI samples in its own (x, sigma): k-diffusion's VE form for SD-style models, x = (1 - s) x0 + s n
+with sigma = s for flow models. The guidance algebra needs nothing else: every prediction is a D at
+the same (x, sigma). The nodes add windowguide *rules* to a cloned model's ``model_options[KEY]``;
+two functions installed once read them at each step:
+
+- ``sampler_calc_cond_batch_function``: where a node turns CFG off at this sigma (SGG below its split,
+  the CFG interval outside it), only the conditional batch is evaluated and returned as both
+  predictions, so ComfyUI's CFG, P_u + s (P_c - P_u), gives P_c (2 evaluations per step with SGG);
+- ``sampler_post_cfg_function``: the rules' terms' change, with the conditional prediction
+  ComfyUI already made as the positive (never evaluated again),
+
+      D = CFG + sum_i w_i(sigma) M_i ⊙ (D_c - D_neg,i),
+
+  D_neg of M-SWG / SWG the model on all crops of all samples in one batched call
+  (``guidance.GuidedDenoiser``, ``windows``), of autoguidance the weak MODEL, of skip-layer the model
+  with its blocks passed through.
+
+Sigma ranges are ComfyUI's sigmas (``percent_to_sigma`` of the nodes' start/end percents). A
+FLUX-style network's crop gets its place on the canvas through ComfyUI's ``rope_options`` (one call
+per place); other networks take a crop as an image of its size.
+"""
+from __future__ import annotations
+
+import math
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..denoiser import Denoiser
+from ..errors import WindowguideError
+from ..guidance import SWG, Guidance, GuidedDenoiser
+from ..windows import current_regions
+from .calls import _KnownPositive
+
+KEY = "windowguide"
+_STEP_CONDS: ContextVar = ContextVar("windowguide_comfy_conds", default=None)      # the step being guided
+_STEP_OPTIONS: ContextVar = ContextVar("windowguide_comfy_options", default=None)
+_STEP_MODEL: ContextVar = ContextVar("windowguide_comfy_model", default=None)
+
+
+def comfy():
+    """ComfyUI's own modules (imported when a node runs: ComfyUI is the host)."""
+    import comfy.model_patcher
+    import comfy.samplers
+    return comfy
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window size given as a fraction of the latent side (<= 1) or in latent pixels (> 1)."""
+    size: float
+    per_side: int = 2
+
+    def pixels(self, side: int, multiple: int) -> int:
+        """The window side for a latent side: ceil(f side / m) m for a fraction f, else the pixels."""
+        if self.size <= 1:
+            return min(side, int(math.ceil(self.size * side / multiple)) * multiple)
+        return int(self.size)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the nodes asked for: terms built per latent size (``make(shape, multiple, model) -> Term``),
+    the sigma intervals (lo, hi] where CFG runs (CFG runs where all of them hold), and the CFG weights a
+    recipe expects of the sampler's cfg (checked at the first step)."""
+    makers: tuple = ()
+    cfg_on: tuple = ()
+    cfg_weights: tuple = ()
+
+    def __deepcopy__(self, memo):          # ComfyUI deep-copies model_options on clone; rules are immutable
+        return self
+
+    def cfg_here(self, sigma: float) -> bool:
+        return all(lo < sigma <= hi for lo, hi in self.cfg_on)
+
+    def terms(self, shape, multiple, model) -> Guidance:
+        return Guidance(tuple(make(shape, multiple, model) for make in self.makers))
+
+
+def add_rules(model, makers=(), cfg_on: tuple[float, float] | None = None, cfg_weight: float | None = None):
+    """A clone of the ComfyUI MODEL with the rules added (the functions installed with the first)."""
+    m = model.clone()
+    rules = m.model_options.get(KEY)
+    if rules is None:
+        other = m.model_options.get("sampler_calc_cond_batch_function")
+        if other is not None:
+            raise WindowguideError("another node already replaced this model's cond batch function; put the "
+                                   "windowguide nodes before it (or use one of them)")
+        m.set_model_sampler_calc_cond_batch_function(_calc_cond_batch)
+        m.set_model_sampler_post_cfg_function(_post_cfg)
+        rules = Rules()
+    m.model_options[KEY] = Rules(rules.makers + tuple(makers), rules.cfg_on + ((cfg_on,) if cfg_on else ()),
+                                 rules.cfg_weights + (() if cfg_weight is None else (float(cfg_weight),)))
+    return m
+
+
+def _calc_cond_batch(args):
+    cf = comfy()
+    conds, x, sigma, model, options = args["conds"], args["input"], args["sigma"], args["model"], args["model_options"]
+    rules = options.get(KEY, Rules())
+    if conds[1] is not None and not rules.cfg_here(float(sigma.flatten()[0])):
+        d = cf.samplers.calc_cond_batch(model, [conds[0]], x, sigma, options)[0]
+        return [d, d]                      # CFG of P with itself is P: CFG off here, the uncond not evaluated
+    return cf.samplers.calc_cond_batch(model, conds, x, sigma, options)
+
+
+def _post_cfg(args):
+    rules = args["model_options"].get(KEY)
+    for w in () if rules is None else rules.cfg_weights:
+        if not math.isclose(float(args["cond_scale"]), 1 + w, rel_tol=0, abs_tol=1e-6):
+            raise WindowguideError(f"the recipe's cfg:w={w:g} is the sampler's cfg = 1 + w = {1 + w:g}; the sampler "
+                                   f"runs cfg = {float(args['cond_scale']):g}: set it to {1 + w:g}, or drop the cfg term")
+    if rules is None or not rules.makers:
+        return args["denoised"]
+    x, sigma, positive, model = args["input"], args["sigma"], args["cond_denoised"], args["model"]
+    check_conds(args["cond"])
+    net = ComfyDenoiser(model, [args["cond"]], args["model_options"])
+    terms = rules.terms(tuple(x.shape[-2:]), net.multiple, model)
+    guided = GuidedDenoiser(_KnownPositive(net, x, positive), terms)
+    guided.check(tuple(x.shape[1:]))
+    if not any(bool(t.active(sigma.flatten()[:1]).any()) for t in terms):
+        return args["denoised"]
+    rows = {"which": torch.zeros(x.shape[0], dtype=torch.long, device=x.device)}
+    tokens = _STEP_CONDS.set(args["cond"]), _STEP_OPTIONS.set(args["model_options"]), _STEP_MODEL.set(model)
+    try:
+        return args["denoised"] + (guided(x, sigma, rows) - positive)
+    finally:
+        for var, token in zip((_STEP_CONDS, _STEP_OPTIONS, _STEP_MODEL), tokens):
+            var.reset(token)
+
+
+def check_conds(conds) -> None:
+    """Crops cannot take what depends on the whole image's pixels: say so instead of a wrong image."""
+    for c in conds or []:
+        if c.get("control") is not None:
+            raise WindowguideError("windowguide's window terms with a ControlNet: the crops would not get the "
+                                   "control image's crop (not supported yet); apply the ControlNet without them")
+        if "c_concat" in c.get("model_conds", {}) or "concat_latent_image" in c:
+            raise WindowguideError("windowguide's window terms on an inpainting / image-conditioned model: the "
+                                   "crops would not get their part of the image (not supported yet)")
+        if c.get("area") is not None or c.get("mask") is not None:
+            raise WindowguideError("windowguide's window terms with area or mask conditioning: not supported yet")
+
+
+def network_multiple(model) -> int:
+    """A crop's side must be a multiple of this: the UNet's downsampling, or the transformer's patch."""
+    net = model.diffusion_model
+    if hasattr(net, "channel_mult"):
+        return 2 ** (len(net.channel_mult) - 1)
+    p = getattr(net, "patch_size", 1)
+    return int(p[-1] if isinstance(p, (tuple, list)) else p)
+
+
+class ComfyDenoiser(Denoiser):
+    """ComfyUI's model as D(x, sigma, {which}) in ComfyUI's x and sigma: ``conds[which]`` (a list of
+    ComfyUI cond dicts) through ``comfy.samplers.calc_cond_batch``, in ComfyUI's batching. With crops in
+    progress (``windows.current_regions``) a FLUX-style network (``process_img`` with ``rope_options``)
+    is called once per crop place, its positions shifted to the place."""
+
+    def __init__(self, model, conds: list, model_options: dict, multiple: int | None = None):
+        self.model, self.conds, self.options = model, conds, model_options
+        self.multiple = network_multiple(model) if multiple is None else multiple
+        self.null_cond = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def forward(self, x, sigma, cond):
+        which = cond["which"] if isinstance(cond, dict) else torch.zeros(x.shape[0], dtype=torch.long)
+        out = torch.empty_like(x)
+        for k in torch.unique(which).tolist():
+            idx = (which == k).nonzero().flatten()
+            rows = slice(None) if len(idx) == x.shape[0] else idx
+            out[rows] = self._placed(x[rows], sigma[rows], self.conds[k])
+        return out
+
+    def _placed(self, x, sigma, conds):
+        cf = comfy()
+        regions = current_regions()
+        net = self.model.diffusion_model
+        if regions is None or not hasattr(net, "process_img"):
+            return cf.samplers.calc_cond_batch(self.model, [conds], x, sigma, self.options)[0]
+        out = torch.empty_like(x)
+        patch = network_multiple(self.model)
+        for top, left in {(int(r[0]), int(r[1])) for r in regions}:
+            idx = ((regions[:, 0] == top) & (regions[:, 1] == left)).nonzero().flatten().to(x.device)
+            options = cf.model_patcher.create_model_options_clone(self.options)
+            rope = dict(options.setdefault("transformer_options", {}).get("rope_options") or {})
+            rope["shift_y"] = rope.get("shift_y", 0.0) + top // patch
+            rope["shift_x"] = rope.get("shift_x", 0.0) + left // patch
+            options["transformer_options"]["rope_options"] = rope
+            out[idx] = cf.samplers.calc_cond_batch(self.model, [conds], x[idx], sigma[idx], options)[0]
+        return out
+
+
+def sigma_range(model, start_percent: float, end_percent: float, sigma_start: float = -1.0,
+                sigma_end: float = -1.0) -> tuple[float, float]:
+    """(lo, hi] in ComfyUI's sigma: from start/end percents (``percent_to_sigma``), or given in sigma."""
+    for name, v in (("start_percent", start_percent), ("end_percent", end_percent)):
+        if not 0.0 <= float(v) <= 1.0:
+            raise WindowguideError(f"{name} {v!r}: accepted: a fraction of the run in [0, 1]")
+    if float(start_percent) >= float(end_percent):
+        raise WindowguideError(f"start_percent {start_percent} must be below end_percent {end_percent}")
+    sampling = model.get_model_object("model_sampling")
+    hi = float(sigma_start) if sigma_start >= 0 else float(sampling.percent_to_sigma(start_percent))
+    lo = float(sigma_end) if sigma_end >= 0 else float(sampling.percent_to_sigma(end_percent))
+    if not lo < hi:
+        raise WindowguideError(f"the sigma range ({lo:g}, {hi:g}] is empty; sigma_start must be above sigma_end")
+    return lo, hi
+
+
+def swg_maker(weight: float, window: Window, masked: bool, lo: float, hi: float) -> Callable:
+    """The M-SWG / SWG term for a latent of a given size (its window sized then)."""
+    from ..guidance import MSWG, _check_weight
+    _check_weight(weight, "sliding-window guidance")
+    cls = MSWG if masked else SWG
+
+    def make(shape, multiple, model):
+        size = (window.pixels(shape[0], multiple), window.pixels(shape[1], multiple))
+        return cls(float(weight), size, window.per_side, sigma_lo=lo, sigma_hi=hi)
+    return make
+
+
+def weak_maker(weight: float, weak, lo: float, hi: float) -> Callable:
+    """Two-model autoguidance: w (D_c - D_weak), the weak MODEL on the conditional conditioning."""
+    from ..guidance import AutoGuidance, _check_weight
+    _check_weight(weight, "autoguidance")
+
+    def make(shape, multiple, model):
+        return AutoGuidance(_WeakNet(weak, multiple, load=True), float(weight), sigma_lo=lo, sigma_hi=hi)
+    return make
+
+
+class _WeakNet(Denoiser):
+    """The weak MODEL's network, called on the conditional conditioning of the step in progress."""
+
+    def __init__(self, patcher, multiple, load: bool = False):
+        self.patcher, self.load, self.null_cond = patcher, load, None
+        self.multiple = network_multiple(patcher.model) if multiple is None else multiple
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def forward(self, x, sigma, cond):
+        if self.load:                          # ComfyUI loads (and patches) the models a sampler names; this
+            import comfy.model_management as mm    # one it does not know of
+            mm.load_models_gpu([self.patcher])
+            if getattr(self.patcher.model, "current_patcher", None) is not self.patcher:
+                self.patcher.pre_run()
+        return ComfyDenoiser(self.patcher.model, [_STEP_CONDS.get()], _STEP_OPTIONS.get(), self.multiple)(x, sigma, cond)
+
+
+def skip_maker(weight: float, blocks: list[int], lo: float, hi: float) -> Callable:
+    """Skip-layer guidance: w (D_c - D_skip), the model with its joint blocks ``blocks`` passed through."""
+    from ..guidance import Custom, _check_weight
+    _check_weight(weight, "skip-layer guidance")
+
+    def make(shape, multiple, model):
+        net = model.diffusion_model
+        n = len(getattr(net, "joint_blocks", None) or getattr(net, "double_blocks", None) or [])
+        bad = [b for b in blocks if not 0 <= b < n]
+        if not n or bad:
+            raise WindowguideError(f"skip-layer blocks {bad or blocks}: this model has {n} joint/double blocks"
+                                   f"{'' if n else ' (skip-layer needs an MMDiT or FLUX transformer)'}")
+
+        return Custom(skip_negative(blocks), float(weight), name="skip_layer", sigma_lo=lo, sigma_hi=hi)
+    return make
+
+
+def skip_negative(blocks) -> Callable:
+    """D of the step's model with its joint / double blocks ``blocks`` passed through (ComfyUI's "dit"
+    block replacement: each returns its inputs), on the step's conditional conditioning."""
+    def negative(x, sigma, cond):
+        cf = comfy()
+        options = cf.model_patcher.create_model_options_clone(_STEP_OPTIONS.get())
+        for b in blocks:
+            options = cf.model_patcher.set_model_options_patch_replace(
+                options, lambda args, extra: {"img": args["img"], "txt": args["txt"]}, "dit", "double_block", int(b))
+        return cf.samplers.calc_cond_batch(_STEP_MODEL.get(), [_STEP_CONDS.get()], x, sigma, options)[0]
+    return negative
+
+
+
+def recipe_rules(recipe: str, weak=None):
+    """(makers, CFG interval, CFG weight) of a windowguide recipe in ComfyUI's sigmas: its ``cfg`` term
+    is the sampler's cfg on its interval; step ranges and weight ramps need step indices that ComfyUI's
+    guidance hooks do not see, and are refused."""
+    from .. import spec
+    from ..guidance import CFG
+    from .calls import fit_windows, open_windows
+
+    def load(name):
+        if weak is None:
+            raise WindowguideError(f"the recipe names a weak model ({name!r}): connect the weak_model input")
+        return _WeakNet(weak, None, load=True)
+
+    g = spec.build(open_windows(recipe), spec.Context(net=None, load=load, skip=lambda blocks: skip_negative(
+        [_block(b) for b in blocks])))
+    makers, cfg_on, cfg_weight = [], None, None
+    for t in g:
+        if t.steps is not None or t.weight_end is not None:
+            raise WindowguideError(f"{recipe!r}: step ranges and weight ramps (first/last, start/stop, fsplit, "
+                                   f"stepsplit, wend) need step indices; in ComfyUI give sigma ranges (lo/hi, split)")
+        if isinstance(t, CFG):
+            if cfg_weight is not None or t.mask is not None or t.null is not None or t.channels is not None:
+                raise WindowguideError(f"{recipe!r}: one plain cfg term at most (it is the sampler's cfg)")
+            cfg_weight = t.weight
+            if t.sigma_lo > 0 or t.sigma_hi != float("inf"):
+                cfg_on = (t.sigma_lo, t.sigma_hi)
+            continue
+        makers.append(lambda shape, multiple, model, t=t: fit_windows(Guidance((t,)), shape, multiple).terms[0])
+    return makers, cfg_on, cfg_weight
+
+
+def _block(b) -> int:
+    try:
+        return int(b)
+    except ValueError:
+        raise WindowguideError(f"slg:skip= takes block indices such as 7/8/9, got {b!r}") from None

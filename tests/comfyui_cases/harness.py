@@ -1,0 +1,148 @@
+"""ComfyUI imported in this process (run by tests/test_comfyui.py in a subprocess, so that ComfyUI's
+import-time settings never reach the other tests), and tiny models built with ComfyUI's own classes."""
+import os
+import sys
+import tempfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COMFYUI = os.environ.get("COMFYUI_PATH") or os.path.join(ROOT, "..", "shared", "comfyui")
+if not os.path.isdir(os.path.join(COMFYUI, "comfy")):
+    pytest.skip(f"no ComfyUI at {COMFYUI} (set COMFYUI_PATH)", allow_module_level=True)
+
+
+def torchvision_stand_in() -> str:
+    """A folder with an empty ``torchvision`` (ComfyUI imports it at module level in model families these
+    tests do not use; there is no CPU torchvision). For ComfyUI's process only."""
+    folder = os.path.join(tempfile.gettempdir(), "windowguide-comfy-stub")
+    os.makedirs(os.path.join(folder, "torchvision"), exist_ok=True)
+    for name in ("__init__.py", "transforms.py"):
+        open(os.path.join(folder, "torchvision", name), "a").close()
+    return folder
+
+
+sys.argv = [sys.argv[0], "--cpu"]
+sys.path[:0] = [COMFYUI, torchvision_stand_in()]
+import comfy.options  # noqa: E402
+comfy.options.enable_args_parsing()
+import torch  # noqa: E402
+import comfy.model_patcher  # noqa: E402
+import comfy.sample  # noqa: E402
+import comfy.samplers  # noqa: E402
+import comfy.supported_models as supported  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def _patcher(model_config, seed=0):
+    torch.manual_seed(seed)
+    model = model_config.get_model({}, "")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
+
+
+UNET = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True, 'legacy': False,
+        'dtype': torch.float32, 'in_channels': 4, 'model_channels': 32, 'num_res_blocks': [1, 1],
+        'transformer_depth': [1, 1, 0, 0], 'channel_mult': [1, 2], 'transformer_depth_middle': 1,
+        'transformer_depth_output': [1, 1, 0, 0], 'use_temporal_attention': False, 'use_temporal_resblock': False}
+
+
+def tiny_sd15(seed=0):
+    """An SD1.5-style UNet (ComfyUI's ``SD15`` config, 2 levels, cross-attention on 16-d context)."""
+    return _patcher(supported.SD15({**UNET, 'adm_in_channels': None, 'use_linear_in_transformer': False,
+                                    'context_dim': 16, 'num_heads': 2}), seed)
+
+
+def tiny_sdxl(seed=0):
+    """An SDXL-style UNet (ComfyUI's ``SDXL`` config: text-time ADM of pooled 16-d + 6 size embeddings)."""
+    return _patcher(supported.SDXL({**UNET, 'adm_in_channels': 16 + 6 * 256, 'num_classes': 'sequential',
+                                    'use_linear_in_transformer': True, 'context_dim': 16, 'num_head_channels': 8}), seed)
+
+
+def tiny_flux(seed=0):
+    """A FLUX-style transformer (ComfyUI's ``Flux`` config: 2 x 2 patches, RoPE ids, guidance embedding)."""
+    cfg = dict(image_model="flux", in_channels=4, patch_size=2, out_channels=4, vec_in_dim=16, context_in_dim=16,
+               hidden_size=32, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6],
+               theta=10000, qkv_bias=True, guidance_embed=False)
+    return _patcher(supported.Flux(cfg), seed)
+
+
+def conditioning(seed, pooled=False, **extra):
+    g = torch.Generator().manual_seed(seed)
+    info = dict(extra)
+    if pooled:
+        info["pooled_output"] = torch.randn(1, 16, generator=g)
+    return [[torch.randn(1, 6, 16, generator=g), info]]
+
+
+def ksample(model, positive, negative, cfg, steps=4, sampler="euler", scheduler="normal", shape=(1, 4, 16, 16), seed=3):
+    noise = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative,
+                               torch.zeros(shape), seed=seed, disable_pbar=True)
+
+
+def captured(model, positive, negative, cfg, steps=4, **kw):
+    """The internal cond lists and model options ComfyUI's sampler hands its CFG (recorded at the first step)."""
+    seen = {}
+    m = model.clone()
+
+    def record(args):
+        seen.setdefault("cond", args["cond"])
+        seen.setdefault("uncond", args["uncond"])
+        seen.setdefault("options", args["model_options"])
+        return args["denoised"]
+    m.set_model_sampler_post_cfg_function(record, disable_cfg1_optimization=True)
+    ksample(m, positive, negative, cfg, steps, **kw)
+    return seen
+
+
+def ours(model, positive, negative, cfg, guidance=None, steps=4, shape=(1, 4, 16, 16), seed=3):
+    """windowguide's own Euler on the same network, sigmas, noise and conditioning."""
+    import windowguide as wg
+    from windowguide.integrations.comfyui import ComfyDenoiser
+    from windowguide.sampling import sample_euler
+    seen = captured(model, positive, negative, cfg, steps, shape=shape, seed=seed)
+    sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", steps)
+    noise = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    import math
+    top = float(sampling.sigma_max)      # ComfyUI scales noise by sqrt(1 + sigma^2) from the model's top sigma
+    max_denoise = math.isclose(top, float(sigmas[0]), rel_tol=1e-5) or float(sigmas[0]) > top
+    x = sampling.noise_scaling(sigmas[0], noise, model.model.process_latent_in(torch.zeros(shape)), max_denoise)
+    den = ComfyDenoiser(model.model, [seen["cond"], seen["uncond"]], {"transformer_options": {}})
+    g = wg.Guidance()
+    if cfg != 1:
+        g = wg.CFG(cfg - 1, null={"which": torch.ones(1, dtype=torch.long)})
+    if guidance is not None:
+        g = g + guidance
+    which = {"which": torch.zeros(shape[0], dtype=torch.long)}
+    model.pre_run()                   # what ComfyUI's sampler does before its first model call
+    try:
+        with torch.no_grad():
+            x = sample_euler(wg.guidance.guided(den, g), x, sigmas.double(), which)
+    finally:
+        model.cleanup()
+    return model.model.process_latent_out(sampling.inverse_noise_scaling(sigmas[-1], x))
+
+
+def counted(model):
+    """A clone whose network calls are recorded: the input shape of each ``apply_model``."""
+    calls = []
+    m = model.clone()
+
+    def wrapper(apply, args):
+        calls.append(tuple(args["input"].shape))
+        return apply(args["input"], args["timestep"], **args["c"])
+    m.set_model_unet_function_wrapper(wrapper)
+    return m, calls
+
+
+def close(model, a, b, tol=1e-4) -> bool:
+    """|a - b| <= tol in the model's own latent space (ComfyUI returns latents divided by its scale factor)."""
+    pa, pb = model.model.process_latent_in(a), model.model.process_latent_in(b)
+    err = float((pa - pb).abs().max())
+    print(f"max |ComfyUI - windowguide| = {err:.2e}")
+    return err <= tol
