@@ -29,3 +29,103 @@ def test_mswg_equals_windowguides_sampler_with_one_crop_call_per_step(sd15):
     assert close(sd15, out, ref)
     # per step: the conditional and unconditional batch in one call, then all 4 crops in one call
     assert calls == [(2, 4, 16, 16), (4, 4, 10, 10)] * 4
+
+
+def test_sgg_is_cfg_above_the_split_and_mswg_below_with_two_evaluations_per_step(sd15):
+    pos, neg = conditioning(1), conditioning(2)
+    (m,) = nodes.SegmentedGuidance().patch(sd15, 0.5, "mswg", 0.5, 0.625, 2, "7,8,9")
+    m, calls = counted(m)
+    out = ksample(m, pos, neg, 3.0)
+    split = sd15.get_model_object("model_sampling").percent_to_sigma(0.5)
+    g = wg.Segmented(wg.Guidance(), wg.MSWG(0.5, window=10), sigma_split=split)
+    ref = ours(sd15, pos, neg, 3.0, g, cfg_above=split)
+    assert close(sd15, out, ref)
+    sigmas = [float(s) for s in __import__("comfy.samplers").samplers.calculate_sigmas(
+        sd15.get_model_object("model_sampling"), "normal", 4)[:-1]]
+    expected = []
+    for s in sigmas:          # above: cond + uncond in one batch; below: cond alone, then the 4 crops
+        expected += [(2, 4, 16, 16)] if s > split else [(1, 4, 16, 16), (4, 4, 10, 10)]
+    assert calls == expected and any(s <= split for s in sigmas) and any(s > split for s in sigmas)
+
+
+def test_two_model_autoguidance_and_its_interval(sd15):
+    pos, neg = conditioning(1), conditioning(2)
+    weak = tiny_sd15(seed=5)
+    (m,) = nodes.TwoModelAutoguidance().patch(sd15, weak, 0.0, 0.0, 1.0)
+    assert torch.equal(ksample(m, pos, neg, 1.0), ksample(sd15, pos, neg, 1.0))
+    (m,) = nodes.TwoModelAutoguidance().patch(sd15, weak, 1.0, 0.25, 1.0)
+    out = ksample(m, pos, neg, 1.0)
+    hi = sd15.get_model_object("model_sampling").percent_to_sigma(0.25)
+    from windowguide.integrations.comfyui import _WeakNet
+    ref = ours(sd15, pos, neg, 1.0, wg.AutoGuidance(_WeakNet(weak, 2, load=True), 1.0, sigma_hi=hi), weak_conds=True)
+    assert close(sd15, out, ref)
+
+
+def test_cfg_interval_runs_cfg_only_inside_and_skips_the_uncond_outside(sd15):
+    pos, neg = conditioning(1), conditioning(2)
+    (m,) = nodes.GuidanceInterval().patch(sd15, 0.0, 1.0)
+    assert torch.equal(ksample(m, pos, neg, 3.0), ksample(sd15, pos, neg, 3.0))
+    (m,) = nodes.GuidanceInterval().patch(sd15, 0.3, 0.8)
+    m, calls = counted(m)
+    out = ksample(m, pos, neg, 3.0)
+    sampling = sd15.get_model_object("model_sampling")
+    lo, hi = sampling.percent_to_sigma(0.8), sampling.percent_to_sigma(0.3)
+    ref = ours(sd15, pos, neg, 1.0, wg.CFG(2.0, null={"which": torch.ones(1, dtype=torch.long)}, sigma_lo=lo, sigma_hi=hi))
+    assert close(sd15, out, ref) and (1, 4, 16, 16) in calls and (2, 4, 16, 16) in calls
+
+
+def test_recipe_node_and_the_clis_messages(sd15):
+    pos, neg = conditioning(1), conditioning(2)
+    (m,) = nodes.Recipe().patch(sd15, "cfg:w=2+swg:w=0.3,window=12")
+    out = ksample(m, pos, neg, 3.0)
+    assert close(sd15, out, ours(sd15, pos, neg, 3.0, wg.SWG(0.3, window=12)))
+    from windowguide.errors import WindowguideError
+    (m,) = nodes.Recipe().patch(sd15, "cfg:w=2+mswg:w=0.5")
+    with pytest.raises(WindowguideError, match="cfg:w=2 is the sampler's cfg = 1 \\+ w = 3"):
+        ksample(m, pos, neg, 5.0)
+    for bad, match in ((lambda: nodes.Recipe().patch(sd15, "mswg:w=0.5,first=2"), "step ranges"),
+                       (lambda: nodes.Recipe().patch(sd15, "mswg:w=abc"), "w"),
+                       (lambda: nodes.SlidingWindowGuidance().patch(sd15, 0.5, True, 0.625, 1, 0.0, 1.0),
+                        "windows_per_side 1"),
+                       (lambda: nodes.SlidingWindowGuidance().patch(sd15, 0.5, True, 0.625, 2, 0.7, 0.2),
+                        "start_percent 0.7 must be below"),
+                       (lambda: nodes.SegmentedGuidance().patch(sd15, 0.5, "autoguidance", 0.5, 0.6, 2, "7"),
+                        "needs the weak model")):
+        with pytest.raises(WindowguideError, match=match):
+            bad()
+    (m,) = nodes.SlidingWindowGuidance().patch(sd15, 0.5, True, 16.0, 2, 0.0, 1.0)    # 16 + 16 = 16: no overlap
+    with pytest.raises(WindowguideError, match="window"):
+        ksample(m, pos, neg, 3.0)
+
+
+def test_nodes_chain_with_each_other(sd15):
+    pos, neg = conditioning(1), conditioning(2)
+    (m,) = nodes.SlidingWindowGuidance().patch(sd15, 0.4, True, 0.625, 2, 0.0, 1.0)
+    (m,) = nodes.GuidanceInterval().patch(m, 0.0, 0.5)
+    out = ksample(m, pos, neg, 3.0)
+    sampling = sd15.get_model_object("model_sampling")
+    lo = sampling.percent_to_sigma(0.5)
+    g = wg.CFG(2.0, null={"which": torch.ones(1, dtype=torch.long)}, sigma_lo=lo) + wg.MSWG(0.4, window=10)
+    assert close(sd15, out, ours(sd15, pos, neg, 1.0, g))
+
+
+def test_sdxl_crops_get_their_own_size_conditioning():
+    """SDXL's ADM vector of each crop: the user's original size, crop coordinates at the crop's place and
+    the crop's size, in the user's target units (here ComfyUI's default: 128 pixels for a 16-pixel latent)."""
+    from harness import tiny_sdxl
+    from windowguide.integrations.comfyui import sdxl_crop_cond
+    from windowguide.windows import layout
+    model = tiny_sdxl()
+    pos, neg = conditioning(1, pooled=True), conditioning(2, pooled=True)
+    (m,) = nodes.SlidingWindowGuidance().patch(model, 0.5, True, 0.625, 2, 0.0, 1.0)
+    out = ksample(m, pos, neg, 3.0)
+    assert close(model, out, ours(model, pos, neg, 3.0, wg.MSWG(0.5, window=10)))
+    from harness import captured
+    cond = captured(model, pos, neg, 3.0)["cond"][0]
+    regions = layout(16, 16, 10, windows_per_side=2).regions(1)
+    y = sdxl_crop_cond(model.model, cond, regions, (10, 10))["model_conds"]["y"].cond
+    for row, (top, left, _, _) in zip(y, regions.tolist()):
+        want = model.model.encode_adm(pooled_output=cond["pooled_output"], height=128, width=128, crop_h=top * 8,
+                                      crop_w=left * 8, target_height=80, target_width=80)[0]
+        assert torch.allclose(row, want)
+    assert not torch.allclose(y[0], cond["model_conds"]["y"].cond[0])      # the whole image's differs

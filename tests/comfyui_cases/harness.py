@@ -58,8 +58,10 @@ def tiny_sd15(seed=0):
 
 def tiny_sdxl(seed=0):
     """An SDXL-style UNet (ComfyUI's ``SDXL`` config: text-time ADM of pooled 16-d + 6 size embeddings)."""
-    return _patcher(supported.SDXL({**UNET, 'adm_in_channels': 16 + 6 * 256, 'num_classes': 'sequential',
-                                    'use_linear_in_transformer': True, 'context_dim': 16, 'num_head_channels': 8}), seed)
+    config = supported.SDXL({**UNET, 'adm_in_channels': 16 + 6 * 256, 'num_classes': 'sequential',
+                             'use_linear_in_transformer': True, 'context_dim': 16})
+    config.unet_config["num_head_channels"] = 8          # its default (64) is wider than this tiny UNet
+    return _patcher(config, seed)
 
 
 def tiny_flux(seed=0):
@@ -99,8 +101,10 @@ def captured(model, positive, negative, cfg, steps=4, **kw):
     return seen
 
 
-def ours(model, positive, negative, cfg, guidance=None, steps=4, shape=(1, 4, 16, 16), seed=3):
-    """windowguide's own Euler on the same network, sigmas, noise and conditioning."""
+def ours(model, positive, negative, cfg, guidance=None, steps=4, shape=(1, 4, 16, 16), seed=3, cfg_above=None,
+         weak_conds=False):
+    """windowguide's own Euler on the same network, sigmas, noise and conditioning (``cfg_above``: CFG
+    only where sigma > it; ``weak_conds``: the step's conditioning for a weak network's term)."""
     import windowguide as wg
     from windowguide.integrations.comfyui import ComfyDenoiser
     from windowguide.sampling import sample_euler
@@ -115,16 +119,21 @@ def ours(model, positive, negative, cfg, guidance=None, steps=4, shape=(1, 4, 16
     den = ComfyDenoiser(model.model, [seen["cond"], seen["uncond"]], {"transformer_options": {}})
     g = wg.Guidance()
     if cfg != 1:
-        g = wg.CFG(cfg - 1, null={"which": torch.ones(1, dtype=torch.long)})
+        g = wg.CFG(cfg - 1, null={"which": torch.ones(1, dtype=torch.long)},
+                   sigma_lo=0.0 if cfg_above is None else float(cfg_above))
     if guidance is not None:
         g = g + guidance
     which = {"which": torch.zeros(shape[0], dtype=torch.long)}
+    from windowguide.integrations import comfyui as host
     model.pre_run()                   # what ComfyUI's sampler does before its first model call
+    tokens = host._STEP_CONDS.set(seen["cond"]), host._STEP_OPTIONS.set(seen["options"]), host._STEP_MODEL.set(model.model)
     try:
         with torch.no_grad():
             x = sample_euler(wg.guidance.guided(den, g), x, sigmas.double(), which)
     finally:
         model.cleanup()
+        for var, token in zip((host._STEP_CONDS, host._STEP_OPTIONS, host._STEP_MODEL), tokens):
+            var.reset(token)
     return model.model.process_latent_out(sampling.inverse_noise_scaling(sigmas[-1], x))
 
 
