@@ -129,3 +129,85 @@ def test_sdxl_crops_get_their_own_size_conditioning():
                                       crop_w=left * 8, target_height=80, target_width=80)[0]
         assert torch.allclose(row, want)
     assert not torch.allclose(y[0], cond["model_conds"]["y"].cond[0])      # the whole image's differs
+
+
+def test_flux_crops_are_placed_on_the_canvas_through_rope_options():
+    """A FLUX-style transformer's crop calls (one per place) get the canvas's RoPE ids at the crop's place."""
+    from harness import tiny_flux
+    model = tiny_flux()
+    pos, neg = conditioning(1, pooled=True), conditioning(2, pooled=True)
+    net = model.model.diffusion_model
+    seen, original = [], net.process_img
+
+    def process_img(x, *args, **kw):
+        img, ids = original(x, *args, **kw)
+        seen.append((tuple(x.shape[-2:]), ids[0].clone()))
+        return img, ids
+    (m,) = nodes.SlidingWindowGuidance().patch(model, 0.5, True, 0.625, 2, 0.0, 1.0)
+    net.process_img = process_img
+    try:
+        out = ksample(m, pos, neg, 2.0, steps=2)
+        full = original(torch.zeros(1, 4, 16, 16))[1][0].reshape(8, 8, 3)
+    finally:
+        del net.process_img
+    crops = [ids for size, ids in seen if size == (10, 10)]
+    assert len(crops) == 4 * 2                       # 4 places a step, 2 steps
+    places = set()
+    for ids in crops:
+        top, left = int(ids[0, 1]), int(ids[0, 2])
+        assert torch.equal(ids.reshape(5, 5, 3), full[top:top + 5, left:left + 5])
+        places.add((top, left))
+    assert places == {(0, 0), (0, 3), (3, 0), (3, 3)}
+    assert close(model, out, ours(model, pos, neg, 2.0, wg.MSWG(0.5, window=10), steps=2))
+
+
+def _fused_reference(model, pos, neg, cfg, sigmas, shape, seed, mode, sampler, vcf, options):
+    """windowguide's fusion (its own state / prediction fusion) on windowguide's CFG of the same network."""
+    from harness import captured
+    from windowguide.fusion import FusedDenoiser, check_fusion, sample_fused_states
+    from windowguide.integrations.comfyui import ComfyDenoiser
+    from windowguide.sampling import SAMPLERS, PerSampleNoise
+    from windowguide.windows import layout
+    seen = captured(model, pos, neg, cfg, shape=shape, seed=seed)
+    den = wg.guidance.guided(ComfyDenoiser(model.model, [seen["cond"], seen["uncond"]], {"transformer_options": {}}),
+                             wg.CFG(cfg - 1, null={"which": torch.tensor(1)}))
+    which = {"which": torch.zeros(1, dtype=torch.long)}
+    noise = PerSampleNoise.from_seeds([seed])
+    x = noise(torch.empty(shape)) * (1 + float(sigmas[0]) ** 2) ** 0.5       # ComfyUI's max-denoise scaling
+    lay = layout(shape[2], shape[3], 16, stride=8)
+    fuse, weighting, opts = check_fusion(mode, None, None, sampler, vcf, dict(options))
+    model.pre_run()
+    try:
+        with torch.no_grad():
+            if fuse == "prediction":
+                return SAMPLERS[sampler](FusedDenoiser(den, lay, weighting), x, sigmas.double(), which, noise=noise, **opts)
+            return sample_fused_states(den, x, sigmas.double(), which, lay, weighting, sampler, noise, vcf, **opts)
+    finally:
+        model.cleanup()
+
+
+@pytest.mark.parametrize("mode, sampler, vcf, eta", [("gf", "euler", False, 0.0), ("multidiffusion", "ddpm", True, 0.0),
+                                                      ("gaussian", "heun", False, 0.0), ("gf", "ddim", True, 0.5)])
+def test_fusion_sampler_equals_windowguides_fusion(sd15, mode, sampler, vcf, eta):
+    import comfy.sample
+    import comfy.samplers
+    pos, neg = conditioning(1), conditioning(2)
+    (ks,) = nodes.FusionSampler().build(sampler, mode, 16, 8, vcf, eta, 0.0, False)
+    shape, seed = (1, 4, 16, 40), 11
+    sigmas = comfy.samplers.calculate_sigmas(sd15.get_model_object("model_sampling"), "normal", 3)
+    noise = comfy.sample.prepare_noise(torch.zeros(shape), seed)
+    out = comfy.sample.sample_custom(sd15, noise, 3.0, ks, sigmas, pos, neg, torch.zeros(shape), seed=seed,
+                                     disable_pbar=True)
+    ref = _fused_reference(sd15, pos, neg, 3.0, sigmas, shape, seed, mode, sampler, vcf,
+                           {"eta": eta} if sampler == "ddim" else {})
+    assert close(sd15, out, sd15.model.process_latent_out(ref))
+
+
+def test_fusion_sampler_refuses_what_it_cannot_do(sd15):
+    from windowguide.errors import WindowguideError
+    with pytest.raises(WindowguideError, match="VCF corrects noise added after the fused update"):
+        nodes.FusionSampler().build("euler", "gf", 16, 8, True, 0.0, 0.0, False)
+    with pytest.raises(WindowguideError, match="sampler 'dpmpp_2m'"):
+        nodes.FusionSampler().build("dpmpp_2m", "gf", 16, 8, False, 0.0, 0.0, False)
+    with pytest.raises(WindowguideError, match="style_alpha 1.5"):
+        nodes.FusionSampler().build("euler", "gf", 16, 8, False, 0.0, 1.5, False)

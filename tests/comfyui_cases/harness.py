@@ -68,7 +68,7 @@ def tiny_flux(seed=0):
     """A FLUX-style transformer (ComfyUI's ``Flux`` config: 2 x 2 patches, RoPE ids, guidance embedding)."""
     cfg = dict(image_model="flux", in_channels=4, patch_size=2, out_channels=4, vec_in_dim=16, context_in_dim=16,
                hidden_size=32, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6],
-               theta=10000, qkv_bias=True, guidance_embed=False)
+               theta=10000, qkv_bias=True, guidance_embed=False, txt_ids_dims=[])
     return _patcher(supported.Flux(cfg), seed)
 
 
@@ -150,8 +150,10 @@ def counted(model):
 
 
 def close(model, a, b, tol=1e-4) -> bool:
-    """|a - b| <= tol in the model's own latent space (ComfyUI returns latents divided by its scale factor)."""
+    """max |a - b| <= tol max(1, max |b|) in the model's own latent space (ComfyUI returns latents divided
+    by its scale factor; these tiny random nets make latents of magnitude ~30, float32 round-off grows
+    with it)."""
     pa, pb = model.model.process_latent_in(a), model.model.process_latent_in(b)
-    err = float((pa - pb).abs().max())
-    print(f"max |ComfyUI - windowguide| = {err:.2e}")
-    return err <= tol
+    err, size = float((pa - pb).abs().max()), float(pb.abs().max())
+    print(f"max |ComfyUI - windowguide| = {err:.2e} (latents up to {size:.1f})")
+    return err <= tol * max(1.0, size)

@@ -166,12 +166,41 @@ class Recipe:
         return (host.add_rules(model, makers, cfg_on=cfg_on, cfg_weight=cfg_weight),)
 
 
+class FusionSampler:
+    """A SAMPLER for SamplerCustom: the canvas (any size) denoised from overlapping windows of the model's
+    size and fused: MultiDiffusion (uniform), Guided Fusion (cone weights, default), gaussian (Mixture of
+    Diffusers); VCF for ddpm / ddim with eta > 0; style alignment of the initial noise; circular width.
+    Every guidance node's terms (and the sampler's CFG) run inside each window."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "sampler": (list(host.FUSION_SAMPLERS), {"default": "euler"}),
+            "mode": (["gf", "multidiffusion", "gaussian"], {"default": "gf"}),
+            "window": ("INT", {"default": 64, "min": 1, "max": 4096, "tooltip": "latent pixels: the model's size "
+                                                                                 "(SD 1.5: 64, SDXL: 128)"}),
+            "stride": ("INT", {"default": 16, "min": 1, "max": 4096}),
+            "vcf": ("BOOLEAN", {"default": False}),
+            "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            "style_alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            "circular": ("BOOLEAN", {"default": False}),
+        }}
+
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "build"
+    CATEGORY = CATEGORY
+
+    def build(self, sampler, mode, window, stride, vcf, eta, style_alpha, circular):
+        return (host.fusion_sampler(mode, sampler, window, stride, bool(vcf), eta, style_alpha, bool(circular)),)
+
+
 NODES = {
     "WindowguideSlidingWindowGuidance": (SlidingWindowGuidance, "Sliding-Window Guidance (M-SWG, windowguide)"),
     "WindowguideSegmentedGuidance": (SegmentedGuidance, "Segmented Guidance (SGG, windowguide)"),
     "WindowguideTwoModelAutoguidance": (TwoModelAutoguidance, "Two-Model Autoguidance (windowguide)"),
     "WindowguideGuidanceInterval": (GuidanceInterval, "CFG Guidance Interval (windowguide)"),
     "WindowguideRecipe": (Recipe, "Guidance Recipe (windowguide)"),
+    "WindowguideFusionSampler": (FusionSampler, "Large-Canvas Fusion Sampler (GF / VCF, windowguide)"),
 }
 NODE_CLASS_MAPPINGS = {k: v[0] for k, v in NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {k: v[1] for k, v in NODES.items()}

@@ -170,12 +170,17 @@ class ComfyDenoiser(Denoiser):
         return self
 
     def forward(self, x, sigma, cond):
+        from ..windows import regions_of_call
         which = cond["which"] if isinstance(cond, dict) else torch.zeros(x.shape[0], dtype=torch.long)
+        regions = current_regions()
         out = torch.empty_like(x)
         for k in torch.unique(which).tolist():
             idx = (which == k).nonzero().flatten()
-            rows = slice(None) if len(idx) == x.shape[0] else idx
-            out[rows] = self._placed(x[rows], sigma[rows], self.conds[k])
+            if len(idx) == x.shape[0]:
+                out = self._placed(x, sigma, self.conds[k])
+                continue
+            with regions_of_call(None if regions is None else regions[idx.to(regions.device)]):
+                out[idx] = self._placed(x[idx], sigma[idx], self.conds[k])
         return out
 
     def _placed(self, x, sigma, conds):
@@ -185,19 +190,28 @@ class ComfyDenoiser(Denoiser):
         whole = regions is not None and tuple(regions[0, 2:].tolist()) == tuple(x.shape[-2:])
         if regions is not None and not whole and type(self.model).__name__ == "SDXL":
             conds = [sdxl_crop_cond(self.model, c, regions, tuple(x.shape[-2:])) for c in conds]
-        if regions is None or not hasattr(net, "process_img"):
+        if regions is None or whole or not hasattr(net, "process_img"):
             return cf.samplers.calc_cond_batch(self.model, [conds], x, sigma, self.options)[0]
         out = torch.empty_like(x)
         patch = network_multiple(self.model)
         for top, left in {(int(r[0]), int(r[1])) for r in regions}:
             idx = ((regions[:, 0] == top) & (regions[:, 1] == left)).nonzero().flatten().to(x.device)
-            options = cf.model_patcher.create_model_options_clone(self.options)
-            rope = dict(options.setdefault("transformer_options", {}).get("rope_options") or {})
-            rope["shift_y"] = rope.get("shift_y", 0.0) + top // patch
-            rope["shift_x"] = rope.get("shift_x", 0.0) + left // patch
-            options["transformer_options"]["rope_options"] = rope
+            options = shifted_options(self.options, top // patch, left // patch)
             out[idx] = cf.samplers.calc_cond_batch(self.model, [conds], x[idx], sigma[idx], options)[0]
         return out
+
+
+def shifted_options(model_options: dict, dy: float, dx: float) -> dict:
+    """Model options whose ``rope_options`` put an image's token (0, 0) at (dy, dx) of the canvas, on top
+    of the user's own shift (a fusion window's shift is replaced, not added: crops carry canvas places)."""
+    cf = comfy()
+    options = cf.model_patcher.create_model_options_clone(model_options)
+    t = options.setdefault("transformer_options", {})
+    rope = dict(t.get("rope_options") or {})
+    wy, wx = t.get("windowguide_window", (0.0, 0.0))
+    rope["shift_y"], rope["shift_x"] = rope.get("shift_y", 0.0) - wy + dy, rope.get("shift_x", 0.0) - wx + dx
+    t["rope_options"], t["windowguide_window"] = rope, (dy, dx)
+    return options
 
 
 def sdxl_crop_cond(model, cond: dict, regions: torch.Tensor, size: tuple[int, int]) -> dict:
@@ -343,3 +357,86 @@ def _block(b) -> int:
         return int(b)
     except ValueError:
         raise WindowguideError(f"slg:skip= takes block indices such as 7/8/9, got {b!r}") from None
+
+
+class ComfyWindows(Denoiser):
+    """ComfyUI's k-diffusion model wrapper (``model(x, sigma, **extra_args)``, CFG and every node's
+    guidance included) as the window denoiser of windowguide's fusion; a FLUX-style network's windows are
+    called at their place on the canvas (``rope_options``), one call per place."""
+
+    def __init__(self, model, extra_args: dict, placed: bool, patch: int):
+        self.model, self.extra, self.canvas_positions, self.patch = model, extra_args, placed, patch
+        self.multiple, self.null_cond = 1, None
+
+    def forward(self, x, sigma, cond):
+        regions = current_regions()
+        if regions is None or not self.canvas_positions:
+            return self.model(x, sigma, **self.extra)
+        out = torch.empty_like(x)
+        for top, left in {(int(r[0]), int(r[1])) for r in regions}:
+            idx = ((regions[:, 0] == top) & (regions[:, 1] == left)).nonzero().flatten().to(x.device)
+            extra = dict(self.extra)
+            extra["model_options"] = shifted_options(self.extra.get("model_options", {}), top // self.patch,
+                                                     left // self.patch)
+            out[idx] = self.model(x[idx], sigma[idx], **extra)
+        return out
+
+
+FUSION_SAMPLERS = ("euler", "heun", "ddim", "ddpm")
+
+
+def fusion_sampler(mode: str = "gf", sampler: str = "euler", window: int = 64, stride: int = 16, vcf: bool = False,
+                   eta: float = 0.0, style_alpha: float = 0.0, circular: bool = False, max_batch: int = 0):
+    """A ComfyUI KSAMPLER that denoises a canvas larger than the model from overlapping windows
+    (``windowguide.fusion``): MultiDiffusion (uniform state fusion), Guided Fusion (cone weights), gaussian
+    prediction fusion; VCF for DDPM / DDIM with eta > 0; style alignment of the initial noise; circular
+    width. Every guidance node's terms run inside each window (they are part of the model it calls)."""
+    from ..fusion import check_fusion
+    if sampler not in FUSION_SAMPLERS:
+        raise WindowguideError(f"sampler {sampler!r}: accepted: {', '.join(FUSION_SAMPLERS)}")
+    options = {"eta": float(eta)} if sampler == "ddim" else {}
+    check_fusion(mode, None, None, sampler, vcf, dict(options))
+    if not 0 <= float(style_alpha) <= 1:
+        raise WindowguideError(f"style_alpha {style_alpha!r}: accepted: [0, 1]")
+    for name, v in (("window", window), ("stride", stride)):
+        if int(v) < 1:
+            raise WindowguideError(f"{name} {v!r}: accepted: an integer >= 1 (latent pixels)")
+
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        return fuse_canvas(model, x, sigmas, dict(extra_args or {}), mode, sampler, int(window), int(stride), vcf,
+                           options, float(style_alpha), bool(circular), callback, disable)
+    return comfy().samplers.KSAMPLER(sample)
+
+
+def fuse_canvas(model, x, sigmas, extra, mode, sampler, window, stride, vcf, options, style_alpha, circular,
+                callback=None, disable=None):
+    """The fused canvas from ComfyUI's noised canvas ``x`` (its noise drawn from ``extra['seed']``, one
+    generator per sample, seed + i, continued for the windows' noise as ``windowguide.fusion.panorama``)."""
+    from ..fusion import FusedDenoiser, check_fusion, sample_fused_states, style_aligned_noise
+    from ..sampling import SAMPLERS, PerSampleNoise
+    from ..windows import layout
+    fuse, weighting, opts = check_fusion(mode, None, None, sampler, vcf, dict(options))
+    seed = int(extra.get("seed", 0))
+    n, c, h, w = x.shape
+    lay = layout(h, w, (min(window, h), min(window, w)), stride=stride, circular=circular)
+    noise = PerSampleNoise.from_seeds([seed + i for i in range(n)])
+    z = noise(torch.empty_like(x))                 # the draw ComfyUI made from these seeds; windows' noise follows
+    if style_alpha > 0:
+        latent = getattr(model, "latent_image", None)
+        if latent is not None and bool(latent.abs().max() > 0):
+            raise WindowguideError("style_alpha aligns the initial noise of an empty latent; this run starts from "
+                                   "an image (img2img): set style_alpha to 0")
+        scale = x.flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1)
+        x = style_aligned_noise(x / scale.view(-1, 1, 1, 1), lay.window, style_alpha, noise.generators) * scale.view(
+            -1, 1, 1, 1)
+    inner = model.inner_model.inner_model if hasattr(model, "inner_model") else None
+    net = getattr(inner, "diffusion_model", None)
+    placed = net is not None and hasattr(net, "process_img")
+    windows = ComfyWindows(model, extra, placed, network_multiple(inner) if placed else 1)
+    sigmas = sigmas.to(torch.float64)
+    step = None if callback is None else (lambda i, x_, d, s: callback({"i": i, "x": x_, "denoised": d}))
+    if fuse == "prediction":
+        return SAMPLERS[sampler](FusedDenoiser(windows, lay, weighting), x, sigmas, None, noise=noise,
+                                 callback=step, progress=False, **opts)
+    return sample_fused_states(windows, x, sigmas, None, lay, weighting, sampler, noise, vcf, progress=False,
+                               callback=step, **opts)
