@@ -35,25 +35,7 @@ import comfy.supported_models as supported  # noqa: E402
 CPU = torch.device("cpu")
 
 
-def _patcher(model_config, seed=0):
-    torch.manual_seed(seed)
-    model = model_config.get_model({}, "")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-    return comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
-
-
-UNET = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True, 'legacy': False,
-        'dtype': torch.float32, 'in_channels': 4, 'model_channels': 32, 'num_res_blocks': [1, 1],
-        'transformer_depth': [1, 1, 0, 0], 'channel_mult': [1, 2], 'transformer_depth_middle': 1,
-        'transformer_depth_output': [1, 1, 0, 0], 'use_temporal_attention': False, 'use_temporal_resblock': False}
-
-
-def tiny_sd15(seed=0):
-    """An SD1.5-style UNet (ComfyUI's ``SD15`` config, 2 levels, cross-attention on 16-d context)."""
-    return _patcher(supported.SD15({**UNET, 'adm_in_channels': None, 'use_linear_in_transformer': False,
-                                    'context_dim': 16, 'num_heads': 2}), seed)
+from tiny_models import UNET, conditioning, patcher as _patcher, tiny_sd15  # noqa: E402,F401
 
 
 def tiny_sdxl(seed=0):
@@ -70,14 +52,6 @@ def tiny_flux(seed=0):
                hidden_size=32, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[4, 6, 6],
                theta=10000, qkv_bias=True, guidance_embed=False, txt_ids_dims=[])
     return _patcher(supported.Flux(cfg), seed)
-
-
-def conditioning(seed, pooled=False, **extra):
-    g = torch.Generator().manual_seed(seed)
-    info = dict(extra)
-    if pooled:
-        info["pooled_output"] = torch.randn(1, 16, generator=g)
-    return [[torch.randn(1, 6, 16, generator=g), info]]
 
 
 def ksample(model, positive, negative, cfg, steps=4, sampler="euler", scheduler="normal", shape=(1, 4, 16, 16), seed=3):
