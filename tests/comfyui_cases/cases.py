@@ -211,3 +211,13 @@ def test_fusion_sampler_refuses_what_it_cannot_do(sd15):
         nodes.FusionSampler().build("dpmpp_2m", "gf", 16, 8, False, 0.0, 0.0, False)
     with pytest.raises(WindowguideError, match="style_alpha 1.5"):
         nodes.FusionSampler().build("euler", "gf", 16, 8, False, 0.0, 1.5, False)
+
+
+def test_max_batch_splits_the_crops_and_changes_nothing_else(sd15):
+    pos, neg = conditioning(1), conditioning(2)
+    (a,) = nodes.SlidingWindowGuidance().patch(sd15, 0.5, True, 0.625, 2, 0.0, 1.0)
+    (b,) = nodes.SlidingWindowGuidance().patch(sd15, 0.5, True, 0.625, 2, 0.0, 1.0, max_batch=1)
+    b, calls = counted(b)
+    assert close(sd15, ksample(b, pos, neg, 3.0), ksample(a, pos, neg, 3.0), 1e-6)
+    assert calls == [(2, 4, 16, 16)] + [(1, 4, 10, 10)] * 4 + [(2, 4, 16, 16)] + [(1, 4, 10, 10)] * 4 + \
+        [(2, 4, 16, 16)] + [(1, 4, 10, 10)] * 4 + [(2, 4, 16, 16)] + [(1, 4, 10, 10)] * 4

@@ -172,6 +172,8 @@ def run(json_path: str | None = None, quick: bool = False, device: str | None = 
     report["pipelines"] = [measure_sd(32, 4 if quick else 10, 3 if quick else 7, dev),
                            measure_dit(32, 4 if quick else 10, 3 if quick else 7, dev),
                            measure_modular_sdxl(32, 4 if quick else 10, 3 if quick else 7, dev)]
+    from .comfyui import measure_comfyui
+    report["comfyui"] = measure_comfyui(4 if quick else 8, 3 if quick else 7)
     edm2_repeats = 1 if quick else 3
     report["edm2"] = [measure_edm2("xs", 1, 2, edm2_repeats, dev)]
     if dev.type == "cuda":
@@ -201,6 +203,11 @@ def format_report(report: dict) -> str:
             line += (f"; M-SWG cost {r['mswg_cost_ratio']:.3f} / FLOP floor {r['flop_floor']:.3f} = "
                      f"{r['mswg_cost_vs_floor']:.3f}")
         lines.append(line)
+    c = report.get("comfyui")
+    lines.append("ComfyUI: no ComfyUI found (set COMFYUI_PATH)" if c is None else
+                 f"{c['model']}: M-SWG node / plain KSampler {c['mswg_cost_ratio']:.3f}, FLOP floor "
+                 f"{c['flop_floor']:.3f} ({c['cost_vs_floor']:.3f} of it); the same crops one call at a time / "
+                 f"batched {c['batched_speedup']:.2f}")
     if report.get("edm2"):
         lines.append(f"{'EDM2 (64x64x4, random weights)':31s} {'batch':>5} {'GFLOP/eval':>10} {'mswg_cost_ratio':>16} "
                      f"{'flop_floor':>11} {'cost_vs_floor':>14} {'s/step (M-SWG)':>15}")

@@ -52,17 +52,21 @@ class SlidingWindowGuidance:
             "windows_per_side": ("INT", {"default": 2, "min": 2, "max": 64}),
             "start_percent": ("FLOAT", _PERCENT),
             "end_percent": ("FLOAT", {**_PERCENT, "default": 1.0}),
-        }, "optional": {"sigma_start": ("FLOAT", _SIGMA), "sigma_end": ("FLOAT", _SIGMA)}}
+        }, "optional": {"sigma_start": ("FLOAT", _SIGMA), "sigma_end": ("FLOAT", _SIGMA),
+                        "max_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
+                                              "tooltip": "crops per network call (memory cap); 0: all in one"})}}
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
     CATEGORY = CATEGORY
 
     def patch(self, model, weight, masked, window, windows_per_side, start_percent, end_percent,
-              sigma_start=-1.0, sigma_end=-1.0):
+              sigma_start=-1.0, sigma_end=-1.0, max_batch=0):
         lo, hi = _range(model, start_percent, end_percent, sigma_start, sigma_end)
         maker = host.swg_maker(weight, _window(window, windows_per_side), bool(masked), lo, hi)
-        return (host.add_rules(model, [maker]),)
+        if int(max_batch) < 0:
+            raise WindowguideError(f"max_batch {max_batch!r}: accepted: 0 (all crops in one call) or a positive integer")
+        return (host.add_rules(model, [maker], max_batch=int(max_batch) or None),)
 
 
 class SegmentedGuidance:

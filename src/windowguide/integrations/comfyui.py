@@ -70,6 +70,7 @@ class Rules:
     makers: tuple = ()
     cfg_on: tuple = ()
     cfg_weights: tuple = ()
+    max_batch: int | None = None          # at most this many crops per network call (None: all in one)
 
     def __deepcopy__(self, memo):          # ComfyUI deep-copies model_options on clone; rules are immutable
         return self
@@ -81,7 +82,8 @@ class Rules:
         return Guidance(tuple(make(shape, multiple, model) for make in self.makers))
 
 
-def add_rules(model, makers=(), cfg_on: tuple[float, float] | None = None, cfg_weight: float | None = None):
+def add_rules(model, makers=(), cfg_on: tuple[float, float] | None = None, cfg_weight: float | None = None,
+              max_batch: int | None = None):
     """A clone of the ComfyUI MODEL with the rules added (the functions installed with the first)."""
     m = model.clone()
     rules = m.model_options.get(KEY)
@@ -93,8 +95,10 @@ def add_rules(model, makers=(), cfg_on: tuple[float, float] | None = None, cfg_w
         m.set_model_sampler_calc_cond_batch_function(_calc_cond_batch)
         m.set_model_sampler_post_cfg_function(_post_cfg)
         rules = Rules()
+    caps = [c for c in (rules.max_batch, max_batch) if c]
     m.model_options[KEY] = Rules(rules.makers + tuple(makers), rules.cfg_on + ((cfg_on,) if cfg_on else ()),
-                                 rules.cfg_weights + (() if cfg_weight is None else (float(cfg_weight),)))
+                                 rules.cfg_weights + (() if cfg_weight is None else (float(cfg_weight),)),
+                                 min(caps) if caps else None)
     return m
 
 
@@ -120,7 +124,7 @@ def _post_cfg(args):
     check_conds(args["cond"])
     net = ComfyDenoiser(model, [args["cond"]], args["model_options"])
     terms = rules.terms(tuple(x.shape[-2:]), net.multiple, model)
-    guided = GuidedDenoiser(_KnownPositive(net, x, positive), terms)
+    guided = GuidedDenoiser(_KnownPositive(net, x, positive), terms, rules.max_batch)
     guided.check(tuple(x.shape[1:]))
     if not any(bool(t.active(sigma.flatten()[:1]).any()) for t in terms):
         return args["denoised"]
