@@ -221,3 +221,40 @@ def test_max_batch_splits_the_crops_and_changes_nothing_else(sd15):
     assert close(sd15, ksample(b, pos, neg, 3.0), ksample(a, pos, neg, 3.0), 1e-6)
     assert calls == [(2, 4, 16, 16)] + [(1, 4, 10, 10)] * 4 + [(2, 4, 16, 16)] + [(1, 4, 10, 10)] * 4 + \
         [(2, 4, 16, 16)] + [(1, 4, 10, 10)] * 4 + [(2, 4, 16, 16)] + [(1, 4, 10, 10)] * 4
+
+
+def test_fusion_view_batch_caps_the_windows_per_call(sd15):
+    import comfy.sample
+    import comfy.samplers
+    pos, neg = conditioning(1), conditioning(2)
+    shape, seed = (1, 4, 16, 40), 11
+    sigmas = comfy.samplers.calculate_sigmas(sd15.get_model_object("model_sampling"), "normal", 2)
+    noise = comfy.sample.prepare_noise(torch.zeros(shape), seed)
+    outs, counts = [], []
+    for view_batch in (0, 2):
+        (ks,) = nodes.FusionSampler().build("euler", "gf", 16, 8, False, 0.0, 0.0, False, view_batch)
+        m, calls = counted(sd15)
+        outs.append(comfy.sample.sample_custom(m, noise, 3.0, ks, sigmas, pos, neg, torch.zeros(shape), seed=seed,
+                                               disable_pbar=True))
+        counts.append(calls)
+    assert close(sd15, outs[1], outs[0], 1e-6)
+    assert {c[0] for c in counts[0]} == {8} and {c[0] for c in counts[1]} == {4}     # 4 windows x (cond, uncond)
+
+
+def test_sgg_with_skip_layer_on_a_flux_transformer():
+    from harness import tiny_flux
+    from windowguide.integrations.comfyui import skip_negative
+    model = tiny_flux()
+    pos, neg = conditioning(1, pooled=True), conditioning(2, pooled=True)
+    (m,) = nodes.SegmentedGuidance().patch(model, 0.5, "skip_layer", 3.0, 0.625, 2, "0")
+    out = ksample(m, pos, neg, 2.0, steps=4)
+    split = model.get_model_object("model_sampling").percent_to_sigma(0.5)
+    g = wg.Custom(skip_negative([0]), 3.0, name="skip_layer", sigma_hi=split)
+    ref = ours(model, pos, neg, 2.0, g, steps=4, cfg_above=split)
+    assert close(model, out, ref)
+    plain = ksample(model, pos, neg, 2.0, steps=4)           # the term changes the result far beyond round-off
+    assert (out - plain).abs().max() > 100 * max((out - ref).abs().max(), 1e-7)
+    from windowguide.errors import WindowguideError
+    (bad,) = nodes.SegmentedGuidance().patch(model, 0.5, "skip_layer", 1.5, 0.625, 2, "5")
+    with pytest.raises(WindowguideError, match="skip-layer blocks \\[5\\]: this model has 1"):
+        ksample(bad, pos, neg, 2.0, steps=4)

@@ -188,14 +188,16 @@ class FusionSampler:
             "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
             "style_alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
             "circular": ("BOOLEAN", {"default": False}),
-        }}
+        }, "optional": {"view_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
+                                               "tooltip": "windows per network call (memory cap); 0: all in one"})}}
 
     RETURN_TYPES = ("SAMPLER",)
     FUNCTION = "build"
     CATEGORY = CATEGORY
 
-    def build(self, sampler, mode, window, stride, vcf, eta, style_alpha, circular):
-        return (host.fusion_sampler(mode, sampler, window, stride, bool(vcf), eta, style_alpha, bool(circular)),)
+    def build(self, sampler, mode, window, stride, vcf, eta, style_alpha, circular, view_batch=0):
+        return (host.fusion_sampler(mode, sampler, window, stride, bool(vcf), eta, style_alpha, bool(circular),
+                                    view_batch),)
 
 
 NODES = {

@@ -368,11 +368,22 @@ class ComfyWindows(Denoiser):
     guidance included) as the window denoiser of windowguide's fusion; a FLUX-style network's windows are
     called at their place on the canvas (``rope_options``), one call per place."""
 
-    def __init__(self, model, extra_args: dict, placed: bool, patch: int):
+    def __init__(self, model, extra_args: dict, placed: bool, patch: int, view_batch: int = 0):
         self.model, self.extra, self.canvas_positions, self.patch = model, extra_args, placed, patch
-        self.multiple, self.null_cond = 1, None
+        self.multiple, self.null_cond, self.view_batch = 1, None, int(view_batch)
 
     def forward(self, x, sigma, cond):
+        if self.view_batch and x.shape[0] > self.view_batch:      # at most view_batch windows per call
+            from ..windows import regions_of_call
+            regions, out = current_regions(), torch.empty_like(x)
+            for start in range(0, x.shape[0], self.view_batch):
+                rows = slice(start, start + self.view_batch)
+                with regions_of_call(None if regions is None else regions[rows]):
+                    out[rows] = self._windows(x[rows], sigma[rows])
+            return out
+        return self._windows(x, sigma)
+
+    def _windows(self, x, sigma):
         regions = current_regions()
         if regions is None or not self.canvas_positions:
             return self.model(x, sigma, **self.extra)
@@ -390,7 +401,7 @@ FUSION_SAMPLERS = ("euler", "heun", "ddim", "ddpm")
 
 
 def fusion_sampler(mode: str = "gf", sampler: str = "euler", window: int = 64, stride: int = 16, vcf: bool = False,
-                   eta: float = 0.0, style_alpha: float = 0.0, circular: bool = False, max_batch: int = 0):
+                   eta: float = 0.0, style_alpha: float = 0.0, circular: bool = False, view_batch: int = 0):
     """A ComfyUI KSAMPLER that denoises a canvas larger than the model from overlapping windows
     (``windowguide.fusion``): MultiDiffusion (uniform state fusion), Guided Fusion (cone weights), gaussian
     prediction fusion; VCF for DDPM / DDIM with eta > 0; style alignment of the initial noise; circular
@@ -405,15 +416,17 @@ def fusion_sampler(mode: str = "gf", sampler: str = "euler", window: int = 64, s
     for name, v in (("window", window), ("stride", stride)):
         if int(v) < 1:
             raise WindowguideError(f"{name} {v!r}: accepted: an integer >= 1 (latent pixels)")
+    if int(view_batch) < 0:
+        raise WindowguideError(f"view_batch {view_batch!r}: accepted: 0 (all windows in one call) or a positive integer")
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         return fuse_canvas(model, x, sigmas, dict(extra_args or {}), mode, sampler, int(window), int(stride), vcf,
-                           options, float(style_alpha), bool(circular), callback, disable)
+                           options, float(style_alpha), bool(circular), callback, disable, int(view_batch))
     return comfy().samplers.KSAMPLER(sample)
 
 
 def fuse_canvas(model, x, sigmas, extra, mode, sampler, window, stride, vcf, options, style_alpha, circular,
-                callback=None, disable=None):
+                callback=None, disable=None, view_batch: int = 0):
     """The fused canvas from ComfyUI's noised canvas ``x`` (its noise drawn from ``extra['seed']``, one
     generator per sample, seed + i, continued for the windows' noise as ``windowguide.fusion.panorama``)."""
     from ..fusion import FusedDenoiser, check_fusion, sample_fused_states, style_aligned_noise
@@ -436,7 +449,7 @@ def fuse_canvas(model, x, sigmas, extra, mode, sampler, window, stride, vcf, opt
     inner = model.inner_model.inner_model if hasattr(model, "inner_model") else None
     net = getattr(inner, "diffusion_model", None)
     placed = net is not None and hasattr(net, "process_img")
-    windows = ComfyWindows(model, extra, placed, network_multiple(inner) if placed else 1)
+    windows = ComfyWindows(model, extra, placed, network_multiple(inner) if placed else 1, view_batch)
     sigmas = sigmas.to(torch.float64)
     step = None if callback is None else (lambda i, x_, d, s: callback({"i": i, "x": x_, "denoised": d}))
     if fuse == "prediction":
