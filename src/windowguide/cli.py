@@ -40,6 +40,14 @@ def _bench(args) -> int:
         settings = w2s.W2SSettings(**{k: v for k, v in given.items() if v})
         report = w2s.run(args.json, out_dir=args.out or "runs/bench/quality", settings=settings)
         print(w2s.format_report(report))
+    elif args.what == "fronts":
+        from .bench import fronts
+        settings = None
+        if args.datasets:
+            base = fronts.QUICK_FRONTS if args.quick else fronts.FrontSettings()
+            settings = fronts.FrontSettings(**{**base.__dict__, "datasets": tuple(args.datasets.split(","))})
+        report = fronts.run(args.json, quick=args.quick, out_dir=args.out or "runs/bench/fronts", settings=settings)
+        print(fronts.format_report(report))
     elif args.what == "positions":
         from .bench import positions
         report = positions.run(args.json, quick=args.quick)
@@ -227,9 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     toy.set_defaults(func=_toy)
 
     bench = sub.add_parser("bench", parents=[common], help="benchmarks that print figures")
-    bench.add_argument("what", choices=["speed", "quality", "panorama", "w2s", "generate", "positions", "demo"],
+    bench.add_argument("what", choices=["speed", "quality", "fronts", "panorama", "w2s", "generate", "positions", "demo"],
                        help="speed: what each guidance costs against its FLOP floor and diffusers; quality: every "
-                            "guidance method over weights on the bundled models (FD, KID, IS, P/R, coherence); "
+                            "guidance method over weights on the bundled models (FD, KID, IS, P/R, coherence); fronts: "
+                            "fine sweeps over seed sets, Pareto fronts of quality against side effects, gains per "
+                            "sigma band, banded M-SWG and a w(sigma) schedule; "
                             "panorama: fusion methods on wide scenes, and speed against diffusers; w2s: guidance "
                             "learned in training vs CFG; generate: the sample command's overhead and 1 vs 2 "
                             "processes; positions: crop positional embeddings on a tiny DiT; demo: 'windowguide "
@@ -239,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     bench.add_argument("--out", help="folder for plots and grids")
     bench.add_argument("--train-steps", type=int, help="w2s: training steps of every model (default 400)")
-    bench.add_argument("--datasets", help="w2s: comma-separated, default digits,mirror")
+    bench.add_argument("--datasets", help="w2s, fronts: comma-separated, default digits,mirror")
     bench.set_defaults(func=_bench)
 
     demo = sub.add_parser("demo", parents=[common],
