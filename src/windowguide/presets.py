@@ -17,6 +17,7 @@ AG_PAPER = "Karras et al. 2024, Guiding a diffusion model with a bad version of 
 INTERVAL_PAPER = "Kynkäänniemi et al. 2024, Applying guidance in a limited interval (arXiv 2404.07724)"
 SGG_PAPER = "Improving Diffusion Generalization with Weak-to-Strong Segmented Guidance (SGG), SD3.5 recipe"
 SD35 = "diffusers' StableDiffusion3Pipeline skip-layer guidance for SD3.5 Medium"
+FRONTS = "windowguide bench fronts (benchmarks/fronts_cpu.txt: 3 seed sets x 100 samples, 10 Heun steps): {}"
 CARD = "the model card's settings, as diffusers' {pipeline} documents them (its example and defaults)"
 GVCF_PAPER = ("Guided and Variance-Corrected Fusion with One-shot Style Alignment for Large-Content Image "
               "Generation (arXiv 2412.12771), SD 2.0 panoramas")
@@ -101,6 +102,16 @@ PRESETS = {
                                     f"{INTERVAL_PAPER}, EDM2-XXL, FID 1.81 -> 1.40",
                                     "scale 2.0 on sigma in (0.28, 2.9] -> w = 1.0 with lo=0.28, hi=2.9; the negative "
                                     "is the unconditional XS network, as in EDM2's CFG"),
+    "mirror-cfg": Preset("cfg:w=0.8", "mirror (bundled)", FRONTS.format(
+        "the lowest FD on mirror's dominant front, FD 0.059 +- 0.044 (none 0.804 +- 0.342), side effect 0.012"),
+        "the front's point; w 1.6 ties on FD (0.059 +- 0.039) at twice the weight", steps=10, sampler="heun"),
+    "mirror-mswg-banded": Preset("mswg:w=0.8,window=16,first=0,last=5", "mirror (bundled)", FRONTS.format(
+        "M-SWG's gain is in the high and middle thirds of the steps; on steps 0-5 of 10 it keeps 114 % of full M-SWG's "
+        "FD gain (0.219 +- 0.035 vs 0.192) at 63 % of its extra network evaluations"),
+        "w 0.8 = M-SWG's best constant weight on mirror (FD 0.612 +- 0.066)", steps=10, sampler="heun"),
+    "digits-cfg": Preset("cfg:w=0.2", "digits (bundled)", FRONTS.format(
+        "the lowest FD on digits' dominant front, FD 0.623 +- 0.216 (none 0.826 +- 0.408); SWG and M-SWG gain "
+        "no more than the spread there (best 0.786 +- 0.317)"), "the front's point", steps=10, sampler="heun"),
     "flux2-klein-base": Preset("cfg:w=3", "FLUX.2 [klein] base 4B/9B (pipeline folder)",
                                CARD.format(pipeline="Flux2KleinPipeline"),
                                "guidance_scale 4.0 -> w 3 (diffusers' convention), the empty negative prompt; 50 steps",
