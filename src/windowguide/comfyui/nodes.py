@@ -16,6 +16,13 @@ _WINDOW = {"default": 0.625, "min": 0.0, "max": 4096.0, "step": 0.005,
            "tooltip": "<= 1: a fraction of each latent side (0.625 = 5/8); > 1: latent pixels"}
 
 
+def _interval(required: dict, optional: dict | None = None) -> dict:
+    """INPUT_TYPES with a sigma interval: start/end percents (ComfyUI's convention) or sigmas."""
+    return {"required": {**required, "start_percent": ("FLOAT", _PERCENT),
+                         "end_percent": ("FLOAT", {**_PERCENT, "default": 1.0})},
+            "optional": {"sigma_start": ("FLOAT", _SIGMA), "sigma_end": ("FLOAT", _SIGMA), **(optional or {})}}
+
+
 def _range(model, start, end, sigma_start=-1.0, sigma_end=-1.0):
     return host.sigma_range(model, start, end, sigma_start, sigma_end)
 
@@ -44,17 +51,14 @@ class SlidingWindowGuidance:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
+        return _interval({
             "model": ("MODEL",),
             "weight": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 20.0, "step": 0.01}),
             "masked": ("BOOLEAN", {"default": True, "tooltip": "M-SWG (guide where windows overlap) or plain SWG"}),
             "window": ("FLOAT", _WINDOW),
             "windows_per_side": ("INT", {"default": 2, "min": 2, "max": 64}),
-            "start_percent": ("FLOAT", _PERCENT),
-            "end_percent": ("FLOAT", {**_PERCENT, "default": 1.0}),
-        }, "optional": {"sigma_start": ("FLOAT", _SIGMA), "sigma_end": ("FLOAT", _SIGMA),
-                        "max_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
-                                              "tooltip": "crops per network call (memory cap); 0: all in one"})}}
+        }, {"max_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
+                                  "tooltip": "crops per network call (memory cap); 0: all in one"})})
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
@@ -115,12 +119,8 @@ class TwoModelAutoguidance:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL",), "weak_model": ("MODEL",),
-            "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.01}),
-            "start_percent": ("FLOAT", _PERCENT),
-            "end_percent": ("FLOAT", {**_PERCENT, "default": 1.0}),
-        }, "optional": {"sigma_start": ("FLOAT", _SIGMA), "sigma_end": ("FLOAT", _SIGMA)}}
+        return _interval({"model": ("MODEL",), "weak_model": ("MODEL",),
+                          "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.01})})
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
@@ -137,11 +137,7 @@ class GuidanceInterval:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "model": ("MODEL",),
-            "start_percent": ("FLOAT", _PERCENT),
-            "end_percent": ("FLOAT", {**_PERCENT, "default": 1.0}),
-        }, "optional": {"sigma_start": ("FLOAT", _SIGMA), "sigma_end": ("FLOAT", _SIGMA)}}
+        return _interval({"model": ("MODEL",)})
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
