@@ -258,3 +258,63 @@ def test_sgg_with_skip_layer_on_a_flux_transformer():
     (bad,) = nodes.SegmentedGuidance().patch(model, 0.5, "skip_layer", 1.5, 0.625, 2, "5")
     with pytest.raises(WindowguideError, match="skip-layer blocks \\[5\\]: this model has 1"):
         ksample(bad, pos, neg, 2.0, steps=4)
+
+
+@pytest.mark.parametrize("vcf", [False, True])
+def test_fusion_under_comfyuis_euler_ancestral_with_vcf(sd15, vcf):
+    """ComfyUI's own euler_ancestral inside window fusion, against the step written out by hand: per
+    window D (windowguide's CFG), Euler to sigma_down, plus the window's noise times sigma_up; fused
+    uniformly or by VCF (the same step with zero noise as the mean)."""
+    import comfy.sample
+    import comfy.samplers
+    from harness import captured
+    from windowguide.fusion import WindowNoise, _vcf_ratio, vcf_fuse
+    from windowguide.integrations.comfyui import ComfyDenoiser
+    from windowguide.sampling import PerSampleNoise
+    from windowguide.windows import layout
+    pos, neg = conditioning(1), conditioning(2)
+    shape, seed = (1, 4, 16, 40), 11
+    sigmas = comfy.samplers.calculate_sigmas(sd15.get_model_object("model_sampling"), "normal", 3)
+    (ks,) = nodes.FusionSampler().build("euler_ancestral", "multidiffusion", 16, 8, vcf, 0.0, 0.0, False)
+    out = comfy.sample.sample_custom(sd15, comfy.sample.prepare_noise(torch.zeros(shape), seed), 3.0, ks, sigmas,
+                                     pos, neg, torch.zeros(shape), seed=seed, disable_pbar=True)
+    seen = captured(sd15, pos, neg, 3.0, shape=shape, seed=seed)
+    den = wg.guidance.guided(ComfyDenoiser(sd15.model, [seen["cond"], seen["uncond"]], {"transformer_options": {}}),
+                             wg.CFG(2.0, null={"which": torch.tensor(1)}))
+    lay = layout(16, 40, 16, stride=8)
+    noise = PerSampleNoise.from_seeds([seed])
+    x = noise(torch.empty(shape)) * (1 + float(sigmas[0]) ** 2) ** 0.5
+    wnoise = WindowNoise(noise, lay, _vcf_ratio(lay, "uniform", x.device, x.dtype) if vcf else None)
+    sd15.pre_run()
+    with torch.no_grad():
+        for s0, s1 in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+            crops = lay.crop(x)
+            d = den(crops, torch.full((crops.shape[0],), s0), {"which": torch.zeros(crops.shape[0], dtype=torch.long)})
+            up = min(s1, (s1 ** 2 * (s0 ** 2 - s1 ** 2) / s0 ** 2) ** 0.5)
+            down = (s1 ** 2 - up ** 2) ** 0.5
+            mean = d if down == 0 else crops + (crops - d) / s0 * (down - s0)
+            states = mean + wnoise(crops) * up
+            x = vcf_fuse(states, mean, lay, "uniform") if vcf else lay.fold(states, "uniform")
+    sd15.cleanup()
+    assert close(sd15, out, sd15.model.process_latent_out(x))
+
+
+def test_vcf_under_comfyuis_samplers_reuses_the_predictions_and_refuses_what_has_no_mean(sd15):
+    import comfy.sample
+    import comfy.samplers
+    from windowguide.errors import WindowguideError
+    pos, neg = conditioning(1), conditioning(2)
+    shape = (1, 4, 16, 40)
+    sigmas = comfy.samplers.calculate_sigmas(sd15.get_model_object("model_sampling"), "normal", 2)
+    counts = []
+    for vcf in (False, True):
+        (ks,) = nodes.FusionSampler().build("euler_ancestral", "gf", 16, 8, vcf, 0.0, 0.0, False)
+        m, calls = counted(sd15)
+        comfy.sample.sample_custom(m, comfy.sample.prepare_noise(torch.zeros(shape), 1), 3.0, ks, sigmas, pos, neg,
+                                   torch.zeros(shape), seed=1, disable_pbar=True)
+        counts.append(calls)
+    assert counts[0] == counts[1] == [(8, 4, 16, 16)] * 2        # one batched call of 4 windows x (cond, uncond)
+    with pytest.raises(WindowguideError, match="VCF with 'dpm_2'"):
+        nodes.FusionSampler().build("dpm_2", "gf", 16, 8, True, 0.0, 0.0, False)
+    with pytest.raises(WindowguideError, match="mode 'gaussian'"):
+        nodes.FusionSampler().build("euler_ancestral", "gaussian", 16, 8, False, 0.0, 0.0, False)

@@ -175,7 +175,7 @@ class FusionSampler:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "sampler": (list(host.FUSION_SAMPLERS), {"default": "euler"}),
+            "sampler": (list(host.FUSION_SAMPLERS + host.COMFY_SAMPLERS), {"default": "euler"}),
             "mode": (["gf", "multidiffusion", "gaussian"], {"default": "gf"}),
             "window": ("INT", {"default": 64, "min": 1, "max": 4096, "tooltip": "latent pixels: the model's size "
                                                                                  "(SD 1.5: 64, SDXL: 128)"}),

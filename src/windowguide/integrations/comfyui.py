@@ -398,6 +398,11 @@ class ComfyWindows(Denoiser):
 
 
 FUSION_SAMPLERS = ("euler", "heun", "ddim", "ddpm")
+# ComfyUI's own samplers that take one step at a time (no history across steps), run per step on all
+# windows; those that add their noise after the update can take VCF (the step's mean is the same step
+# with zero noise, the network's predictions reused)
+COMFY_SAMPLERS = ("euler_ancestral", "dpm_2_ancestral", "dpm_2", "lcm")
+COMFY_VCF = ("euler_ancestral", "dpm_2_ancestral", "lcm")
 
 
 def fusion_sampler(mode: str = "gf", sampler: str = "euler", window: int = 64, stride: int = 16, vcf: bool = False,
@@ -407,10 +412,19 @@ def fusion_sampler(mode: str = "gf", sampler: str = "euler", window: int = 64, s
     prediction fusion; VCF for DDPM / DDIM with eta > 0; style alignment of the initial noise; circular
     width. Every guidance node's terms run inside each window (they are part of the model it calls)."""
     from ..fusion import check_fusion
-    if sampler not in FUSION_SAMPLERS:
-        raise WindowguideError(f"sampler {sampler!r}: accepted: {', '.join(FUSION_SAMPLERS)}")
+    if sampler not in FUSION_SAMPLERS + COMFY_SAMPLERS:
+        raise WindowguideError(f"sampler {sampler!r}: accepted: {', '.join(FUSION_SAMPLERS + COMFY_SAMPLERS)} "
+                               f"(ComfyUI's multistep samplers keep a history across steps that window fusion breaks)")
     options = {"eta": float(eta)} if sampler == "ddim" else {}
-    check_fusion(mode, None, None, sampler, vcf, dict(options))
+    if sampler in COMFY_SAMPLERS:
+        if vcf and sampler not in COMFY_VCF:
+            raise WindowguideError(f"VCF with {sampler!r}: its noise enters inside the step, so the step has no "
+                                   f"mean to correct around; accepted for VCF: {', '.join(COMFY_VCF)}, ddpm, ddim eta > 0")
+        if mode == "gaussian":
+            raise WindowguideError(f"mode 'gaussian' fuses predictions under windowguide's samplers "
+                                   f"({', '.join(FUSION_SAMPLERS)}); with {sampler!r} use gf or multidiffusion")
+    else:
+        check_fusion(mode, None, None, sampler, vcf, dict(options))
     if not 0 <= float(style_alpha) <= 1:
         raise WindowguideError(f"style_alpha {style_alpha!r}: accepted: [0, 1]")
     for name, v in (("window", window), ("stride", stride)):
@@ -432,7 +446,10 @@ def fuse_canvas(model, x, sigmas, extra, mode, sampler, window, stride, vcf, opt
     from ..fusion import FusedDenoiser, check_fusion, sample_fused_states, style_aligned_noise
     from ..sampling import SAMPLERS, PerSampleNoise
     from ..windows import layout
-    fuse, weighting, opts = check_fusion(mode, None, None, sampler, vcf, dict(options))
+    if sampler in COMFY_SAMPLERS:
+        fuse, weighting, opts = check_fusion(mode, None, None, "ddpm", False, {})
+    else:
+        fuse, weighting, opts = check_fusion(mode, None, None, sampler, vcf, dict(options))
     seed = int(extra.get("seed", 0))
     n, c, h, w = x.shape
     lay = layout(h, w, (min(window, h), min(window, w)), stride=stride, circular=circular)
@@ -452,8 +469,54 @@ def fuse_canvas(model, x, sigmas, extra, mode, sampler, window, stride, vcf, opt
     windows = ComfyWindows(model, extra, placed, network_multiple(inner) if placed else 1, view_batch)
     sigmas = sigmas.to(torch.float64)
     step = None if callback is None else (lambda i, x_, d, s: callback({"i": i, "x": x_, "denoised": d}))
+    if sampler in COMFY_SAMPLERS:
+        return comfy_fused_states(sampler, windows, x, sigmas, lay, weighting, noise, vcf, callback)
     if fuse == "prediction":
         return SAMPLERS[sampler](FusedDenoiser(windows, lay, weighting), x, sigmas, None, noise=noise,
                                  callback=step, progress=False, **opts)
     return sample_fused_states(windows, x, sigmas, None, lay, weighting, sampler, noise, vcf, progress=False,
                                callback=step, **opts)
+
+
+class _Reused:
+    """The window denoiser with its predictions kept for one step: the same (x, sigma) again is not evaluated."""
+
+    def __init__(self, windows, lay, n):
+        from ..fusion import placed
+        self.windows, self.lay, self.n, self.placed, self.seen = windows, lay, n, placed, []
+        self.inner_model = windows.model.inner_model       # ComfyUI's samplers read the model sampling from it
+
+    def __call__(self, x, sigma, **kw):
+        for xs, ss, out in self.seen:
+            if xs.shape == x.shape and torch.equal(xs, x) and torch.equal(ss, sigma):
+                return out
+        with self.placed(self.windows, self.lay, self.n):
+            out = self.windows(x, sigma, None)
+        self.seen.append((x.clone(), sigma.clone(), out))
+        return out
+
+
+def comfy_fused_states(sampler, windows, x, sigmas, lay, weighting, noise, vcf, callback=None):
+    """State fusion under one of ComfyUI's own one-step samplers: each step, the sampler takes one step of
+    all windows (its noise drawn per window from each sample's generator, as windowguide's fusion does), and
+    the canvas is their weighted mean; with VCF the step's mean (the same step with zero noise, the
+    predictions reused) and the states are fused by VCF (``fusion.vcf_fuse``)."""
+    import comfy.k_diffusion.sampling as k
+    from ..fusion import WindowNoise, _vcf_ratio, vcf_fuse
+    step = getattr(k, f"sample_{sampler}")
+    scale = _vcf_ratio(lay, weighting, x.device, x.dtype) if vcf else None
+    wnoise = WindowNoise(noise, lay, scale)
+    n = x.shape[0]
+    for i in range(len(sigmas) - 1):
+        crops, reused = lay.crop(x), _Reused(windows, lay, n)
+        sig = sigmas[i:i + 2].to(x.dtype)
+        z = wnoise(crops)
+        states = step(reused, crops, sig, disable=True, noise_sampler=lambda a, b, z=z: z)
+        if vcf:
+            means = step(reused, crops, sig, disable=True, noise_sampler=lambda a, b: torch.zeros_like(crops))
+            x = vcf_fuse(states, means, lay, weighting)
+        else:
+            x = lay.fold(states, weighting)
+        if callback is not None:
+            callback({"i": i, "x": x, "denoised": x})
+    return x
