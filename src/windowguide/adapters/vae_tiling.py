@@ -22,20 +22,22 @@ from ..errors import WindowguideError
 
 def _conv(conv: torch.nn.Conv2d, x: torch.Tensor, tile: int, device) -> torch.Tensor:
     """``conv(x)`` computed in output tiles of ``tile`` x ``tile`` from the stored x (zero padding as the
-    conv's own); stride 1 convs only."""
-    if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
-        raise WindowguideError("tiled decode: only stride-1 convolutions are supported")
+    conv's own); output rows r .. r1 read input rows r s .. (r1 - 1) s + k of the padded input."""
+    if conv.dilation != (1, 1) or conv.groups != 1:
+        raise WindowguideError("tiled VAE: only undilated, ungrouped convolutions are supported")
     ph, pw = conv.padding
+    sh, sw = conv.stride
     xp = F.pad(x, (pw, pw, ph, ph))
-    n, _, h, w = x.shape
+    n = x.shape[0]
     kh, kw = conv.kernel_size
+    h, w = (xp.shape[2] - kh) // sh + 1, (xp.shape[3] - kw) // sw + 1
     out = torch.empty(n, conv.out_channels, h, w, dtype=x.dtype, device=x.device)
     weight, bias = conv.weight, conv.bias
     for r in range(0, h, tile):
         for c in range(0, w, tile):
             r1, c1 = min(r + tile, h), min(c + tile, w)
-            piece = xp[:, :, r:r1 + kh - 1, c:c1 + kw - 1].to(device, weight.dtype)
-            out[:, :, r:r1, c:c1] = F.conv2d(piece, weight, bias).to(x.device, x.dtype)
+            piece = xp[:, :, r * sh:(r1 - 1) * sh + kh, c * sw:(c1 - 1) * sw + kw].to(device, weight.dtype)
+            out[:, :, r:r1, c:c1] = F.conv2d(piece, weight, bias, stride=(sh, sw)).to(x.device, x.dtype)
     return out
 
 
@@ -90,4 +92,44 @@ def decode_tiled(vae, z: torch.Tensor, tile: int = 256, store: str | torch.devic
     return _conv(dec.conv_out, h, tile, device)
 
 
-__all__ = ["decode_tiled"]
+def _check_encoder(vae) -> None:
+    enc = getattr(vae, "encoder", None)
+    for down in getattr(enc, "down_blocks", None) or [None]:
+        if type(down).__name__ != "DownEncoderBlock2D":
+            raise WindowguideError(f"tiled encode: {type(down).__name__} blocks are not supported (DownEncoderBlock2D only)")
+        for r in down.resnets:
+            if r.upsample is not None or r.downsample is not None or r.time_emb_proj is not None:
+                raise WindowguideError("tiled encode: resnets with resampling or a time embedding are not supported")
+        for d in down.downsamplers or []:
+            if not d.use_conv or d.norm is not None:
+                raise WindowguideError("tiled encode: only strided-conv downsampling is supported")
+    if not isinstance(enc.conv_norm_out, torch.nn.GroupNorm):
+        raise WindowguideError("tiled encode: the encoder's output norm is not a GroupNorm")
+
+
+@torch.no_grad()
+def encode_tiled(vae, x: torch.Tensor, tile: int = 256, store: str | torch.device = "cpu") -> torch.Tensor:
+    """The moments of ``vae.encode(x).latent_dist`` ([N, 2C, h, w]: mean and log variance; x in [-1, 1]),
+    computed as ``decode_tiled`` computes the decode: layer by layer, every GroupNorm with the whole
+    image's statistics, every convolution in output tiles from the stored input (the strided
+    downsampling convs too, after diffusers' (0, 1, 0, 1) padding), the middle block (global attention at
+    the lowest resolution) whole. Equal to the one-shot encode up to float rounding."""
+    _check_encoder(vae)
+    enc, device = vae.encoder, next(vae.parameters()).device
+    h = _conv(enc.conv_in, x.to(store, next(vae.parameters()).dtype), tile, device)
+    for down in enc.down_blocks:
+        for block in down.resnets:
+            h = _resnet(block, h, tile, device)
+        for d in down.downsamplers or []:
+            if d.padding == 0:                       # diffusers pads right and bottom by one before a 0-pad conv
+                h = F.pad(h, (0, 1, 0, 1))
+            h = _conv(d.conv, h, tile, device)
+    h = enc.mid_block(h.to(device), None).to(store)
+    h = enc.conv_act(_group_norm(enc.conv_norm_out, h))
+    h = _conv(enc.conv_out, h, tile, device)
+    if getattr(vae, "quant_conv", None) is not None:
+        h = _conv(vae.quant_conv, h, tile, device)
+    return h
+
+
+__all__ = ["decode_tiled", "encode_tiled"]
