@@ -52,3 +52,25 @@ def test_several_windows_and_the_refusals(sd):
         upscale(sd, _image(8, 8), strength=1.5)
     with pytest.raises(WindowguideError, match="filter 'box2'"):
         resize(_image(8, 8), 2, "box2")
+
+
+def test_cli_upscale_and_progressive(sd, tmp_path):
+    from windowguide.cli import main
+    from windowguide.files import read_png, write_png
+    from windowguide.upscale import progressive_upscale
+    sd.save_pretrained(tmp_path / "sd")
+    image = _image(8, 8, seed=2)
+    write_png(image, str(tmp_path / "in.png"))
+    out = tmp_path / "up"
+    args = ["upscale", str(tmp_path / "in.png"), "--model", str(tmp_path / "sd"), "--prompt", "a red cat", "--scale", "2",
+            "--strength", "0.5", "--steps", "6", "--seeds", "3", "--guidance", "cfg:w=2+mswg:w=0.5,window=6",
+            "--out", str(out)]
+    assert main(args) == 0
+    got = read_png(str(out / "upscaled_000003.png"))
+    want = upscale(sd, image, 2, strength=0.5, steps=6, seeds=[3], prompt="a red cat",
+                   guidance=wg.CFG(2.0) + wg.MSWG(0.5, window=6))[0]
+    assert got.shape == (16, 16, 3) and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    four = progressive_upscale(sd, image, 4, seeds=[3], strength=0.5, steps=4, prompt="a red cat")
+    assert four.shape == (1, 32, 32, 3)
+    assert main(["upscale", str(tmp_path / "in.png"), "--model", str(tmp_path / "sd"), "--prompt", "a", "--scale", "3",
+                 "--progressive", "--out", str(tmp_path / "p3")]) == 2

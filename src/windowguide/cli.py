@@ -24,6 +24,15 @@ def _toy(args) -> int:
     return 0
 
 
+def _upscale(args) -> int:
+    from .commands import upscale
+    upscale.run(args.image, args.model, args.scale, args.strength, args.prompt, args.negative_prompt, args.guidance,
+                args.seeds, args.steps, args.mode, args.stride, args.sampler, args.vcf, args.filter, args.progressive,
+                args.out, args.device or "cpu", args.dtype)
+    print(f"upscaled: {args.out}/ (upscaled_SEED.png, settings.json)")
+    return 0
+
+
 def _bench(args) -> int:
     if args.what == "speed":
         from .bench import speed
@@ -322,6 +331,27 @@ def build_parser() -> argparse.ArgumentParser:
     pano.add_argument("--batch-size", type=int, default=4, help="panoramas drawn together (default 4)")
     pano.add_argument("--device", help=_DEVICE)
     pano.set_defaults(func=_panorama, resumable=True)
+
+    up = sub.add_parser("upscale", parents=[common], help="an image upscaled over windows by a pipeline folder's model")
+    up.add_argument("image", help="the image (PNG, JPEG, ...)")
+    up.add_argument("--model", required=True, help="a diffusers pipeline folder (SD 1.x/2.x, SDXL)")
+    up.add_argument("--scale", type=_finite(), default=2.0, help="size factor (default 2)")
+    up.add_argument("--strength", type=_finite(), default=0.35, help="how much is redrawn, in [0, 1] (default 0.35)")
+    up.add_argument("--prompt", help="the prompt")
+    up.add_argument("--negative-prompt", default="", help="CFG's negative prompt")
+    up.add_argument("--guidance", default="cfg:w=6.5", help="SPEC inside every window (default cfg:w=6.5)")
+    up.add_argument("--seeds", default="0", help="one image per seed (default 0)")
+    up.add_argument("--steps", type=int, default=50, help="the schedule's steps; the last strength x steps run")
+    up.add_argument("--mode", default="gf", choices=["gf", "multidiffusion"], help="window state fusion")
+    up.add_argument("--stride", type=int, default=8, help="latent pixels between windows (default 8)")
+    up.add_argument("--sampler", default="ddim", help="ddim (default) or ddpm")
+    up.add_argument("--vcf", action="store_true", help="variance-corrected fusion (ddpm)")
+    up.add_argument("--filter", default="lanczos", help="resize filter: lanczos, bicubic, bilinear, nearest")
+    up.add_argument("--progressive", action="store_true", help="x2 stages, each from the previous (DemoFusion)")
+    up.add_argument("--out", default="runs/upscale", help="folder for upscaled_SEED.png and settings.json")
+    up.add_argument("--device", help=_DEVICE)
+    up.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    up.set_defaults(func=_upscale)
 
     met = sub.add_parser("metrics", parents=[common], help="FID, FD-DINOv2, KID, IS, precision/recall of images")
     met.add_argument("images", help="a folder of images (recursively) or an .npz with an 'images' array")

@@ -14,8 +14,10 @@ over overlapping windows fused as in the panoramas (img2img window fusion, the "
    VCF for stochastic samplers), any guidance inside each window, and the result is decoded with the exact
    tiled decode.
 
-Families: those whose VAE is an ``AutoencoderKL`` without a latent shift (SD 1.x/2.x, SDXL). Not done yet:
-the CLI command, progressive (DemoFusion-style) stages, regional prompts, ControlNet in every window.
+Families: those whose VAE is an ``AutoencoderKL`` without a latent shift (SD 1.x/2.x, SDXL). ``progressive``
+(DemoFusion's stages): x2 at a time, each stage upscaling the previous one's output. CLI: ``windowguide
+upscale IMAGE --model DIR --scale 2 --strength 0.35 --prompt ...`` (``commands/upscale.py``). Not done yet:
+regional prompts, ControlNet in every window.
 """
 from __future__ import annotations
 
@@ -51,6 +53,22 @@ def encode_image(pipe, image: np.ndarray) -> torch.Tensor:
     x = torch.as_tensor(image).permute(2, 0, 1)[None].float() / 127.5 - 1
     moments = encode_tiled(vae, x)
     return moments[:, : moments.shape[1] // 2] * vae.config.scaling_factor
+
+
+def progressive_upscale(pipe: Any, image: np.ndarray, scale: float = 4, seeds=(0,), **options) -> np.ndarray:
+    """DemoFusion-style stages: x2 per stage (the last stage the remainder), each from the previous output;
+    one chain of stages per seed. Returns uint8 [len(seeds), H scale, W scale, 3]."""
+    import math
+    stages = max(1, int(round(math.log2(scale))))
+    if not math.isclose(2 ** stages, scale):
+        raise WindowguideError(f"progressive scale {scale!r}: accepted: a power of two (2, 4, 8)")
+    outs = []
+    for seed in seeds:
+        current = image
+        for _ in range(stages):
+            current = upscale(pipe, current, 2, seeds=[seed], **options)[0]
+        outs.append(current)
+    return np.stack(outs)
 
 
 def upscale(pipe: Any, image: np.ndarray, scale: float = 2, strength: float = 0.35, seeds=(0,), steps: int = 50,
