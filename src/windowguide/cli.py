@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--progressive", action="store_true", help="x2 stages, each from the previous (DemoFusion)")
     up.add_argument("--out", default="runs/upscale", help="folder for upscaled_SEED.png and settings.json")
     up.add_argument("--device", help=_DEVICE)
-    up.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    up.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                    help="weights and activations (default float32)")
     up.set_defaults(func=_upscale)
 
     met = sub.add_parser("metrics", parents=[common], help="FID, FD-DINOv2, KID, IS, precision/recall of images")
