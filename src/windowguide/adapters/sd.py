@@ -113,13 +113,42 @@ def no_lcm(pipe) -> bool:
     return pipe.unet.config.time_cond_proj_dim is None
 
 
+def control_crop(image: torch.Tensor, size: tuple[int, int], factor: int) -> torch.Tensor:
+    """Each row's crop of a canvas-sized control image (pixels, ``factor`` per latent pixel) at its
+    window's place (``windows.current_regions``); the image itself for the whole canvas."""
+    from ..windows import current_regions
+    regions = current_regions()
+    if regions is None or tuple(size) == tuple(regions[0, 2:].tolist()):
+        return image
+    h, w = size[0] * factor, size[1] * factor
+    return torch.stack([image[i, :, int(t) * factor:int(t) * factor + h, int(l) * factor:int(l) * factor + w]
+                        for i, (t, l) in enumerate(regions[:, :2].tolist())])
+
+
+def controlnet_model(unet, controlnet, factor: int, scale: float = 1.0) -> Callable:
+    """SD's UNet with a diffusers ControlNet as model(x_vp, t, {embeds, control}): every call (each window
+    of a panorama or an upscale, each crop of M-SWG) gets the control image's crop at its place."""
+    def model(x, t, cond):
+        image = control_crop(cond["control"], tuple(x.shape[-2:]), factor).to(x.device, controlnet.dtype)
+        down, mid = controlnet(x.to(controlnet.dtype), t, encoder_hidden_states=cond["embeds"], controlnet_cond=image,
+                               conditioning_scale=scale, return_dict=False)
+        return unet(x.to(unet.dtype), t, encoder_hidden_states=cond["embeds"], down_block_additional_residuals=down,
+                    mid_block_additional_residual=mid, **unet_extras({})).sample.float()
+    return model
+
+
 def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
     unet = pipe.unet
     factor = unet_multiple(unet)
     model = sd_unet_model(unet)
+    control = getattr(pipe, "controlnet", None)
+    if control is not None:
+        if not isinstance(control, torch.nn.Module) or type(control).__name__ != "ControlNetModel":
+            raise WindowguideError(f"{type(control).__name__}: one ControlNetModel is supported (not a multi-ControlNet)")
+        model = controlnet_model(unet, control, vae_factor(getattr(pipe, "vae", None)))
 
     @torch.no_grad()
-    def encode(prompt=None, negative_prompt="", class_labels=None):
+    def encode(prompt=None, negative_prompt="", class_labels=None, control_image=None):
         if class_labels is not None:
             raise WindowguideError("Stable Diffusion takes a prompt, not class labels")
         if prompt is None:
@@ -127,18 +156,25 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
         if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
             raise WindowguideError("this pipeline has no text encoder or tokenizer, so a prompt cannot be encoded")
         pos, neg = pipe.encode_prompt(prompt, unet.device, 1, True, negative_prompt)
+        if control is not None:
+            if control_image is None:
+                raise WindowguideError("a ControlNet pipeline needs control_image=: a [1, 3, H, W] tensor in [0, 1] of "
+                                       "the canvas's size in pixels")
+            return dict(embeds=pos, control=control_image), dict(embeds=neg, control=control_image)
         return pos, neg
 
     vae = getattr(pipe, "vae", None)
     size = unet.config.sample_size
-    return PipelineModel("stable-diffusion", vp_denoiser(model, pipe.scheduler, factor), unet.config.in_channels,
+    denoiser = vp_denoiser(model, pipe.scheduler, factor)
+    denoiser.canvas_positions = control is not None      # panorama windows need their place: the control image's crop
+    return PipelineModel("stable-diffusion", denoiser, unet.config.in_channels,
                          (size, size), factor, encode, vae_decoder(vae) if vae else None,
                          extras=dict(vae_factor=vae_factor(vae)))
 
 
 _PATCHED = Patched(net="unet", rows="batched", reads_cfg=True, cfg_possible=no_lcm)
 FAMILY = Family(
-    kind="sd", pipelines=("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline"),
+    kind="sd", pipelines=("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline", "StableDiffusionControlNetPipeline"),
     networks=("UNet2DConditionModel",), build=build, read_call=read_unet_call,
     model=lambda net, crop_positions="slice", vae_factor=None: sd_unet_model(net), multiple=unet_multiple,
     sigma=vp_sigma, net_attr="unet",
