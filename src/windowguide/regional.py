@@ -59,7 +59,6 @@ def check_regions(regions: Sequence[Region], canvas: tuple[int, int]) -> torch.T
 
 def pairs(lay: Layout, masks: torch.Tensor) -> list[tuple[int, int]]:
     """(region, window) pairs whose mask is not zero over the window, region-major."""
-    h, w = lay.window
     out = []
     for r in range(masks.shape[0]):
         crops = lay.crop(masks[r][None, None])
@@ -138,4 +137,4 @@ def _per_sample(cond: Cond, n: int) -> Cond:
     return cond.expand(n, *cond.shape[1:]).clone() if cond.shape[0] == 1 and n > 1 else cond
 
 
-__all__ = ["Region", "regional_panorama", "check_regions", "pairs", "fuse", "cond_select"]
+__all__ = ["Region", "regional_panorama", "check_regions", "pairs", "fuse"]

@@ -36,6 +36,9 @@ def resize(image: np.ndarray, scale: float, filter: str = "lanczos") -> np.ndarr
     from PIL import Image
     if filter not in FILTERS:
         raise WindowguideError(f"filter {filter!r}: accepted: {', '.join(FILTERS)}")
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        raise WindowguideError(f"the image must be uint8 [H, W, 3] (RGB), got {getattr(image, 'dtype', type(image))} "
+                               f"{getattr(image, 'shape', '')}")
     if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
         raise WindowguideError(f"scale {scale!r}: accepted: a positive number (2 for twice the size)")
     h, w = image.shape[:2]

@@ -169,11 +169,13 @@ def flow_sigma(t: torch.Tensor, t_max: float) -> torch.Tensor:
 
 
 def needs_prompt(family: str, prompt, class_labels) -> None:
+    """Refuse class labels or a missing prompt for a text-conditioned family, by name."""
     if class_labels is not None or prompt is None:
         raise WindowguideError(f"{family} needs a prompt (--prompt), not class labels")
 
 
 def needs_parts(pipe, family: str, *names: str) -> None:
+    """Refuse a pipeline that lacks the parts (text encoder, tokenizer) a prompt needs, naming them."""
     missing = [n for n in names if getattr(pipe, n, None) is None]
     if missing:
         raise WindowguideError(f"this {family} pipeline has no {', '.join(missing)}, so a prompt cannot be encoded")

@@ -35,6 +35,7 @@ def chroma_model(tr, crop_positions: str = "slice") -> Callable:
 
 
 def read_call(net, kwargs: dict) -> Call | None:
+    """One of the pipeline's network calls as a ``Call`` (module docstring); None for a call left alone."""
     if kwargs.get("controlnet_block_samples") is not None:
         return None
     h, w = ids_size(kwargs["img_ids"])
@@ -49,6 +50,7 @@ def read_call(net, kwargs: dict) -> Call | None:
 
 
 def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
+    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     tr = pipe.transformer
     vae = pipe.vae
     model = chroma_model(tr, crop_positions)

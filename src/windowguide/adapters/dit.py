@@ -21,6 +21,7 @@ ORIGINAL_TIMESTEPS_KEY = "windowguide_timesteps"     # config key of converted D
 
 
 def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
+    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     dit = pipe.transformer
     if dit.config.get(ORIGINAL_TIMESTEPS_KEY) == "original":      # a folder written by windowguide convert
         from ..formats.dit_checkpoint import match_original_timesteps

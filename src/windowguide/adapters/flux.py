@@ -27,6 +27,7 @@ def pack(z: torch.Tensor) -> torch.Tensor:
 
 
 def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The inverse of ``pack``: tokens [B, N, D] back to the latent [B, C, h, w]."""
     b, _, d = tokens.shape
     return tokens.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
 
@@ -83,6 +84,7 @@ def ids_size(ids: torch.Tensor, per_token: int = 2) -> tuple[int, int]:
 
 
 def read_call(net, kwargs: dict) -> Call:
+    """One of the pipeline's network calls as a ``Call`` (module docstring); None for a call left alone."""
     h, w = ids_size(kwargs["img_ids"])
     x = unpack(kwargs["hidden_states"], h, w)
     cond = dict(embeds=kwargs["encoder_hidden_states"], pooled=kwargs["pooled_projections"])
@@ -94,6 +96,7 @@ def read_call(net, kwargs: dict) -> Call:
 
 
 def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = None) -> PipelineModel:
+    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     tr = pipe.transformer
     c = tr.config.in_channels // 4
     vae = pipe.vae

@@ -31,6 +31,7 @@ def pack(z: torch.Tensor) -> torch.Tensor:
 
 
 def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The inverse of ``pack``: tokens [B, N, D] back to the latent [B, C, h, w]."""
     b, _, c = tokens.shape
     return tokens.permute(0, 2, 1).reshape(b, c, h, w)
 
@@ -59,6 +60,7 @@ def flux2_model(tr, crop_positions: str = "slice", guidance_embed: float | None 
 
 
 def read_call(net, kwargs: dict) -> Call:
+    """One of the pipeline's network calls as a ``Call`` (module docstring); None for a call left alone."""
     ids = kwargs["img_ids"]
     ids = ids[0] if ids.dim() == 3 else ids
     if bool((ids[:, 0] != 0).any()) or kwargs.get("kv_cache") is not None or kwargs.get("num_ref_tokens"):
@@ -84,6 +86,7 @@ def latents_to_vae(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = None) -> PipelineModel:
+    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
     tr = pipe.transformer
     vae = pipe.vae

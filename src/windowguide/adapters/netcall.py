@@ -49,6 +49,7 @@ def static_kwargs(kwargs: dict | None):
 
 
 def current_static() -> dict:
+    """The row-independent arguments of the pipeline call in progress (``static_kwargs``), or {}."""
     return _STATIC.get() or {}
 
 
@@ -66,11 +67,13 @@ def named(net, args: tuple, kwargs: dict) -> dict:
 
 
 def rows_t(t, n: int, device) -> torch.Tensor:
+    """A call's timestep (scalar, [1] or [B]) as one value per row, [n]."""
     t = torch.as_tensor(t, device=device)
     return t.reshape(1).expand(n) if t.dim() == 0 else t.reshape(-1).expand(n) if t.numel() == 1 else t
 
 
 def sample_of(out) -> torch.Tensor:
+    """The sample of a network output, tuple or output object."""
     return out[0] if isinstance(out, tuple) else out.sample
 
 

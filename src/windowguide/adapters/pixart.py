@@ -32,6 +32,7 @@ def pixart_model(tr, vae_factor: int) -> Callable:
 
 
 def read_call(net, kwargs: dict) -> Call:
+    """One of the pipeline's network calls as a ``Call`` (module docstring); None for a call left alone."""
     x, t = kwargs["hidden_states"], kwargs["timestep"]
     c = x.shape[1]
     cond = dict(embeds=kwargs["encoder_hidden_states"], mask=kwargs.get("encoder_attention_mask"))
@@ -45,6 +46,7 @@ def read_call(net, kwargs: dict) -> Call:
 
 
 def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
+    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     tr = pipe.transformer
     c, patch = tr.config.in_channels, tr.config.patch_size
     vf = 2 ** (len(pipe.vae.config.block_out_channels) - 1)

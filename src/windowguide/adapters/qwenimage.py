@@ -89,6 +89,7 @@ def qwen_model(tr, crop_positions: str = "slice", guidance_embed: float | None =
 
 
 def read_call(net, kwargs: dict) -> Call | None:
+    """One of the pipeline's network calls as a ``Call`` (module docstring); None for a call left alone."""
     if kwargs.get("controlnet_block_samples") is not None:
         return None
     shapes = kwargs.get("img_shapes")
@@ -110,6 +111,7 @@ def read_call(net, kwargs: dict) -> Call | None:
 
 
 def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = None) -> PipelineModel:
+    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     tr = pipe.transformer
     vae = pipe.vae
     model = qwen_model(tr, crop_positions, 1.0 if guidance_embed is None else guidance_embed)

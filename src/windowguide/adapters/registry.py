@@ -92,14 +92,17 @@ def families() -> tuple[Family, ...]:
 
 
 def pipeline_names() -> tuple[str, ...]:
+    """The pipeline classes ``from_pipeline`` accepts, over all families."""
     return tuple(n for f in families() for n in f.pipelines)
 
 
 def patched_names() -> tuple[str, ...]:
+    """The pipeline classes ``windowguide.patch`` can patch, over all families."""
     return tuple(n for f in families() for n in f.patched)
 
 
 def network_names() -> tuple[str, ...]:
+    """The network classes whose calls a family can read."""
     return tuple(n for f in families() for n in f.networks)
 
 
@@ -115,6 +118,7 @@ def by_pipeline(pipe: Any, patched: bool = False) -> Family:
 
 
 def by_network(net: Any) -> Family:
+    """The family that reads calls of this network's class (a clear error naming the known ones)."""
     name = type(net).__name__
     for f in families():
         if name in f.networks:
@@ -123,6 +127,7 @@ def by_network(net: Any) -> Family:
 
 
 def by_kind(kind: str) -> Family:
+    """The family of a call's kind ('sd', 'flux', ...)."""
     for f in families():
         if f.kind == kind:
             return f

@@ -43,6 +43,7 @@ def sana_model(tr, crop_positions: str = "slice") -> Callable:
 
 
 def read_call(net, kwargs: dict) -> Call | None:
+    """One of the pipeline's network calls as a ``Call`` (module docstring); None for a call left alone."""
     if kwargs.get("controlnet_block_samples") is not None:
         return None
     if float(net.config.timestep_scale) != 1.0:
@@ -60,6 +61,7 @@ def read_call(net, kwargs: dict) -> Call | None:
 
 
 def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
+    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     from ..sampling import sigmas_from_flow_t
     tr = pipe.transformer
     vae = pipe.vae

@@ -138,6 +138,7 @@ def controlnet_model(unet, controlnet, factor: int, scale: float = 1.0) -> Calla
 
 
 def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
+    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     unet = pipe.unet
     factor = unet_multiple(unet)
     model = sd_unet_model(unet)

@@ -36,6 +36,7 @@ def read_call(net, kwargs: dict) -> Call | None:
 
 
 def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
+    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     tr = pipe.transformer
     patch = tr.config.patch_size
     train_steps = pipe.scheduler.config.num_train_timesteps

@@ -64,6 +64,7 @@ def sdxl_unet_model(unet, vae_factor: int | None) -> Callable:
 
 
 def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
+    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     unet = pipe.unet
     factor = unet_multiple(unet)
     vf = vae_factor(pipe.vae)

@@ -11,6 +11,7 @@ from .registry import Family
 
 
 def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
+    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     unet = pipe.unet
     factor = 2 ** (len(unet.config.block_out_channels) - 1)
 

@@ -39,6 +39,7 @@ def padded(embeds: list[torch.Tensor], length: int = 0) -> dict:
 
 
 def captions(cond: dict) -> list[torch.Tensor]:
+    """The padded captions {embeds, mask} as the per-prompt list of their own lengths Z-Image takes."""
     return [e[m] for e, m in zip(cond["embeds"], cond["mask"])]
 
 
@@ -85,6 +86,7 @@ def zimage_flow_model(tr, crop_positions: str = "slice") -> Callable:
 
 
 def read_call(net, kwargs: dict) -> Call | None:
+    """One of the pipeline's network calls as a ``Call`` (module docstring); None for a call left alone."""
     if kwargs.get("controlnet_block_samples") is not None:
         return None
     if kwargs.get("siglip_feats") is not None or any(isinstance(v, list) for v in kwargs["x"]):
@@ -132,6 +134,7 @@ def family_guidance(g, cfg_normalization: float | bool = False, cfg_truncation: 
 
 
 def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
+    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     tr = pipe.transformer
     vae = pipe.vae
     patch = tr.config.all_patch_size[0]

@@ -12,6 +12,7 @@ import tempfile
 
 
 def comfyui_path() -> str | None:
+    """The ComfyUI checkout to measure in: ``$COMFYUI_PATH``, else the pinned one beside the project, else None."""
     here = os.path.dirname(os.path.abspath(__file__))
     for path in (os.environ.get("COMFYUI_PATH"), os.path.join(here, "..", "..", "..", "..", "shared", "comfyui")):
         if path and os.path.isdir(os.path.join(path, "comfy")):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import write_report
+from ..denoiser import Denoiser
 
 METHODS = {"CFG": "cfg:w={w}", "SWG": "swg:w={w},window={k}", "M-SWG": "mswg:w={w},window={k}"}
 
@@ -103,47 +104,35 @@ def schedule_from(sigmas: list[float], weights: list[float], scale: float):
 
 # --- measuring ------------------------------------------------------------------------------------------
 
-class Counting:
-    """A denoiser that counts the samples it evaluates (network evaluations)."""
+class Counted(Denoiser):
+    """``inner`` that counts the samples it evaluates (network evaluations); a Denoiser, so the guided
+    denoiser and the samplers take it as the model."""
 
     def __init__(self, inner):
-        from ..denoiser import as_denoiser
-        self.inner = as_denoiser(inner)
-        self.evaluations = 0
-        for k in ("multiple", "sigma_min", "sigma_max", "null_cond"):
-            setattr(self, k, getattr(self.inner, k, None))
+        self.inner, self.evaluations = inner, 0
+        self.multiple, self.sigma_min, self.sigma_max = inner.multiple, inner.sigma_min, inner.sigma_max
+        self.null_cond = getattr(inner, "null_cond", None)
 
     def init_noise_scale(self, sigma):
         return self.inner.init_noise_scale(sigma)
 
-    def __call__(self, x, sigma, cond=None):
+    def forward(self, x, sigma, cond):
         self.evaluations += x.shape[0]
         return self.inner(x, sigma, cond)
 
 
-def _draw(dataset, spec, seeds, steps, window, guidance=None):
+def _draw(dataset, spec, seeds, steps, guidance=None):
+    """Samples of a recipe on the bundled model (or ``guidance`` built here) and the evaluations they took."""
     from ..commands.common import labels_for, prepare
-    from ..denoiser import Denoiser
     from ..generate import sample
     denoiser, net, info, g = prepare(dataset, spec)
-    counting = Counting(denoiser)
-
-    class Counted(Denoiser):               # a Denoiser, so the guided denoiser and the samplers take it as one
-        multiple, sigma_min, sigma_max = counting.multiple, denoiser.sigma_min, denoiser.sigma_max
-        null_cond = getattr(denoiser, "null_cond", None)
-
-        def init_noise_scale(self, sigma):
-            return denoiser.init_noise_scale(sigma)
-
-        def forward(self, x, sigma, cond):
-            return counting(x, sigma, cond)
-    g = guidance if guidance is not None else g
-    g = _rebind(g, denoiser, Counted())
+    counted = Counted(denoiser)
+    g = _rebind(guidance if guidance is not None else g, denoiser, counted)
     cond = labels_for(seeds, net.num_classes, "all")
     with torch.no_grad():
-        x = sample(Counted(), tuple(info["shape"]), seeds, steps=steps, sampler="heun", guidance=g, cond=cond,
+        x = sample(counted, tuple(info["shape"]), seeds, steps=steps, sampler="heun", guidance=g, cond=cond,
                    batch_size=250)
-    return x, counting.evaluations
+    return x, counted.evaluations
 
 
 def _rebind(g, old, new):
@@ -158,7 +147,7 @@ def _point(ev, dataset, spec, s: FrontSettings, guidance=None) -> dict:
     runs, evals = [], []
     for j in range(s.seed_sets):
         seeds = list(range(j * 100000, j * 100000 + s.samples))
-        x, n = _draw(dataset, spec, seeds, s.steps, s.window, guidance)
+        x, n = _draw(dataset, spec, seeds, s.steps, guidance)
         runs.append(ev(x))
         evals.append(n / s.samples)
     keys = [k for k in runs[0] if isinstance(runs[0][k], (int, float))]
@@ -178,10 +167,12 @@ def _side_std(p) -> float:
 
 
 def side_effect(m: dict, real: dict) -> float:
+    """The side-effect axis of the fronts: |contrast - contrast_real| + |saturation - saturation_real|."""
     return abs(m["contrast"] - real["contrast"]) + abs(m["saturation"] - real["saturation"])
 
 
 def run_dataset(dataset: str, s: FrontSettings, progress: bool = True) -> dict:
+    """Sweeps, fronts, dominance, band gains and the w(sigma) trial on one bundled dataset."""
     from ..metrics.features import Evaluator
     ev = Evaluator(dataset, s.samples)
     real = ev.floor(s.samples)
@@ -268,6 +259,7 @@ def schedule_trial(ev, dataset, s: FrontSettings, points, say) -> dict:
 
 
 def plot_fronts(report: dict, path: str) -> str:
+    """One PNG per dataset: every point, each method's front joined, the real images' point."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -294,6 +286,7 @@ def plot_fronts(report: dict, path: str) -> str:
 
 def run(json_path: str | None = None, quick: bool = False, out_dir: str = "runs/bench/fronts",
         settings: FrontSettings | None = None, progress: bool = True) -> dict:
+    """The whole fronts benchmark (``--quick``: QUICK_FRONTS); writes the plots and (if asked) the JSON report."""
     s = settings or (QUICK_FRONTS if quick else FrontSettings())
     t0 = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
@@ -309,6 +302,7 @@ def run(json_path: str | None = None, quick: bool = False, out_dir: str = "runs/
 
 
 def format_report(report: dict) -> str:
+    """The fronts report as text: every point with its spread, the fronts, dominance, bands, the schedule."""
     lines = []
     s = report["settings"]
     lines.append(f"fronts: {s['seed_sets']} seed sets x {s['samples']} samples, {s['steps']} Heun steps, weights "

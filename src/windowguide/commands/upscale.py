@@ -19,6 +19,7 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
         negative_prompt: str = "", guidance: str = "cfg:w=6.5", seeds: Any = "0", steps: int = 50,
         mode: str = "gf", stride: int = 8, sampler: str = "ddim", vcf: bool = False, filter: str = "lanczos",
         progressive: bool = False, out: str = "runs/upscale", device: Any = "cpu", dtype: str = "float32") -> dict:
+    """Upscale IMAGE with the pipeline folder's model for each seed (module docstring); returns the settings."""
     from ..upscale import progressive_upscale, upscale
     seeds = parse_seeds(seeds)
     check_count(steps, "--steps", maximum=MAX_STEPS)
