@@ -28,7 +28,7 @@ def _upscale(args) -> int:
     from .commands import upscale
     upscale.run(args.image, args.model, args.scale, args.strength, args.prompt, args.negative_prompt, args.guidance,
                 args.seeds, args.steps, args.mode, args.stride, args.sampler, args.vcf, args.filter, args.progressive,
-                args.out, args.device or "cpu", args.dtype)
+                args.out, args.device or "cpu", args.dtype, args.klass)
     print(f"upscaled: {args.out}/ (upscaled_SEED.png, settings.json)")
     return 0
 
@@ -332,19 +332,21 @@ def build_parser() -> argparse.ArgumentParser:
     pano.add_argument("--device", help=_DEVICE)
     pano.set_defaults(func=_panorama, resumable=True)
 
-    up = sub.add_parser("upscale", parents=[common], help="an image upscaled over windows by a pipeline folder's model")
+    up = sub.add_parser("upscale", parents=[common], help="an image upscaled over windows (img2img window fusion)")
     up.add_argument("image", help="the image (PNG, JPEG, ...)")
-    up.add_argument("--model", required=True, help="a diffusers pipeline folder (SD 1.x/2.x, SDXL)")
+    up.add_argument("--model", required=True, help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, FLUX, "
+                    "Chroma, PixArt, Z-Image) or a bundled / EDM model (e.g. scenes)")
+    up.add_argument("--class", dest="klass", help="bundled / EDM models: a class index or 'none' (default none)")
     up.add_argument("--scale", type=_finite(), default=2.0, help="size factor (default 2)")
     up.add_argument("--strength", type=_finite(), default=0.35, help="how much is redrawn, in [0, 1] (default 0.35)")
     up.add_argument("--prompt", help="the prompt")
     up.add_argument("--negative-prompt", default="", help="CFG's negative prompt")
-    up.add_argument("--guidance", default="cfg:w=6.5", help="SPEC inside every window (default cfg:w=6.5)")
+    up.add_argument("--guidance", help="SPEC inside every window (default cfg:w=6.5 for pipelines, none otherwise)")
     up.add_argument("--seeds", default="0", help="one image per seed (default 0)")
     up.add_argument("--steps", type=int, default=50, help="the schedule's steps; the last strength x steps run")
     up.add_argument("--mode", default="gf", choices=["gf", "multidiffusion"], help="window state fusion")
     up.add_argument("--stride", type=int, default=8, help="latent pixels between windows (default 8)")
-    up.add_argument("--sampler", default="ddim", help="ddim (default) or ddpm")
+    up.add_argument("--sampler", help="ddim (default; flow_euler for flow pipelines), ddpm, euler, heun")
     up.add_argument("--vcf", action="store_true", help="variance-corrected fusion (ddpm)")
     up.add_argument("--filter", default="lanczos", help="resize filter: lanczos, bicubic, bilinear, nearest")
     up.add_argument("--progressive", action="store_true", help="x2 stages, each from the previous (DemoFusion)")

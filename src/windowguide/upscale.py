@@ -14,10 +14,11 @@ over overlapping windows fused as in the panoramas (img2img window fusion, the "
    VCF for stochastic samplers), any guidance inside each window, and the result is decoded with the exact
    tiled decode.
 
-Families: those whose VAE is an ``AutoencoderKL`` without a latent shift (SD 1.x/2.x, SDXL). ``progressive``
+Families: those whose VAE is an ``AutoencoderKL`` (SD 1.x/2.x, SDXL, SD3, FLUX, Chroma, PixArt, Z-Image); the
+flow families noise as their img2img pipelines do, x = (1 - s) z + s eps at the step int(N - N strength).
+Pixel-space models (the bundled nets): ``upscale_pixels``. ``progressive``
 (DemoFusion's stages): x2 at a time, each stage upscaling the previous one's output. CLI: ``windowguide
-upscale IMAGE --model DIR --scale 2 --strength 0.35 --prompt ...`` (``commands/upscale.py``). Not done yet:
-regional prompts, ControlNet in every window.
+upscale IMAGE --model DIR --scale 2 --strength 0.35 --prompt ...`` (``commands/upscale.py``).
 """
 from __future__ import annotations
 
@@ -48,76 +49,149 @@ def resize(image: np.ndarray, scale: float, filter: str = "lanczos") -> np.ndarr
 
 
 def encode_image(pipe, image: np.ndarray) -> torch.Tensor:
-    """The image's latents z = E(x).mean * scaling_factor, x = image / 127.5 - 1, by the exact tiled encode."""
+    """The image's latents z = (E(x).mean - shift) * scaling_factor, x = image / 127.5 - 1, by the exact tiled
+    encode (AutoencoderKL VAEs: SD, SDXL, SD3, FLUX, Chroma, PixArt, Z-Image)."""
     from .adapters.vae_tiling import encode_tiled
     vae = pipe.vae
-    if (vae.config.get("shift_factor") or 0.0) != 0.0:
-        raise WindowguideError(f"{type(pipe).__name__}: upscaling takes SD / SDXL's VAE (no latent shift) for now")
-    x = torch.as_tensor(image).permute(2, 0, 1)[None].float() / 127.5 - 1
-    moments = encode_tiled(vae, x)
-    return moments[:, : moments.shape[1] // 2] * vae.config.scaling_factor
+    if type(vae).__name__ != "AutoencoderKL":
+        raise WindowguideError(f"{type(pipe).__name__}: upscaling needs an AutoencoderKL VAE (SD, SDXL, SD3, FLUX, "
+                               f"Chroma, PixArt, Z-Image), this one is {type(vae).__name__}")
+    x = torch.tensor(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    moments = encode_tiled(vae, x.to(vae.device, vae.dtype)).float()
+    shift = vae.config.get("shift_factor") or 0.0
+    return (moments[:, : moments.shape[1] // 2] - shift) * vae.config.scaling_factor
+
+
+def start_step(steps: int, strength: float, flow: bool = False) -> int:
+    """The first of the N steps that img2img runs, as diffusers computes it: N - int(N s) for the VP
+    pipelines (SD, SDXL), int(N - N s) for the flow pipelines (SD3, FLUX); strength 0 runs none."""
+    if not 0 <= float(strength) <= 1:
+        raise WindowguideError(f"strength {strength!r}: accepted: [0, 1] (0 returns the resized image's round trip)")
+    if flow:
+        return int(max(steps - steps * strength, 0))
+    return steps - min(int(steps * strength), steps)
+
+
+def denoise_windows(denoiser: Any, z: torch.Tensor, sigmas: torch.Tensor, seeds, cond=None, guidance=None,
+                    window: tuple[int, int] | None = None, stride: int = 8, mode: str = "gf", sampler: str = "ddim",
+                    vcf: bool = False, progress: bool = False, **sampler_options) -> torch.Tensor:
+    """img2img over windows: x = z + sigma_0 eps (one generator per seed; the VE form of both VP's
+    sqrt(a) z + sqrt(1-a) eps and flow's (1-s) z + s eps), then the ``sigmas`` over windows of ``window``
+    whose states are fused by ``mode`` (GF / MultiDiffusion; VCF for stochastic samplers), ``guidance``
+    inside each window. z: [1, C, H, W] (the clean canvas); returns [len(seeds), C, H, W] at sigmas[-1]."""
+    from .fusion import _per_window_nulls, check_fusion, sample_fused_states
+    from .guidance import guided
+    from .sampling import PerSampleNoise
+    from .windows import layout
+    seeds = list(seeds)
+    fuse, weighting, options = check_fusion(mode, None, None, sampler, vcf, dict(sampler_options))
+    if fuse != "state":
+        raise WindowguideError(f"upscale fuses window states: mode {mode!r} is not accepted; accepted: gf, "
+                               f"multidiffusion")
+    h, w = window or z.shape[-2:]
+    lay = layout(z.shape[-2], z.shape[-1], (min(h, z.shape[-2]), min(w, z.shape[-1])), stride=stride)
+    noise = PerSampleNoise.from_seeds(seeds)
+    x = z.expand(len(seeds), *z.shape[1:]) + float(sigmas[0]) * noise(torch.empty(len(seeds), *z.shape[1:]))
+    inner = guided(denoiser, _per_window_nulls(guidance, len(seeds), lay.n))
+    return sample_fused_states(inner, x.to(z), sigmas, cond, lay, weighting, sampler, noise, vcf, progress,
+                               **options)
+
+
+def upscale_pixels(denoiser: Any, image: np.ndarray, scale: float = 2, strength: float = 0.35, seeds=(0,),
+                   steps: int = 32, sigmas: Any = None, cond=None, guidance=None, window: Any = None,
+                   stride: int = 8, mode: str = "gf", sampler: str = "ddim", vcf: bool = False,
+                   filter: str = "lanczos", **sampler_options) -> np.ndarray:
+    """A pixel-space model's upscale (the bundled EDM nets): x0 = resize(image) / 127.5 - 1, noised to the
+    Karras schedule's step of ``strength`` (``start_step``) and denoised over windows (``denoise_windows``;
+    ``window``: the model's (h, w); default one window over the image). ``cond``: class labels [len(seeds)] or None (the null label).
+    Returns uint8 [len(seeds), H scale, W scale, 3]."""
+    from .denoiser import as_denoiser
+    from .images import to_uint8
+    from .sampling import check_sigmas, karras_sigmas
+    base = as_denoiser(denoiser)
+    big = resize(image, scale, filter)
+    multiple = max(1, int(getattr(base, "multiple", 1)))
+    _check_multiple(big, multiple)
+    sigmas = check_sigmas(sigmas) if sigmas is not None else karras_sigmas(steps, base.sigma_min, base.sigma_max)
+    start = start_step(len(sigmas) - 1, strength)
+    z = torch.tensor(big).permute(2, 0, 1)[None].float() / 127.5 - 1
+    seeds = list(seeds)
+    if start >= len(sigmas) - 1:
+        return np.stack([big] * len(seeds))
+    window = (window, window) if isinstance(window, int) else window
+    with torch.no_grad():
+        x = denoise_windows(base, z, sigmas[start:], seeds, cond, guidance, window, stride, mode, sampler, vcf,
+                            **sampler_options)
+    return to_uint8(x)
+
+
+def _check_multiple(big: np.ndarray, factor: int) -> None:
+    """Refuse an upscaled size that is not a multiple of ``factor`` pixels, naming the nearest two."""
+    if big.shape[0] % factor or big.shape[1] % factor:
+        h, w = big.shape[:2]
+        raise WindowguideError(f"an upscaled size of {w}x{h} is not a multiple of {factor} pixels; accepted sizes: "
+                               f"{w // factor * factor}x{h // factor * factor} or {(w // factor + 1) * factor}x"
+                               f"{(h // factor + 1) * factor} (resize the input first)")
+
+
+def progressive_stages(scale: float) -> list[int]:
+    """The x2 factors of a progressive upscale by ``scale`` (a power of two: 4 -> [2, 2])."""
+    import math
+    stages = max(1, int(round(math.log2(scale)))) if scale > 0 else 0
+    if not stages or not math.isclose(2 ** stages, scale):
+        raise WindowguideError(f"progressive scale {scale!r}: accepted: a power of two (2, 4, 8)")
+    return [2] * stages
 
 
 def progressive_upscale(pipe: Any, image: np.ndarray, scale: float = 4, seeds=(0,), **options) -> np.ndarray:
-    """DemoFusion-style stages: x2 per stage (the last stage the remainder), each from the previous output;
+    """DemoFusion-style stages: x2 per stage, each from the previous output;
     one chain of stages per seed. Returns uint8 [len(seeds), H scale, W scale, 3]."""
-    import math
-    stages = max(1, int(round(math.log2(scale))))
-    if not math.isclose(2 ** stages, scale):
-        raise WindowguideError(f"progressive scale {scale!r}: accepted: a power of two (2, 4, 8)")
     outs = []
     for seed in seeds:
         current = image
-        for _ in range(stages):
-            current = upscale(pipe, current, 2, seeds=[seed], **options)[0]
+        for factor in progressive_stages(scale):
+            current = upscale(pipe, current, factor, seeds=[seed], **options)[0]
         outs.append(current)
     return np.stack(outs)
 
 
 def upscale(pipe: Any, image: np.ndarray, scale: float = 2, strength: float = 0.35, seeds=(0,), steps: int = 50,
             prompt: str | None = None, negative_prompt: str = "", guidance=None, mode: str = "gf", stride: int = 8,
-            window: int | None = None, sampler: str = "ddim", vcf: bool = False, filter: str = "lanczos",
-            **sampler_options) -> np.ndarray:
-    """Upscaled images, uint8 [len(seeds), H scale, W scale, 3] (module docstring). ``guidance``: windowguide
-    terms whose CFG takes the negative prompt as its null; ``window``: latent pixels (default the model's)."""
+            window: int | None = None, sampler: str | None = None, vcf: bool = False, filter: str = "lanczos",
+            output_type: str = "np", progress: bool = False, **sampler_options):
+    """Upscaled images, uint8 [len(seeds), H scale, W scale, 3] (module docstring); ``output_type='latent'``
+    gives the pipeline's latents instead. ``guidance``: windowguide terms whose CFG takes the negative
+    prompt as its null; ``window``: latent pixels (default the model's); ``sampler`` default ddim for the
+    VP families, flow_euler for the flow ones."""
+    from dataclasses import replace
     from .adapters.pipelines import from_pipeline
-    from .fusion import check_fusion, sample_fused_states
-    from .guidance import CFG, Guidance, guided
-    from .sampling import PerSampleNoise
-    from .windows import layout
-    if not 0 <= float(strength) <= 1:
-        raise WindowguideError(f"strength {strength!r}: accepted: [0, 1] (0 returns the resized image's round trip)")
+    from .guidance import CFG, Guidance
+    if output_type not in ("np", "latent"):
+        raise WindowguideError(f"output_type {output_type!r}: accepted: np, latent")
     m = from_pipeline(pipe)
+    sampler = sampler or ("flow_euler" if m.flow else "ddim")
+    start = start_step(steps, strength, m.flow)
     big = resize(image, scale, filter)
-    factor = int(m.extras.get("vae_factor", 8)) * m.multiple
-    if big.shape[0] % factor or big.shape[1] % factor:
-        h, w = big.shape[:2]
-        raise WindowguideError(f"an upscaled size of {w}x{h} is not a multiple of {factor} pixels; accepted sizes: "
-                               f"{w // factor * factor}x{h // factor * factor} or {(w // factor + 1) * factor}x"
-                               f"{(h // factor + 1) * factor} (resize the input first)")
+    _check_multiple(big, int(m.extras.get("vae_factor", 8)) * m.multiple)
     z = encode_image(pipe, big)
     seeds = list(seeds)
-    sigmas = m.sigmas(steps, sampler=sampler)
-    start = steps - min(int(steps * strength), steps)            # diffusers' img2img: the last int(N s) steps
-    if start >= steps:
-        return m.decode(z.repeat(len(seeds), 1, 1, 1))
-    sigmas = sigmas[start:]
-    noise = PerSampleNoise.from_seeds(seeds)
-    x = z + float(sigmas[0]) * noise(torch.empty(len(seeds), *z.shape[1:]))
-    g = Guidance.of(guidance)
-    pos, neg = m.encode(prompt=prompt, negative_prompt=negative_prompt)   # refuses a missing prompt by name
-    cond = _repeat(pos, len(seeds))
-    null = {k: v[0] for k, v in neg.items()} if isinstance(neg, dict) else neg[0]
-    from dataclasses import replace
-    g = Guidance(tuple(replace(t, null=null) if isinstance(t, CFG) and t.null is None else t for t in g))
     size = window or m.size[0]
-    lay = layout(x.shape[-2], x.shape[-1], (min(size, x.shape[-2]), min(size, x.shape[-1])), stride=stride)
-    fuse, weighting, options = check_fusion(mode, None, None, sampler, vcf, dict(sampler_options))
-    if fuse != "state":
-        raise WindowguideError("upscale fuses window states (mode gf or multidiffusion)")
-    with torch.no_grad():
-        x = sample_fused_states(guided(m.denoiser, g), x, sigmas, cond, lay, weighting, sampler, noise, vcf, **options)
-        return m.decode(m.pipeline_latents(x, sigmas))
+    sigmas = m.sigmas(steps, sampler=sampler, shape=(z.shape[1], min(size, z.shape[-2]), min(size, z.shape[-1])))
+    if start >= steps:
+        x = z.repeat(len(seeds), 1, 1, 1)
+    else:
+        pos, neg = m.encode(prompt=prompt, negative_prompt=negative_prompt)   # refuses a missing prompt by name
+        null = _repeat(neg, len(seeds))
+        g = m.family_guidance(Guidance(tuple(replace(t, null=null) if isinstance(t, CFG) and t.null is None else t
+                                             for t in Guidance.of(guidance))))
+        options = {**m.sampler_options(sampler, steps), **sampler_options}
+        if "targets" in options:
+            options["targets"] = options["targets"][start:]
+        with torch.no_grad():
+            x = denoise_windows(m.denoiser, z, sigmas[start:], seeds, _repeat(pos, len(seeds)), g, (size, size),
+                                stride, mode, sampler, vcf, progress, **options)
+        x = m.pipeline_latents(x, sigmas)
+    return x if output_type == "latent" else m.decode(x)
 
 
 def _repeat(cond, n: int):
