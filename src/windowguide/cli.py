@@ -43,6 +43,10 @@ def _bench(args) -> int:
         report = panorama.run(args.json, quick=args.quick, out_dir=args.out or "runs/bench/panorama",
                               device=args.device or "cpu")
         print(panorama.format_report(report))
+    elif args.what == "upscale":
+        from .bench import upscale
+        report = upscale.run(args.json, quick=args.quick, out_dir=args.out or "runs/bench/upscale")
+        print(upscale.format_report(report))
     elif args.what == "w2s":
         from .bench import w2s
         given = dict(train_steps=args.train_steps, datasets=tuple(args.datasets.split(",")) if args.datasets else None)
@@ -163,6 +167,7 @@ def _panorama(args) -> int:
     from .commands import panorama
     from .commands.sample_pipeline import is_pipeline_dir
     options = {k: v for k, v in (("eta", args.eta), ("churn", args.churn)) if v is not None}
+    regions = _regions(args, text_key="prompt" if is_pipeline_dir(args.model) else "class")
     if is_pipeline_dir(args.model):
         from .commands import panorama_pipeline
         settings = dict(width=args.width, height=args.height, stride=args.stride, mode=args.mode, vcf=args.vcf,
@@ -178,7 +183,7 @@ def _panorama(args) -> int:
                               settings["stride"], settings["mode"], args.fuse, settings["sampler"], settings["steps"],
                               settings["vcf"], args.style_alpha, args.circular, settings["guidance"], args.klass,
                               args.seeds, args.out, args.max_batch, args.device or "cpu", args.dtype, args.batch_size,
-                              True, **options)
+                              True, regions, **options)
         print(f"panoramas: {args.out}/ (panorama_SEED.png, panoramas.png, manifest.json, settings.json)")
         return 0
     if args.prompt is not None or args.preset:
@@ -186,9 +191,20 @@ def _panorama(args) -> int:
     panorama.run(args.model, args.width, args.height, args.stride, args.mode, args.fuse, args.sampler or "ddim",
                  32 if args.steps is None else args.steps,
                  args.vcf, args.style_alpha, args.circular, args.guidance or "none", args.klass, args.seeds, args.out,
-                 args.max_batch, args.device or "cpu", True, args.batch_size, **options)
+                 args.max_batch, args.device or "cpu", True, args.batch_size, regions, **options)
     print(f"panoramas: {args.out}/ (panorama_SEED.png, panoramas.png, manifest.json, settings.json)")
     return 0
+
+
+def _regions(args, text_key: str) -> list[dict] | None:
+    """--regions FILE's entries, then each --region 'WHAT@top,left,bottom,right' (WHAT: a prompt, or a class
+    on class models)."""
+    from .regional import parse_region, read_regions
+    entries = read_regions(args.regions) if args.regions else []
+    for text in args.region or []:
+        e = parse_region(text)
+        entries.append({text_key: e["prompt"], "box": e["box"]})
+    return entries or None
 
 
 def _metrics(args) -> int:
@@ -244,12 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     toy.set_defaults(func=_toy)
 
     bench = sub.add_parser("bench", parents=[common], help="benchmarks that print figures")
-    bench.add_argument("what", choices=["speed", "quality", "fronts", "panorama", "w2s", "generate", "positions", "demo"],
+    bench.add_argument("what", choices=["speed", "quality", "fronts", "panorama", "upscale", "w2s", "generate", "positions", "demo"],
                        help="speed: what each guidance costs against its FLOP floor and diffusers; quality: every "
                             "guidance method over weights on the bundled models (FD, KID, IS, P/R, coherence); fronts: "
                             "fine sweeps over seed sets, Pareto fronts of quality against side effects, gains per "
                             "sigma band, banded M-SWG and a w(sigma) schedule; "
-                            "panorama: fusion methods on wide scenes, and speed against diffusers; w2s: guidance "
+                            "panorama: fusion methods on wide scenes, and speed against diffusers; upscale: 2x / 4x "
+                            "window-fusion upscaling of held-out scenes against the real images; w2s: guidance "
                             "learned in training vs CFG; generate: the sample command's overhead and 1 vs 2 "
                             "processes; positions: crop positional embeddings on a tiny DiT; demo: 'windowguide "
                             "demo' timed as a fresh process, alone and beside a busy core")
@@ -306,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     pano.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                       help="pipeline folders: weights and activations")
     pano.add_argument("--preset", help="pipeline folders: a panorama preset, e.g. gvcf-sd2-panorama")
+    pano.add_argument("--regions", help="regional prompts: a JSON file {\"regions\": [{\"prompt\" | \"class\": ..., "
+                      "\"box\": [top, left, bottom, right] | \"mask\": PNG, \"weight\": 1}]} (image pixels); --prompt / "
+                      "--class is the background over the whole canvas")
+    pano.add_argument("--region", action="append", help="one region, 'PROMPT@top,left,bottom,right' (pixels; class "
+                      "models: 'CLASS@...'); repeatable")
     pano.add_argument("--width", type=int, default=96, help="canvas width in pixels")
     pano.add_argument("--height", type=int, help="canvas height (default: the model's)")
     pano.add_argument("--stride", type=int, default=8, help="step between windows")

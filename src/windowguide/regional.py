@@ -8,12 +8,24 @@ mask at each pixel:
 (pairs whose mask is zero over the window are not evaluated). A condition is whatever the denoiser takes:
 prompt embeddings, or class labels on class models. One region whose mask covers the canvas is
 the single-prompt panorama. Deterministic samplers (euler, heun, ddim with eta 0, flow_euler) for now.
+Networks that take positions (FLUX's ids, RoPE) see each pair's window at its place on the canvas.
+
+The CLI's syntax (``windowguide panorama --regions FILE`` / ``--region 'PROMPT@top,left,bottom,right'``),
+in image pixels; ``--prompt`` / ``--class`` is a background region over the whole canvas, beneath them:
+
+    {"regions": [{"prompt": "a snowy peak", "box": [0, 0, 512, 1024]},
+                 {"prompt": "a lake", "mask": "lake.png", "weight": 2.0},
+                 {"class": 2, "box": [0, 48, 24, 96]}]}      # class models
+
+A box is widened to whole latent pixels; a mask PNG (the canvas's size, grey level / 255) is averaged
+over each latent pixel's block.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from .conds import Cond, cond_cat, cond_select
@@ -40,6 +52,88 @@ class Region:
         return Region(cond, mask)
 
 
+# ------------------------------------------------------------------- the JSON / CLI syntax of regions
+
+REGION_KEYS = ("prompt", "class", "box", "mask", "weight")
+
+
+def parse_region(text: str) -> dict:
+    """``--region 'PROMPT@top,left,bottom,right'`` (image pixels; a class model: ``'CLASS@...'``) as a
+    region entry {"prompt", "box"}; the text after the last '@' is the box."""
+    what, at, box = text.rpartition("@")
+    try:
+        numbers = [int(v) for v in box.split(",")]
+    except ValueError:
+        numbers = []
+    if not at or not what or len(numbers) != 4:
+        raise WindowguideError(f"--region {text!r}: accepted: 'PROMPT@top,left,bottom,right' (image pixels, "
+                               f"e.g. 'a red barn@0,0,512,768'; a class model: 'CLASS@0,0,24,48')")
+    return {"prompt": what, "box": numbers}
+
+
+def read_regions(path: str) -> list[dict]:
+    """The region entries of a JSON file: {"regions": [{"prompt": ... | "class": ..., "box": [top, left,
+    bottom, right] | "mask": "PNG (white = 1, the canvas's size)", "weight": 1.0}, ...]}; a mask's path is
+    relative to the file."""
+    import json
+    import os
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise WindowguideError(f"--regions {path}: not a readable JSON file ({e})") from None
+    entries = data.get("regions") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise WindowguideError(f"--regions {path}: accepted: {{\"regions\": [{{\"prompt\": ..., \"box\": [top, left, "
+                               f"bottom, right]}}, ...]}}")
+    out = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise WindowguideError(f"--regions {path}: region {i} is not an object")
+        e = dict(e)
+        if isinstance(e.get("mask"), str) and not os.path.isabs(e["mask"]):
+            e["mask"] = os.path.join(os.path.dirname(os.path.abspath(path)), e["mask"])
+        out.append(e)
+    return out
+
+
+def region_mask(entry: dict, canvas_px: tuple[int, int], factor: int = 1, index: int = 0) -> torch.Tensor:
+    """The entry's mask over the canvas in latent pixels [H / factor, W / factor]: a box (image pixels,
+    widened to whole latent pixels) or a mask PNG of the canvas's image size (its grey level / 255,
+    averaged over each factor x factor block), times ``weight``."""
+    h, w = canvas_px
+    unknown = sorted(set(entry) - set(REGION_KEYS))
+    if unknown or ("box" in entry) == ("mask" in entry) or ("prompt" in entry) == ("class" in entry):
+        raise WindowguideError(f"region {index} {entry}: accepted keys {', '.join(REGION_KEYS)}: one of prompt / "
+                               f"class and one of box / mask")
+    weight = entry.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or not weight > 0 or weight == float("inf"):
+        raise WindowguideError(f"region {index}: weight {weight!r}: accepted: a positive number")
+    if "box" in entry:
+        box = entry["box"]
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, int) for v in box)):
+            raise WindowguideError(f"region {index}: box {box!r}: accepted: [top, left, bottom, right] in pixels")
+        top, left, bottom, right = box
+        if not (0 <= top < bottom <= h and 0 <= left < right <= w):
+            raise WindowguideError(f"region {index}: box {box} is not inside the {h}x{w} canvas (pixels); accepted: "
+                                   f"0 <= top < bottom <= {h}, 0 <= left < right <= {w}")
+        mask = torch.zeros(h // factor, w // factor)
+        mask[top // factor:-(-bottom // factor), left // factor:-(-right // factor)] = 1
+        return mask * weight
+    from .imageio import read_uint8
+    grey = read_uint8(entry["mask"])
+    if grey.shape[:2] != (h, w):
+        raise WindowguideError(f"region {index}: mask {entry['mask']} is {grey.shape[1]}x{grey.shape[0]}, the canvas "
+                               f"{w}x{h}; accepted: a mask of the canvas's size")
+    m = torch.tensor(grey.astype(np.float32).mean(-1) / 255)
+    return torch.nn.functional.avg_pool2d(m[None, None], factor)[0, 0] * weight
+
+
+def regions_from_entries(entries: list[dict], canvas_px: tuple[int, int], factor: int, cond_of) -> list[Region]:
+    """Regions of parsed entries; ``cond_of(entry)`` gives the condition of its prompt or class."""
+    return [Region(cond_of(e), region_mask(e, canvas_px, factor, i)) for i, e in enumerate(entries)]
+
+
 def check_regions(regions: Sequence[Region], canvas: tuple[int, int]) -> torch.Tensor:
     """The masks [R, H, W]; every pixel must be covered by some region (else it would never be denoised)."""
     if not regions:
@@ -52,8 +146,12 @@ def check_regions(regions: Sequence[Region], canvas: tuple[int, int]) -> torch.T
                                    f"got {tuple(m.shape)}")
         masks.append(m)
     masks = torch.stack(masks)
-    if bool((masks.sum(0) <= 0).any()):
-        raise WindowguideError("some canvas pixels are in no region (every mask is 0 there); cover the canvas")
+    bare = masks.sum(0) <= 0
+    if bool(bare.any()):
+        rows, cols = bare.nonzero(as_tuple=True)
+        raise WindowguideError(f"{int(bare.sum())} of the {canvas[0]}x{canvas[1]} canvas pixels are in no region (e.g. "
+                               f"row {int(rows[0])}, column {int(cols[0])}); cover the canvas, or give a background "
+                               f"(--prompt / --class) that covers it all")
     return masks
 
 
@@ -88,7 +186,7 @@ def fuse(lay: Layout, states: torch.Tensor, chosen: list[tuple[int, int]], masks
 def regional_panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, regions: Sequence[Region], window: Any,
                       stride: Any = 8, mode: str = "multidiffusion", sampler: str = "ddim", steps: int = 50,
                       sigmas: Any = None, guidance: Any = None, circular: bool = False, device: Any = None,
-                      **sampler_options) -> torch.Tensor:
+                      progress: bool = False, **sampler_options) -> torch.Tensor:
     """Sample a (C, H, W) canvas whose regions follow their own conditions (module docstring)."""
     from .denoiser import as_denoiser
     from .fusion import check_fusion
@@ -116,14 +214,18 @@ def regional_panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, regions:
     rows = [cond_select(conds[r], torch.tensor([i])) for i in range(n) for r, _ in chosen]
     cond = None if rows[0] is None else cond_cat(rows)
     windows = torch.tensor([k for _, k in chosen])
+    from .windows import regions_of_call
+    at = lay.regions(1)[windows].repeat(n, 1) if getattr(base, "canvas_positions", False) else None
     step = SAMPLERS[sampler]
     s = sigmas.tolist()
-    for i in range(len(s) - 1):
+    from tqdm.auto import trange
+    for i in trange(len(s) - 1, disable=not progress, desc=f"{sampler} (regions)", leave=False):
         crops = lay.crop(x).reshape(n, lay.n, c, *lay.window)
         batch = crops[:, windows].reshape(n * len(chosen), c, *lay.window)
         if hasattr(inner, "begin_step"):
             inner.begin_step(i, s)
-        states = step(lambda xw, sg, cd: inner(xw, sg, cd), batch, [s[i], s[i + 1]], cond, **options)
+        with regions_of_call(at):                 # each pair's window at its place (networks that take positions)
+            states = step(lambda xw, sg, cd: inner(xw, sg, cd), batch, [s[i], s[i + 1]], cond, **options)
         x = fuse(lay, states, chosen, masks.to(x), n, weighting)
     return x
 
@@ -137,4 +239,5 @@ def _per_sample(cond: Cond, n: int) -> Cond:
     return cond.expand(n, *cond.shape[1:]).clone() if cond.shape[0] == 1 and n > 1 else cond
 
 
-__all__ = ["Region", "regional_panorama", "check_regions", "pairs", "fuse"]
+__all__ = ["Region", "regional_panorama", "check_regions", "pairs", "fuse", "parse_region", "read_regions",
+           "region_mask", "regions_from_entries"]

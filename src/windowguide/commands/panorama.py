@@ -20,6 +20,7 @@ from .. import spec
 from ..errors import WindowguideError
 from ..files import check_out_dir, read_png, write_json, write_png
 from ..fusion import check_fusion, panorama
+from ..regional import check_regions, regional_panorama
 from ..generate import parse_seeds
 from ..images import grid, to_uint8
 from ..sampling import karras_sigmas
@@ -35,7 +36,8 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
         mode: str = "multidiffusion", fuse: str | None = None, sampler: str = "ddim", steps: int = 32,
         vcf: bool = False, style_alpha: float = 0.0, circular: bool = False, guidance: str = "none",
         klass: Any = None, seeds: Any = "0-3", out: str = "runs/panorama", max_batch: int | None = None,
-        device: Any = "cpu", progress: bool = True, batch_size: int = 4, **sampler_options) -> dict:
+        device: Any = "cpu", progress: bool = True, batch_size: int = 4, regions: list[dict] | None = None,
+        **sampler_options) -> dict:
     """Sample the panoramas and write them to ``out``; returns the settings record."""
     seeds = parse_seeds(seeds)
     check_count(steps, "--steps", maximum=MAX_STEPS)
@@ -61,11 +63,20 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
                     guidance=spec.canonical(guidance), klass=klass, max_batch=max_batch,
                     sampler_options=sampler_options, schedule="karras 0.002..80 rho 7")
     sigmas = karras_sigmas(steps, 0.002, 80.0)
-    draw = lambda batch: panorama(denoiser, (c, height, width), batch, window=(h, w), stride=stride, mode=mode,
-                                  fuse=fuse, sampler=sampler, sigmas=sigmas, guidance=g,
-                                  cond=labels_for(batch, net.num_classes, klass), vcf=vcf, style_alpha=style_alpha,
-                                  circular=circular, max_batch=max_batch, device=device, progress=progress,
-                                  **sampler_options)
+    if regions:
+        regs = class_regions(regions, klass, net.num_classes, (height, width))
+        check_regions(regs, (height, width))
+        settings["regions"] = regions
+        draw = lambda batch: regional_panorama(denoiser, (c, height, width), batch, regs, window=(h, w), stride=stride,
+                                               mode=mode, sampler=sampler, sigmas=sigmas, guidance=g,
+                                               circular=circular, device=device, progress=progress,
+                                               **sampler_options)
+    else:
+        draw = lambda batch: panorama(denoiser, (c, height, width), batch, window=(h, w), stride=stride, mode=mode,
+                                      fuse=fuse, sampler=sampler, sigmas=sigmas, guidance=g,
+                                      cond=labels_for(batch, net.num_classes, klass), vcf=vcf,
+                                      style_alpha=style_alpha, circular=circular, max_batch=max_batch, device=device,
+                                      progress=progress, **sampler_options)
     claim(out, settings)
 
     def draw_and_write(todo):
@@ -77,6 +88,26 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
     draw_missing(seeds, r, lambda s: _path(out, s), batch_size, draw_and_write, progress)
     finish(out, r, lambda: _stack(out, height))
     return settings
+
+
+def class_regions(entries: list[dict], klass, num_classes: int, canvas: tuple[int, int]):
+    """Regions of a class model's entries ({"class": K | "none", "box" | "mask"}, pixels); an explicit
+    --class K is a background region over the whole canvas, beneath the others."""
+    from ..regional import regions_from_entries
+    for i, e in enumerate(entries):
+        if "prompt" in e:
+            raise WindowguideError(f"region {i}: this model takes class labels ({{\"class\": 0..{num_classes - 1}}}), "
+                                   f"not a prompt")
+    if klass not in (None, "all"):
+        entries = [{"class": klass, "box": [0, 0, *canvas]}] + list(entries)
+    null = num_classes
+
+    def cond_of(e):
+        k = normalise_class(e["class"], num_classes)
+        if k == "all":
+            raise WindowguideError("a region's class must be one class or 'none', not 'all'")
+        return torch.tensor([null if k in (None, "none") else k])
+    return regions_from_entries(entries, canvas, 1, cond_of)
 
 
 def _path(out: str, seed: int) -> str:

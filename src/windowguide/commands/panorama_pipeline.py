@@ -18,6 +18,7 @@ from ..errors import WindowguideError
 from ..files import check_out_dir, write_png
 from ..fusion import check_fusion, panorama
 from ..generate import parse_seeds
+from ..regional import check_regions, regional_panorama
 from .common import MAX_STEPS, check_count, claim, draw_missing, finish, rank_device
 from .panorama import _path, _stack
 from .sample_pipeline import conditions_and_guidance, latent_factor, latent_side, load_pipeline
@@ -28,7 +29,7 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
         sampler: str | None = None, steps: int | None = None, vcf: bool = False, style_alpha: float = 0.0,
         circular: bool = False, guidance: str | None = None, klass: Any = None, seeds: Any = "0", out: str = "runs/panorama",
         max_batch: int | None = None, device: Any = "cpu", dtype: str = "float32", batch_size: int = 1,
-        progress: bool = True, **sampler_options) -> dict:
+        progress: bool = True, regions: list[dict] | None = None, **sampler_options) -> dict:
     from ..adapters.pipelines import from_pipeline
     from ..adapters.registry import default_cfg_weight
     seeds = parse_seeds(seeds)
@@ -54,7 +55,11 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
     from ..windows import layout
     wh, ww = min(wh, canvas[1]), min(ww, canvas[2])     # a canvas below the trained size: windows of its size
     layout(canvas[1], canvas[2], (wh, ww), stride=stride, circular=circular)
-    klass, cond_of, g = conditions_and_guidance(m, guidance, prompt, negative_prompt, klass)
+    if regions and (m.num_classes or m.extras.get("unconditional")):
+        raise WindowguideError(f"--region/--regions on a pipeline take prompts; this {m.family} pipeline takes "
+                               f"{'class labels' if m.num_classes else 'no condition'}")
+    first = prompt if prompt is not None or not regions else regions[0].get("prompt")
+    klass, cond_of, g = conditions_and_guidance(m, guidance, first, negative_prompt, klass)
     sigmas = m.sigmas(steps, shape=(c, wh, ww))          # a window's schedule (its tokens: dynamic shifts)
     scheduler_options = m.sampler_options(sampler, steps)
     if "targets" in scheduler_options:
@@ -66,15 +71,26 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
                     canvas=list(canvas), window=[wh, ww], stride=stride, mode=mode, fuse=fuse, sampler=sampler,
                     steps=steps, vcf=vcf, style_alpha=style_alpha, circular=circular, guidance=spec.canonical(guidance),
                     klass=klass, dtype=dtype, sampler_options=sampler_options)
+    regs = prompt_regions(m, regions, prompt, negative_prompt, (canvas[1] * factor, canvas[2] * factor), factor) \
+        if regions else None
+    if regions:
+        check_regions(regs, canvas[1:])
+        settings["regions"] = regions
     claim(out, settings)
 
-    def draw(batch):
-        with torch.no_grad():
-            x = panorama(m.denoiser, canvas, batch, window=(wh, ww), stride=stride, mode=mode, fuse=fuse,
+    def fused(batch):
+        if regs:
+            return regional_panorama(m.denoiser, canvas, batch, regs, window=(wh, ww), stride=stride, mode=mode,
+                                     sampler=sampler, sigmas=sigmas, guidance=g, circular=circular, device=device,
+                                     progress=progress, **sampler_options)
+        return panorama(m.denoiser, canvas, batch, window=(wh, ww), stride=stride, mode=mode, fuse=fuse,
                          sampler=sampler, sigmas=sigmas, guidance=g, cond=cond_of(batch), vcf=vcf,
                          style_alpha=style_alpha, circular=circular, max_batch=max_batch, device=device,
                          progress=progress, **sampler_options)
-            images = m.decode(m.pipeline_latents(x, sigmas))
+
+    def draw(batch):
+        with torch.no_grad():
+            images = m.decode(m.pipeline_latents(fused(batch), sigmas))
         for s, im in zip(batch, images):
             write_png(im, _path(out, s))
 
@@ -83,4 +99,17 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
     return settings
 
 
-__all__ = ["run"]
+def prompt_regions(m, entries: list[dict], prompt, negative_prompt: str, canvas_px: tuple[int, int], factor: int):
+    """Regions of a pipeline's entries ({"prompt", "box" | "mask"}, image pixels); --prompt, when given, is
+    a background region over the whole canvas, beneath the others."""
+    from ..regional import regions_from_entries
+    for i, e in enumerate(entries):
+        if "class" in e:
+            raise WindowguideError(f"region {i}: this pipeline takes prompts ({{\"prompt\": ...}}), not class labels")
+    if prompt is not None:
+        entries = [{"prompt": prompt, "box": [0, 0, *canvas_px]}] + list(entries)
+    return regions_from_entries(entries, canvas_px, factor,
+                                lambda e: m.encode(prompt=str(e["prompt"]), negative_prompt=negative_prompt)[0])
+
+
+__all__ = ["run", "prompt_regions"]

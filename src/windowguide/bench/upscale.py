@@ -1,0 +1,162 @@
+"""``windowguide bench upscale``: window-fusion upscaling on the bundled ``scenes`` model, against the real
+high-resolution images.
+
+Held-out 24 x 96 scenes (seed 3; the model was trained on crops of seed 0's) are reduced by Lanczos to
+12 x 48 (2x) and 6 x 24 (4x), then upscaled back: plain Lanczos resize, and img2img over 24 x 24 windows
+(stride 8, ``strength`` of a Karras schedule, the null label) fused by MultiDiffusion (DDIM), GF (DDIM),
+GF (DDPM) and GF + VCF (DDPM), each without and with M-SWG inside the windows. 4x is progressive (two x2
+stages, DemoFusion's); M-SWG runs in the stages whose canvas is at least a window tall (the last).
+Figures, each over all images:
+
+- seam: the panorama benchmark's, mean |horizontal pixel step| on window-border columns over the
+  other columns (real: ~1);
+- hf_ratio: energy of the high-pass residual against the real images' (detail added: toward 1; blur < 1);
+- fd: Fréchet distance of the 24 x 24 crops on the bundled scenes classifier's features to real crops;
+- psnr / ssim: fidelity to the real high-resolution image (``metrics.pixels``; SSIM as torchmetrics').
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import write_report
+from .. import metrics
+from ..data import load, scenes
+from ..guidance import MSWG
+from ..images import grid, save_png
+from ..metrics.pixels import psnr, ssim
+from ..models.checkpoint import load_denoiser, load_model
+from ..upscale import progressive_stages, resize, upscale_pixels
+from .panorama import border_columns, high_pass, seam_score
+
+
+@dataclass
+class Settings:
+    """What the upscale benchmark draws: images, steps, strength, stride, the M-SWG recipe."""
+    samples: int = 48
+    steps: int = 32
+    strength: float = 0.5
+    stride: int = 8
+    mswg_weight: float = 0.5
+    mswg_window: int = 16
+
+
+QUICK = Settings(samples=8, steps=16)
+
+METHODS = (   # name, fusion mode, sampler, vcf
+    ("multidiffusion", "multidiffusion", "ddim", False),
+    ("gf", "gf", "ddim", False),
+    ("gf ddpm", "gf", "ddpm", False),
+    ("gf+vcf ddpm", "gf", "ddpm", True),
+)
+
+
+def to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> [N, 3, H, W] in [-1, 1]."""
+    return torch.tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+class UpscaleMetrics:
+    """Seam, detail, FD-on-crops and fidelity figures against the real high-resolution images."""
+
+    def __init__(self, real: torch.Tensor, window: int, stride: int):
+        self.real, self.window = real, window
+        self.cols = border_columns(real.shape[-1], window, stride)
+        self.classifier, self.cinfo = load_model("scenes-classifier", "classifier")
+        with torch.no_grad():
+            self.real_feats = self.classifier.features(load("scenes", "test").images)
+        self.ref_hf = high_pass(real).pow(2).mean().item()
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> dict:
+        from .panorama import crops_of
+        feats = self.classifier.features(crops_of(x, self.window))
+        p, s = psnr(x, self.real), ssim(x, self.real)
+        return dict(seam=seam_score(x, self.cols), hf_ratio=high_pass(x).pow(2).mean().item() / self.ref_hf,
+                    fd=metrics.frechet_distance(self.real_feats, feats), psnr=p.mean().item(),
+                    psnr_se=(p.std() / len(p) ** 0.5).item(), ssim=s.mean().item())
+
+
+def upscale_all(denoiser, low: np.ndarray, scale: int, s: Settings, mode: str, sampler: str, vcf: bool,
+                mswg: bool, window: int, null: int) -> np.ndarray:
+    """Every low-resolution image upscaled by ``scale`` (x2 stages when 4x), image i from seed i."""
+    out = []
+    for i, image in enumerate(low):
+        for factor in progressive_stages(scale):
+            tall = image.shape[0] * factor >= window
+            g = MSWG(s.mswg_weight, window=s.mswg_window) if mswg and tall else None
+            image = upscale_pixels(denoiser, image, factor, s.strength, seeds=[i], steps=s.steps,
+                                   cond=torch.tensor([null]), guidance=g, window=window, stride=s.stride,
+                                   mode=mode, sampler=sampler, vcf=vcf)[0]
+        out.append(image)
+    return np.stack(out)
+
+
+def run_quality(s: Settings, out_dir: str, progress: bool = True) -> dict:
+    """Every method at 2x and 4x; rows of figures and grids in out_dir."""
+    denoiser, info, net = load_denoiser("scenes")
+    window = info["shape"][1]
+    real_u8 = (((scenes(s.samples, window, 4 * window, seed=3).images.clamp(-1, 1) + 1) * 127.5).round()
+               .to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    real = to_unit(real_u8)
+    um = UpscaleMetrics(real, window, s.stride)
+    rows = []
+    for scale in (2, 4):
+        low = np.stack([resize(r, 1 / scale, "lanczos") for r in real_u8])
+        t0 = time.perf_counter()
+        plain = to_unit(np.stack([resize(r, scale, "lanczos") for r in low]))
+        rows.append(dict(scale=scale, method="lanczos resize", mswg=False, seconds=time.perf_counter() - t0,
+                         **um(plain)))
+        shown = [plain[:6]]
+        for name, mode, sampler, vcf in METHODS:
+            for mswg in (False, True):
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    x = to_unit(upscale_all(denoiser, low, scale, s, mode, sampler, vcf, mswg, window,
+                                            net.num_classes))
+                row = dict(scale=scale, method=name, mswg=mswg, seconds=time.perf_counter() - t0, **um(x))
+                rows.append(row)
+                shown.append(x[:6])
+                if progress:
+                    print(f"  {scale}x {name:14s} mswg={mswg!s:5s} seam {row['seam']:.3f} hf {row['hf_ratio']:.3f} "
+                          f"FD {row['fd']:.3f} PSNR {row['psnr']:.2f} SSIM {row['ssim']:.3f} "
+                          f"({row['seconds']:.1f} s)", flush=True)
+        # one column per image: real, resize, then the methods in the rows' order
+        save_png(grid(torch.cat([real[:6]] + shown), nrow=6, scale=3),
+                 os.path.join(out_dir, f"upscale_{scale}x.png"))
+    return dict(rows=rows, real=um(real), classifier_test_accuracy=um.cinfo.get("test_accuracy"), window=window,
+                samples=s.samples, steps=s.steps, strength=s.strength, stride=s.stride,
+                mswg=f"mswg:w={s.mswg_weight:g},window={s.mswg_window}")
+
+
+def run(json_path: str | None = None, quick: bool = False, out_dir: str = "runs/bench/upscale",
+        progress: bool = True) -> dict:
+    """The upscale benchmark; writes the JSON report and the grids."""
+    s = QUICK if quick else Settings()
+    t0 = time.perf_counter()
+    report = dict(quality=run_quality(s, out_dir, progress))
+    report["seconds"] = time.perf_counter() - t0
+    write_report(report, json_path)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The report as a plain-text table."""
+    q = report["quality"]
+    lines = [f"upscale of held-out 24x96 scenes from 12x48 (2x) and 6x24 (4x, progressive): {q['samples']} images, "
+             f"windows {q['window']} stride {q['stride']}, strength {q['strength']}, {q['steps']} steps, "
+             f"M-SWG {q['mswg']}",
+             f"{'scale':5s} {'method':16s} {'mswg':5s} | {'seam':>6s} {'hf':>6s} {'FD':>7s} {'PSNR':>6s} {'±':>5s} "
+             f"{'SSIM':>6s} {'s':>6s}"]
+    r = q["real"]
+    lines.append(f"{'':5s} {'real images':16s} {'':5s} | {r['seam']:6.3f} {r['hf_ratio']:6.3f} {r['fd']:7.3f} "
+                 f"{'inf':>6s} {'':5s} {r['ssim']:6.3f}")
+    for r in q["rows"]:
+        lines.append(f"{r['scale']:<5d} {r['method']:16s} {r['mswg']!s:5s} | {r['seam']:6.3f} {r['hf_ratio']:6.3f} "
+                     f"{r['fd']:7.3f} {r['psnr']:6.2f} {r['psnr_se']:5.2f} {r['ssim']:6.3f} {r['seconds']:6.1f}")
+    lines.append(f"total {report['seconds']:.0f} s")
+    return "\n".join(lines)
