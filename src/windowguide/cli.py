@@ -28,7 +28,7 @@ def _upscale(args) -> int:
     from .commands import upscale
     upscale.run(args.image, args.model, args.scale, args.strength, args.prompt, args.negative_prompt, args.guidance,
                 args.seeds, args.steps, args.mode, args.stride, args.sampler, args.vcf, args.filter, args.progressive,
-                args.out, args.device or "cpu", args.dtype, args.klass)
+                args.out, args.device or "cpu", args.dtype, args.klass, args.max_batch)
     print(f"upscaled: {args.out}/ (upscaled_SEED.png, settings.json)")
     return 0
 
@@ -372,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--vcf", action="store_true", help="variance-corrected fusion (ddpm)")
     up.add_argument("--filter", default="lanczos", help="resize filter: lanczos, bicubic, bilinear, nearest")
     up.add_argument("--progressive", action="store_true", help="x2 stages, each from the previous (DemoFusion)")
+    up.add_argument("--max-batch", type=int, default=8, help="window-sized inputs per network call (default 8): "
+                    "the network's activations are held for that many windows at a time")
     up.add_argument("--out", default="runs/upscale", help="folder for upscaled_SEED.png and settings.json")
     up.add_argument("--device", help=_DEVICE)
     up.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],

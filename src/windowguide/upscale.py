@@ -74,11 +74,14 @@ def start_step(steps: int, strength: float, flow: bool = False) -> int:
 
 def denoise_windows(denoiser: Any, z: torch.Tensor, sigmas: torch.Tensor, seeds, cond=None, guidance=None,
                     window: tuple[int, int] | None = None, stride: int = 8, mode: str = "gf", sampler: str = "ddim",
-                    vcf: bool = False, progress: bool = False, **sampler_options) -> torch.Tensor:
+                    vcf: bool = False, progress: bool = False, max_batch: int | None = 8,
+                    **sampler_options) -> torch.Tensor:
     """img2img over windows: x = z + sigma_0 eps (one generator per seed; the VE form of both VP's
     sqrt(a) z + sqrt(1-a) eps and flow's (1-s) z + s eps), then the ``sigmas`` over windows of ``window``
     whose states are fused by ``mode`` (GF / MultiDiffusion; VCF for stochastic samplers), ``guidance``
-    inside each window. z: [1, C, H, W] (the clean canvas); returns [len(seeds), C, H, W] at sigmas[-1]."""
+    inside each window. z: [1, C, H, W] (the clean canvas); returns [len(seeds), C, H, W] at sigmas[-1].
+    ``max_batch``: window-sized inputs per network call (diffusers' view batch), so the network's
+    activations are held for that many windows at a time, never for all of them."""
     from .fusion import _per_window_nulls, check_fusion, sample_fused_states
     from .guidance import guided
     from .sampling import PerSampleNoise
@@ -92,7 +95,7 @@ def denoise_windows(denoiser: Any, z: torch.Tensor, sigmas: torch.Tensor, seeds,
     lay = layout(z.shape[-2], z.shape[-1], (min(h, z.shape[-2]), min(w, z.shape[-1])), stride=stride)
     noise = PerSampleNoise.from_seeds(seeds)
     x = z.expand(len(seeds), *z.shape[1:]) + float(sigmas[0]) * noise(torch.empty(len(seeds), *z.shape[1:]))
-    inner = guided(denoiser, _per_window_nulls(guidance, len(seeds), lay.n))
+    inner = guided(denoiser, _per_window_nulls(guidance, len(seeds), lay.n), max_batch)
     return sample_fused_states(inner, x.to(z), sigmas, cond, lay, weighting, sampler, noise, vcf, progress,
                                **options)
 
@@ -100,7 +103,7 @@ def denoise_windows(denoiser: Any, z: torch.Tensor, sigmas: torch.Tensor, seeds,
 def upscale_pixels(denoiser: Any, image: np.ndarray, scale: float = 2, strength: float = 0.35, seeds=(0,),
                    steps: int = 32, sigmas: Any = None, cond=None, guidance=None, window: Any = None,
                    stride: int = 8, mode: str = "gf", sampler: str = "ddim", vcf: bool = False,
-                   filter: str = "lanczos", **sampler_options) -> np.ndarray:
+                   filter: str = "lanczos", max_batch: int | None = 8, **sampler_options) -> np.ndarray:
     """A pixel-space model's upscale (the bundled EDM nets): x0 = resize(image) / 127.5 - 1, noised to the
     Karras schedule's step of ``strength`` (``start_step``) and denoised over windows (``denoise_windows``;
     ``window``: the model's (h, w); default one window over the image). ``cond``: class labels [len(seeds)] or None (the null label).
@@ -121,7 +124,7 @@ def upscale_pixels(denoiser: Any, image: np.ndarray, scale: float = 2, strength:
     window = (window, window) if isinstance(window, int) else window
     with torch.no_grad():
         x = denoise_windows(base, z, sigmas[start:], seeds, cond, guidance, window, stride, mode, sampler, vcf,
-                            **sampler_options)
+                            max_batch=max_batch, **sampler_options)
     return to_uint8(x)
 
 
@@ -158,7 +161,7 @@ def progressive_upscale(pipe: Any, image: np.ndarray, scale: float = 4, seeds=(0
 def upscale(pipe: Any, image: np.ndarray, scale: float = 2, strength: float = 0.35, seeds=(0,), steps: int = 50,
             prompt: str | None = None, negative_prompt: str = "", guidance=None, mode: str = "gf", stride: int = 8,
             window: int | None = None, sampler: str | None = None, vcf: bool = False, filter: str = "lanczos",
-            output_type: str = "np", progress: bool = False, **sampler_options):
+            output_type: str = "np", progress: bool = False, max_batch: int | None = 8, **sampler_options):
     """Upscaled images, uint8 [len(seeds), H scale, W scale, 3] (module docstring); ``output_type='latent'``
     gives the pipeline's latents instead. ``guidance``: windowguide terms whose CFG takes the negative
     prompt as its null; ``window``: latent pixels (default the model's); ``sampler`` default ddim for the
@@ -189,7 +192,7 @@ def upscale(pipe: Any, image: np.ndarray, scale: float = 2, strength: float = 0.
             options["targets"] = options["targets"][start:]
         with torch.no_grad():
             x = denoise_windows(m.denoiser, z, sigmas[start:], seeds, _repeat(pos, len(seeds)), g, (size, size),
-                                stride, mode, sampler, vcf, progress, **options)
+                                stride, mode, sampler, vcf, progress, max_batch, **options)
         x = m.pipeline_latents(x, sigmas)
     return x if output_type == "latent" else m.decode(x)
 

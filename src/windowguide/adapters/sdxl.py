@@ -1,4 +1,4 @@
-"""SDXL (``StableDiffusionXLPipeline`` and its ControlNet pipeline): a text-time UNet on a VP schedule;
+"""SDXL (``StableDiffusionXLPipeline`` and its ControlNet pipeline, a ControlNet in every window): a text-time UNet on a VP schedule;
 the condition is {embeds, pooled[, time_ids]}; a crop's micro-conditioning time ids describe the
 crop: the canvas as the original size, the crop's offset and size (``sdxl_time_ids``), or derived
 from the user's own ids when the pipeline's call carried them (``sdxl_crop_time_ids``). Its calls are
@@ -13,7 +13,7 @@ from ..errors import WindowguideError
 from ..windows import current_regions
 from .base import PipelineModel, vae_decoder, vae_factor, vp_denoiser
 from .registry import Family, Patched
-from .sd import no_lcm, unet_extras, unet_multiple, vp_sigma
+from .sd import control_crop, no_lcm, unet_extras, unet_multiple, vp_sigma
 
 
 def sdxl_time_ids(regions: torch.Tensor | None, size, factor: int) -> torch.Tensor:
@@ -45,10 +45,12 @@ def sdxl_crop_time_ids(ids: torch.Tensor, regions: torch.Tensor | None, size) ->
                        1).float()
 
 
-def sdxl_unet_model(unet, vae_factor: int | None) -> Callable:
-    """SDXL's UNet as model(x_vp, t, {embeds, pooled}) -> eps; the time ids describe the call's crops
-    (``windows.current_regions()``): from the call's own ids when the condition carries them
-    (``sdxl_crop_time_ids``, the patch and the guiders), else from the canvas (``sdxl_time_ids``)."""
+def sdxl_unet_model(unet, vae_factor: int | None, controlnet=None, scale: float = 1.0) -> Callable:
+    """SDXL's UNet as model(x_vp, t, {embeds, pooled[, control]}) -> eps; the time ids describe the call's
+    crops (``windows.current_regions()``): from the call's own ids when the condition carries them
+    (``sdxl_crop_time_ids``, the patch and the guiders), else from the canvas (``sdxl_time_ids``). With a
+    diffusers ``controlnet``, its residuals (of the control image's crop at each row's place, ``control_crop``)
+    are added to the UNet's, as ``StableDiffusionXLControlNetPipeline`` does."""
     def model(x, t, cond):
         if "time_ids" in cond:
             ids = sdxl_crop_time_ids(cond["time_ids"], current_regions(), x.shape[-2:]).to(x.device, x.dtype)
@@ -58,6 +60,12 @@ def sdxl_unet_model(unet, vae_factor: int | None) -> Callable:
         added = dict(text_embeds=cond["pooled"].to(unet.dtype), time_ids=ids.to(unet.dtype))
         extra = unet_extras(cond, x.shape[-2:])
         added.update(extra.pop("added_cond_kwargs", {}))
+        if controlnet is not None:
+            image = control_crop(cond["control"], tuple(x.shape[-2:]), vae_factor).to(x.device, controlnet.dtype)
+            down, mid = controlnet(x.to(controlnet.dtype), t, encoder_hidden_states=cond["embeds"].to(unet.dtype),
+                                   controlnet_cond=image, conditioning_scale=scale, added_cond_kwargs=added,
+                                   return_dict=False)
+            extra.update(down_block_additional_residuals=down, mid_block_additional_residual=mid)
         return unet(x.to(unet.dtype), t, encoder_hidden_states=cond["embeds"].to(unet.dtype),
                     added_cond_kwargs=added, **extra).sample.float()
     return model
@@ -68,25 +76,37 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     unet = pipe.unet
     factor = unet_multiple(unet)
     vf = vae_factor(pipe.vae)
-    model = sdxl_unet_model(unet, vf)
+    control = getattr(pipe, "controlnet", None)
+    if control is not None and type(control).__name__ != "ControlNetModel":
+        raise WindowguideError(f"{type(control).__name__}: one ControlNetModel is supported (not a multi-ControlNet)")
+    model = sdxl_unet_model(unet, vf, control)
 
     @torch.no_grad()
-    def encode(prompt=None, negative_prompt="", class_labels=None):
+    def encode(prompt=None, negative_prompt="", class_labels=None, control_image=None):
         if class_labels is not None or prompt is None:
             raise WindowguideError("SDXL needs a prompt (--prompt), not class labels")
         if getattr(pipe, "text_encoder_2", None) is None:
             raise WindowguideError("this SDXL pipeline has no text_encoder_2, so a prompt cannot be encoded")
         pos, neg, pooled, neg_pooled = pipe.encode_prompt(prompt, None, unet.device, 1, True, negative_prompt)
-        return dict(embeds=pos, pooled=pooled), dict(embeds=neg, pooled=neg_pooled)
+        pos, neg = dict(embeds=pos, pooled=pooled), dict(embeds=neg, pooled=neg_pooled)
+        if control is not None:
+            if control_image is None:
+                raise WindowguideError("a ControlNet pipeline needs control_image=: a [1, 3, H, W] tensor in [0, 1] of "
+                                       "the canvas's size in pixels")
+            pos, neg = dict(pos, control=control_image), dict(neg, control=control_image)
+        return pos, neg
 
     size = unet.config.sample_size
-    return PipelineModel("sdxl", vp_denoiser(model, pipe.scheduler, factor), unet.config.in_channels, (size, size),
-                         factor, encode, vae_decoder(pipe.vae), extras=dict(vae_factor=vf))
+    denoiser = vp_denoiser(model, pipe.scheduler, factor)
+    # with a ControlNet, windows need their place (the control image's crop; the time ids then describe the crop)
+    denoiser.canvas_positions = control is not None
+    return PipelineModel("sdxl", denoiser, unet.config.in_channels, (size, size), factor, encode, vae_decoder(pipe.vae),
+                         extras=dict(vae_factor=vf))
 
 
 _PATCHED = Patched(net="unet", rows="batched", reads_cfg=True, cfg_possible=no_lcm)
 FAMILY = Family(
-    kind="sdxl", pipelines=("StableDiffusionXLPipeline",), build=build,
+    kind="sdxl", pipelines=("StableDiffusionXLPipeline", "StableDiffusionXLControlNetPipeline"), build=build,
     model=lambda net, crop_positions="slice", vae_factor=None: sdxl_unet_model(net, None), multiple=unet_multiple,
     sigma=vp_sigma, net_attr="unet",
     patched={"StableDiffusionXLPipeline": _PATCHED, "StableDiffusionXLControlNetPipeline": _PATCHED})

@@ -133,12 +133,60 @@ def run_quality(s: Settings, out_dir: str, progress: bool = True) -> dict:
                 mswg=f"mswg:w={s.mswg_weight:g},window={s.mswg_window}")
 
 
+_MEMORY_CHILD = """
+import json, resource, sys, torch
+from diffusers import DDIMScheduler
+from windowguide.adapters.base import vp_denoiser
+from windowguide.adapters.sd import sd_unet_model
+from windowguide.bench.panorama import _speed_unet
+from windowguide.guidance import CFG
+from windowguide.upscale import denoise_windows
+size, height, width, max_batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+torch.set_num_threads(2)
+unet = _speed_unet(size)
+den = vp_denoiser(sd_unet_model(unet), DDIMScheduler(beta_schedule="scaled_linear"), 8)
+cond = torch.randn(1, 77, unet.config.cross_attention_dim)
+loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+window = unet.config.sample_size or 64
+with torch.no_grad():
+    denoise_windows(den, torch.randn(1, 4, height, width), torch.tensor([1.0, 0.0]), [0], cond,
+                    CFG(1.0, null=torch.randn(1, 77, unet.config.cross_attention_dim)), (window, window),
+                    stride=window // 2, max_batch=max_batch)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps(dict(loaded_mib=loaded / 1024, peak_mib=peak / 1024)))
+"""
+
+
+def run_memory(size: str = "sd", canvases=((64, 128), (64, 256)), max_batches=(2, None)) -> dict:
+    """Peak resident memory of one fused img2img step (CFG) over windows of a UNet (SD 1.x's configuration,
+    random weights, fp32), each in a fresh process: the growth over the loaded model for each canvas
+    (latent pixels) and view batch. Bounded activations grow with ``max_batch``, not with the windows."""
+    import json
+    import subprocess
+    import sys
+    rows = []
+    for h, w in canvases:
+        for mb in max_batches:
+            out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, size, str(h), str(w), json.dumps(mb)],
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            from ..windows import layout
+            window = 64 if size == "sd" else 32
+            windows = layout(h, w, window, stride=window // 2).n
+            rows.append(dict(canvas=[h, w], windows=windows, max_batch=mb, loaded_mib=r["loaded_mib"],
+                             peak_mib=r["peak_mib"], growth_mib=r["peak_mib"] - r["loaded_mib"]))
+    return dict(unet=size, rows=rows)
+
+
 def run(json_path: str | None = None, quick: bool = False, out_dir: str = "runs/bench/upscale",
-        progress: bool = True) -> dict:
-    """The upscale benchmark; writes the JSON report and the grids."""
+        progress: bool = True, memory: bool = True) -> dict:
+    """The upscale benchmark (quality, and unless ``quick`` the memory part); writes the JSON report and
+    the grids."""
     s = QUICK if quick else Settings()
     t0 = time.perf_counter()
     report = dict(quality=run_quality(s, out_dir, progress))
+    if memory and not quick:
+        report["memory"] = run_memory()
     report["seconds"] = time.perf_counter() - t0
     write_report(report, json_path)
     return report
@@ -158,5 +206,11 @@ def format_report(report: dict) -> str:
     for r in q["rows"]:
         lines.append(f"{r['scale']:<5d} {r['method']:16s} {r['mswg']!s:5s} | {r['seam']:6.3f} {r['hf_ratio']:6.3f} "
                      f"{r['fd']:7.3f} {r['psnr']:6.2f} {r['psnr_se']:5.2f} {r['ssim']:6.3f} {r['seconds']:6.1f}")
+    if "memory" in report:
+        lines.append(f"\nmemory of one fused img2img step with CFG, UNet {report['memory']['unet']} (fp32, random "
+                     f"weights), windows 64 stride 32, peak RSS over the loaded model:")
+        for r in report["memory"]["rows"]:
+            lines.append(f"  latent {r['canvas'][0]}x{r['canvas'][1]} ({r['windows']} windows), max_batch "
+                         f"{r['max_batch'] or 'all'}: +{r['growth_mib']:.0f} MiB (loaded {r['loaded_mib']:.0f} MiB)")
     lines.append(f"total {report['seconds']:.0f} s")
     return "\n".join(lines)

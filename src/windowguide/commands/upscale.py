@@ -20,7 +20,7 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
         negative_prompt: str = "", guidance: str | None = None, seeds: Any = "0", steps: int = 50,
         mode: str = "gf", stride: int = 8, sampler: str | None = None, vcf: bool = False,
         filter: str = "lanczos", progressive: bool = False, out: str = "runs/upscale", device: Any = "cpu", dtype: str = "float32",
-        klass: Any = None) -> dict:
+        klass: Any = None, max_batch: int | None = 8) -> dict:
     """Upscale IMAGE with the pipeline folder's model for each seed (module docstring); returns the settings."""
     from ..upscale import progressive_stages, progressive_upscale, start_step, upscale
     seeds = parse_seeds(seeds)
@@ -29,6 +29,8 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
         progressive_stages(scale)
     check_count(steps, "--steps", maximum=MAX_STEPS)
     check_count(stride, "--stride")
+    if max_batch is not None:
+        check_count(max_batch, "--max-batch")
     check_out_dir(out)
     if not os.path.isfile(image):
         raise WindowguideError(f"IMAGE {image}: no such file")
@@ -61,7 +63,7 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "settings.json"), settings)
     options = dict(strength=strength, steps=steps, prompt=prompt, negative_prompt=negative_prompt, guidance=g,
-                   mode=mode, stride=stride, sampler=sampler, vcf=vcf, filter=filter)
+                   mode=mode, stride=stride, sampler=sampler, vcf=vcf, filter=filter, max_batch=max_batch)
     for seed in seeds:
         path = os.path.join(out, f"upscaled_{seed:06d}.png")
         if os.path.exists(path):
