@@ -207,6 +207,17 @@ def _regions(args, text_key: str) -> list[dict] | None:
     return entries or None
 
 
+def _ui(args) -> int:
+    try:
+        from .ui.app import bundled_models, launch
+    except ImportError as e:
+        raise WindowguideError(f"windowguide ui needs Gradio: pip install 'windowguide[ui]' ({e})") from None
+    models = bundled_models() + list(args.model or [])
+    print(f"windowguide ui: http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    launch(args.host, args.port, args.share, models)
+    return 0
+
+
 def _metrics(args) -> int:
     from .commands import metrics
     result = metrics.run(args.images, args.ref, args.metrics, args.out, args.make_ref, args.features, args.inception,
@@ -353,6 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     pano.add_argument("--batch-size", type=int, default=4, help="panoramas drawn together (default 4)")
     pano.add_argument("--device", help=_DEVICE)
     pano.set_defaults(func=_panorama, resumable=True)
+
+    ui = sub.add_parser("ui", parents=[common], help="a local web page to try every method side by side (Gradio)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    ui.add_argument("--share", action="store_true", help="also open Gradio's public share link (off by default)")
+    ui.add_argument("--model", action="append", help="a model folder or checkpoint the CLI accepts (a pipeline "
+                    "folder, an EDM2 .safetensors), added to the bundled models; repeatable")
+    ui.set_defaults(func=_ui)
 
     up = sub.add_parser("upscale", parents=[common], help="an image upscaled over windows (img2img window fusion)")
     up.add_argument("image", help="the image (PNG, JPEG, ...)")

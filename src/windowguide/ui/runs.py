@@ -1,0 +1,138 @@
+"""The page's work as plain functions: every result is made by the CLI's own code path (the same argument
+parser and command) in a fresh folder of its own, so the page's images are the CLI's bit for bit, two
+tabs never share a folder, and each result carries the command that reproduces it."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import WindowguideError
+
+
+@dataclass
+class Result:
+    """One run: its images (uint8 HWC, by seed), the command line, the folder, the settings."""
+    command: str
+    images: list[np.ndarray]
+    seeds: list[int]
+    folder: str
+    settings: dict = field(default_factory=dict)
+
+
+def cli(argv: list[str]) -> None:
+    """Run a windowguide command in this process; bad input raises ``WindowguideError`` with the CLI's
+    message (argparse's too)."""
+    import contextlib
+    from ..cli import build_parser
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = build_parser().parse_args(argv)
+    except SystemExit:
+        lines = [l for l in err.getvalue().splitlines() if l.strip()]
+        raise WindowguideError(lines[-1] if lines else f"bad arguments: {argv}") from None
+    try:
+        args.func(args)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, WindowguideError):
+            raise
+        raise WindowguideError(str(e)) from None
+
+
+def command_line(argv: list[str]) -> str:
+    """The shell command of an argument list, without the run's own --out folder."""
+    shown, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--out":
+            skip = True
+            continue
+        shown.append(a)
+    return "windowguide " + " ".join(shlex.quote(a) for a in shown)
+
+
+def _run(argv: list[str], root: str | None, pattern: str) -> Result:
+    import re
+    from ..files import read_png
+    folder = tempfile.mkdtemp(prefix="wg-ui-", dir=root)
+    cli(argv + ["--out", folder])
+    rx = re.compile(pattern)
+    names = sorted((n for n in os.listdir(folder) if rx.match(n)), key=lambda n: int(rx.match(n).group(1)))
+    settings = {}
+    if os.path.exists(os.path.join(folder, "settings.json")):
+        with open(os.path.join(folder, "settings.json")) as f:
+            settings = json.load(f)
+    return Result(command_line(argv), [read_png(os.path.join(folder, n)) for n in names],
+                  [int(rx.match(n).group(1)) for n in names], folder, settings)
+
+
+def sample(model: str, guidance: str, seeds: str, steps: int, sampler: str, klass: str | None = None,
+           prompt: str | None = None, root: str | None = None) -> Result:
+    """``windowguide sample --model M --guidance G --seeds S --steps N --sampler X [--class K | --prompt P]``."""
+    argv = ["sample", "--model", model, "--guidance", guidance or "none", "--seeds", str(seeds), "--steps",
+            str(int(steps)), "--sampler", sampler]
+    if klass not in (None, ""):
+        argv += ["--class", str(klass)]
+    if prompt:
+        argv += ["--prompt", prompt]
+    return _run(argv, root, r"^(\d+)\.png$")
+
+
+def panorama(model: str, width: int, stride: int, mode: str, sampler: str, steps: int, seeds: str,
+             guidance: str = "none", vcf: bool = False, style_alpha: float = 0.0, circular: bool = False,
+             klass: str | None = None, prompt: str | None = None, root: str | None = None) -> Result:
+    """``windowguide panorama --model M --width W --stride S --mode F --sampler X ...``."""
+    argv = ["panorama", "--model", model, "--width", str(int(width)), "--stride", str(int(stride)), "--mode", mode,
+            "--sampler", sampler, "--steps", str(int(steps)), "--seeds", str(seeds), "--guidance", guidance or "none"]
+    if vcf:
+        argv.append("--vcf")
+    if style_alpha:
+        argv += ["--style-alpha", f"{float(style_alpha):g}"]
+    if circular:
+        argv.append("--circular")
+    if klass not in (None, ""):
+        argv += ["--class", str(klass)]
+    if prompt:
+        argv += ["--prompt", prompt]
+    return _run(argv, root, r"^panorama_(\d+)\.png$")
+
+
+def python_recipe(guidance: str, model: str = "mirror") -> str:
+    """The Python form of a SPEC on a bundled / EDM model (``spec.build`` gives the CLI's terms; the CLI
+    also fixes the Karras schedule and the labels per seed, so its command is the exact reproduction)."""
+    return (f"import windowguide as wg\nfrom windowguide import spec\nfrom windowguide.models.checkpoint import "
+            f"load_denoiser\ndenoiser, info, net = load_denoiser({model!r})\n"
+            f"guidance = spec.build({guidance!r}, spec.Context(net=net, model_name={model!r}))\n"
+            f"x = wg.sample(denoiser, info['shape'], seeds=[0, 1, 2, 3], guidance=guidance)")
+
+
+def bundle(results: list[Result], labels: list[str], root: str | None = None) -> str:
+    """A zip of every result's PNGs and one settings.json (labels, commands, settings); returns its path."""
+    from ..files import write_png
+    folder = tempfile.mkdtemp(prefix="wg-ui-zip-", dir=root)
+    path = os.path.join(folder, "windowguide_results.zip")
+    with zipfile.ZipFile(path, "w") as z:
+        for i, (label, r) in enumerate(zip(labels, results)):
+            for seed, im in zip(r.seeds, r.images):
+                buf = os.path.join(folder, "tmp.png")
+                write_png(im, buf)
+                z.write(buf, f"{i:02d}_{_slug(label)}/{seed:06d}.png")
+        z.writestr("settings.json", json.dumps([dict(label=l, command=r.command, settings=r.settings)
+                                                for l, r in zip(labels, results)], indent=1))
+    return path
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_=." else "_" for c in text)[:60]
+
+
+__all__ = ["Result", "cli", "command_line", "sample", "panorama", "python_recipe", "bundle"]

@@ -1,0 +1,135 @@
+"""Drive ``windowguide ui`` in headless Chromium (Selenium): start the server on a free port of 127.0.0.1,
+open the page, fill fields, click, read images and messages, take screenshots, stop the server. Used by
+tests/test_ui_browser.py and by scripts/ui_screenshots.py (the screenshots in docs/)."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+
+import numpy as np
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def missing() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    try:
+        import gradio  # noqa: F401
+        import selenium  # noqa: F401
+    except ImportError as e:
+        return f"needs gradio and selenium ({e})"
+    if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
+        return "needs Chromium and ChromeDriver (Debian: apt-get install chromium chromium-driver)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(log_path: str):
+    """``windowguide ui`` on a free port; yields its address; stopped on exit."""
+    port = free_port()
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "windowguide", "ui", "--port", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                raise RuntimeError(f"windowguide ui exited: {open(log_path).read()[-2000:]}")
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("windowguide ui did not answer in 120 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@contextmanager
+def browser(width: int = 1500, height: int = 1800):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    o = webdriver.ChromeOptions()
+    o.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              f"--window-size={width},{height}"):
+        o.add_argument(a)
+    d = webdriver.Chrome(service=Service(DRIVER), options=o)
+    try:
+        yield d
+    finally:
+        d.quit()
+
+
+def wait(d, condition, timeout: float = 180):
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(d, timeout, poll_frequency=0.3).until(condition)
+
+
+def by_css(d, css: str):
+    from selenium.webdriver.common.by import By
+    return d.find_elements(By.CSS_SELECTOR, css)
+
+
+def fill(d, elem_id: str, value) -> None:
+    """Type ``value`` into the field of a Gradio component (Textbox / Number) and leave it."""
+    from selenium.webdriver.common.keys import Keys
+    field = by_css(d, f"#{elem_id} input, #{elem_id} textarea")[0]
+    field.click()
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(str(value))
+    field.send_keys(Keys.TAB)
+
+
+def tab(d, name: str) -> None:
+    """Open the tab whose button reads ``name``."""
+    from selenium.webdriver.common.by import By
+    buttons = [b for b in d.find_elements(By.CSS_SELECTOR, "button[role='tab']") if b.text.strip() == name]
+    buttons[0].click()
+    time.sleep(0.5)
+
+
+def images(d, elem_id: str) -> list[np.ndarray]:
+    """The images a Gallery shows, fetched from the server and decoded (PNG, lossless)."""
+    from PIL import Image
+    out = []
+    for img in by_css(d, f"#{elem_id} .grid-wrap img, #{elem_id} .thumbnails img"):
+        src = img.get_attribute("src")
+        with urllib.request.urlopen(src) as r:
+            out.append(np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB")))
+    return out
+
+
+def gallery_count(d, elem_id: str) -> int:
+    return len(by_css(d, f"#{elem_id} .grid-wrap img"))
+
+
+def screenshot(d, path: str) -> str:
+    """The whole page (the window resized to the document's height) as a PNG."""
+    h = d.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
+    w = d.get_window_size()["width"]
+    d.set_window_size(w, min(int(h) + 100, 6000))
+    time.sleep(0.5)
+    d.save_screenshot(path)
+    return path
