@@ -133,3 +133,54 @@ def screenshot(d, path: str) -> str:
     time.sleep(0.5)
     d.save_screenshot(path)
     return path
+
+
+def run_compare(d, url: str, seeds: str = "0-1", steps: int = 6, weight: float = 0.7) -> dict:
+    """Compare tab: seeds, steps and recipe 2's M-SWG weight set, Run clicked, the two columns' images read."""
+    d.get(url)
+    wait(d, lambda d: by_css(d, "#compare-run"))
+    fill(d, "compare-seeds", seeds)
+    fill(d, "compare-steps", steps)
+    fill(d, "compare-w-1", weight)
+    by_css(d, "#compare-run")[0].click()
+    n = len(seeds.split("-")) if "-" not in seeds else int(seeds.split("-")[1]) - int(seeds.split("-")[0]) + 1
+    wait(d, lambda d: gallery_count(d, "compare-out-0") == n and gallery_count(d, "compare-out-1") == n)
+    return dict(none=images(d, "compare-out-0"), mswg=images(d, "compare-out-1"),
+                command=by_css(d, "#compare-command")[0].text)
+
+
+def run_sweep(d, weights: str = "0,0.5,1,2", steps: int = 6) -> None:
+    tab(d, "Sweep")
+    fill(d, "sweep-seeds", "0")
+    fill(d, "sweep-steps", steps)
+    fill(d, "sweep-weights", weights)
+    by_css(d, "#sweep-run")[0].click()
+    wait(d, lambda d: gallery_count(d, "sweep-out") == len(weights.split(",")))
+
+
+def run_panorama(d, steps: int = 8) -> None:
+    tab(d, "Panorama")
+    fill(d, "panorama-seeds", "0-1")
+    fill(d, "panorama-steps", steps)
+    by_css(d, "#panorama-run")[0].click()
+    wait(d, lambda d: gallery_count(d, "panorama-out") == 2)
+
+
+def every_tab(d, url: str, folder: str) -> list[str]:
+    """Each tab run on the bundled models and screenshotted into ``folder``: ui_compare.png, ui_sweep.png,
+    ui_panorama.png (the README's screenshots come from here)."""
+    os.makedirs(folder, exist_ok=True)
+    run_compare(d, url)
+    shots = [screenshot(d, os.path.join(folder, "ui_compare.png"))]
+    d.set_window_size(1500, 1800)
+    run_sweep(d)
+    shots.append(screenshot(d, os.path.join(folder, "ui_sweep.png")))
+    d.set_window_size(1500, 1800)
+    run_panorama(d)
+    shots.append(screenshot(d, os.path.join(folder, "ui_panorama.png")))
+    return shots
+
+
+def page_text(d) -> str:
+    from selenium.webdriver.common.by import By
+    return d.find_element(By.TAG_NAME, "body").text

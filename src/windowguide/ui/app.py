@@ -122,7 +122,13 @@ def _commands(results, labels) -> str:
     parts = []
     for r, spec in zip(results, labels):
         model = r.command.split("--model ", 1)[1].split(" ", 1)[0]
-        parts.append(f"# {spec}\n{r.command}\n\n# Python\n{runs.python_recipe(spec, model)}")
+        call = None
+        if r.settings.get("canvas"):
+            s = r.settings
+            call = (f"wg.fusion.panorama(denoiser, {tuple(s['canvas'])}, {r.seeds}, window={tuple(s['window'])}, "
+                    f"stride={s['stride']}, mode={s['mode']!r}, sampler={s['sampler']!r}, steps={s['steps']}, "
+                    f"vcf={s['vcf']}, style_alpha={s['style_alpha']}, circular={s['circular']}, guidance=guidance)")
+        parts.append(f"# {spec}\n{r.command}\n\n# Python\n{runs.python_recipe(spec, model, call)}")
     return "\n\n".join(parts)
 
 
@@ -186,7 +192,7 @@ def build(models: list[str] | None = None, root: str | None = None):
                 for i in range(RECIPES):
                     with gr.Column(min_width=160):
                         galleries.append(gr.Gallery(label=f"recipe {i + 1}", columns=2, elem_id=f"compare-out-{i}",
-                                                    format="png"))
+                                                    format="png", object_fit="contain"))
                         notes.append(gr.Markdown(elem_id=f"compare-figures-{i}"))
             overlay = gr.Image(label="M-SWG crops (outlined) and mask (tinted) over the first image", format="png")
             commands = gr.Code(label="reproduce", language="shell", elem_id="compare-command")
@@ -216,7 +222,7 @@ def build(models: list[str] | None = None, root: str | None = None):
             with gr.Row():
                 run_s = gr.Button("Run sweep", variant="primary", elem_id="sweep-run")
                 stop_s = gr.Button("Stop", elem_id="sweep-stop")
-            gallery_s = gr.Gallery(label="first seed at each w", columns=6, elem_id="sweep-out", format="png")
+            gallery_s = gr.Gallery(label="first seed at each w", columns=6, elem_id="sweep-out", format="png", object_fit="contain")
             plot_s = gr.Image(label="figures against w", format="png")
             commands_s = gr.Code(label="reproduce", language="shell")
             download_s = gr.File(label="PNGs + settings.json")
@@ -247,7 +253,8 @@ def build(models: list[str] | None = None, root: str | None = None):
             with gr.Row():
                 run_p = gr.Button("Run panorama", variant="primary", elem_id="panorama-run")
                 stop_p = gr.Button("Stop", elem_id="panorama-stop")
-            gallery_p = gr.Gallery(label="panoramas", columns=1, elem_id="panorama-out", format="png")
+            gallery_p = gr.Gallery(label="panoramas", columns=1, elem_id="panorama-out", format="png",
+                                   object_fit="contain", height="auto")
             note_p = gr.Markdown()
             commands_p = gr.Code(label="reproduce", language="shell")
             download_p = gr.File(label="PNGs + settings.json")

@@ -106,13 +106,14 @@ def panorama(model: str, width: int, stride: int, mode: str, sampler: str, steps
     return _run(argv, root, r"^panorama_(\d+)\.png$")
 
 
-def python_recipe(guidance: str, model: str = "mirror") -> str:
+def python_recipe(guidance: str, model: str = "mirror", call: str | None = None) -> str:
     """The Python form of a SPEC on a bundled / EDM model (``spec.build`` gives the CLI's terms; the CLI
-    also fixes the Karras schedule and the labels per seed, so its command is the exact reproduction)."""
+    also fixes the Karras schedule and the labels per seed, so its command is the exact reproduction);
+    ``call``: the sampling call (default ``wg.sample``)."""
     return (f"import windowguide as wg\nfrom windowguide import spec\nfrom windowguide.models.checkpoint import "
             f"load_denoiser\ndenoiser, info, net = load_denoiser({model!r})\n"
             f"guidance = spec.build({guidance!r}, spec.Context(net=net, model_name={model!r}))\n"
-            f"x = wg.sample(denoiser, info['shape'], seeds=[0, 1, 2, 3], guidance=guidance)")
+            + "x = " + (call or "wg.sample(denoiser, info['shape'], seeds=[0, 1, 2, 3], guidance=guidance)"))
 
 
 def bundle(results: list[Result], labels: list[str], root: str | None = None) -> str:
