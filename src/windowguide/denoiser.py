@@ -48,8 +48,8 @@ class Denoiser:
     null_cond: Cond = None
 
     def __call__(self, x: torch.Tensor, sigma: Any, cond: Cond = None) -> torch.Tensor:
-        if x.dim() != 4:
-            raise WindowguideError(f"x must be NCHW (4 dims), got shape {tuple(x.shape)}")
+        if x.dim() not in (4, 5):
+            raise WindowguideError(f"x must be NCHW (4 dims) or, a video, NCTHW (5 dims), got shape {tuple(x.shape)}")
         sigma = as_sigma(sigma, x)
         check_cond(cond, x.shape[0])
         out = self.forward(x, sigma, cond)
@@ -235,7 +235,7 @@ class _VPModelDenoiser(Denoiser):
 
     def _inputs(self, x, sigma):
         t = self.schedule.timestep(sigma, self.quantize).to(device=x.device, dtype=x.dtype)
-        s = sigma.view(-1, 1, 1, 1)
+        s = sigma.view(-1, *[1] * (x.dim() - 1))
         x_vp = x / (1 + s ** 2).sqrt()
         return x_vp, t, s
 
@@ -286,7 +286,7 @@ class FlowDenoiser(Denoiser):
         return 1 + float(sigma)
 
     def forward(self, x, sigma, cond):
-        s = sigma.view(-1, 1, 1, 1)
+        s = sigma.view(-1, *[1] * (x.dim() - 1))
         t = s / (1 + s)
         x_t = x / (1 + s)
         return x_t - t * self.model(x_t, sigma / (1 + sigma) * self.time_scale, cond)

@@ -82,8 +82,9 @@ def vcf_fuse(states: torch.Tensor, means: torch.Tensor, lay: Layout, weighting: 
 
 
 def _vcf_ratio(lay: Layout, weighting: Any, device, dtype) -> torch.Tensor:
-    """W / sqrt(S) at every canvas pixel, [H, W]."""
-    m = window_weights(weighting, *lay.window, device, dtype)
+    """W / sqrt(S) at every canvas pixel, [H, W] ([T, H, W] on a video's ``GridLayout``)."""
+    m = lay.weights(weighting, device, dtype) if hasattr(lay, "weights") else window_weights(weighting, *lay.window,
+                                                                                              device, dtype)
     return lay.total_weight(m, device, dtype) / lay.total_weight(m * m, device, dtype).sqrt()
 
 
@@ -100,7 +101,8 @@ class WindowNoise:
         z = torch.stack([torch.randn((k, *like.shape[1:]), generator=g) for g in self.base.generators])
         z = z.reshape(-1, *like.shape[1:]).to(device=like.device, dtype=like.dtype)
         if self.scale is not None:
-            z = z * self.layout.crop(self.scale[None, None].to(z)).repeat(len(self.base.generators), 1, 1, 1)
+            crops = self.layout.crop(self.scale[None, None].to(z))
+            z = z * crops.repeat(len(self.base.generators), *[1] * (crops.dim() - 1))
         return z
 
 

@@ -153,7 +153,7 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
            progress: bool = False, **sampler_options) -> torch.Tensor:
     """Draw one sample per seed: x_0 = scale(sigma_0) * z(seed), then ``sampler`` on the guided denoiser.
 
-    shape: (C, H, W) of one sample. seeds: ints or a string '0-63'. guidance: terms from
+    shape: (C, H, W) of one sample ((C, T, H, W) for a video). seeds: ints or a string '0-63'. guidance: terms from
     ``windowguide.guidance`` summed with ``+`` (None = unguided). cond: one condition per seed
     (first dimension len(seeds)). sigmas: an explicit schedule (descending, ending in 0), else the
     sampler's default (``schedule_sigmas``; spacing, steps_offset, set_alpha_to_one: diffusers' DDIM
@@ -167,8 +167,8 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     if sigmas is None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS):
         raise WindowguideError(f"steps {steps!r}: accepted: an integer in 1..{MAX_STEPS}")
     shape = tuple(shape)
-    if len(shape) != 3 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in shape):
-        raise WindowguideError(f"shape must be (C, H, W) of positive ints, got {shape!r}")
+    if len(shape) not in (3, 4) or any(isinstance(v, bool) or int(v) != v or v < 1 for v in shape):
+        raise WindowguideError(f"shape must be (C, H, W) or, a video, (C, T, H, W) of positive ints, got {shape!r}")
     seeds = parse_seeds(seeds)
     check_cond(cond, len(seeds))
     options = _sampler_options(sampler, sampler_options)

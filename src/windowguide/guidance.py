@@ -46,8 +46,9 @@ def _positive_ints(value: Any, name: str, allow_auto: bool = False) -> None:
     for v in items:
         if allow_auto and v == AUTO:
             continue
-        if not (ok(v) or (isinstance(v, tuple) and len(v) == 2 and all(ok(u) for u in v))):
-            raise WindowguideError(f"{name} {value!r}: accepted: an integer >= 1 or a pair (h, w) of them"
+        if not (ok(v) or (isinstance(v, tuple) and len(v) in (2, 3) and all(ok(u) for u in v))):
+            raise WindowguideError(f"{name} {value!r}: accepted: an integer >= 1, a pair (h, w) or (video) a triple "
+                                   f"(t, h, w) of them"
                                    f"{', a list of those, or ' + repr(AUTO) if allow_auto else ''}")
 
 
@@ -385,11 +386,31 @@ class SWG(Term):
                  for k in self.sizes]
         return [layout(height, width, k, stride=self.stride, windows_per_side=per_side) for k in sizes]
 
+    def layouts_nd(self, shape: tuple[int, ...], multiple: int = 1) -> list:
+        """The window layouts on a video latent of ``shape`` = (T, H, W): ``window`` (t, h, w) crops in
+        time and space; (h, w), an int or "auto" crop in space only (t = T); an axis whose window is the
+        whole side has one window. Windows per side (or the stride) apply to every cropped axis."""
+        from .windows import layout_nd
+        t_len, height, width = shape
+        out = []
+        for k in self.sizes:
+            if k == AUTO:
+                k = (t_len, default_window(height, multiple), default_window(width, multiple))
+            elif isinstance(k, int):
+                k = (t_len, k, k)
+            elif len(k) == 2:
+                k = (t_len, *k)
+            per_side = None if self.stride is not None else self.windows_per_side
+            out.append(layout_nd(shape, tuple(k), stride=self.stride, windows_per_side=per_side))
+        return out
+
     def layout(self, height: int, width: int, multiple: int = 1) -> Layout:
         """The layout of the first (or only) crop size."""
         return self.layouts(height, width, multiple)[0]
 
     def check(self, denoiser, shape):
+        if len(shape) == 4:
+            return self._check_video(denoiser, shape)
         _, H, W = shape
         m = getattr(self.net or denoiser, "multiple", 1)
         lays = self.layouts(H, W, m)
@@ -405,6 +426,18 @@ class SWG(Term):
             raise WindowguideError(f"M-SWG mask is empty for window {self.window} with {lays[0].tops}/"
                                    f"{lays[0].lefts} on {H}x{W}: no pixel is covered twice, so it would not "
                                    f"guide; use a larger window or more windows per side")
+
+    def _check_video(self, denoiser, shape):
+        """A video's (C, T, H, W): spatial windows multiples of the network's factor, a non-empty M-SWG mask."""
+        m = getattr(self.net or denoiser, "multiple", 1)
+        lays = self.layouts_nd(tuple(shape[1:]), m)
+        for lay in lays:
+            if any(k % m for k in lay.window[1:]):
+                raise WindowguideError(f"SWG window {lay.window} (t, h, w): h and w must be multiples of {m}, the "
+                                       f"factor the model needs")
+        if self.masked and self.overlap_mask(torch.zeros(1, 1, *shape[1:]), lays).sum() == 0:
+            raise WindowguideError(f"M-SWG mask is empty for window {self.window} on {tuple(shape[1:])} (T, H, W): no "
+                                   f"entry is covered twice; use a larger window or more windows per side")
 
     def overlap_mask(self, x, lays: list[Layout] | None = None):
         """M-SWG's M = (count > 1) (any size), or None for SWG; ``lays`` reuses cached layouts."""
@@ -542,10 +575,12 @@ class GuidedDenoiser(Denoiser):
             term.check(self.denoiser, tuple(shape))
 
     def layout_for(self, term: SWG, x: torch.Tensor) -> list[Layout]:
-        key = (id(term), tuple(x.shape[-2:]))
+        key = (id(term), tuple(x.shape[2:]))
         if key not in self._layouts:
             term.check(self.denoiser, tuple(x.shape[1:]))
-            self._layouts[key] = term.layouts(*x.shape[-2:], getattr(term.net or self.denoiser, "multiple", 1))
+            multiple = getattr(term.net or self.denoiser, "multiple", 1)
+            self._layouts[key] = (term.layouts_nd(tuple(x.shape[2:]), multiple) if x.dim() == 5 else
+                                  term.layouts(*x.shape[-2:], multiple))
         return self._layouts[key]
 
     def begin_step(self, i: int, sigmas: list[float]) -> None:

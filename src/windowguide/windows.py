@@ -241,7 +241,159 @@ def window_weights(weighting: str | torch.Tensor, h: int, w: int, device=None, d
     return m.to(device=device, dtype=dtype)
 
 
-__all__ = ["Layout", "layout", "axis_positions", "window_weights", "WEIGHTINGS", "CONE_EPS"]
+@dataclass(frozen=True)
+class GridLayout:
+    """Windows over the last D axes of a tensor (D = 3 for video: T, H, W), the N-D form of ``Layout``:
+    K = prod_a len(starts[a]) windows of size ``window`` on a canvas of size ``shape``, in row-major
+    order of their starts; any axis may be ``circular`` (wrap-around: a looping video along T)."""
+
+    shape: tuple[int, ...]
+    window: tuple[int, ...]
+    starts: tuple[tuple[int, ...], ...]
+    circular: tuple[bool, ...]
+
+    @property
+    def n(self) -> int:
+        return math.prod(len(s) for s in self.starts)
+
+    @property
+    def positions(self) -> list[tuple[int, ...]]:
+        import itertools
+        return list(itertools.product(*self.starts))
+
+    def _check(self, x: torch.Tensor) -> None:
+        d = len(self.shape)
+        if x.dim() != d + 2 or tuple(x.shape[-d:]) != self.shape:
+            raise WindowguideError(f"tensor of shape {tuple(x.shape)} does not fit this layout's canvas {self.shape} "
+                                   f"(expected N, C, {', '.join('THW'[-d:] if d <= 3 else 'axes')})")
+
+    def _wrapped(self, x: torch.Tensor) -> torch.Tensor:
+        """x with the first window-1 entries appended along each circular axis whose windows wrap."""
+        d = len(self.shape)
+        for a in range(d):
+            k = self.window[a]
+            if self.circular[a] and max(self.starts[a]) + k > self.shape[a]:
+                x = torch.cat([x, x.narrow(x.dim() - d + a, 0, k - 1)], dim=x.dim() - d + a)
+        return x
+
+    def _slices(self, p) -> tuple:
+        return (Ellipsis,) + tuple(slice(s, s + k) for s, k in zip(p, self.window))
+
+    def regions(self, n: int) -> torch.Tensor:
+        """[N*K, 2D] (the window's start on each axis, then the canvas's size on each axis); for D = 2
+        this is ``Layout.regions``' (top, left, H, W)."""
+        one = torch.tensor([(*p, *self.shape) for p in self.positions], dtype=torch.long)
+        return one.repeat(n, 1)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, *shape] -> [N*K, C, *window], windows of sample 0 first."""
+        self._check(x)
+        xx = self._wrapped(x)
+        crops = torch.stack([xx[self._slices(p)] for p in self.positions], dim=1)
+        return crops.reshape(-1, *crops.shape[2:])
+
+    def weights(self, weighting, device=None, dtype=torch.float32) -> torch.Tensor:
+        """One window's weight map [*window] (``window_weights_nd``)."""
+        return window_weights_nd(weighting, self.window, device, dtype)
+
+    def fold(self, windows: torch.Tensor, weighting: str | torch.Tensor = "uniform") -> torch.Tensor:
+        """[N*K, C, *window] -> [N, C, *shape]: sum_k m_k y_k / sum_k m_k at every entry."""
+        d = len(self.shape)
+        if windows.dim() != d + 2 or windows.shape[0] % self.n or tuple(windows.shape[-d:]) != self.window:
+            raise WindowguideError(f"windows of shape {tuple(windows.shape)} do not fit this layout ({self.n} windows "
+                                   f"of {self.window} per sample)")
+        m = self.weights(weighting, windows.device, windows.dtype)
+        y = windows.reshape(-1, self.n, *windows.shape[1:]) * m
+        out = windows.new_zeros(y.shape[0], y.shape[2], *self._extended())
+        for k, p in enumerate(self.positions):
+            out[self._slices(p)] += y[:, k]
+        return self._unwrap(out) / self.total_weight(weighting, windows.device, windows.dtype)
+
+    def _extended(self) -> tuple[int, ...]:
+        return tuple(s + (k - 1 if c else 0) for s, k, c in zip(self.shape, self.window, self.circular))
+
+    def _unwrap(self, ext: torch.Tensor) -> torch.Tensor:
+        d = len(self.shape)
+        for a in range(d):
+            dim = ext.dim() - d + a
+            over = ext.shape[dim] - self.shape[a]
+            if over:
+                body = ext.narrow(dim, 0, self.shape[a]).clone()
+                body.narrow(dim, 0, over).add_(ext.narrow(dim, self.shape[a], over))
+                ext = body
+        return ext
+
+    def total_weight(self, weighting: str | torch.Tensor = "uniform", device=None, dtype=torch.float32):
+        """sum_k m_k at every entry, [*shape]."""
+        m = self.weights(weighting, device, dtype)
+        tot = m.new_zeros(self._extended())
+        for p in self.positions:
+            tot[self._slices(p)] += m
+        return self._unwrap(tot)
+
+    def count(self, device=None) -> torch.Tensor:
+        """How many windows cover each entry, [*shape] (int64)."""
+        return self.total_weight("uniform", device, torch.float32).round().long()
+
+    def overlap_mask(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """M-SWG's mask M = (count > 1), [*shape]."""
+        return (self.count(device) > 1).to(dtype)
+
+
+def layout_nd(shape, window, stride=None, windows_per_side=None, circular=False) -> GridLayout:
+    """A GridLayout over ``shape`` (e.g. (T, H, W)); ``window``, ``stride``, ``windows_per_side`` are
+    ints or one value per axis, exactly one of stride and windows_per_side; an axis whose window is the
+    whole side has one window. ``circular``: a bool for the last axis or one per axis."""
+    shape = tuple(int(v) for v in shape)
+    d = len(shape)
+    per = lambda v, name: tuple(v) if isinstance(v, (tuple, list)) else (v,) * d
+    window = per(window, "window")
+    if len(window) != d or any(isinstance(k, bool) or int(k) != k or k < 1 for k in window):
+        raise WindowguideError(f"window must be a positive int or {d} of them, got {window!r}")
+    window = tuple(int(k) for k in window)
+    if (stride is None) == (windows_per_side is None):
+        raise WindowguideError("give exactly one of stride and windows_per_side")
+    strides = per(stride, "stride") if stride is not None else (None,) * d
+    counts = per(windows_per_side, "windows_per_side") if windows_per_side is not None else (None,) * d
+    circ = tuple(circular) if isinstance(circular, (tuple, list)) else (False,) * (d - 1) + (bool(circular),)
+    if len(strides) != d or len(counts) != d or len(circ) != d:
+        raise WindowguideError(f"stride, windows_per_side and circular take one value per axis ({d})")
+    starts = []
+    for a in range(d):
+        if window[a] == shape[a] and not circ[a]:
+            starts.append((0,))
+            continue
+        starts.append(axis_positions(shape[a], window[a], strides[a], counts[a], circular=circ[a]))
+    return GridLayout(shape, window, tuple(starts), circ)
+
+
+def window_weights_nd(weighting, window: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
+    """A window's weight map over D axes: ``window_weights``' uniform / cone (1 - d / d_corner + 1e-4, d
+    the Euclidean distance from the centre over every axis) / gaussian (a product of 0.1-size gaussians);
+    for D = 2 exactly ``window_weights``. A tensor of the window's shape is used as given."""
+    if len(window) == 2:
+        return window_weights(weighting, *window, device, dtype)
+    if isinstance(weighting, torch.Tensor):
+        if tuple(weighting.shape) != tuple(window) or not (weighting > 0).all():
+            raise WindowguideError(f"a weight map must be positive with shape {tuple(window)}, got "
+                                   f"{tuple(weighting.shape)}")
+        return weighting.to(device=device, dtype=dtype)
+    axes = torch.meshgrid(*[torch.arange(k, dtype=torch.float64) - (k - 1) / 2 for k in window], indexing="ij")
+    if weighting == "uniform":
+        m = torch.ones(window, dtype=torch.float64)
+    elif weighting == "cone":
+        corner = math.sqrt(sum(((k - 1) / 2) ** 2 for k in window))
+        d = torch.sqrt(sum(a ** 2 for a in axes))
+        m = (1 - d / corner if corner > 0 else torch.ones(window, dtype=torch.float64)) + CONE_EPS
+    elif weighting == "gaussian":
+        m = torch.exp(-sum(a ** 2 / (2 * (0.1 * k) ** 2) for a, k in zip(axes, window)))
+    else:
+        raise WindowguideError(f"weighting must be one of {WEIGHTINGS} or a tensor, got {weighting!r}")
+    return m.to(device=device, dtype=dtype)
+
+
+__all__ = ["Layout", "layout", "axis_positions", "window_weights", "WEIGHTINGS", "CONE_EPS", "GridLayout", "layout_nd",
+           "window_weights_nd"]
 
 
 # Where the samples of the network call in progress sit on their canvas: set by the guided denoiser

@@ -1,0 +1,92 @@
+"""Long videos from a short-clip model: window fusion along time (and space) on a (C, T, H, W) latent.
+
+Overlapping clip-length windows over a longer video (``windows.layout_nd``: the last one flush with the
+end, or circular for a loop) each take one sampler step from their crop; the video becomes the weighted
+mean of the window states, exactly as the panoramas fuse them (``fusion.sample_fused_states``):
+
+    x' = sum_k m_k x'_k / sum_k m_k,    x'_k = step(crop_k x, D, z_k),
+
+m_k uniform (MultiDiffusion), a cone (GF) or gaussian over (t, h, w); under a stochastic sampler VCF
+rescales the window noise by W / sqrt(S) (``fusion.vcf_fuse``); SA mixes one reference clip's noise into
+every window (``style_aligned_noise_nd``); guidance terms (CFG, temporal / spatial M-SWG) act inside
+each window. Networks that take positions (Wan's 3-D RoPE) see each window at its place in the video.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from .errors import WindowguideError
+
+
+def style_aligned_noise_nd(z: torch.Tensor, window: Sequence[int], alpha: float,
+                           generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """SA over D axes: slerp(z, z_ref, alpha) per sample, z_ref one window-sized noise block (from the
+    sample's generator: the reference clip) repeated over the canvas and cut to it; theta over the whole
+    tensor, slerp = sin((1 - alpha) theta) / sin theta z + sin(alpha theta) / sin theta z_ref. For D = 2
+    it is ``fusion.style_aligned_noise``."""
+    if not 0 <= alpha <= 1 or not math.isfinite(alpha):
+        raise WindowguideError(f"style alpha must be in [0, 1], got {alpha}")
+    if alpha == 0:
+        return z
+    c, sizes = z.shape[1], tuple(z.shape[2:])
+    out = torch.empty_like(z)
+    for i, g in enumerate(generators):
+        tile = torch.randn((c, *window), generator=g).to(z)
+        ref = tile.repeat(1, *(math.ceil(s / k) for s, k in zip(sizes, window)))
+        ref = ref[(slice(None),) + tuple(slice(0, s) for s in sizes)]
+        a, b = z[i].double().flatten(), ref.double().flatten()
+        theta = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
+        s = torch.sin(theta)
+        mixed = (1 - alpha) * a + alpha * b if s < 1e-6 else \
+            (torch.sin((1 - alpha) * theta) / s) * a + (torch.sin(alpha * theta) / s) * b
+        out[i] = mixed.view(c, *sizes).to(z)
+    return out
+
+
+def long_video(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Sequence[int], stride: Any = 4,
+               mode: str = "gf", sampler: str = "ddim", steps: int = 32, sigmas: Any = None, guidance: Any = None,
+               cond: Any = None, vcf: bool = False, style_alpha: float = 0.0, circular: bool = False,
+               max_batch: int | None = None, device: Any = None, progress: bool = False,
+               **sampler_options) -> torch.Tensor:
+    """Sample a (C, T, H, W) video longer (or larger) than the model's clip from fused windows of
+    ``window`` = (t, h, w) (module docstring). stride: between windows, an int for every axis or one per
+    axis; circular: loop along time. Returns [len(seeds), C, T, H, W]."""
+    from .conds import cond_to
+    from .denoiser import as_denoiser
+    from .fusion import FusedDenoiser, _per_window_nulls, check_fusion, sample_fused_states
+    from .generate import check_cond, parse_seeds, schedule_sigmas
+    from .guidance import guided
+    from .sampling import SAMPLERS, PerSampleNoise, check_finite, check_sigmas, finite_check, init_noise_scale
+    from .windows import layout_nd
+    fuse, weighting, options = check_fusion(mode, None, None, sampler, vcf, dict(sampler_options))
+    c, *sizes = (int(v) for v in canvas)
+    if len(sizes) != 3 or len(tuple(window)) != 3:
+        raise WindowguideError(f"a video canvas is (C, T, H, W) and its window (t, h, w); got {tuple(canvas)} and "
+                               f"{tuple(window)}")
+    seeds = parse_seeds(seeds)
+    check_cond(cond, len(seeds))
+    lay = layout_nd(sizes, tuple(window), stride=stride, circular=(bool(circular), False, False))
+    base = as_denoiser(denoiser)
+    inner = guided(base, _per_window_nulls(guidance, len(seeds), lay.n), max_batch)
+    if hasattr(inner, "check"):
+        inner.check((c, *lay.window))
+    sigmas = check_sigmas(sigmas) if sigmas is not None else schedule_sigmas(sampler, base, steps)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    noise = PerSampleNoise.from_seeds(seeds)
+    z = noise(torch.empty(len(seeds), c, *sizes, device=device))
+    x = style_aligned_noise_nd(z, lay.window, style_alpha, noise.generators) * init_noise_scale(base, sigmas[0].item())
+    cond = cond_to(cond, device)
+    check = finite_check(seeds, len(sigmas) - 1)
+    if fuse == "prediction":
+        x = SAMPLERS[sampler](FusedDenoiser(inner, lay, weighting), x, sigmas, cond, noise=noise, progress=progress,
+                              callback=check, **options)
+    else:
+        x = sample_fused_states(inner, x, sigmas, cond, lay, weighting, sampler, noise, vcf, progress, callback=check,
+                                **options)
+    return check_finite(x, seeds)
+
+
+__all__ = ["long_video", "style_aligned_noise_nd"]
