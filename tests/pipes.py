@@ -329,3 +329,25 @@ def tiny_sana(scheduler="euler"):
     pipe = SanaPipeline(tokenizer=tiny_chat_tokenizer(), text_encoder=enc, vae=vae, transformer=tr, scheduler=sched)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_wan(scheduler="euler"):
+    """A tiny Wan 2.1 text-to-video pipeline (3-D DiT, Wan VAE, a T5 encoder built here) from configs; its
+    scheduler FlowMatchEuler with Wan's shift (or 'unipc', Wan's own default)."""
+    from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline,
+                           WanTransformer3DModel)
+    tok, enc = tiny_t5()
+    torch.manual_seed(0)
+    tr = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                               out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                               qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
+    _lift_zero_init(tr, also=("scale_shift_table",))
+    torch.manual_seed(1)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[False],
+                           scale_factor_temporal=1, scale_factor_spatial=2,
+                           latents_mean=[0.1, -0.2, 0.0, 0.3], latents_std=[1.5, 0.8, 1.0, 2.0]).eval()
+    sched = (FlowMatchEulerDiscreteScheduler(shift=3.0) if scheduler == "euler" else
+             UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0))
+    pipe = WanPipeline(tokenizer=tok, text_encoder=enc, transformer=tr, vae=vae, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

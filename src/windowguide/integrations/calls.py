@@ -98,7 +98,7 @@ def guided_change(guidance: Guidance, model: Callable, multiple: int, call: Call
     den = GuidedDenoiser(_KnownPositive(_Prediction(model, multiple), x, positive.float()), guidance, max_batch)
     if step is not None:
         den.begin_step(*step)
-    den.check((x.shape[1], x.shape[-2], x.shape[-1]))   # every term's windows, at the first call, on or off
+    den.check(tuple(x.shape[1:]))   # every term's windows, at the first call, on or off
     if not any(bool(term.active(sigma, getattr(den, "step", None)).any()) for term in guidance):
         return None
     with static_kwargs(call.static):
