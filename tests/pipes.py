@@ -336,7 +336,11 @@ def tiny_wan(scheduler="euler"):
     scheduler FlowMatchEuler with Wan's shift (or 'unipc', Wan's own default)."""
     from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline,
                            WanTransformer3DModel)
-    tok, enc = tiny_t5()
+    from transformers import PreTrainedTokenizerFast
+    t5_tok, enc = tiny_t5()
+    # a plain fast tokenizer of the same vocabulary: it saves and loads back (a word-level T5TokenizerFast does not)
+    tok = PreTrainedTokenizerFast(tokenizer_object=t5_tok.backend_tokenizer, eos_token="</s>", pad_token="<pad>",
+                                  unk_token="<unk>")
     torch.manual_seed(0)
     tr = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
                                out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True,

@@ -207,6 +207,15 @@ def _regions(args, text_key: str) -> list[dict] | None:
     return entries or None
 
 
+def _video(args) -> int:
+    from .commands import video
+    video.run(args.model, args.prompt, args.negative_prompt, args.frames, args.height, args.width, args.guidance,
+              args.window_frames, args.stride_frames, args.mode, args.sampler, args.steps, args.vcf, args.style_alpha,
+              args.circular, args.seeds, args.out, args.fps, args.device or "cpu", args.dtype)
+    print(f"videos: {args.out}/ (video_SEED.mp4, video_SEED/frame_NNNN.png, settings.json)")
+    return 0
+
+
 def _ui(args) -> int:
     try:
         from .ui.app import bundled_models, launch
@@ -364,6 +373,32 @@ def build_parser() -> argparse.ArgumentParser:
     pano.add_argument("--batch-size", type=int, default=4, help="panoramas drawn together (default 4)")
     pano.add_argument("--device", help=_DEVICE)
     pano.set_defaults(func=_panorama, resumable=True)
+
+    vid = sub.add_parser("video", parents=[common], help="a video per seed (MP4 and frames); long videos by "
+                         "fusing clip-length windows along time")
+    vid.add_argument("--model", required=True, help="a Wan pipeline folder, or a bundled / saved video model (bounce)")
+    vid.add_argument("--prompt", help="Wan: the prompt")
+    vid.add_argument("--negative-prompt", default="", help="Wan: CFG's negative prompt")
+    vid.add_argument("--frames", type=int, help="frames (Wan: 4k + 1, default 81; bounce: default its clip, 12)")
+    vid.add_argument("--height", type=int, help="Wan: pixels (default 480)")
+    vid.add_argument("--width", type=int, help="Wan: pixels (default 832)")
+    vid.add_argument("--guidance", help="SPEC in every window, e.g. 'cfg:w=4+mswg:w=0.5,window=11x60x104' "
+                     "(TxHxW: crops in time and space; default cfg:w=4 for Wan, none otherwise)")
+    vid.add_argument("--window-frames", type=int, help="frames of a fused window along time (default: the model's "
+                     "clip; the whole video when it is shorter)")
+    vid.add_argument("--stride-frames", type=int, help="frames between windows (default half a window)")
+    vid.add_argument("--mode", default="gf", choices=["gf", "multidiffusion", "gaussian"], help="fusion along time")
+    vid.add_argument("--sampler", help="flow_euler (Wan's default), ddim (bounce's), ddpm, euler, heun")
+    vid.add_argument("--steps", type=int, help="steps (default 50 for Wan, 32 otherwise)")
+    vid.add_argument("--vcf", action="store_true", help="variance-corrected fusion (ddpm)")
+    vid.add_argument("--style-alpha", type=float, default=0.0, help="style alignment of the initial noise, 0..1")
+    vid.add_argument("--circular", action="store_true", help="a looping video: windows wrap along time")
+    vid.add_argument("--seeds", default="0", help="one video per seed (default 0)")
+    vid.add_argument("--fps", type=int, default=8, help="MP4 frames per second (default 8)")
+    vid.add_argument("--out", default="runs/video", help="folder for the videos (a re-run resumes it)")
+    vid.add_argument("--device", help=_DEVICE)
+    vid.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    vid.set_defaults(func=_video, resumable=True)
 
     ui = sub.add_parser("ui", parents=[common], help="a local web page to try every method side by side (Gradio)")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")

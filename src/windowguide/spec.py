@@ -8,7 +8,7 @@
 | cfg   | CFG with the model's null label, or with model= a separately trained unconditional network (EDM2's way) | model, channels (guide the first k channels only: DiT's own CFG is channels=3) |
 | ag    | AutoGuidance by a weaker model | model (default: the main model's NAME-weak) |
 | wd    | AutoGuidance by the weight-decayed model | model (default: NAME-wd) |
-| swg   | SWG | window (several sizes joined by '/'), n (windows per side) or stride, model (crops on a weak net) |
+| swg   | SWG | window (several sizes joined by '/'; a video's TxHxW), n (windows per side) or stride, model (crops on a weak net) |
 | mswg  | M-SWG | as swg |
 | slg   | skip-layer guidance: the same net with blocks skipped | skip (blocks joined by '/', default mid) |
 | sgg   | segmented: CFG at high noise, one other term at low noise | one split (split, tsplit, stepsplit, fsplit), cfg (weight), cfgend, and one of ag / wd / swg / mswg / slg = weight, plus that term's keys |
@@ -111,8 +111,19 @@ def _number(keys: dict, key: str, default: Any, cast=float) -> Any:
 def _window(keys: dict) -> Any:
     if "window" not in keys or keys["window"] == "auto":
         return "auto"          # 5/8 of each side, rounded up to the model's factor (windows.default_window)
-    sizes = [_number({"window": v}, "window", None, int) for v in keys["window"].split("/")]
+    sizes = [_size(v) for v in keys["window"].split("/")]
     return sizes[0] if len(sizes) == 1 else sizes
+
+
+def _size(text: str) -> Any:
+    """One window size: 'K' (square; on a video: K x K in space, the whole clip in time) or 'TxHxW' (video:
+    crops in time and space, e.g. 6x24x24 for crops in time only on a 24 x 24 latent)."""
+    if "x" not in text:
+        return _number({"window": text}, "window", None, int)
+    parts = text.split("x")
+    if len(parts) != 3:
+        raise _error(f"window {text!r}: accepted: K, or TxHxW for a video (e.g. 6x24x24)")
+    return tuple(_number({"window": v}, "window", None, int) for v in parts)
 
 
 def _where(keys: dict) -> dict:

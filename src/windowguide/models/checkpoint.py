@@ -17,12 +17,13 @@ from torch import nn
 from .classifier import SmallClassifier
 from .edm2 import EDM2Precond
 from .unet import SmallUNet
+from .video import VideoUNet
 from ..errors import WindowguideError
 from ..files import write_bytes
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights")
-ARCHITECTURES = {"unet": SmallUNet, "classifier": SmallClassifier, "edm2": EDM2Precond}
-DENOISERS = ("unet", "edm2")          # kinds that are diffusion models
+ARCHITECTURES = {"unet": SmallUNet, "classifier": SmallClassifier, "edm2": EDM2Precond, "video": VideoUNet}
+DENOISERS = ("unet", "edm2", "video")          # kinds that are diffusion models
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None,
@@ -83,18 +84,20 @@ def _open(path: str):
                                f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
 
 
-REQUIRED = {"unet": ("config", "shape"), "classifier": ("config",), "edm2": ("config", "shape")}
+REQUIRED = {"unet": ("config", "shape"), "classifier": ("config",), "edm2": ("config", "shape"),
+            "video": ("config", "shape")}
 # What a record may declare: one sample is at most 64 x 4096 x 4096 values (a record of 65536 x 65536 would
 # make ``sample`` allocate tens of GB before anything else could fail).
 MAX_CHANNELS, MAX_SIDE = 64, 4096
 
 
 def check_shape(shape: Any, where: str) -> list[int]:
-    """A record's sample shape [C, H, W]: positive ints within ``MAX_CHANNELS`` and ``MAX_SIDE``."""
-    ok = (isinstance(shape, list) and len(shape) == 3
+    """A record's sample shape [C, H, W] ([C, T, H, W] for a video model): positive ints within
+    ``MAX_CHANNELS`` and ``MAX_SIDE``."""
+    ok = (isinstance(shape, list) and len(shape) in (3, 4)
           and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape))
     if not ok or shape[0] > MAX_CHANNELS or max(shape[1:]) > MAX_SIDE:
-        raise WindowguideError(f"{where}: the record's shape {str(shape)[:60]} is not [C, H, W] with C <= {MAX_CHANNELS} "
+        raise WindowguideError(f"{where}: the record's shape {str(shape)[:60]} is not [C, H, W] (or [C, T, H, W]) with C <= {MAX_CHANNELS} "
                                f"and H, W <= {MAX_SIDE}")
     return shape
 
