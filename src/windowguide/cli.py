@@ -43,6 +43,10 @@ def _bench(args) -> int:
         report = panorama.run(args.json, quick=args.quick, out_dir=args.out or "runs/bench/panorama",
                               device=args.device or "cpu")
         print(panorama.format_report(report))
+    elif args.what == "video":
+        from .bench import video
+        report = video.run(args.json, quick=args.quick)
+        print(video.format_report(report))
     elif args.what == "upscale":
         from .bench import upscale
         report = upscale.run(args.json, quick=args.quick, out_dir=args.out or "runs/bench/upscale")
@@ -280,13 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     toy.set_defaults(func=_toy)
 
     bench = sub.add_parser("bench", parents=[common], help="benchmarks that print figures")
-    bench.add_argument("what", choices=["speed", "quality", "fronts", "panorama", "upscale", "w2s", "generate", "positions", "demo"],
+    bench.add_argument("what", choices=["speed", "quality", "fronts", "panorama", "upscale", "video", "w2s", "generate", "positions", "demo"],
                        help="speed: what each guidance costs against its FLOP floor and diffusers; quality: every "
                             "guidance method over weights on the bundled models (FD, KID, IS, P/R, coherence); fronts: "
                             "fine sweeps over seed sets, Pareto fronts of quality against side effects, gains per "
                             "sigma band, banded M-SWG and a w(sigma) schedule; "
                             "panorama: fusion methods on wide scenes, and speed against diffusers; upscale: 2x / 4x "
-                            "window-fusion upscaling of held-out scenes against the real images; w2s: guidance "
+                            "window-fusion upscaling of held-out scenes against the real images; video: temporal M-SWG and "
+                            "fusion along time on the bundled bounce model, exact motion metrics; w2s: guidance "
                             "learned in training vs CFG; generate: the sample command's overhead and 1 vs 2 "
                             "processes; positions: crop positional embeddings on a tiny DiT; demo: 'windowguide "
                             "demo' timed as a fresh process, alone and beside a busy core")

@@ -92,6 +92,8 @@ def prepare(model: str, guidance: str, device: Any = "cpu"):
     """(denoiser, net, model record, Guidance) for a model name/path and a SPEC string; weak models
     named in the SPEC are loaded and checked against the main model."""
     denoiser, info, net = load_denoiser(model, device)
+    if info["kind"] == "video":
+        raise WindowguideError(f"--model {model} is a video model: use windowguide video --model {model}")
     name = model if model in bundled_names() else None
     ctx = spec.Context(net=net, load=_weak_loader(info, device), model_name=name,
                        load_unconditional=lambda path: load_matching_denoiser(path, info.get("shape", []), 0, device))

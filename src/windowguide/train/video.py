@@ -15,12 +15,12 @@ from ..models.video import VideoUNet
 from ..toy.bounce import bouncing_clips
 
 
-def train_video(path: str, steps: int = 1500, batch: int = 32, clips: int = 4000, frames: int = 12, size: int = 12,
-                base: int = 16, lr: float = 2e-3, ema: float = 0.998, seed: int = 0, progress: bool = True) -> dict:
+def train_video(path: str, steps: int = 4000, batch: int = 32, clips: int = 4000, frames: int = 12, size: int = 12,
+                base: int = 16, mults: tuple = (1, 2, 2), lr: float = 2e-3, ema: float = 0.998, seed: int = 0, progress: bool = True) -> dict:
     """Train a VideoUNet on ``clips`` clips of seed ``seed`` and save its EMA weights to ``path``."""
     torch.manual_seed(seed)
     data, _ = bouncing_clips(clips, frames, size, seed)
-    net = VideoUNet(channels=1, base=base, mults=(1, 2))
+    net = VideoUNet(channels=1, base=base, mults=tuple(mults))
     avg = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -51,4 +51,4 @@ def train_video(path: str, steps: int = 1500, batch: int = 32, clips: int = 4000
 if __name__ == "__main__":
     import sys
     train_video(sys.argv[1] if len(sys.argv) > 1 else "bounce.safetensors",
-                steps=int(sys.argv[2]) if len(sys.argv) > 2 else 1500)
+                steps=int(sys.argv[2]) if len(sys.argv) > 2 else 4000)

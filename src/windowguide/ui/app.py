@@ -18,9 +18,9 @@ RECIPES = 4
 
 
 def bundled_models() -> list[str]:
-    """The bundled diffusion models (not the classifiers), mirror first."""
-    from ..models.checkpoint import bundled_names
-    names = [n for n in bundled_names() if not n.endswith("-classifier")]
+    """The bundled image diffusion models (not the classifiers, not the video model), mirror first."""
+    from ..models.checkpoint import bundled_names, read_info
+    names = [n for n in bundled_names() if not n.endswith("-classifier") and read_info(n)["kind"] != "video"]
     return sorted(names, key=lambda n: (not n.startswith("mirror"), n))
 
 

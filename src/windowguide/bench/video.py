@@ -1,0 +1,130 @@
+"""``windowguide bench video``: what temporal guidance and fusion along time do, on the bundled ``bounce`` video
+model (a 3-D UNet trained on 12-frame, 12 x 12 clips of a blob moving at constant speed and bouncing off the
+walls, ``toy.bounce``), with the exact metrics of that motion (speed_cv, drift, jerk, presence) and the real
+clips' floor, each as the mean ± sd over seed sets.
+
+- clips (12 frames, the model's length): no guidance; M-SWG with crops in space only (12 x 8 x 8), in time only
+  (8 x 12 x 12), and in both (8 x 8 x 8);
+- a long video (36 frames, 3x the clip): the whole video in one call (the model outside its clip length),
+  clip-length windows (12, stride 6) fused by MultiDiffusion (DDIM), GF (DDIM), GF (DDPM) and GF + VCF (DDPM).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import write_report
+from ..guidance import MSWG
+from ..models.checkpoint import load_denoiser
+from ..sampling import karras_sigmas
+from ..toy.bounce import bouncing_clips, temporal_metrics
+from ..video import long_video
+
+
+@dataclass
+class Settings:
+    """Seed sets, videos per set, steps, the M-SWG weight, the long video's length and stride."""
+    sets: int = 3
+    videos: int = 16
+    steps: int = 32
+    weight: float = 0.5
+    long_frames: int = 36
+    stride: int = 6
+
+
+QUICK = Settings(sets=1, videos=8, steps=12)
+
+CLIP_ROWS = (("none", None), ("spatial M-SWG", (12, 8, 8)), ("temporal M-SWG", (8, 12, 12)),
+             ("both M-SWG", (8, 8, 8)))
+LONG_ROWS = (("whole video, one call", None, "ddim", False), ("multidiffusion", "multidiffusion", "ddim", False),
+             ("gf", "gf", "ddim", False), ("gf ddpm", "gf", "ddpm", False), ("gf+vcf ddpm", "gf", "ddpm", True))
+
+
+def spread(rows: list[dict]) -> dict:
+    """Each metric's mean and sd over the seed sets."""
+    keys = rows[0].keys()
+    return {k: (statistics.mean(r[k] for r in rows), statistics.stdev(r[k] for r in rows) if len(rows) > 1 else 0.0)
+            for k in keys}
+
+
+def run_clips(den, s: Settings, progress: bool) -> list[dict]:
+    sigmas = karras_sigmas(s.steps, 0.002, 80.0)
+    import windowguide as wg
+    out = []
+    for name, window in CLIP_ROWS:
+        t0, sets = time.perf_counter(), []
+        g = None if window is None else MSWG(s.weight, window=window)
+        for k in range(s.sets):
+            seeds = range(k * 1000, k * 1000 + s.videos)
+            with torch.no_grad():
+                x = wg.sample(den, (1, 12, 12, 12), seeds, sampler="ddim", sigmas=sigmas, guidance=g)
+            sets.append(temporal_metrics(x))
+        row = dict(name=name, window=window, seconds=time.perf_counter() - t0, **spread(sets))
+        out.append(row)
+        if progress:
+            print(f"  clip {name:16s} " + _fmt(row), flush=True)
+    return out
+
+
+def run_long(den, s: Settings, progress: bool) -> list[dict]:
+    sigmas = karras_sigmas(s.steps, 0.002, 80.0)
+    import windowguide as wg
+    out = []
+    for name, mode, sampler, vcf in LONG_ROWS:
+        t0, sets = time.perf_counter(), []
+        for k in range(s.sets):
+            seeds = range(k * 1000, k * 1000 + s.videos)
+            with torch.no_grad():
+                if mode is None:
+                    x = wg.sample(den, (1, s.long_frames, 12, 12), seeds, sampler=sampler, sigmas=sigmas)
+                else:
+                    x = long_video(den, (1, s.long_frames, 12, 12), seeds, (12, 12, 12), stride=(s.stride, 12, 12),
+                                   mode=mode, sampler=sampler, vcf=vcf, sigmas=sigmas)
+            sets.append(temporal_metrics(x))
+        row = dict(name=name, seconds=time.perf_counter() - t0, **spread(sets))
+        out.append(row)
+        if progress:
+            print(f"  long {name:22s} " + _fmt(row), flush=True)
+    return out
+
+
+def real_rows(s: Settings) -> dict:
+    """The metrics of real clips (12 and long_frames frames), over seed sets of the same size."""
+    def over(frames):
+        return spread([temporal_metrics(bouncing_clips(s.videos, frames, 12, seed=100 + k)[0]) for k in range(s.sets)])
+    return dict(clip=over(12), long=over(s.long_frames))
+
+
+def _fmt(row: dict) -> str:
+    return " ".join(f"{k} {row[k][0]:.3f}±{row[k][1]:.3f}" for k in ("speed_cv", "drift", "jerk", "presence"))
+
+
+def run(json_path: str | None = None, quick: bool = False, progress: bool = True) -> dict:
+    """The video benchmark; writes the JSON report."""
+    s = QUICK if quick else Settings()
+    den, info, _ = load_denoiser("bounce")
+    t0 = time.perf_counter()
+    report = dict(settings=s.__dict__, model=dict(steps=info.get("steps"), final_loss=info.get("final_loss")),
+                  real=real_rows(s), clips=run_clips(den, s, progress), long=run_long(den, s, progress))
+    report["seconds"] = time.perf_counter() - t0
+    write_report(report, json_path)
+    return report
+
+
+def format_report(report: dict) -> str:
+    s = report["settings"]
+    lines = [f"bounce video model: {s['sets']} seed sets x {s['videos']} videos, {s['steps']} DDIM steps, M-SWG w "
+             f"{s['weight']}; mean ± sd over the sets (lower is better except presence)",
+             f"{'clips (12 frames)':28s} {'speed_cv':>15s} {'drift':>15s} {'jerk':>15s} {'presence':>15s}"]
+    row = lambda name, r: f"{name:28s} " + " ".join(f"{r[k][0]:7.3f} ± {r[k][1]:5.3f}" for k in
+                                                   ("speed_cv", "drift", "jerk", "presence"))
+    lines.append(row("real clips", report["real"]["clip"]))
+    lines += [row(r["name"], r) for r in report["clips"]]
+    lines.append(f"long video ({s['long_frames']} frames; windows 12, stride {s['stride']})")
+    lines.append(row("real videos", report["real"]["long"]))
+    lines += [row(r["name"], r) for r in report["long"]]
+    lines.append(f"total {report['seconds']:.0f} s")
+    return "\n".join(lines)
