@@ -45,7 +45,7 @@ def _bench(args) -> int:
         print(panorama.format_report(report))
     elif args.what == "video":
         from .bench import video
-        report = video.run(args.json, quick=args.quick)
+        report = video.run(args.json, quick=args.quick, out_dir=args.out or "runs/bench/video")
         print(video.format_report(report))
     elif args.what == "upscale":
         from .bench import upscale

@@ -10,6 +10,7 @@ clips' floor, each as the mean ± sd over seed sets.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -50,7 +51,15 @@ def spread(rows: list[dict]) -> dict:
             for k in keys}
 
 
-def run_clips(den, s: Settings, progress: bool) -> list[dict]:
+def save_strip(x: torch.Tensor, path: str, videos: int = 4) -> None:
+    """The first ``videos`` videos [N, C, T, H, W] as rows of frames in one PNG."""
+    from ..images import grid, save_png
+    v = x[:videos]
+    frames = v.permute(0, 2, 1, 3, 4).reshape(-1, *v.shape[1:2], *v.shape[3:])
+    save_png(grid(frames.repeat(1, 3 // frames.shape[1], 1, 1), nrow=v.shape[2], scale=4), path)
+
+
+def run_clips(den, s: Settings, progress: bool, out_dir: str | None = None) -> list[dict]:
     sigmas = karras_sigmas(s.steps, 0.002, 80.0)
     import windowguide as wg
     out = []
@@ -62,6 +71,8 @@ def run_clips(den, s: Settings, progress: bool) -> list[dict]:
             with torch.no_grad():
                 x = wg.sample(den, (1, 12, 12, 12), seeds, sampler="ddim", sigmas=sigmas, guidance=g)
             sets.append(temporal_metrics(x))
+            if out_dir and k == 0:
+                save_strip(x, os.path.join(out_dir, f"clip_{name.replace(' ', '_')}.png"))
         row = dict(name=name, window=window, seconds=time.perf_counter() - t0, **spread(sets))
         out.append(row)
         if progress:
@@ -69,7 +80,7 @@ def run_clips(den, s: Settings, progress: bool) -> list[dict]:
     return out
 
 
-def run_long(den, s: Settings, progress: bool) -> list[dict]:
+def run_long(den, s: Settings, progress: bool, out_dir: str | None = None) -> list[dict]:
     sigmas = karras_sigmas(s.steps, 0.002, 80.0)
     import windowguide as wg
     out = []
@@ -84,6 +95,8 @@ def run_long(den, s: Settings, progress: bool) -> list[dict]:
                     x = long_video(den, (1, s.long_frames, 12, 12), seeds, (12, 12, 12), stride=(s.stride, 12, 12),
                                    mode=mode, sampler=sampler, vcf=vcf, sigmas=sigmas)
             sets.append(temporal_metrics(x))
+            if out_dir and k == 0:
+                save_strip(x, os.path.join(out_dir, f"long_{name.replace(' ', '_').replace(',', '')}.png"))
         row = dict(name=name, seconds=time.perf_counter() - t0, **spread(sets))
         out.append(row)
         if progress:
@@ -102,13 +115,19 @@ def _fmt(row: dict) -> str:
     return " ".join(f"{k} {row[k][0]:.3f}±{row[k][1]:.3f}" for k in ("speed_cv", "drift", "jerk", "presence"))
 
 
-def run(json_path: str | None = None, quick: bool = False, progress: bool = True) -> dict:
-    """The video benchmark; writes the JSON report."""
+def run(json_path: str | None = None, quick: bool = False, progress: bool = True,
+        out_dir: str | None = "runs/bench/video") -> dict:
+    """The video benchmark; writes the JSON report and strips of frames (the first videos of each row)."""
     s = QUICK if quick else Settings()
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
     den, info, _ = load_denoiser("bounce")
     t0 = time.perf_counter()
     report = dict(settings=s.__dict__, model=dict(steps=info.get("steps"), final_loss=info.get("final_loss")),
-                  real=real_rows(s), clips=run_clips(den, s, progress), long=run_long(den, s, progress))
+                  real=real_rows(s), clips=run_clips(den, s, progress, out_dir),
+                  long=run_long(den, s, progress, out_dir))
+    if out_dir:
+        save_strip(bouncing_clips(4, s.long_frames, 12, seed=100)[0], os.path.join(out_dir, "long_real.png"))
     report["seconds"] = time.perf_counter() - t0
     write_report(report, json_path)
     return report
