@@ -14,3 +14,4 @@ for d in digits mirror scenes; do
 done
 # the video model of `windowguide bench video` (toy.bounce clips; 4000 steps, about 9 minutes on 2 cores)
 python3 -m windowguide.train.video "$W/bounce.safetensors" 4000
+python3 -c "from windowguide.train.video import train_video as t; t(\"$W/bounce.safetensors\", 6000, lr=1e-3, init=\"$W/bounce.safetensors\")"

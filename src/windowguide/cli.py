@@ -402,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     vid.add_argument("--fps", type=int, default=8, help="MP4 frames per second (default 8)")
     vid.add_argument("--out", default="runs/video", help="folder for the videos (a re-run resumes it)")
     vid.add_argument("--device", help=_DEVICE)
-    vid.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    vid.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                     help="Wan: weights and activations (default float32)")
     vid.set_defaults(func=_video, resumable=True)
 
     ui = sub.add_parser("ui", parents=[common], help="a local web page to try every method side by side (Gradio)")

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from ..models.checkpoint import save_model
+from ..models.checkpoint import load_model, save_model
 from ..models.video import VideoUNet
 from ..toy.bounce import bouncing_clips
 
@@ -21,9 +21,12 @@ def train_video(path: str, steps: int = 4000, batch: int = 32, clips: int = 4000
     torch.manual_seed(seed)
     data, _ = bouncing_clips(clips, frames, size, seed)
     net = VideoUNet(channels=1, base=base, mults=tuple(mults))
+    if init is not None:
+        net.load_state_dict(load_model(init, "video")[0].state_dict())
     avg = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed + 1)
+    before = 0 if init is None else int(load_model(init, "video")[1].get("steps", 0))
+    gen = torch.Generator().manual_seed(seed + 1 + before)      # a continued run draws new batches
     sd, t0, loss_avg = net.sigma_data, time.perf_counter(), None
     for step in range(steps):
         x0 = data[torch.randint(0, clips, (batch,), generator=gen)]
@@ -43,7 +46,7 @@ def train_video(path: str, steps: int = 4000, batch: int = 32, clips: int = 4000
         if progress and (step % 100 == 0 or step == steps - 1):
             print(f"  step {step:5d} loss {loss_avg:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     info = dict(shape=[1, frames, size, size], dataset=f"bounce (toy.bounce, {clips} clips, seed {seed})",
-                steps=steps, batch=batch, ema=ema, final_loss=loss_avg, seconds=time.perf_counter() - t0)
+                steps=before + steps, batch=batch, ema=ema, final_loss=loss_avg, seconds=time.perf_counter() - t0)
     save_model(path, avg, "video", **info)
     return info
 
@@ -51,4 +54,4 @@ def train_video(path: str, steps: int = 4000, batch: int = 32, clips: int = 4000
 if __name__ == "__main__":
     import sys
     train_video(sys.argv[1] if len(sys.argv) > 1 else "bounce.safetensors",
-                steps=int(sys.argv[2]) if len(sys.argv) > 2 else 4000)
+                steps=int(sys.argv[2]) if len(sys.argv) > 2 else 4000, init=sys.argv[3] if len(sys.argv) > 3 else None)
