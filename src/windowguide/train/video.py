@@ -16,8 +16,10 @@ from ..toy.bounce import bouncing_clips
 
 
 def train_video(path: str, steps: int = 4000, batch: int = 32, clips: int = 4000, frames: int = 12, size: int = 12,
-                base: int = 16, mults: tuple = (1, 2, 2), lr: float = 2e-3, ema: float = 0.998, seed: int = 0, progress: bool = True) -> dict:
-    """Train a VideoUNet on ``clips`` clips of seed ``seed`` and save its EMA weights to ``path``."""
+                base: int = 16, mults: tuple = (1, 2, 2), lr: float = 2e-3, ema: float = 0.998, seed: int = 0,
+                progress: bool = True, init: str | None = None) -> dict:
+    """Train a VideoUNet on ``clips`` clips of seed ``seed`` and save its EMA weights to ``path``; ``init``: a
+    saved video model to continue from (its EMA weights start both the net and the average)."""
     torch.manual_seed(seed)
     data, _ = bouncing_clips(clips, frames, size, seed)
     net = VideoUNet(channels=1, base=base, mults=tuple(mults))
