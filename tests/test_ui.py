@@ -81,3 +81,19 @@ def test_the_page_builds():
     page = app.build()
     assert page is not None and "mirror" in app.bundled_models()[0]
     assert figures.crops_of_spec("none", 24, 24) is None
+
+
+def test_a_pipeline_folder_in_compare_and_panorama(tmp_path):
+    from pipes import tiny_sd
+    tiny_sd(tmp_path).save_pretrained(tmp_path / "sd")
+    sd = str(tmp_path / "sd")
+    cols = [(True, "", "mswg", 0.5, 6, 2, "", "", "", "")]
+    out = app.compare(sd, "", "a red cat", "0", 3, "ddim", cols, root=str(tmp_path))
+    want = _cli_pngs(["sample", "--model", sd, "--prompt", "a red cat", "--guidance", "mswg:w=0.5,window=6,n=2",
+                      "--seeds", "0", "--steps", "3", "--sampler", "ddim"], tmp_path / "cli", seeds=(0,))
+    assert np.array_equal(out["results"][0].images[0], want[0])
+    # the crops are laid out on the 8 x 8 latent and drawn at the 16 x 16 image's scale (x 8 enlarged)
+    assert out["overlay"].shape == (128, 128, 3)
+    p = app.panorama(sd, "", "a red cat", "0", 3, "ddim", 32, 2, "gf", False, 0.0, False, "none", True,
+                     root=str(tmp_path))
+    assert p["shown"][0].shape == (16 * 3, 32 * 3, 3) and "seam" in p["text"]

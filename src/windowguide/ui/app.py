@@ -73,8 +73,9 @@ def compare(model: str, klass: str, prompt: str, seeds: str, steps: int, sampler
         results.append(r)
         labels.append(spec)
         texts.append(f"**{spec}**  \n{figures.format_figures(figures.column_figures(r.images, model))}")
-        if overlay is None and figures.crops_of_spec(spec, *r.images[0].shape[:2]) is not None:
-            overlay = figures.mask_overlay(r.images[0], spec)
+        latent = tuple(r.settings.get("shape", r.images[0].shape[:2]))[-2:]
+        if overlay is None and figures.crops_of_spec(spec, *latent) is not None:
+            overlay = figures.mask_overlay(r.images[0], spec, latent)
     done = [r for r in results if r is not None]
     if not done:
         raise WindowguideError("no recipe is enabled: tick at least one column")
@@ -111,9 +112,11 @@ def panorama(model: str, klass: str, prompt: str, seeds: str, steps: int, sample
     """Panoramas (the CLI's), their seam figure, and the window grid drawn over them on request."""
     r = runs.panorama(model, width, stride, mode, sampler, steps, seeds, guidance or "none", vcf, style_alpha,
                       circular, klass or None, prompt or None, root)
-    window = r.settings.get("window", [r.images[0].shape[0]])[-1]
-    shown = [figures.window_grid(im, window, stride) if grid else im for im in r.images]
-    text = figures.format_figures(figures.column_figures(r.images, model, window, stride))
+    # the windows are in the model's (latent) pixels: drawn and scored at the image's scale
+    f = max(1, r.images[0].shape[0] // r.settings.get("canvas", [0, r.images[0].shape[0]])[1])
+    window = r.settings.get("window", [r.images[0].shape[0]])[-1] * f
+    shown = [figures.window_grid(im, window, stride * f) if grid else im for im in r.images]
+    text = figures.format_figures(figures.column_figures(r.images, model, window, stride * f))
     return dict(results=[r], shown=shown, text=text, commands=_commands([r], [guidance or "none"]),
                 zip=runs.bundle([r], [guidance or "none"], root))
 

@@ -35,15 +35,20 @@ def outline(image: np.ndarray, boxes, scale: int = 8, colour=(255, 40, 40), shad
     return np.asarray(im)
 
 
-def mask_overlay(image: np.ndarray, guidance: str) -> np.ndarray:
+def mask_overlay(image: np.ndarray, guidance: str, latent: tuple[int, int] | None = None) -> np.ndarray:
     """The first image with the M-SWG crops outlined and the pixels more than one crop covers (M-SWG's
-    mask, count > 1) tinted; the image enlarged when the recipe has no crops."""
-    lay = crops_of_spec(guidance, image.shape[0], image.shape[1])
+    mask, count > 1) tinted; the crops are laid out on the ``latent`` (h, w) the model ran on (a pipeline's
+    latents; default the image itself) and drawn at the image's scale. The image enlarged when the recipe
+    has no crops."""
+    lh, lw = latent or image.shape[:2]
+    lay = crops_of_spec(guidance, lh, lw)
     if lay is None:
         return outline(image, [])
+    f = max(1, image.shape[0] // lh)
     h, w = lay.window
     count = lay.total_weight(torch.ones(h, w), "cpu", torch.float32).numpy()
-    return outline(image, [(t, l, h, w) for t, l in lay.positions], shade=(count > 1).astype(np.float32))
+    shade = np.kron((count > 1).astype(np.float32), np.ones((f, f), np.float32))
+    return outline(image, [(t * f, l * f, h * f, w * f) for t, l in lay.positions], shade=shade)
 
 
 def window_grid(image: np.ndarray, window: int, stride: int, scale: int = 3) -> np.ndarray:
