@@ -269,7 +269,15 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     noise = PerSampleNoise.from_seeds(seeds)
     z = noise(torch.empty(len(seeds), c, height, width, device=device, dtype=dtype))
     x = style_aligned_noise(z, lay.window, style_alpha, noise.generators) * init_noise_scale(base, sigmas[0].item())
-    cond = cond_to(cond, device)
+    return run_fused(inner, x, sigmas, cond_to(cond, device), lay, fuse, weighting, sampler, noise, vcf, seeds,
+                     progress, options)
+
+
+def run_fused(inner: Any, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond, lay: Any, fuse: str, weighting: Any,
+              sampler: str, noise: PerSampleNoise, vcf: bool, seeds, progress: bool, options: dict) -> torch.Tensor:
+    """The fused sampling loop from the initial state x: prediction fusion (the sampler on
+    ``FusedDenoiser``) or state fusion (``sample_fused_states``), every step's prediction checked to be
+    finite; shared by the panoramas (2-D layouts) and the long videos (``GridLayout``)."""
     check = finite_check(seeds, len(sigmas) - 1)
     if fuse == "prediction":
         x = SAMPLERS[sampler](FusedDenoiser(inner, lay, weighting), x, sigmas, cond, noise=noise,

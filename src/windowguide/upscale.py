@@ -168,6 +168,7 @@ def upscale(pipe: Any, image: np.ndarray, scale: float = 2, strength: float = 0.
     VP families, flow_euler for the flow ones."""
     from dataclasses import replace
     from .adapters.pipelines import from_pipeline
+    from .conds import cond_repeat
     from .guidance import CFG, Guidance
     if output_type not in ("np", "latent"):
         raise WindowguideError(f"output_type {output_type!r}: accepted: np, latent")
@@ -184,20 +185,14 @@ def upscale(pipe: Any, image: np.ndarray, scale: float = 2, strength: float = 0.
         x = z.repeat(len(seeds), 1, 1, 1)
     else:
         pos, neg = m.encode(prompt=prompt, negative_prompt=negative_prompt)   # refuses a missing prompt by name
-        null = _repeat(neg, len(seeds))
+        null = cond_repeat(neg, len(seeds))        # one row per seed (the encoder gives one)
         g = m.family_guidance(Guidance(tuple(replace(t, null=null) if isinstance(t, CFG) and t.null is None else t
                                              for t in Guidance.of(guidance))))
         options = {**m.sampler_options(sampler, steps), **sampler_options}
         if "targets" in options:
             options["targets"] = options["targets"][start:]
         with torch.no_grad():
-            x = denoise_windows(m.denoiser, z, sigmas[start:], seeds, _repeat(pos, len(seeds)), g, (size, size),
+            x = denoise_windows(m.denoiser, z, sigmas[start:], seeds, cond_repeat(pos, len(seeds)), g, (size, size),
                                 stride, mode, sampler, vcf, progress, max_batch, **options)
         x = m.pipeline_latents(x, sigmas)
     return x if output_type == "latent" else m.decode(x)
-
-
-def _repeat(cond, n: int):
-    if isinstance(cond, dict):
-        return {k: _repeat(v, n) for k, v in cond.items()}
-    return cond.expand(n, *cond.shape[1:]).clone() if cond.shape[0] == 1 else cond

@@ -56,10 +56,10 @@ def long_video(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Sequenc
     axis; circular: loop along time. Returns [len(seeds), C, T, H, W]."""
     from .conds import cond_to
     from .denoiser import as_denoiser
-    from .fusion import FusedDenoiser, _per_window_nulls, check_fusion, sample_fused_states
+    from .fusion import _per_window_nulls, check_fusion, run_fused
     from .generate import check_cond, parse_seeds, schedule_sigmas
     from .guidance import guided
-    from .sampling import SAMPLERS, PerSampleNoise, check_finite, check_sigmas, finite_check, init_noise_scale
+    from .sampling import PerSampleNoise, check_sigmas, init_noise_scale
     from .windows import layout_nd
     fuse, weighting, options = check_fusion(mode, None, None, sampler, vcf, dict(sampler_options))
     c, *sizes = (int(v) for v in canvas)
@@ -78,15 +78,8 @@ def long_video(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Sequenc
     noise = PerSampleNoise.from_seeds(seeds)
     z = noise(torch.empty(len(seeds), c, *sizes, device=device))
     x = style_aligned_noise_nd(z, lay.window, style_alpha, noise.generators) * init_noise_scale(base, sigmas[0].item())
-    cond = cond_to(cond, device)
-    check = finite_check(seeds, len(sigmas) - 1)
-    if fuse == "prediction":
-        x = SAMPLERS[sampler](FusedDenoiser(inner, lay, weighting), x, sigmas, cond, noise=noise, progress=progress,
-                              callback=check, **options)
-    else:
-        x = sample_fused_states(inner, x, sigmas, cond, lay, weighting, sampler, noise, vcf, progress, callback=check,
-                                **options)
-    return check_finite(x, seeds)
+    return run_fused(inner, x, sigmas, cond_to(cond, device), lay, fuse, weighting, sampler, noise, vcf, seeds,
+                     progress, options)
 
 
 __all__ = ["long_video", "style_aligned_noise_nd"]

@@ -346,15 +346,15 @@ def layout_nd(shape, window, stride=None, windows_per_side=None, circular=False)
     whole side has one window. ``circular``: a bool for the last axis or one per axis."""
     shape = tuple(int(v) for v in shape)
     d = len(shape)
-    per = lambda v, name: tuple(v) if isinstance(v, (tuple, list)) else (v,) * d
-    window = per(window, "window")
+    per = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * d
+    window = per(window)
     if len(window) != d or any(isinstance(k, bool) or int(k) != k or k < 1 for k in window):
         raise WindowguideError(f"window must be a positive int or {d} of them, got {window!r}")
     window = tuple(int(k) for k in window)
     if (stride is None) == (windows_per_side is None):
         raise WindowguideError("give exactly one of stride and windows_per_side")
-    strides = per(stride, "stride") if stride is not None else (None,) * d
-    counts = per(windows_per_side, "windows_per_side") if windows_per_side is not None else (None,) * d
+    strides = per(stride) if stride is not None else (None,) * d
+    counts = per(windows_per_side) if windows_per_side is not None else (None,) * d
     circ = tuple(circular) if isinstance(circular, (tuple, list)) else (False,) * (d - 1) + (bool(circular),)
     if len(strides) != d or len(counts) != d or len(circ) != d:
         raise WindowguideError(f"stride, windows_per_side and circular take one value per axis ({d})")

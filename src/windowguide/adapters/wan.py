@@ -34,8 +34,10 @@ def wan_rope(rope, shape: tuple[int, int, int], regions: torch.Tensor | None, n:
     cos_axes, sin_axes = rope.freqs_cos.split(dims, dim=1), rope.freqs_sin.split(dims, dim=1)
     counts = (shape[0] // p_t, shape[1] // p_h, shape[2] // p_w)
     starts = torch.zeros(n, 3, dtype=torch.long) if regions is None else _starts(regions, (p_t, p_h, p_w))
+    # rows at the same place (CFG's pair, the samples of one window) share one set of frequencies
+    places, row_of = torch.unique(starts, dim=0, return_inverse=True)
     cos_rows, sin_rows = [], []
-    for row in starts.tolist():
+    for row in places.tolist():
         parts_c, parts_s = [], []
         for a in range(3):
             idx = torch.arange(row[a], row[a] + counts[a], device=rope.freqs_cos.device)
@@ -45,7 +47,7 @@ def wan_rope(rope, shape: tuple[int, int, int], regions: torch.Tensor | None, n:
             parts_s.append(sin_axes[a][idx].view(view).expand(*counts, -1))
         cos_rows.append(torch.cat(parts_c, -1).reshape(1, -1, 1, sum(dims)))
         sin_rows.append(torch.cat(parts_s, -1).reshape(1, -1, 1, sum(dims)))
-    return torch.cat(cos_rows), torch.cat(sin_rows)
+    return torch.cat(cos_rows)[row_of], torch.cat(sin_rows)[row_of]
 
 
 def _starts(regions: torch.Tensor, patch) -> torch.Tensor:

@@ -60,6 +60,7 @@ def save_strip(x: torch.Tensor, path: str, videos: int = 4) -> None:
 
 
 def run_clips(den, s: Settings, progress: bool, out_dir: str | None = None) -> list[dict]:
+    """The clip rows: 12-frame clips without guidance and with M-SWG's crops in space, time or both."""
     sigmas = karras_sigmas(s.steps, 0.002, 80.0)
     import windowguide as wg
     out = []
@@ -81,6 +82,7 @@ def run_clips(den, s: Settings, progress: bool, out_dir: str | None = None) -> l
 
 
 def run_long(den, s: Settings, progress: bool, out_dir: str | None = None) -> list[dict]:
+    """The long-video rows: the whole video in one call, and clip-length windows fused along time."""
     sigmas = karras_sigmas(s.steps, 0.002, 80.0)
     import windowguide as wg
     out = []
@@ -134,6 +136,7 @@ def run(json_path: str | None = None, quick: bool = False, progress: bool = True
 
 
 def format_report(report: dict) -> str:
+    """The report as a plain-text table (mean ± sd over the seed sets)."""
     s = report["settings"]
     lines = [f"bounce video model: {s['sets']} seed sets x {s['videos']} videos, {s['steps']} DDIM steps, M-SWG w "
              f"{s['weight']}; mean ± sd over the sets (lower is better except presence)",

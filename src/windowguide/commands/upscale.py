@@ -10,6 +10,7 @@ from typing import Any
 from .. import spec
 from ..errors import WindowguideError
 from ..files import check_out_dir, write_json, write_png
+from ..fusion import check_fusion
 from ..generate import parse_seeds
 from ..imageio import read_uint8
 from .common import MAX_STEPS, check_count, labels_for, normalise_class, prepare
@@ -56,6 +57,9 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
         window = tuple(info["shape"][1:])
         draw = lambda seed, **o: _pixels(denoiser, picture, scale, seed, net.num_classes, klass, window,
                                          progressive, o)
+    check_fusion(mode, None, None, sampler, vcf, {})          # refuse a bad mode / sampler / VCF before writing
+    if mode not in ("gf", "multidiffusion"):
+        raise WindowguideError(f"--mode {mode!r}: upscale fuses window states; accepted: gf, multidiffusion")
     settings = dict(image=os.path.abspath(image), model=folder if not os.path.exists(folder) else
                     os.path.abspath(folder), klass=klass, scale=scale, strength=strength,
                     prompt=prompt, negative_prompt=negative_prompt, guidance=spec.canonical(guidance), steps=steps,

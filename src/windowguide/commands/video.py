@@ -18,6 +18,7 @@ import torch
 from .. import spec
 from ..errors import WindowguideError
 from ..files import check_out_dir, write_json, write_png
+from ..fusion import check_fusion
 from ..generate import parse_seeds
 from .common import MAX_STEPS, check_count
 
@@ -78,6 +79,7 @@ def run(model: str, prompt: str | None = None, negative_prompt: str = "", frames
     stride = max(1, window[1] // 2) if stride_frames is None else src["latent_stride"](stride_frames)
     sampler = sampler or src["sampler"]
     steps = steps or src["steps"]
+    check_fusion(mode, None, None, sampler, vcf, {})          # refuse a bad mode / sampler / VCF before writing
     settings = dict(model=model if not os.path.exists(model) else os.path.abspath(model), prompt=prompt,
                     negative_prompt=negative_prompt, frames=src["frames"], latent=list(shape), window=list(window),
                     stride=stride, mode=mode, sampler=sampler, steps=steps, vcf=vcf, style_alpha=style_alpha,
@@ -152,6 +154,8 @@ def _bundled_source(model, prompt, negative_prompt, frames, height, width, guida
                                f"size; leave them out")
     denoiser, info, net = load_denoiser(model, device)
     c, clip, h, w = info["shape"]
+    if c not in (1, 3):
+        raise WindowguideError(f"--model {model}: {c} channels; a video is written from 1 (grey) or 3 (RGB) channels")
     frames = frames or clip
     if frames % net.multiple:
         raise WindowguideError(f"--frames {frames}: accepted: a multiple of {net.multiple} (this network's factor)")
@@ -159,8 +163,9 @@ def _bundled_source(model, prompt, negative_prompt, frames, height, width, guida
     terms = spec.build(guidance, spec.Context(net=net, load=None))
 
     def decode(x):
-        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).repeat(
-            1, 1, 1, 1, 3 // x.shape[1]).numpy()
+        """[N, C, T, H, W] in [-1, 1] -> uint8 [N, T, H, W, 3] (grey repeated to RGB)."""
+        v = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+        return v.repeat(1, 1, 1, 1, 3 // c).numpy()
     return dict(shape=(c, frames, h, w), frames=frames, clip=clip, denoiser=denoiser, cond=None, terms=terms, guidance=guidance,
                 sigmas=lambda steps: karras_sigmas(steps, 0.002, 80.0), sampler="ddim", steps=32, decode=decode,
                 latent_frames=lambda f: f, latent_stride=lambda f: f)

@@ -124,7 +124,7 @@ def panorama(model: str, klass: str, prompt: str, seeds: str, steps: int, sample
 def _commands(results, labels) -> str:
     parts = []
     for r, spec in zip(results, labels):
-        model = r.command.split("--model ", 1)[1].split(" ", 1)[0]
+        model = r.settings.get("model", "mirror")
         call = None
         if r.settings.get("canvas"):
             s = r.settings

@@ -75,6 +75,7 @@ def column_figures(images: list[np.ndarray], model: str, window: int | None = No
 
 
 def format_figures(figures: dict) -> str:
+    """'name value  name value ...' with four decimals, the line under a column."""
     return "  ".join(f"{k} {v:.4f}" for k, v in figures.items())
 
 
