@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--device", help=_DEVICE)
     up.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                     help="weights and activations (default float32)")
-    up.set_defaults(func=_upscale)
+    up.set_defaults(func=_upscale, resumable=True)
 
     met = sub.add_parser("metrics", parents=[common], help="FID, FD-DINOv2, KID, IS, precision/recall of images")
     met.add_argument("images", help="a folder of images (recursively) or an .npz with an 'images' array")

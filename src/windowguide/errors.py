@@ -33,4 +33,15 @@ def missing_module(what: str, exc: ImportError) -> WindowguideError:
                             f"install it with {INSTALL_DIFFUSERS}")
 
 
-__all__ = ["WindowguideError", "RunError", "NonFiniteError", "missing_module", "INSTALL_DIFFUSERS"]
+def require_module(name: str, what: str, install: str) -> None:
+    """Refuse, before any work, a command whose optional dependency ``name`` does not import, naming the
+    command to install it."""
+    import importlib
+    try:
+        importlib.import_module(name)
+    except ImportError as e:
+        raise WindowguideError(f"{what}, and the module {name!r} does not import here ({e}); install it with "
+                               f"{install}") from None
+
+
+__all__ = ["WindowguideError", "require_module", "RunError", "NonFiniteError", "missing_module", "INSTALL_DIFFUSERS"]

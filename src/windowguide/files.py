@@ -169,8 +169,32 @@ def fingerprint(path: str) -> dict[str, str]:
     return out
 
 
+def regular_file(path: str, what: str = "the file") -> str:
+    """``path`` when it is a regular file (a link to one is fine); a FIFO, a device, a folder or nothing is
+    refused by name before it is opened, since opening a FIFO blocks forever."""
+    import stat
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise WindowguideError(f"{what} {path}: cannot be read ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise WindowguideError(f"{what} {path}: {kind}; accepted: a regular file")
+    return path
+
+
+def content_hash(path: str) -> str:
+    """sha256 of a file's whole content (input images, masks: what shapes a result, by content)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 __all__ = ["atomic_write", "write_bytes", "write_json", "write_npz", "write_png", "read_png", "check_out_dir",
-           "locked", "fingerprint", "remove_stale_temporaries"]
+           "locked", "fingerprint", "remove_stale_temporaries", "regular_file", "content_hash"]
 
 
 def pretrained_dir(folder: str | None, env: str) -> tuple[str | None, str | None]:

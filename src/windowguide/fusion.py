@@ -148,7 +148,7 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
     noise = noise or PerSampleNoise.from_seeds(range(x.shape[0]))
     scale = _vcf_ratio(lay, weighting, x.device, x.dtype) if vcf else None
     wnoise = WindowNoise(noise, lay, scale)
-    cond_w = cond_repeat(cond, k)
+    cond_w = lay.window_conds(cond)
     step = SAMPLERS[sampler]
     # the per-window step must not restart the step count: it sees a plain callable; a network with
     # positional ids sees each window's place on the canvas (``placed``)
@@ -204,7 +204,7 @@ def style_aligned_noise(z: torch.Tensor, window: tuple[int, int], alpha: float,
     return out
 
 
-def _per_window_nulls(guidance: Any, n: int, k: int) -> Guidance:
+def per_window_nulls(guidance: Any, n: int, k: int) -> Guidance:
     """CFG nulls given per sample ([n, ...]) repeated for the k windows of each sample."""
     terms = []
     for term in Guidance.of(guidance):
@@ -236,6 +236,22 @@ def check_fusion(mode: str, fuse: str | None, weighting: Any, sampler: str, vcf:
     return fuse, weighting, options
 
 
+def canvas_layout(n: int, channels: int, sizes: Sequence[int], window: Any, stride: Any = 8,
+                  circular: Any = False, device: Any = None, what: str = "this canvas") -> Any:
+    """The window layout of a fused run of n samples on a canvas of ``sizes`` (H, W or T, H, W), after
+    refusing one whose canvas and windows cannot fit in the device's memory (``memory.check_fused_run``)
+    before anything is allocated; cheap, so a command calls it before it writes anything."""
+    from .memory import check_fused_run
+    from .windows import layout_nd
+    sizes = tuple(int(v) for v in sizes)
+    win = (window,) * len(sizes) if isinstance(window, int) else tuple(window)
+    check_fused_run(n, channels, sizes, win, stride, what, device)
+    if len(sizes) == 2:
+        return layout(sizes[0], sizes[1], window, stride=stride, circular=bool(circular))
+    flags = tuple(circular) if isinstance(circular, (tuple, list)) else (bool(circular),) + (False,) * (len(sizes) - 1)
+    return layout_nd(sizes, win, stride=stride, circular=flags)
+
+
 def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stride: Any = 8,
              mode: str = "multidiffusion", fuse: str | None = None, weighting: Any = None,
              sampler: str = "ddim", steps: int = 50, guidance: Any = None, cond: Cond = None,
@@ -256,9 +272,9 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     c, height, width = (int(v) for v in canvas)
     seeds = parse_seeds(seeds)
     check_cond(cond, len(seeds))
-    lay = layout(height, width, window, stride=stride, circular=circular)
+    lay = canvas_layout(len(seeds), c, (height, width), window, stride, circular, device, "the panorama")
     base = as_denoiser(denoiser)
-    inner = guided(base, _per_window_nulls(guidance, len(seeds), lay.n), max_batch)
+    inner = guided(base, per_window_nulls(guidance, len(seeds), lay.n), max_batch)
     if isinstance(inner, GuidedDenoiser):
         inner.check((c, *lay.window))
     elif base.multiple > 1 and any(v % base.multiple for v in lay.window):
@@ -278,7 +294,12 @@ def run_fused(inner: Any, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond, lay
     """The fused sampling loop from the initial state x: prediction fusion (the sampler on
     ``FusedDenoiser``) or state fusion (``sample_fused_states``), every step's prediction checked to be
     finite; shared by the panoramas (2-D layouts) and the long videos (``GridLayout``)."""
-    check = finite_check(seeds, len(sigmas) - 1)
+    prediction_check = finite_check(seeds, len(sigmas) - 1)
+    state_check = finite_check(seeds, len(sigmas) - 1, what="fused state")
+
+    def check(i, x, denoised, sigma):             # the fused state too: a fold can overflow where no prediction did
+        prediction_check(i, x, denoised, sigma)
+        state_check(i, x, x, sigma)
     if fuse == "prediction":
         x = SAMPLERS[sampler](FusedDenoiser(inner, lay, weighting), x, sigmas, cond, noise=noise,
                               progress=progress, callback=check, **options)
@@ -289,5 +310,5 @@ def run_fused(inner: Any, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond, lay
 
 
 __all__ = ["MODES", "FusedDenoiser", "vcf_fuse", "WindowNoise", "is_stochastic", "adds_noise_after_update",
-           "sample_fused_states",
+           "sample_fused_states", "run_fused", "per_window_nulls", "canvas_layout",
            "style_aligned_noise", "panorama", "check_fusion"]

@@ -77,11 +77,14 @@ def read_regions(path: str) -> list[dict]:
     relative to the file."""
     import json
     import os
+    from .files import regular_file
+    regular_file(path, "--regions")
     try:
         with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise WindowguideError(f"--regions {path}: not a readable JSON file ({e})") from None
+            data = json.load(f, object_pairs_hook=_no_duplicate_keys)
+    except (OSError, ValueError, RecursionError) as e:
+        raise WindowguideError(f"--regions {path}: not a readable JSON file ({type(e).__name__}: "
+                               f"{str(e)[:200]})") from None
     entries = data.get("regions") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise WindowguideError(f"--regions {path}: accepted: {{\"regions\": [{{\"prompt\": ..., \"box\": [top, left, "
@@ -97,6 +100,28 @@ def read_regions(path: str) -> list[dict]:
     return out
 
 
+MAX_REGION_WEIGHT = 1e4     # states (|x| <= sigma_max 80..) x weights x hundreds of pairs stay far inside float32
+
+
+def _check_what(entry: dict, index: int) -> None:
+    """A region's prompt is text, its class an integer (or 'none'); a JSON true / 1.7 is not one."""
+    if "prompt" in entry and not isinstance(entry["prompt"], str):
+        raise WindowguideError(f"region {index}: prompt {str(entry['prompt'])[:40]}: accepted: text")
+    k = entry.get("class", 0)
+    if "class" in entry and (isinstance(k, bool) or not (isinstance(k, int) or k == "none" or
+                                                          (isinstance(k, str) and k.isascii() and k.isdigit()))):
+        raise WindowguideError(f"region {index}: class {str(k)[:40]}: accepted: a class index (an integer) or 'none'")
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    """A JSON object whose keys are all different (json keeps the last of two silently)."""
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"the key {twice[0]!r} appears twice in one object")
+    return dict(pairs)
+
+
 def region_mask(entry: dict, canvas_px: tuple[int, int], factor: int = 1, index: int = 0) -> torch.Tensor:
     """The entry's mask over the canvas in latent pixels [H / factor, W / factor]: a box (image pixels,
     widened to whole latent pixels) or a mask PNG of the canvas's image size (its grey level / 255,
@@ -107,11 +132,14 @@ def region_mask(entry: dict, canvas_px: tuple[int, int], factor: int = 1, index:
         raise WindowguideError(f"region {index} {entry}: accepted keys {', '.join(REGION_KEYS)}: one of prompt / "
                                f"class and one of box / mask")
     weight = entry.get("weight", 1.0)
-    if not isinstance(weight, (int, float)) or not weight > 0 or weight == float("inf"):
-        raise WindowguideError(f"region {index}: weight {weight!r}: accepted: a positive number")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= MAX_REGION_WEIGHT:
+        raise WindowguideError(f"region {index}: weight {str(weight)[:40]}: accepted: a number in (0, "
+                               f"{MAX_REGION_WEIGHT:g}] (larger weights overflow the fused sums in float32)")
+    _check_what(entry, index)
     if "box" in entry:
         box = entry["box"]
-        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, int) for v in box)):
+        if not (isinstance(box, (list, tuple)) and len(box) == 4
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in box)):
             raise WindowguideError(f"region {index}: box {box!r}: accepted: [top, left, bottom, right] in pixels")
         top, left, bottom, right = box
         if not (0 <= top < bottom <= h and 0 <= left < right <= w):
@@ -121,6 +149,8 @@ def region_mask(entry: dict, canvas_px: tuple[int, int], factor: int = 1, index:
         mask[top // factor:-(-bottom // factor), left // factor:-(-right // factor)] = 1
         return mask * weight
     from .imageio import read_uint8
+    if not isinstance(entry["mask"], str):
+        raise WindowguideError(f"region {index}: mask {str(entry['mask'])[:40]}: accepted: the path of a PNG")
     grey = read_uint8(entry["mask"])
     if grey.shape[:2] != (h, w):
         raise WindowguideError(f"region {index}: mask {entry['mask']} is {grey.shape[1]}x{grey.shape[0]}, the canvas "
@@ -180,19 +210,55 @@ def fuse(lay: Layout, states: torch.Tensor, chosen: list[tuple[int, int]], masks
         weight = m * crops[r * lay.n + k, 0]
         num[:, :, t:t + h, l:l + w] += y[:, j] * weight
         den[t:t + h, l:l + w] += weight
-    return lay._unwrap(num) / lay._unwrap(den[None, None])[0, 0]
+    return lay.unwrap(num) / lay.unwrap(den[None, None])[0, 0]
+
+
+@dataclass(frozen=True, eq=False)
+class PairLayout:
+    """The (region, window) pairs of a regional canvas as the fused loop's layout: ``crop`` gives each
+    pair's window crop (sample-major), ``fold`` the mask-weighted fusion ``fuse``, ``window_conds`` the
+    pairs' own conditions (one row per sample and pair, already laid out)."""
+    base: Layout
+    chosen: tuple[tuple[int, int], ...]
+    masks: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return len(self.chosen)
+
+    @property
+    def window(self) -> tuple[int, int]:
+        return self.base.window
+
+    def _windows(self) -> torch.Tensor:
+        return torch.tensor([k for _, k in self.chosen])
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        crops = self.base.crop(x).reshape(x.shape[0], self.base.n, x.shape[1], *self.window)
+        return crops[:, self._windows()].reshape(x.shape[0] * self.n, x.shape[1], *self.window)
+
+    def fold(self, states: torch.Tensor, weighting: Any = "uniform") -> torch.Tensor:
+        return fuse(self.base, states, list(self.chosen), self.masks.to(states), states.shape[0] // self.n, weighting)
+
+    def regions(self, n: int) -> torch.Tensor:
+        return self.base.regions(1)[self._windows()].repeat(n, 1)
+
+    def window_conds(self, cond: Cond) -> Cond:
+        return cond
 
 
 def regional_panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, regions: Sequence[Region], window: Any,
                       stride: Any = 8, mode: str = "multidiffusion", sampler: str = "ddim", steps: int = 50,
                       sigmas: Any = None, guidance: Any = None, circular: bool = False, device: Any = None,
-                      progress: bool = False, **sampler_options) -> torch.Tensor:
-    """Sample a (C, H, W) canvas whose regions follow their own conditions (module docstring)."""
+                      progress: bool = False, max_batch: int | None = None, **sampler_options) -> torch.Tensor:
+    """Sample a (C, H, W) canvas whose regions follow their own conditions (module docstring), through the
+    one fused loop (``fusion.run_fused``) with the (region, window) pairs as its windows; ``max_batch``
+    caps the window-sized inputs of one network call."""
     from .denoiser import as_denoiser
-    from .fusion import check_fusion
+    from .fusion import canvas_layout, check_fusion, per_window_nulls, run_fused
     from .generate import parse_seeds, schedule_sigmas
     from .guidance import guided
-    from .sampling import SAMPLERS, PerSampleNoise, check_sigmas, init_noise_scale
+    from .sampling import PerSampleNoise, check_sigmas, init_noise_scale
     fuse_kind, weighting, options = check_fusion(mode, None, None, sampler, False, dict(sampler_options))
     if fuse_kind != "state" or sampler == "ddpm" or options.get("eta", 0) or options.get("churn", 0):
         raise WindowguideError("regional prompts fuse window states under a deterministic sampler for now "
@@ -200,12 +266,11 @@ def regional_panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, regions:
     c, height, width = (int(v) for v in canvas)
     seeds = parse_seeds(seeds)
     n = len(seeds)
-    lay = layout(height, width, window, stride=stride, circular=circular)
+    lay = canvas_layout(n, c, (height, width), window, stride, circular, device, "the regional panorama")
     masks = check_regions(regions, (height, width))
     chosen = pairs(lay, masks)
     base = as_denoiser(denoiser)
-    from .fusion import _per_window_nulls
-    inner = guided(base, _per_window_nulls(guidance, n, len(chosen)))
+    inner = guided(base, per_window_nulls(guidance, n, len(chosen)), max_batch)
     sigmas = check_sigmas(sigmas) if sigmas is not None else schedule_sigmas(sampler, base, steps)
     device = torch.device(device) if device is not None else torch.device("cpu")
     noise = PerSampleNoise.from_seeds(seeds)
@@ -213,21 +278,8 @@ def regional_panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, regions:
     conds = [_per_sample(r.cond, n) for r in regions]
     rows = [cond_select(conds[r], torch.tensor([i])) for i in range(n) for r, _ in chosen]
     cond = None if rows[0] is None else cond_cat(rows)
-    windows = torch.tensor([k for _, k in chosen])
-    from .windows import regions_of_call
-    at = lay.regions(1)[windows].repeat(n, 1) if getattr(base, "canvas_positions", False) else None
-    step = SAMPLERS[sampler]
-    s = sigmas.tolist()
-    from tqdm.auto import trange
-    for i in trange(len(s) - 1, disable=not progress, desc=f"{sampler} (regions)", leave=False):
-        crops = lay.crop(x).reshape(n, lay.n, c, *lay.window)
-        batch = crops[:, windows].reshape(n * len(chosen), c, *lay.window)
-        if hasattr(inner, "begin_step"):
-            inner.begin_step(i, s)
-        with regions_of_call(at):                 # each pair's window at its place (networks that take positions)
-            states = step(lambda xw, sg, cd: inner(xw, sg, cd), batch, [s[i], s[i + 1]], cond, **options)
-        x = fuse(lay, states, chosen, masks.to(x), n, weighting)
-    return x
+    return run_fused(inner, x, sigmas, cond, PairLayout(lay, tuple(chosen), masks), "state", weighting, sampler,
+                     noise, False, seeds, progress, options)
 
 
 def _per_sample(cond: Cond, n: int) -> Cond:
@@ -239,5 +291,5 @@ def _per_sample(cond: Cond, n: int) -> Cond:
     return cond.expand(n, *cond.shape[1:]).clone() if cond.shape[0] == 1 and n > 1 else cond
 
 
-__all__ = ["Region", "regional_panorama", "check_regions", "pairs", "fuse", "parse_region", "read_regions",
+__all__ = ["Region", "PairLayout", "regional_panorama", "check_regions", "pairs", "fuse", "parse_region", "read_regions",
            "region_mask", "regions_from_entries"]

@@ -35,17 +35,34 @@ FILTERS = ("lanczos", "bicubic", "bilinear", "nearest")
 def resize(image: np.ndarray, scale: float, filter: str = "lanczos") -> np.ndarray:
     """uint8 [H, W, 3] -> [round(H scale), round(W scale), 3] with Pillow's filter of that name."""
     from PIL import Image
-    if filter not in FILTERS:
-        raise WindowguideError(f"filter {filter!r}: accepted: {', '.join(FILTERS)}")
+    check_filter(filter)
     if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
         raise WindowguideError(f"the image must be uint8 [H, W, 3] (RGB), got {getattr(image, 'dtype', type(image))} "
                                f"{getattr(image, 'shape', '')}")
-    if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
-        raise WindowguideError(f"scale {scale!r}: accepted: a positive number (2 for twice the size)")
-    h, w = image.shape[:2]
-    size = (int(round(w * scale)), int(round(h * scale)))
+    height, width = upscaled_size(image.shape[:2], scale)
     method = getattr(Image.Resampling, filter.upper())
-    return np.asarray(Image.fromarray(image).resize(size, method))
+    return np.asarray(Image.fromarray(image).resize((width, height), method))
+
+
+def check_filter(filter: str) -> str:
+    """A resize filter's name, or the error naming the accepted ones."""
+    if filter not in FILTERS:
+        raise WindowguideError(f"filter {str(filter)[:40]!r}: accepted: {', '.join(FILTERS)}")
+    return filter
+
+
+def upscaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(round(H scale), round(W scale)) of an H x W image, refusing a scale that is not a positive finite
+    number or an output past ``imageio.MAX_PIXELS`` (named with the input's size)."""
+    from .imageio import MAX_PIXELS
+    h, w = (int(v) for v in size)
+    if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
+        raise WindowguideError(f"scale {str(scale)[:40]}: accepted: a positive number (2 for twice the size)")
+    out = (int(round(h * scale)), int(round(w * scale)))
+    if out[0] < 1 or out[1] < 1 or out[0] * out[1] > MAX_PIXELS:
+        raise WindowguideError(f"scale {scale:g} makes the {w}x{h} input {out[1]}x{out[0]} pixels; accepted: 1 pixel to "
+                               f"{MAX_PIXELS} pixels ({int(MAX_PIXELS ** 0.5)} x {int(MAX_PIXELS ** 0.5)})")
+    return out
 
 
 def encode_image(pipe, image: np.ndarray) -> torch.Tensor:
@@ -82,28 +99,29 @@ def denoise_windows(denoiser: Any, z: torch.Tensor, sigmas: torch.Tensor, seeds,
     inside each window. z: [1, C, H, W] (the clean canvas); returns [len(seeds), C, H, W] at sigmas[-1].
     ``max_batch``: window-sized inputs per network call (diffusers' view batch), so the network's
     activations are held for that many windows at a time, never for all of them."""
-    from .fusion import _per_window_nulls, check_fusion, sample_fused_states
+    from .fusion import canvas_layout, check_fusion, per_window_nulls, run_fused
     from .guidance import guided
     from .sampling import PerSampleNoise
-    from .windows import layout
     seeds = list(seeds)
     fuse, weighting, options = check_fusion(mode, None, None, sampler, vcf, dict(sampler_options))
     if fuse != "state":
         raise WindowguideError(f"upscale fuses window states: mode {mode!r} is not accepted; accepted: gf, "
                                f"multidiffusion")
     h, w = window or z.shape[-2:]
-    lay = layout(z.shape[-2], z.shape[-1], (min(h, z.shape[-2]), min(w, z.shape[-1])), stride=stride)
+    lay = canvas_layout(len(seeds), z.shape[1], z.shape[-2:], (min(h, z.shape[-2]), min(w, z.shape[-1])), stride,
+                        device=z.device, what="the upscale")
     noise = PerSampleNoise.from_seeds(seeds)
     x = z.expand(len(seeds), *z.shape[1:]) + float(sigmas[0]) * noise(torch.empty(len(seeds), *z.shape[1:]))
-    inner = guided(denoiser, _per_window_nulls(guidance, len(seeds), lay.n), max_batch)
-    return sample_fused_states(inner, x.to(z), sigmas, cond, lay, weighting, sampler, noise, vcf, progress,
-                               **options)
+    inner = guided(denoiser, per_window_nulls(guidance, len(seeds), lay.n), max_batch)
+    return run_fused(inner, x.to(z), sigmas, cond, lay, "state", weighting, sampler, noise, vcf, seeds, progress,
+                     options)
 
 
 def upscale_pixels(denoiser: Any, image: np.ndarray, scale: float = 2, strength: float = 0.35, seeds=(0,),
                    steps: int = 32, sigmas: Any = None, cond=None, guidance=None, window: Any = None,
                    stride: int = 8, mode: str = "gf", sampler: str = "ddim", vcf: bool = False,
-                   filter: str = "lanczos", max_batch: int | None = 8, **sampler_options) -> np.ndarray:
+                   filter: str = "lanczos", max_batch: int | None = 8, progress: bool = False,
+                   **sampler_options) -> np.ndarray:
     """A pixel-space model's upscale (the bundled EDM nets): x0 = resize(image) / 127.5 - 1, noised to the
     Karras schedule's step of ``strength`` (``start_step``) and denoised over windows (``denoise_windows``;
     ``window``: the model's (h, w); default one window over the image). ``cond``: class labels [len(seeds)] or None (the null label).
@@ -114,7 +132,7 @@ def upscale_pixels(denoiser: Any, image: np.ndarray, scale: float = 2, strength:
     base = as_denoiser(denoiser)
     big = resize(image, scale, filter)
     multiple = max(1, int(getattr(base, "multiple", 1)))
-    _check_multiple(big, multiple)
+    check_multiple(big.shape[:2], multiple, image.shape[:2])
     sigmas = check_sigmas(sigmas) if sigmas is not None else karras_sigmas(steps, base.sigma_min, base.sigma_max)
     start = start_step(len(sigmas) - 1, strength)
     z = torch.tensor(big).permute(2, 0, 1)[None].float() / 127.5 - 1
@@ -124,17 +142,19 @@ def upscale_pixels(denoiser: Any, image: np.ndarray, scale: float = 2, strength:
     window = (window, window) if isinstance(window, int) else window
     with torch.no_grad():
         x = denoise_windows(base, z, sigmas[start:], seeds, cond, guidance, window, stride, mode, sampler, vcf,
-                            max_batch=max_batch, **sampler_options)
+                            progress, max_batch, **sampler_options)
     return to_uint8(x)
 
 
-def _check_multiple(big: np.ndarray, factor: int) -> None:
-    """Refuse an upscaled size that is not a multiple of ``factor`` pixels, naming the nearest two."""
-    if big.shape[0] % factor or big.shape[1] % factor:
-        h, w = big.shape[:2]
+def check_multiple(size: tuple[int, int], factor: int, source: tuple[int, int] | None = None) -> None:
+    """Refuse an upscaled H x W that is not a multiple of ``factor`` pixels, naming the nearest two sizes
+    (and the input's size it came from)."""
+    h, w = size
+    if h % factor or w % factor:
+        came = f", {source[1]}x{source[0]}," if source is not None else ""
         raise WindowguideError(f"an upscaled size of {w}x{h} is not a multiple of {factor} pixels; accepted sizes: "
                                f"{w // factor * factor}x{h // factor * factor} or {(w // factor + 1) * factor}x"
-                               f"{(h // factor + 1) * factor} (resize the input first)")
+                               f"{(h // factor + 1) * factor} (resize the input{came} first, or change --scale)")
 
 
 def progressive_stages(scale: float) -> list[int]:
@@ -176,7 +196,7 @@ def upscale(pipe: Any, image: np.ndarray, scale: float = 2, strength: float = 0.
     sampler = sampler or ("flow_euler" if m.flow else "ddim")
     start = start_step(steps, strength, m.flow)
     big = resize(image, scale, filter)
-    _check_multiple(big, int(m.extras.get("vae_factor", 8)) * m.multiple)
+    check_multiple(big.shape[:2], int(m.extras.get("vae_factor", 8)) * m.multiple, image.shape[:2])
     z = encode_image(pipe, big)
     seeds = list(seeds)
     size = window or m.size[0]

@@ -56,11 +56,10 @@ def long_video(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Sequenc
     axis; circular: loop along time. Returns [len(seeds), C, T, H, W]."""
     from .conds import cond_to
     from .denoiser import as_denoiser
-    from .fusion import _per_window_nulls, check_fusion, run_fused
+    from .fusion import canvas_layout, check_fusion, per_window_nulls, run_fused
     from .generate import check_cond, parse_seeds, schedule_sigmas
     from .guidance import guided
     from .sampling import PerSampleNoise, check_sigmas, init_noise_scale
-    from .windows import layout_nd
     fuse, weighting, options = check_fusion(mode, None, None, sampler, vcf, dict(sampler_options))
     c, *sizes = (int(v) for v in canvas)
     if len(sizes) != 3 or len(tuple(window)) != 3:
@@ -68,9 +67,10 @@ def long_video(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Sequenc
                                f"{tuple(window)}")
     seeds = parse_seeds(seeds)
     check_cond(cond, len(seeds))
-    lay = layout_nd(sizes, tuple(window), stride=stride, circular=(bool(circular), False, False))
+    lay = canvas_layout(len(seeds), c, sizes, tuple(window), stride, (bool(circular), False, False), device,
+                        "the video")
     base = as_denoiser(denoiser)
-    inner = guided(base, _per_window_nulls(guidance, len(seeds), lay.n), max_batch)
+    inner = guided(base, per_window_nulls(guidance, len(seeds), lay.n), max_batch)
     if hasattr(inner, "check"):
         inner.check((c, *lay.window))
     sigmas = check_sigmas(sigmas) if sigmas is not None else schedule_sigmas(sampler, base, steps)

@@ -120,6 +120,11 @@ class Layout:
         one = torch.tensor([(t, l, self.height, self.width) for t, l in self.positions], dtype=torch.long)
         return one.repeat(n, 1)
 
+    def window_conds(self, cond):
+        """The condition of every window: each sample's repeated for its K windows (``conds.cond_repeat``)."""
+        from .conds import cond_repeat
+        return cond_repeat(cond, self.n)
+
     def crop(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, H, W] -> [N*K, C, h, w], one stacked tensor, windows of sample 0 first."""
         self._check(x)
@@ -140,9 +145,9 @@ class Layout:
         out = windows.new_zeros(y.shape[0], y.shape[2], self.height, ext)
         for k, (t, l) in enumerate(self.positions):
             out[:, :, t:t + h, l:l + w] += y[:, k]
-        return self._unwrap(out) / self.total_weight(weighting, windows.device, windows.dtype)
+        return self.unwrap(out) / self.total_weight(weighting, windows.device, windows.dtype)
 
-    def _unwrap(self, ext: torch.Tensor) -> torch.Tensor:
+    def unwrap(self, ext: torch.Tensor) -> torch.Tensor:
         if ext.shape[-1] == self.width:
             return ext
         out = ext[..., : self.width].clone()
@@ -162,7 +167,7 @@ class Layout:
         tot = m.new_zeros(self.height, ext)
         for t, l in self.positions:
             tot[t:t + h, l:l + w] += m
-        return self._unwrap(tot)
+        return self.unwrap(tot)
 
     def count(self, device=None) -> torch.Tensor:
         """How many windows cover each pixel, [H, W] (int64)."""
@@ -285,6 +290,11 @@ class GridLayout:
         one = torch.tensor([(*p, *self.shape) for p in self.positions], dtype=torch.long)
         return one.repeat(n, 1)
 
+    def window_conds(self, cond):
+        """The condition of every window: each sample's repeated for its K windows (``conds.cond_repeat``)."""
+        from .conds import cond_repeat
+        return cond_repeat(cond, self.n)
+
     def crop(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, *shape] -> [N*K, C, *window], windows of sample 0 first."""
         self._check(x)
@@ -307,12 +317,12 @@ class GridLayout:
         out = windows.new_zeros(y.shape[0], y.shape[2], *self._extended())
         for k, p in enumerate(self.positions):
             out[self._slices(p)] += y[:, k]
-        return self._unwrap(out) / self.total_weight(weighting, windows.device, windows.dtype)
+        return self.unwrap(out) / self.total_weight(weighting, windows.device, windows.dtype)
 
     def _extended(self) -> tuple[int, ...]:
         return tuple(s + (k - 1 if c else 0) for s, k, c in zip(self.shape, self.window, self.circular))
 
-    def _unwrap(self, ext: torch.Tensor) -> torch.Tensor:
+    def unwrap(self, ext: torch.Tensor) -> torch.Tensor:
         d = len(self.shape)
         for a in range(d):
             dim = ext.dim() - d + a
@@ -329,7 +339,7 @@ class GridLayout:
         tot = m.new_zeros(self._extended())
         for p in self.positions:
             tot[self._slices(p)] += m
-        return self._unwrap(tot)
+        return self.unwrap(tot)
 
     def count(self, device=None) -> torch.Tensor:
         """How many windows cover each entry, [*shape] (int64)."""

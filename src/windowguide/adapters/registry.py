@@ -145,3 +145,11 @@ def default_cfg_weight(pipe) -> float | None:
             default = inspect.signature(type(pipe).__call__).parameters[rules.scale].default
             return None if default is None else float(default) - rules.offset
     return None
+
+
+def default_guidance(pipe, flow: bool) -> str:
+    """The SPEC every command uses on a pipeline when ``--guidance`` is not given: VP pipelines diffusers'
+    SD scale 7.5 (cfg:w=6.5); flow pipelines their own ``__call__``'s default scale, and no CFG at all
+    for a guidance-distilled one (FLUX.1-dev, whose true CFG would double the network evaluations)."""
+    w = 6.5 if not flow else default_cfg_weight(pipe)
+    return f"cfg:w={w:g}" if w else "none"

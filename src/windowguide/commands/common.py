@@ -2,16 +2,14 @@
 choice, and the guidance SPEC against the model (weak models of the same shape and classes)."""
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from typing import Any, Callable
 
 import torch
 
 from .. import spec
 from ..errors import WindowguideError
-from ..files import locked, read_png, write_json
+from ..files import locked
 from ..generate import MAX_STEPS
 from ..guidance import CFG, Guidance, GuidedDenoiser
 from ..models.checkpoint import bundled_names, load_denoiser, load_matching_denoiser
@@ -108,68 +106,6 @@ def check_guidance(g: Guidance, denoiser, shape, klass: Any) -> None:
     GuidedDenoiser(denoiser, g).check(tuple(shape))
 
 
-def done(path: str) -> bool:
-    """Whether a per-seed PNG is on disk and decodes; a broken one is reported and drawn again."""
-    if not os.path.exists(path):
-        return False
-    if read_png(path) is None:
-        warnings.warn(f"{path} does not decode; drawing it again", stacklevel=3)
-        return False
-    return True
-
-
-def _model_files(model: Any) -> dict | None:
-    """The fingerprint of the model named in the settings (a bundled name, a file, a folder)."""
-    from ..files import fingerprint
-    from ..models.checkpoint import resolve
-    if not isinstance(model, str):
-        return None
-    if os.path.isdir(model) or os.path.isfile(model):
-        return fingerprint(model)
-    try:
-        return fingerprint(resolve(model))
-    except WindowguideError:
-        return None
-
-
-def claim(out: str, settings: dict) -> None:
-    """Write OUT/settings.json once, or check that the folder's recipe is this one (naming what differs);
-    under the folder's lock, so concurrent runs agree. The settings get the model's fingerprint
-    (``files.fingerprint``): a resume whose network changed under the same path is refused, naming the
-    files that changed. Stale temporaries of a killed writer are removed."""
-    from ..files import remove_stale_temporaries
-    path = os.path.join(out, "settings.json")
-    files = _model_files(settings.get("model"))
-    if files is not None:
-        settings = {**settings, "model_files": files}
-    with locked(out):
-        remove_stale_temporaries(out)
-        if os.path.exists(path):
-            try:
-                with open(path) as f:
-                    old = json.load(f)
-            except (OSError, ValueError):
-                raise WindowguideError(f"{path} is not readable JSON; remove it or choose another --out") from None
-            if not isinstance(old, dict):
-                raise WindowguideError(f"{path} is not a settings record; remove it or choose another --out")
-            new = json.loads(json.dumps(settings))
-            if "model_files" in old and old.get("model_files") != new.get("model_files"):
-                was, now = old["model_files"] or {}, new.get("model_files") or {}
-                changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
-                raise WindowguideError(f"{out} holds samples of another network: the model's files changed since it "
-                                       f"was started ({', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); "
-                                       f"choose another --out, or put the old model back")
-            old.pop("model_files", None)       # a folder of an earlier version has no fingerprint to compare
-            new.pop("model_files", None)
-            differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if differ:
-                detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in differ)
-                raise WindowguideError(f"{out} holds samples made with other settings ({detail}); choose another "
-                                       f"--out or the same settings")
-        else:
-            write_json(path, settings)
-
-
 def draw_missing(seeds, r, path_of: Callable[[int], str], batch_size: int, draw: Callable[[list[int]], None],
                  progress: bool = True) -> int:
     """Draw the batches of this rank whose files are not all on disk; returns the seeds drawn.
@@ -181,11 +117,12 @@ def draw_missing(seeds, r, path_of: Callable[[int], str], batch_size: int, draw:
     is drawn whole (its present files come out the same and are replaced atomically)."""
     from tqdm import tqdm
     from .. import distributed
+    from .runfolder import done
     bar = tqdm(total=len(seeds) if hasattr(seeds, "__len__") else None, desc="seeds", unit="img",
                disable=not (progress and r.main), leave=False)
     drawn = 0
     for batch in distributed.shard(_batches(seeds, batch_size), r):
-        if not all(done(path_of(s)) for s in batch):
+        if not all(done(path_of(s)) for s in batch):      # a missing or broken file: the batch again
             draw(batch)
             drawn += len(batch)
         bar.update(len(batch) * r.world)
@@ -218,4 +155,4 @@ def finish(out: str, r, collect: Callable[[], Any]) -> None:
     distributed.close()
 
 
-__all__ = ["MAX_STEPS", "rank_device", "draw_missing", "finish", "done", "claim", "check_device", "check_count", "normalise_class", "labels_for", "prepare", "check_guidance"]
+__all__ = ["MAX_STEPS", "rank_device", "draw_missing", "finish", "check_device", "check_count", "normalise_class", "labels_for", "prepare", "check_guidance"]

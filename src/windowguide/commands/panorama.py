@@ -25,7 +25,8 @@ from ..generate import parse_seeds
 from ..images import grid, to_uint8
 from ..sampling import karras_sigmas
 from ..windows import layout
-from .common import (MAX_STEPS, check_count, check_guidance, claim, draw_missing, finish, labels_for, normalise_class, prepare,
+from .runfolder import claim, region_inputs
+from .common import (MAX_STEPS, check_count, check_guidance, draw_missing, finish, labels_for, normalise_class, prepare,
                      rank_device)
 
 STACK_LIMIT = 16       # panoramas.png stacks the first 16 panoramas (by seed)
@@ -77,7 +78,7 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
                                       cond=labels_for(batch, net.num_classes, klass), vcf=vcf,
                                       style_alpha=style_alpha, circular=circular, max_batch=max_batch, device=device,
                                       progress=progress, **sampler_options)
-    claim(out, settings)
+    claim(out, "panorama", settings, region_inputs(regions))
 
     def draw_and_write(todo):
         with torch.no_grad():

@@ -19,7 +19,8 @@ from ..files import check_out_dir, write_png
 from ..fusion import check_fusion, panorama
 from ..generate import parse_seeds
 from ..regional import check_regions, regional_panorama
-from .common import MAX_STEPS, check_count, claim, draw_missing, finish, rank_device
+from .runfolder import claim, region_inputs
+from .common import MAX_STEPS, check_count, draw_missing, finish, rank_device
 from .panorama import _path, _stack
 from .sample_pipeline import conditions_and_guidance, latent_factor, latent_side, load_pipeline
 
@@ -31,7 +32,7 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
         max_batch: int | None = None, device: Any = "cpu", dtype: str = "float32", batch_size: int = 1,
         progress: bool = True, regions: list[dict] | None = None, **sampler_options) -> dict:
     from ..adapters.pipelines import from_pipeline
-    from ..adapters.registry import default_cfg_weight
+    from ..adapters.registry import default_guidance
     seeds = parse_seeds(seeds)
     if steps is not None:
         check_count(steps, "--steps", maximum=MAX_STEPS)
@@ -44,9 +45,7 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
     m = from_pipeline(pipe)
     sampler = sampler or ("flow_euler" if m.flow else "ddim")
     steps = steps or (28 if m.flow else 50)
-    if guidance is None:      # VP pipelines: diffusers' SD scale 7.5; flow ones: the pipeline's own default scale
-        w = 6.5 if not m.flow else default_cfg_weight(pipe)
-        guidance = f"cfg:w={w:g}" if w else "none"
+    guidance = guidance or default_guidance(pipe, m.flow)
     check_fusion(mode, fuse, None, sampler, vcf, sampler_options)
     factor = latent_factor(m, pipe)
     c, (wh, ww) = m.channels, m.size
@@ -76,7 +75,7 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
     if regions:
         check_regions(regs, canvas[1:])
         settings["regions"] = regions
-    claim(out, settings)
+    claim(out, "panorama", settings, region_inputs(regions))
 
     def fused(batch):
         if regs:

@@ -26,7 +26,8 @@ from ..adapters.latents import pixel_decoder
 from ..images import grid
 from ..sampling import SAMPLERS
 from ..train.w2s import describe
-from .common import (MAX_STEPS, check_count, check_guidance, claim, draw_missing, finish, labels_for, normalise_class, prepare,
+from .runfolder import claim
+from .common import (MAX_STEPS, check_count, check_guidance, draw_missing, finish, labels_for, normalise_class, prepare,
                      rank_device)
 
 GRID_LIMIT = 256        # grid.png shows the first 256 samples (by seed); samples.npz holds them all
@@ -62,7 +63,7 @@ def run(model: str, guidance: str = "none", seeds: Any = "0-63", out: str = "run
     settings = dict(model=model, model_record={k: info.get(k) for k in ("dataset", "preset", "steps_done")},
                     guidance=spec.canonical(guidance), klass=klass, steps=steps, sampler=sampler,
                     shape=list(shape), sampler_options=sampler_options, **({"preset": preset} if preset else {}))
-    claim(out, settings)
+    claim(out, "sample", settings)
     many = len(seeds) > batch_size * r.world          # then one bar over the seeds, not one per batch
     draw_missing(seeds, r, lambda s: png_path(out, s), batch_size,
                  lambda todo: _draw(todo, denoiser, net, g, shape, klass, out, steps, sampler, device,

@@ -18,7 +18,8 @@ from .. import spec
 from ..errors import WindowguideError, missing_module
 from ..files import check_out_dir, write_png
 from ..generate import parse_seeds, sample
-from .common import MAX_STEPS, check_count, claim, draw_missing, finish, labels_for, normalise_class, rank_device
+from .runfolder import claim
+from .common import MAX_STEPS, check_count, draw_missing, finish, labels_for, normalise_class, rank_device
 from .sample import collect, png_path
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -144,7 +145,7 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
     settings = dict(model=os.path.abspath(folder), family=m.family, prompt=prompt, negative_prompt=negative_prompt,
                     klass=klass, guidance=spec.canonical(guidance), steps=steps, sampler=sampler, shape=list(shape),
                     dtype=dtype, crop_positions=crop_positions, guidance_embed=guidance_embed)
-    claim(out, settings)
+    claim(out, "sample", settings)
 
     def draw(batch):
         with torch.no_grad():

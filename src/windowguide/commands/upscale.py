@@ -9,11 +9,13 @@ from typing import Any
 
 from .. import spec
 from ..errors import WindowguideError
-from ..files import check_out_dir, write_json, write_png
+from ..files import check_out_dir, write_png
 from ..fusion import check_fusion
 from ..generate import parse_seeds
-from ..imageio import read_uint8
+from ..imageio import read_picture
+from ..memory import check_fused_run
 from .common import MAX_STEPS, check_count, labels_for, normalise_class, prepare
+from .runfolder import claim, done
 from .sample_pipeline import is_pipeline_dir, load_pipeline
 
 
@@ -21,59 +23,80 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
         negative_prompt: str = "", guidance: str | None = None, seeds: Any = "0", steps: int = 50,
         mode: str = "gf", stride: int = 8, sampler: str | None = None, vcf: bool = False,
         filter: str = "lanczos", progressive: bool = False, out: str = "runs/upscale", device: Any = "cpu", dtype: str = "float32",
-        klass: Any = None, max_batch: int | None = 8) -> dict:
-    """Upscale IMAGE with the pipeline folder's model for each seed (module docstring); returns the settings."""
-    from ..upscale import progressive_stages, progressive_upscale, start_step, upscale
+        klass: Any = None, max_batch: int | None = 8, progress: bool = True) -> dict:
+    """Upscale IMAGE with the pipeline folder's model for each seed (module docstring); returns the settings.
+    Every input is checked before the run folder is claimed (``runfolder.claim``); a re-run resumes."""
+    from tqdm.auto import tqdm
+    from ..upscale import check_filter, progressive_stages, start_step, upscaled_size
     seeds = parse_seeds(seeds)
     start_step(steps, strength)                       # refuse a bad strength or scale before anything is read
-    if progressive:
-        progressive_stages(scale)
+    stages = progressive_stages(scale) if progressive else [scale]
     check_count(steps, "--steps", maximum=MAX_STEPS)
     check_count(stride, "--stride")
+    check_filter(filter)
     if max_batch is not None:
         check_count(max_batch, "--max-batch")
     check_out_dir(out)
-    if not os.path.isfile(image):
+    if not os.path.lexists(image):
         raise WindowguideError(f"IMAGE {image}: no such file")
-    picture = read_uint8(image)
-    if picture.ndim != 3 or picture.shape[2] != 3:
-        raise WindowguideError(f"IMAGE {image}: an RGB image is needed, got shape {picture.shape}")
-    if is_pipeline_dir(folder):
-        if klass is not None:
-            raise WindowguideError(f"--class {klass}: a pipeline folder takes --prompt, not class labels")
-        pipe = load_pipeline(folder, device, dtype)
-        guidance = guidance or "cfg:w=6.5"
-        g = spec.build(guidance, spec.Context(net=None, load=_no_weak))
-        sampler = sampler or ("flow_euler" if _is_flow(pipe) else "ddim")
-        draw = lambda seed, **o: (progressive_upscale if progressive else upscale)(pipe, picture, scale,
-                                                                                   seeds=[seed], **o)[0]
-    else:
-        if prompt is not None:
-            raise WindowguideError(f"--prompt: {folder!r} is a class-conditional model; use --class")
-        guidance = guidance or "none"
-        denoiser, net, info, g = prepare(folder, guidance, device)
-        sampler = sampler or "ddim"
-        klass = normalise_class(klass if klass is not None else "none", net.num_classes)
-        window = tuple(info["shape"][1:])
-        draw = lambda seed, **o: _pixels(denoiser, picture, scale, seed, net.num_classes, klass, window,
-                                         progressive, o)
+    picture, notes = read_picture(image)
+    size = picture.shape[:2]
+    for factor in stages:                             # the output's size (and each stage's) is bounded up front
+        size = upscaled_size(size, factor)
+    src = (_pipeline(folder, picture, scale, progressive, prompt, guidance, sampler, klass, device, dtype)
+           if is_pipeline_dir(folder) else
+           _bundled(folder, picture, scale, progressive, prompt, guidance, sampler, klass, device))
+    sampler, guidance, klass = src["sampler"], src["guidance"], src["klass"]
     check_fusion(mode, None, None, sampler, vcf, {})          # refuse a bad mode / sampler / VCF before writing
     if mode not in ("gf", "multidiffusion"):
         raise WindowguideError(f"--mode {mode!r}: upscale fuses window states; accepted: gf, multidiffusion")
+    canvas = [v // src["factor"] for v in size]
+    check_fused_run(1, src["channels"], canvas, src["window"], stride, f"an upscale to {size[1]}x{size[0]}", device)
     settings = dict(image=os.path.abspath(image), model=folder if not os.path.exists(folder) else
                     os.path.abspath(folder), klass=klass, scale=scale, strength=strength,
                     prompt=prompt, negative_prompt=negative_prompt, guidance=spec.canonical(guidance), steps=steps,
-                    mode=mode, stride=stride, sampler=sampler, vcf=vcf, filter=filter, progressive=progressive)
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "settings.json"), settings)
-    options = dict(strength=strength, steps=steps, prompt=prompt, negative_prompt=negative_prompt, guidance=g,
-                   mode=mode, stride=stride, sampler=sampler, vcf=vcf, filter=filter, max_batch=max_batch)
-    for seed in seeds:
+                    mode=mode, stride=stride, sampler=sampler, vcf=vcf, filter=filter, progressive=progressive,
+                    read=notes)
+    claim(out, "upscale", settings, {"image": image})
+    options = dict(strength=strength, steps=steps, prompt=prompt, negative_prompt=negative_prompt,
+                   guidance=src["terms"], mode=mode, stride=stride, sampler=sampler, vcf=vcf, filter=filter,
+                   max_batch=max_batch, progress=progress)
+    for seed in tqdm(seeds, desc="images", unit="image", disable=not progress or len(seeds) < 2):
         path = os.path.join(out, f"upscaled_{seed:06d}.png")
-        if os.path.exists(path):
+        if done(path):
             continue
-        write_png(draw(seed, **options), path)
+        write_png(src["draw"](seed, **options), path)
     return settings
+
+
+def _pipeline(folder, picture, scale, progressive, prompt, guidance, sampler, klass, device, dtype):
+    """A diffusers pipeline folder: its default guidance and sampler (the rule ``panorama`` uses)."""
+    from ..adapters.pipelines import from_pipeline
+    from ..adapters.registry import default_guidance
+    from ..upscale import progressive_upscale, upscale
+    if klass is not None:
+        raise WindowguideError(f"--class {klass}: a pipeline folder takes --prompt, not class labels")
+    pipe = load_pipeline(folder, device, dtype)
+    m = from_pipeline(pipe)
+    guidance = guidance or default_guidance(pipe, m.flow)
+    g = spec.build(guidance, spec.Context(net=None, load=_no_weak))
+    sampler = sampler or ("flow_euler" if m.flow else "ddim")
+    fn = lambda seed, **o: (progressive_upscale if progressive else upscale)(pipe, picture, scale, seeds=[seed], **o)[0]
+    return dict(draw=fn, terms=g, sampler=sampler, guidance=guidance, klass=None, channels=m.channels,
+                factor=int(m.extras.get("vae_factor", 8)), window=tuple(m.size))
+
+
+def _bundled(folder, picture, scale, progressive, prompt, guidance, sampler, klass, device):
+    """A bundled / EDM model in pixel space: windows of its size, class labels."""
+    if prompt is not None:
+        raise WindowguideError(f"--prompt: {folder!r} is a class-conditional model; use --class")
+    guidance = guidance or "none"
+    denoiser, net, info, g = prepare(folder, guidance, device)
+    klass = normalise_class(klass if klass is not None else "none", net.num_classes)
+    window = tuple(info["shape"][1:])
+    fn = lambda seed, **o: _pixels(denoiser, picture, scale, seed, net.num_classes, klass, window, progressive, o)
+    return dict(draw=fn, terms=g, sampler=sampler or "ddim", guidance=guidance, klass=klass, channels=info["shape"][0],
+                factor=1, window=window)
 
 
 def _pixels(denoiser, picture, scale, seed, num_classes, klass, window, progressive, options):
@@ -85,11 +108,6 @@ def _pixels(denoiser, picture, scale, seed, num_classes, klass, window, progress
     for factor in stages:
         picture = upscale_pixels(denoiser, picture, factor, seeds=[seed], cond=cond, window=window, **options)[0]
     return picture
-
-
-def _is_flow(pipe) -> bool:
-    from ..adapters.pipelines import from_pipeline
-    return from_pipeline(pipe).flow
 
 
 def _no_weak(name: str):

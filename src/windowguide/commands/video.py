@@ -17,32 +17,42 @@ import torch
 
 from .. import spec
 from ..errors import WindowguideError
-from ..files import check_out_dir, write_json, write_png
-from ..fusion import check_fusion
+from ..files import check_out_dir, write_png
+from ..fusion import canvas_layout, check_fusion
 from ..generate import parse_seeds
 from .common import MAX_STEPS, check_count
+from .runfolder import claim, done, subfolder
+
+MIN_VIEW_SIDE = 64       # an MP4's frames are enlarged (whole pixels) to at least this many pixels a side
 
 
 def write_mp4(frames: np.ndarray, path: str, fps: int = 8) -> None:
-    """uint8 frames [F, H, W, 3] (or [F, H, W, 1]) as an H.264 MP4, written to a temporary name and renamed."""
+    """uint8 frames [F, H, W, 3] (or [F, H, W, 1]) as an H.264 MP4, through ``files.atomic_write`` (a unique
+    temporary beside it, renamed; a link at ``path`` is replaced, never written through). Frames under 64
+    pixels a side are enlarged by whole pixels (nearest) so that a player shows them at a visible size."""
     import av
+    from ..files import atomic_write
     if frames.shape[-1] == 1:
         frames = np.repeat(frames, 3, axis=-1)
     h, w = frames.shape[1:3]
-    if h % 2 or w % 2:                     # yuv420p needs even sides: repeat each pixel twice
-        frames = frames.repeat(2, axis=1).repeat(2, axis=2)
-        h, w = 2 * h, 2 * w
-    tmp = path + ".tmp.mp4"
-    with av.open(tmp, "w") as c:
-        stream = c.add_stream("libx264", rate=int(fps))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"   # what every player reads
-        stream.options = {"crf": "15"}                                  # near-lossless; the PNGs are exact
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+    k = max(1, -(-MIN_VIEW_SIDE // min(h, w)))
+    if (h * k) % 2 or (w * k) % 2:         # yuv420p needs even sides
+        k += 1
+    if k > 1:
+        frames = frames.repeat(k, axis=1).repeat(k, axis=2)
+        h, w = k * h, k * w
+
+    def encode(f):
+        with av.open(f, "w", format="mp4") as c:
+            stream = c.add_stream("libx264", rate=int(fps))
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"   # what every player reads
+            stream.options = {"crf": "15"}                                  # near-lossless; the PNGs are exact
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                    c.mux(packet)
+            for packet in stream.encode():
                 c.mux(packet)
-        for packet in stream.encode():
-            c.mux(packet)
-    os.replace(tmp, path)
+    atomic_write(path, encode)
 
 
 def read_mp4(path: str) -> np.ndarray | None:
@@ -63,7 +73,11 @@ def run(model: str, prompt: str | None = None, negative_prompt: str = "", frames
         dtype: str = "float32", progress: bool = True) -> dict:
     """Draw one video per seed and write it (module docstring); returns the settings."""
     from .sample_pipeline import is_pipeline_dir
+    from ..errors import require_module
+    require_module("av", "windowguide video writes MP4s with PyAV", "pip install -e '.[video]' (from the clone)")
     seeds = parse_seeds(seeds)
+    if not (isinstance(style_alpha, (int, float)) and 0 <= style_alpha <= 1):
+        raise WindowguideError(f"--style-alpha {style_alpha}: accepted: a number in [0, 1]")
     for v, flag in ((steps, "--steps"), (frames, "--frames"), (window_frames, "--window-frames"),
                     (stride_frames, "--stride-frames"), (fps, "--fps")):
         if v is not None:
@@ -80,24 +94,25 @@ def run(model: str, prompt: str | None = None, negative_prompt: str = "", frames
     sampler = sampler or src["sampler"]
     steps = steps or src["steps"]
     check_fusion(mode, None, None, sampler, vcf, {})          # refuse a bad mode / sampler / VCF before writing
+    canvas_layout(1, shape[0], shape[1:], window[1:], (stride, *window[2:]), (bool(circular), False, False), device,
+                  f"a video of {src['frames']} frames")        # refuses a video too large for memory, or a bad stride
     settings = dict(model=model if not os.path.exists(model) else os.path.abspath(model), prompt=prompt,
                     negative_prompt=negative_prompt, frames=src["frames"], latent=list(shape), window=list(window),
                     stride=stride, mode=mode, sampler=sampler, steps=steps, vcf=vcf, style_alpha=style_alpha,
                     circular=circular, guidance=spec.canonical(src["guidance"]), fps=fps)
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "settings.json"), settings)
+    claim(out, "video", settings)
     from tqdm.auto import tqdm
     for seed in tqdm(seeds, desc="videos", disable=not progress, unit="video"):
         path = os.path.join(out, f"video_{seed:06d}.mp4")
-        if os.path.exists(path) and read_mp4(path) is not None:
-            continue
+        frames_of = lambda i: os.path.join(out, f"video_{seed:06d}", f"frame_{i:04d}.png")
+        if done(path, read_mp4) and all(done(frames_of(i)) for i in range(src["frames"])):
+            continue                                # an MP4 with every frame beside it; else the seed again
         with torch.no_grad():
             video = src["decode"](_draw(src, seed, window, stride, mode, sampler, steps, vcf, style_alpha, circular,
                                         progress))[0]
-        folder = os.path.join(out, f"video_{seed:06d}")
-        os.makedirs(folder, exist_ok=True)
+        subfolder(out, f"video_{seed:06d}")
         for i, frame in enumerate(video):
-            write_png(frame, os.path.join(folder, f"frame_{i:04d}.png"))
+            write_png(frame, frames_of(i))
         write_mp4(video, path, fps)
     return settings
 
