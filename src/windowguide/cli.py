@@ -516,17 +516,34 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"windowguide: failed: {_one_line(e)}", file=sys.stderr)
         return 1
-    except (WindowguideError, ValueError, TypeError) as e:   # bad input: one clear line, not a traceback
+    except WindowguideError as e:                              # bad input: one clear line, not a traceback
         if args.debug:
             raise
         print(f"windowguide: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except Exception as e:                                     # anything else is still one line
+    except MemoryError:
         if args.debug:
             raise
-        print(f"windowguide: failed: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print("windowguide: failed: out of memory; try a smaller size, fewer seeds at once (--batch-size) or a "
+              "smaller --max-batch", file=sys.stderr)
         return 1
+    except Exception as e:                                     # not windowguide's refusal: a bug, said as one
+        if args.debug:
+            raise
+        where = _save_traceback()
+        print(f"windowguide: internal error (a bug in windowguide, not your input): {type(e).__name__}: "
+              f"{_one_line(e)[:500]}; the traceback is in {where} (or run again with --debug)", file=sys.stderr)
+        return 1
+
+
+def _save_traceback() -> str:
+    """Write the current exception's traceback to a new file in the temporary folder; its path."""
+    import tempfile
+    import traceback
+    fd, path = tempfile.mkstemp(prefix="windowguide-traceback-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(traceback.format_exc())
+    return path
 
 
 def _one_line(e: BaseException) -> str:

@@ -84,7 +84,9 @@ def read_png(path: str) -> np.ndarray | None:
 def check_out_dir(out: str, flag: str = "--out") -> str:
     """Refuse an output folder that cannot be one, before any work: an existing file, a dangling
     symbolic link, or a place we may not write. Creates nothing."""
-    if os.path.islink(out) and not os.path.exists(out):
+    if not isinstance(out, str) or not out.strip():
+        raise WindowguideError(f"{flag} {out!r}: empty; give a folder (new or existing)")
+    if os.path.islink(out.rstrip("/")) and not os.path.exists(out):
         raise WindowguideError(f"{flag} {out}: a symbolic link to nothing; give a folder")
     if os.path.exists(out):
         if not os.path.isdir(out):
@@ -92,6 +94,8 @@ def check_out_dir(out: str, flag: str = "--out") -> str:
         if not os.access(out, os.W_OK | os.X_OK):
             raise WindowguideError(f"{flag} {out}: the folder is not writable")
         return out
+    if os.path.exists(out.rstrip("/") or "/"):            # 'FILE/' names a file as if it were a folder
+        raise WindowguideError(f"{flag} {out}: {out.rstrip('/')} exists and is not a folder; give a folder")
     parent = os.path.dirname(os.path.abspath(out))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)

@@ -19,12 +19,11 @@ import torch
 from .. import spec
 from ..errors import WindowguideError
 from ..files import check_out_dir, read_png, write_json, write_png
-from ..fusion import check_fusion, panorama
+from ..fusion import canvas_layout, check_fusion, panorama
 from ..regional import check_regions, regional_panorama
 from ..generate import parse_seeds
 from ..images import grid, to_uint8
 from ..sampling import karras_sigmas
-from ..windows import layout
 from .runfolder import claim, region_inputs
 from .common import (MAX_STEPS, check_count, check_guidance, draw_missing, finish, labels_for, normalise_class, prepare,
                      rank_device)
@@ -56,7 +55,8 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
     c, h, w = info["shape"]
     height = height or h
     check_count(height, "--height")
-    layout(height, width, (h, w), stride=stride, circular=circular)      # refuses a bad canvas or stride now
+    canvas_layout(min(batch_size, len(seeds)), c, (height, width), (h, w), stride, circular, device,
+                  f"a {width}x{height} panorama")            # refuses a bad canvas or stride, or one too large, now
     klass = normalise_class(klass, net.num_classes)
     check_guidance(g, denoiser, (c, h, w), klass)
     settings = dict(model=model, canvas=[c, height, width], window=[h, w], stride=stride, mode=mode, fuse=fuse,

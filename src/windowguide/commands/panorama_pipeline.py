@@ -51,9 +51,10 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
     c, (wh, ww) = m.channels, m.size
     canvas = (c, latent_side(height, factor, m.multiple, "--height") or wh,
               latent_side(width, factor, m.multiple, "--width"))
-    from ..windows import layout
+    from ..fusion import canvas_layout
     wh, ww = min(wh, canvas[1]), min(ww, canvas[2])     # a canvas below the trained size: windows of its size
-    layout(canvas[1], canvas[2], (wh, ww), stride=stride, circular=circular)
+    canvas_layout(min(batch_size, len(seeds)), c, canvas[1:], (wh, ww), stride, circular, device,
+                  f"a {canvas[2] * factor}x{canvas[1] * factor} panorama")
     if regions and (m.num_classes or m.extras.get("unconditional")):
         raise WindowguideError(f"--region/--regions on a pipeline take prompts; this {m.family} pipeline takes "
                                f"{'class labels' if m.num_classes else 'no condition'}")
