@@ -145,6 +145,37 @@ def _sampler_options(sampler: str, options: dict) -> dict:
     return options
 
 
+def scheduler_defaults(base: Any, sampler: str, options: dict, steps: int, sigmas: torch.Tensor | None,
+                       spacing=None, steps_offset=None, set_alpha_to_one=None) -> dict:
+    """The sampler options that make ``sampler`` take the model's own scheduler's steps, under the
+    options given (which win): a pipeline scheduler's x0 clipping or thresholding (``x0_clip``, set on the
+    denoiser by ``from_pipeline``; DDIM and DDPM), and DDIM's targets t - T // N (diffusers' DDIM) when
+    the schedule is the model's own: none given, or the one its ``step_sigmas`` gives for that many steps."""
+    options = dict(options)
+    clip = getattr(base, "x0_clip", None)
+    if clip is not None and sampler in ("ddim", "ddpm") and "x0_clip" not in options:
+        options["x0_clip"] = clip
+    schedule = getattr(base, "schedule", None)
+    if sampler != "ddim" or schedule is None or "targets" in options:
+        return options
+    n = steps if sigmas is None else len(sigmas) - 1
+    if sigmas is not None and not _is_own_schedule(schedule, sigmas, n, spacing):
+        return options
+    targets = schedule.ddim_targets(n, spacing, steps_offset, set_alpha_to_one)
+    if targets is not None:
+        options["targets"] = targets if sigmas is None else targets.to(sigmas.dtype)
+    return options
+
+
+def _is_own_schedule(schedule: Any, sigmas: torch.Tensor, n: int, spacing) -> bool:
+    """Whether ``sigmas`` are the scheduler's own n steps (``step_sigmas``; the last value may differ)."""
+    try:
+        own = schedule.step_sigmas(n, spacing).to(sigmas.dtype)
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return own.shape == sigmas.shape and bool(torch.allclose(own[:-1], sigmas[:-1], rtol=1e-5, atol=0))
+
+
 def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sampler: str = "heun",
            guidance: Any = None, cond: Cond = None, sigmas: Any = None, sigma_min: float | None = None,
            sigma_max: float | None = None, rho: float = 7.0, shift: float = 1.0, spacing: str | None = None,
@@ -176,12 +207,9 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     model = guided(base, guidance, max_batch)
     if isinstance(model, GuidedDenoiser):
         model.check(shape)
-    if sigmas is None and sampler == "ddim" and getattr(base, "schedule", None) is not None \
-            and "targets" not in options:                # diffusers' DDIM steps to t - T // N
-        targets = base.schedule.ddim_targets(steps, spacing, steps_offset, set_alpha_to_one)
-        if targets is not None:
-            options["targets"] = targets
-    sigmas = (check_sigmas(sigmas) if sigmas is not None else
+    sigmas = check_sigmas(sigmas) if sigmas is not None else None
+    options = scheduler_defaults(base, sampler, options, steps, sigmas, spacing, steps_offset, set_alpha_to_one)
+    sigmas = (sigmas if sigmas is not None else
               schedule_sigmas(sampler, base, steps, sigma_min, sigma_max, rho, shift, spacing, steps_offset,
                               set_alpha_to_one))
     if "targets" in options and options["targets"] is not None and len(options["targets"]) == len(sigmas) - 1:
@@ -205,4 +233,4 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     return torch.cat(out)
 
 
-__all__ = ["sample", "parse_seeds", "Seeds", "schedule_sigmas"]
+__all__ = ["sample", "parse_seeds", "Seeds", "schedule_sigmas", "scheduler_defaults"]

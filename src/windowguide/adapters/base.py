@@ -168,6 +168,18 @@ def flow_sigma(t: torch.Tensor, t_max: float) -> torch.Tensor:
     return s / (1 - s)
 
 
+def negative_list(negative_prompt, n: int) -> list[str]:
+    """One negative prompt per prompt: a string (or None) repeated n times, a list of n taken as it is;
+    a list of another length is refused by name."""
+    if negative_prompt is None or isinstance(negative_prompt, str):
+        return [negative_prompt or ""] * n
+    negatives = list(negative_prompt)
+    if len(negatives) != n or not all(isinstance(v, str) for v in negatives):
+        raise WindowguideError(f"negative_prompt: {len(negatives)} entries for {n} prompts; accepted: one string, or "
+                               f"a list of {n} strings")
+    return negatives
+
+
 def needs_prompt(family: str, prompt, class_labels) -> None:
     """Refuse class labels or a missing prompt for a text-conditioned family, by name."""
     if class_labels is not None or prompt is None:

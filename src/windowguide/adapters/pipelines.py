@@ -42,7 +42,37 @@ def from_pipeline(pipe: Any, crop_positions: str = "slice", guidance_embed: floa
     family = by_pipeline(pipe)
     m = family.build(pipe, crop_positions, guidance_embed)
     m.extras["x0_clip"] = scheduler_x0_clip(getattr(pipe, "scheduler", None))   # clip_sample / thresholding
+    m.denoiser.x0_clip = m.extras["x0_clip"]       # so that wg.sample takes the scheduler's steps by default
+    note = scheduler_note(getattr(pipe, "scheduler", None), m.flow)
+    if note:
+        import warnings
+        m.extras["scheduler_note"] = note
+        warnings.warn(note, stacklevel=2)
     return m
+
+
+# Schedulers whose update windowguide's samplers reproduce step for step (DDIM / DDPM on the VP families,
+# the flow Euler on the flow families); any other is said, never silently replaced.
+SINGLE_STEP = {"DDIMScheduler", "DDPMScheduler", "FlowMatchEulerDiscreteScheduler"}
+
+
+def scheduler_note(scheduler, flow: bool) -> str | None:
+    """None when windowguide's samplers take the pipeline scheduler's own steps; else the sentence that
+    says which sampler runs instead (a multistep solver such as DPMSolverMultistep or UniPC, or a
+    stochastic flow Euler, is not reproduced: wg.sample's result is then not the pipeline's)."""
+    if scheduler is None:
+        return None
+    name = type(scheduler).__name__
+    runs = "flow_euler" if flow else "ddim (or ddpm)"
+    if name not in SINGLE_STEP:
+        return (f"the pipeline's scheduler is {name}, whose update windowguide's samplers do not reproduce; "
+                f"wg.sample / windowguide sample run {runs} on its sigmas, which differs from the pipeline's own "
+                f"output (wg.patch and the guiders run inside the pipeline's scheduler and match it)")
+    if getattr(scheduler.config, "stochastic_sampling", False):
+        return (f"the pipeline's {name} has stochastic_sampling=True; windowguide's {runs} samples it "
+                f"deterministically, which differs from the pipeline's own output (wg.patch and the guiders "
+                f"run inside the pipeline's scheduler and match it)")
+    return None
 
 
 def families() -> tuple[str, ...]:
@@ -50,4 +80,4 @@ def families() -> tuple[str, ...]:
     return pipeline_names()
 
 
-__all__ = ["from_pipeline", "PipelineModel", "families"]
+__all__ = ["from_pipeline", "PipelineModel", "families", "scheduler_note"]

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from ..errors import WindowguideError
-from .base import PipelineModel, vae_decoder, vae_factor, vp_denoiser
+from .base import PipelineModel, negative_list, vae_decoder, vae_factor, vp_denoiser
 from .netcall import Call, current_static, rows_t, sample_of, same_dtype_write
 from .registry import Family, Patched
 
@@ -156,7 +156,9 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
             raise WindowguideError("Stable Diffusion needs a prompt (--prompt)")
         if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
             raise WindowguideError("this pipeline has no text encoder or tokenizer, so a prompt cannot be encoded")
-        pos, neg = pipe.encode_prompt(prompt, unet.device, 1, True, negative_prompt)
+        n = 1 if isinstance(prompt, str) else len(prompt)
+        negatives = negative_list(negative_prompt, n)
+        pos, neg = pipe.encode_prompt(prompt, unet.device, 1, True, negatives if n > 1 else negatives[0])
         if control is not None:
             if control_image is None:
                 raise WindowguideError("a ControlNet pipeline needs control_image=: a [1, 3, H, W] tensor in [0, 1] of "

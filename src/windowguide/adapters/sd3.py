@@ -11,7 +11,7 @@ import torch
 
 from ..denoiser import FlowDenoiser
 from ..errors import WindowguideError
-from .base import PipelineModel, flow_sigma, flow_sigmas, to_uint8
+from .base import PipelineModel, flow_sigma, to_uint8
 from .netcall import Call, current_static, joint, rows_t, sample_of, same_dtype_write
 from .registry import Family, Patched
 
@@ -74,8 +74,29 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     m = PipelineModel("sd3", FlowDenoiser(model, time_scale=train_steps, multiple=patch), tr.config.in_channels,
                       (size, size), patch, encode, decode, extras=dict(shift=pipe.scheduler.config.shift))
     m.skip_layers = skip_layers
-    m.sigmas = lambda steps, spacing=None, sampler=None, shape=None: flow_sigmas(steps, m.extras["shift"], train_steps)
+    m.sigmas = scheduler_sigmas(pipe.scheduler, size, patch)
     return m
+
+
+def scheduler_sigmas(scheduler, size: int, patch: int) -> Callable:
+    """``PipelineModel.sigmas`` of SD3: the schedule its pipeline sets, ``scheduler.set_timesteps(N)`` with
+    mu = calculate_shift(image tokens) under ``use_dynamic_shifting`` (max_shift 1.16, as the pipeline),
+    so ``shift``, ``shift_terminal``, Karras / exponential / beta sigmas all come from the scheduler."""
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+    from ..sampling import sigmas_from_flow_t
+
+    def sigmas(steps, spacing=None, sampler=None, shape=None):
+        """SD3's schedule for ``steps`` steps (the sample's (C, H, W) for the dynamic shift)."""
+        kwargs = {}
+        c = scheduler.config
+        if c.get("use_dynamic_shifting", None):
+            h, w = (shape or (size, size))[-2:]
+            kwargs["mu"] = calculate_shift((h // patch) * (w // patch), c.get("base_image_seq_len", 256),
+                                           c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
+                                           c.get("max_shift", 1.16))
+        scheduler.set_timesteps(steps, **kwargs)
+        return sigmas_from_flow_t(scheduler.sigmas.double().tolist()).float()
+    return sigmas
 
 
 def skip_layer_negative(net, layers) -> Callable:

@@ -22,7 +22,7 @@ import torch
 from ..denoiser import FlowDenoiser
 from ..errors import WindowguideError
 from ..windows import current_regions
-from .base import PipelineModel, token_shifted_sigmas, flow_sigma, needs_parts, needs_prompt, vae_decoder
+from .base import PipelineModel, flow_sigma, negative_list, needs_parts, needs_prompt, token_shifted_sigmas, vae_decoder
 from .netcall import Call, current_static, joint, rows_t, sample_of, with_sample
 from .registry import Family, Patched
 
@@ -144,7 +144,8 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
         needs_prompt("Z-Image", prompt, class_labels)
         needs_parts(pipe, "Z-Image", "text_encoder", "tokenizer")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        pos, neg = pipe.encode_prompt(prompts, device=tr.device, negative_prompt=[negative_prompt or ""] * len(prompts),
+        negatives = negative_list(negative_prompt, len(prompts))
+        pos, neg = pipe.encode_prompt(prompts, device=tr.device, negative_prompt=negatives,
                                       max_sequence_length=max_sequence_length)
         n = max(e.shape[0] for e in pos + neg)        # one length: CFG stacks cond and null in one batch here
         return padded(pos, n), padded(neg, n)
