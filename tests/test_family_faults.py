@@ -112,3 +112,33 @@ def test_sd_encodes_two_prompts_without_negatives(tmp_path):
     _, two = m.encode(prompt=["a red cat", "a blue dog"], negative_prompt=["blue dog", "red cat"])
     assert two.shape[0] == 2                 # (the tiny tokenizer maps every word alike: no content to compare)
     assert np.isfinite(pos.numpy()).all()
+
+
+def test_the_patch_refuses_what_it_would_guide_wrongly(tmp_path):
+    """Replayed (#39 item 19): Wan 2.2 TI2V (expand_timesteps) ran unguided, a two-expert Wan 2.2 guided one
+    expert, transformer=None raised AttributeError, and FLUX under a diffusers cache crashed mid-run."""
+    from diffusers import FirstBlockCacheConfig
+    from pipes import tiny_flux, tiny_wan
+    pipe = tiny_wan()
+    pipe.register_to_config(expand_timesteps=True)
+    with pytest.raises(WindowguideError, match="expand_timesteps"):
+        with wg.patch(pipe, "mswg:w=0.5"):
+            pass
+    pipe.register_to_config(expand_timesteps=False)
+    pipe.transformer_2 = pipe.transformer
+    with pytest.raises(WindowguideError, match="two experts"):
+        with wg.patch(pipe, "mswg:w=0.5"):
+            pass
+    pipe.transformer_2, transformer = None, pipe.transformer
+    pipe.transformer = None
+    with pytest.raises(WindowguideError, match="no transformer"):
+        with wg.patch(pipe, "mswg:w=0.5"):
+            pass
+    pipe.transformer = transformer
+    with wg.patch(pipe, "mswg:w=0.5"):                       # the plain Wan 2.1 pipeline is accepted
+        pass
+    flux = tiny_flux(tmp_path)
+    flux.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    with pytest.raises(WindowguideError, match="cache hooks .*fbc_"):
+        with wg.patch(flux, "mswg:w=0.5"):
+            pass

@@ -307,6 +307,16 @@ def as_denoiser(model: Any) -> Denoiser:
     raise TypeError(f"expected a Denoiser or a callable D(x, sigma, cond), got {type(model).__name__}")
 
 
-__all__ = ["Denoiser", "EDMDenoiser", "EpsDenoiser", "VDenoiser", "FlowDenoiser", "VPSchedule",
+
+def check_size(denoiser, shape, what: str = "image") -> None:
+    """Refuse an input of ``shape`` (C, H, W) or (C, T, H, W) whose height or width is not a multiple of
+    the denoiser's ``multiple`` (a UNet's downsampling, a transformer's patch), naming the nearest sizes."""
+    m = int(getattr(denoiser, "multiple", 1) or 1)
+    h, w = (int(v) for v in tuple(shape)[-2:])
+    if m > 1 and (h % m or w % m):
+        raise WindowguideError(f"{what} {h}x{w} is not a multiple of {m}, the factor this model needs; accepted: "
+                               f"{h // m * m or m}x{w // m * m or m} or {(h // m + 1) * m}x{(w // m + 1) * m}")
+
+__all__ = ["check_size", "Denoiser", "EDMDenoiser", "EpsDenoiser", "VDenoiser", "FlowDenoiser", "VPSchedule",
            "as_denoiser", "as_sigma", "flow_t_to_sigma", "FLOW_T_EPS"]
 

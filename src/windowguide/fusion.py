@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .conds import Cond, check_cond, cond_batch_size, cond_repeat, cond_to
-from .denoiser import Denoiser, as_denoiser
+from .denoiser import Denoiser, as_denoiser, check_size
 from .generate import _sampler_options, parse_seeds, schedule_sigmas
 from .guidance import CFG, Guidance, GuidedDenoiser, guided
 from .sampling import (SAMPLERS, PerSampleNoise, _churn, begin_step, check_finite, check_sigmas, finite_check,
@@ -275,10 +275,9 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     lay = canvas_layout(len(seeds), c, (height, width), window, stride, circular, device, "the panorama")
     base = as_denoiser(denoiser)
     inner = guided(base, per_window_nulls(guidance, len(seeds), lay.n), max_batch)
+    check_size(base, (c, *lay.window), "window")
     if isinstance(inner, GuidedDenoiser):
         inner.check((c, *lay.window))
-    elif base.multiple > 1 and any(v % base.multiple for v in lay.window):
-        raise WindowguideError(f"window {lay.window} is not a multiple of the model's factor {base.multiple}")
     sigmas = (check_sigmas(sigmas) if sigmas is not None else
               schedule_sigmas(sampler, base, steps, shift=shift))
     device = torch.device(device) if device is not None else torch.device("cpu")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .conds import Cond, check_cond, cond_select, cond_to
-from .denoiser import VPSchedule, as_denoiser
+from .denoiser import check_size, VPSchedule, as_denoiser
 from .guidance import GuidedDenoiser, guided
 from .sampling import (SAMPLERS, PerSampleNoise, check_finite, check_sigmas, finite_check, flow_sigmas,
                        init_noise_scale, karras_sigmas)
@@ -205,6 +205,7 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     options = _sampler_options(sampler, sampler_options)
     base = as_denoiser(denoiser)
     model = guided(base, guidance, max_batch)
+    check_size(base, shape, "shape")
     if isinstance(model, GuidedDenoiser):
         model.check(shape)
     sigmas = check_sigmas(sigmas) if sigmas is not None else None

@@ -270,6 +270,12 @@ class CFG(Term):
             raise WindowguideError(f"CFG channels {self.channels!r}: accepted: an integer >= 1 or None (all)")
         super().__post_init__()
 
+    def check(self, denoiser, shape):
+        if self.channels is not None and self.channels > shape[0]:
+            raise WindowguideError(f"CFG channels={self.channels}: this model's samples have {shape[0]} channels; "
+                                   f"accepted: 1..{shape[0]}")
+        super().check(denoiser, shape)
+
     def term_mask(self, x, idx=None):
         m = super().term_mask(x, idx)
         if self.channels is None or self.channels >= x.shape[1]:
@@ -419,6 +425,10 @@ class SWG(Term):
             if h % m or w % m:
                 raise WindowguideError(f"SWG window {h}x{w} is not a multiple of {m}, the factor the model needs; "
                                        f"accepted: window sizes divisible by {m}")
+            if (h, w) == (H, W) and self.net is None:
+                raise WindowguideError(f"SWG window {h}x{w} covers the whole {H}x{W} image: every crop would be the "
+                                       f"image, and the term would add nothing; accepted: a window smaller than the "
+                                       f"image on some side (e.g. 5/8 of it, the default)")
             if getattr(self.net or denoiser, "square_only", False) and h != w:
                 raise WindowguideError(f"SWG window {h}x{w}: this network (diffusers' DiT) runs square inputs only; "
                                        f"accepted: square windows")
@@ -570,7 +580,9 @@ class GuidedDenoiser(Denoiser):
         self.evaluations: dict[int, int] = {}
 
     def check(self, shape: tuple[int, int, int]) -> None:
-        """Validate every term for images of shape (C, H, W) before sampling starts."""
+        """Validate the size and every term for images of shape (C, H, W) before sampling starts."""
+        from .denoiser import check_size
+        check_size(self.denoiser, shape)
         for term in self.guidance:
             term.check(self.denoiser, tuple(shape))
 

@@ -21,6 +21,7 @@ Examples: ``cfg:w=1+mswg:w=0.5,window=16``, ``sgg:tsplit=0.75,cfg=3.5,slg=3``.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -41,8 +42,19 @@ SPLITS = ("split", "tsplit", "stepsplit", "fsplit")
 LOW_TERMS = ("ag", "wd", "swg", "mswg", "slg")
 
 
+MAX_TERMS = 64          # a recipe of more terms is a mistake (each term costs network evaluations)
+MAX_LENGTH = 4096
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
+_TERM_SPLIT = re.compile(r"(?<![0-9.][eE])\+")     # '+' joins terms, but not in a number's exponent (1e+3)
+
+
 def _error(msg: str) -> WindowguideError:
-    return WindowguideError(f"{msg}\n{SYNTAX}")
+    return WindowguideError(f"{_cut(msg)}\n{SYNTAX}")
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    """A message that never echoes megabytes of input: the first ``limit`` characters and the length."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def parse(spec: str) -> list[tuple[str, dict[str, str]]]:
@@ -52,8 +64,14 @@ def parse(spec: str) -> list[tuple[str, dict[str, str]]]:
     spec = spec.strip()
     if spec.lower() in ("none", ""):
         return []
+    if len(spec) > MAX_LENGTH or not spec.isascii():
+        raise _error(f"a SPEC is ASCII text of at most {MAX_LENGTH} characters, got {len(spec)} characters"
+                     f"{'' if spec.isascii() else ' with non-ASCII ones'}: {spec!r}")
+    parts = _TERM_SPLIT.split(spec)
+    if len(parts) > MAX_TERMS:
+        raise _error(f"{len(parts)} terms; accepted: at most {MAX_TERMS} in one recipe")
     terms = []
-    for part in spec.split("+"):
+    for part in parts:
         name, _, rest = part.strip().partition(":")
         name = name.strip().lower()
         if name not in KEYS and name != "sgg":
@@ -100,7 +118,10 @@ def _number(keys: dict, key: str, default: Any, cast=float) -> Any:
     if key not in keys:
         return default
     try:
-        value = cast(keys[key])
+        text = keys[key]
+        if not _NUMBER.match(text) or (cast is int and not re.match(r"^[+-]?\d+$", text)):
+            raise ValueError(text)               # ASCII digits only: no '1_0', no Unicode digits, no 'nan'
+        value = cast(text)
     except ValueError:
         raise _error(f"{key}={keys[key]!r} is not a{'n integer' if cast is int else ' number'}") from None
     if value != value or value in (float("inf"), float("-inf")):

@@ -99,6 +99,7 @@ def denoise_windows(denoiser: Any, z: torch.Tensor, sigmas: torch.Tensor, seeds,
     inside each window. z: [1, C, H, W] (the clean canvas); returns [len(seeds), C, H, W] at sigmas[-1].
     ``max_batch``: window-sized inputs per network call (diffusers' view batch), so the network's
     activations are held for that many windows at a time, never for all of them."""
+    from .denoiser import check_size
     from .fusion import canvas_layout, check_fusion, per_window_nulls, run_fused
     from .guidance import guided
     from .sampling import PerSampleNoise
@@ -112,6 +113,7 @@ def denoise_windows(denoiser: Any, z: torch.Tensor, sigmas: torch.Tensor, seeds,
                         device=z.device, what="the upscale")
     noise = PerSampleNoise.from_seeds(seeds)
     x = z.expand(len(seeds), *z.shape[1:]) + float(sigmas[0]) * noise(torch.empty(len(seeds), *z.shape[1:]))
+    check_size(denoiser, (z.shape[1], *lay.window), "window")
     inner = guided(denoiser, per_window_nulls(guidance, len(seeds), lay.n), max_batch)
     return run_fused(inner, x.to(z), sigmas, cond, lay, "state", weighting, sampler, noise, vcf, seeds, progress,
                      options)

@@ -55,7 +55,7 @@ def long_video(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Sequenc
     ``window`` = (t, h, w) (module docstring). stride: between windows, an int for every axis or one per
     axis; circular: loop along time. Returns [len(seeds), C, T, H, W]."""
     from .conds import cond_to
-    from .denoiser import as_denoiser
+    from .denoiser import as_denoiser, check_size
     from .fusion import canvas_layout, check_fusion, per_window_nulls, run_fused
     from .generate import check_cond, parse_seeds, schedule_sigmas
     from .guidance import guided
@@ -71,6 +71,7 @@ def long_video(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Sequenc
                         "the video")
     base = as_denoiser(denoiser)
     inner = guided(base, per_window_nulls(guidance, len(seeds), lay.n), max_batch)
+    check_size(base, (c, *lay.window), "window")
     if hasattr(inner, "check"):
         inner.check((c, *lay.window))
     sigmas = check_sigmas(sigmas) if sigmas is not None else schedule_sigmas(sampler, base, steps)

@@ -66,6 +66,7 @@ class Family:
     flow: bool = False
     patched: dict[str, Patched] = field(default_factory=dict)
     net_attr: str = "transformer"
+    check: Callable | None = None       # check(pipe): refuse, by name, a pipeline of the family windowguide cannot run
 
     def __post_init__(self):
         if self.guider_layout is None:

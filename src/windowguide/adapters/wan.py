@@ -106,11 +106,24 @@ def scheduler_sigmas(scheduler, steps: int) -> torch.Tensor:
     return sigmas_from_flow_t(t[: steps + 1]).float()
 
 
-def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
-    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
+def check_pipeline(pipe) -> None:
+    """Refuse, by name, the Wan pipelines windowguide does not guide: Wan 2.2 with two experts (only one
+    transformer would be guided, the low-noise half would run unguided), Wan 2.2 TI2V's per-token
+    timesteps (``expand_timesteps``), and a pipeline without its transformer."""
+    if getattr(pipe, "transformer", None) is None:
+        raise WindowguideError("this Wan pipeline has no transformer (transformer=None); windowguide guides the "
+                               "transformer's calls, so it needs one")
     if getattr(pipe, "transformer_2", None) is not None:
         raise WindowguideError("a Wan 2.2 pipeline with two experts (transformer_2, boundary_ratio) is not supported "
-                               "yet; a one-transformer WanPipeline is")
+                               "yet: only one expert would be guided; a one-transformer WanPipeline is")
+    if getattr(getattr(pipe, "config", None), "expand_timesteps", False):
+        raise WindowguideError("a Wan 2.2 TI2V pipeline (expand_timesteps=True: a timestep per token) is not "
+                               "supported yet; a WanPipeline with expand_timesteps=False is")
+
+
+def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
+    """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
+    check_pipeline(pipe)
     tr = pipe.transformer
     vae = pipe.vae
     model = wan_model(tr, crop_positions)
@@ -156,4 +169,4 @@ FAMILY = Family(
     kind="wan", pipelines=("WanPipeline",), networks=("WanTransformer3DModel",), build=build,
     read_call=read_call, model=lambda net, crop_positions="slice", vae_factor=None: wan_model(net, crop_positions),
     multiple=lambda net: int(net.config.patch_size[1]), sigma=lambda t, schedule=None: flow_sigma(t, T_MAX),
-    flow=True, patched={"WanPipeline": Patched(rows="separate", reads_cfg=True)})
+    flow=True, patched={"WanPipeline": Patched(rows="separate", reads_cfg=True)}, check=check_pipeline)

@@ -5,6 +5,8 @@ the run with CFG above and the low term below (the SGG paper's SD3.5 recipe spli
 layers 7, 8, 9 (SD3.5 Medium's skip-layer guidance); autoguidance weight 1.0 (Karras et al.'s scale 2.0)."""
 from __future__ import annotations
 
+import math
+
 from ..errors import WindowguideError
 from ..integrations import comfyui as host
 
@@ -28,7 +30,7 @@ def _range(model, start, end, sigma_start=-1.0, sigma_end=-1.0):
 
 
 def _window(window: float, per_side: int) -> host.Window:
-    if not window > 0:
+    if not (math.isfinite(window) and window > 0):
         raise WindowguideError(f"window {window!r}: accepted: a fraction in (0, 1] of the latent side, or latent pixels")
     if int(per_side) < 2:
         raise WindowguideError(f"windows_per_side {per_side!r}: accepted: an integer >= 2 (one window has no "

@@ -82,7 +82,7 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
         if regs:
             return regional_panorama(m.denoiser, canvas, batch, regs, window=(wh, ww), stride=stride, mode=mode,
                                      sampler=sampler, sigmas=sigmas, guidance=g, circular=circular, device=device,
-                                     progress=progress, **sampler_options)
+                                     progress=progress, max_batch=max_batch, **sampler_options)
         return panorama(m.denoiser, canvas, batch, window=(wh, ww), stride=stride, mode=mode, fuse=fuse,
                          sampler=sampler, sigmas=sigmas, guidance=g, cond=cond_of(batch), vcf=vcf,
                          style_alpha=style_alpha, circular=circular, max_batch=max_batch, device=device,

@@ -57,9 +57,15 @@ class Window:
 
     def pixels(self, side: int, multiple: int) -> int:
         """The window side for a latent side: ceil(f side / m) m for a fraction f, else the pixels."""
-        if self.size <= 1:
-            return min(side, int(math.ceil(self.size * side / multiple)) * multiple)
-        return int(self.size)
+        if not (math.isfinite(self.size) and self.size > 0):
+            raise WindowguideError(f"window {self.size!r}: accepted: a fraction in (0, 1) of the latent side, or latent "
+                                   f"pixels smaller than the side")
+        k = min(side, int(math.ceil(self.size * side / multiple)) * multiple) if self.size <= 1 else int(self.size)
+        if k >= side:
+            raise WindowguideError(f"window {self.size:g} is {k} latent pixels on a side of {side}: one window would "
+                                   f"cover it all and guide nothing; accepted: a fraction below "
+                                   f"{(side - multiple) / side:.3g} or fewer than {side} latent pixels")
+        return k
 
 
 @dataclass(frozen=True)

@@ -285,6 +285,25 @@ def _given(signature, self, args, kwargs, *names) -> bool:
     return any(arguments.get(n) is not None for n in names)
 
 
+CACHE_HOOKS = ("faster_cache", "fbc_", "pyramid_attention_broadcast", "taylorseer_cache", "mag_cache", "sea_cache",
+               "text_kv_cache")
+
+
+def refuse_cache_hooks(net: Any, name: str) -> None:
+    """Refuse a network under one of diffusers' caches (FasterCache, FirstBlockCache, PyramidAttentionBroadcast,
+    TaylorSeer, MagCache, ...): the crops would run through a cache sized and timed for the whole image."""
+    found = set()
+    for module in net.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for hook in getattr(registry, "hooks", {}) or {}:
+            if any(hook.startswith(prefix) for prefix in CACHE_HOOKS):
+                found.add(hook)
+    if found:
+        raise WindowguideError(f"this {name}'s network runs under diffusers' cache hooks ({', '.join(sorted(found))}); "
+                               f"the crops would pass through a cache made for the whole image: disable the cache "
+                               f"(e.g. pipe.transformer.disable_cache()) while it is patched")
+
+
 @contextmanager
 def patch(pipe: Any, guidance: str | Guidance, max_batch: int | None = None, weak: Any = None,
           crop_positions: str = "slice"):
@@ -299,7 +318,12 @@ def patch(pipe: Any, guidance: str | Guidance, max_batch: int | None = None, wea
     family = by_pipeline(pipe, patched=True)
     if crop_positions not in ("slice", "stretch"):
         raise WindowguideError(f"crop_positions {crop_positions!r}: accepted: 'slice', 'stretch'")
-    net = getattr(pipe, family.patched[name].net)
+    if family.check is not None:
+        family.check(pipe)
+    net = getattr(pipe, family.patched[name].net, None)
+    if net is None:
+        raise WindowguideError(f"this {name} has no {family.patched[name].net} (it is None); the patch guides its calls")
+    refuse_cache_hooks(net, name)
     terms, cfg = _split(_build(guidance, family, net, weak, crop_positions))
     if cfg is not None and family.patched[name].scale is None:
         raise WindowguideError(f"{name} runs no CFG (its guidance is a distilled input, not a second evaluation): "
