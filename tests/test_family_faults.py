@@ -142,3 +142,34 @@ def test_the_patch_refuses_what_it_would_guide_wrongly(tmp_path):
     with pytest.raises(WindowguideError, match="cache hooks .*fbc_"):
         with wg.patch(flux, "mswg:w=0.5"):
             pass
+
+
+def test_circular_qwen_image_and_wide_z_image_canvases():
+    """Replayed (#39 item 10): a circular Qwen-Image panorama asked its RoPE for columns past the canvas
+    (RuntimeError); a Z-Image canvas wider than its RoPE table failed with IndexError at step 0."""
+    from pipes import tiny_qwen_image
+    from windowguide.fusion import panorama
+    m = wg.from_pipeline(tiny_qwen_image())
+    pos, _ = m.encode(prompt="a red cat")
+    with torch.no_grad():
+        x = panorama(m.denoiser, (4, 16, 40), [0], window=16, stride=8, circular=True, sampler="flow_euler",
+                     sigmas=m.sigmas(2, shape=(4, 16, 16)), cond=pos)
+    assert x.shape == (1, 4, 16, 40) and bool(torch.isfinite(x).all())
+    z = wg.from_pipeline(tiny_zimage())
+    zpos, _ = z.encode(prompt="a red cat", max_sequence_length=12)
+    assert z.extras["max_latent"] == (128, 128)
+    with pytest.raises(WindowguideError, match="accepted: canvases up to 128 x 128 latent pixels"), torch.no_grad():
+        panorama(z.denoiser, (4, 16, 144), [0], window=16, stride=16, sampler="flow_euler",
+                 sigmas=z.sigmas(1, shape=(4, 16, 16)), cond=zpos)
+
+
+def test_a_broken_component_is_named_with_its_folder(tmp_path, capsys):
+    """Replayed (#39 item 14): a tokenizer that raises TypeError while loading ended as an internal error."""
+    from windowguide.cli import main
+    folder = tmp_path / "sd"
+    tiny_sd(tmp_path).save_pretrained(folder)
+    (folder / "tokenizer" / "tokenizer_config.json").write_text('{"model_max_length": "eight", "bos_token": 5}')
+    assert main(["sample", "--model", str(folder), "--prompt", "a", "--steps", "1", "--seeds", "0",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder}: the pipeline does not load (its component 'tokenizer')" in err, err

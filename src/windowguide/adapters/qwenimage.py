@@ -59,7 +59,9 @@ def rope_at(pos_embed, canvas: tuple[int, int], top: int, left: int):
         fhw = video_fhw[0] if isinstance(video_fhw, list) else video_fhw
         f, h, w = fhw[0] if isinstance(fhw, list) else fhw
         full = pos_embed._compute_video_freqs(f, ch, cw, 0, device).reshape(f, ch, cw, -1)
-        vid = full[:, top:top + h, left:left + w].reshape(f * h * w, -1)
+        rows = torch.arange(top, top + h, device=full.device) % ch      # a circular canvas's last window wraps
+        cols = torch.arange(left, left + w, device=full.device) % cw
+        vid = full[:, rows][:, :, cols].reshape(f * h * w, -1)
         start = max(ch // 2, cw // 2)
         return vid, pos_embed._get_device_freqs(device)[0][start:start + int(max_txt_seq_len)]
     pos_embed.forward = forward

@@ -62,6 +62,26 @@ def image_positions_at(tr, corners: list[tuple[int, int]], tokens: tuple[int, in
         del tr.create_coordinate_grid
 
 
+def max_latent(tr) -> tuple[int, int]:
+    """The largest canvas (latent rows, columns) whose image positions Z-Image's RoPE table covers
+    (``axes_lens`` of the rows and columns, in tokens, times the patch)."""
+    patch = tr.config.all_patch_size[0]
+    lens = tr.config.axes_lens
+    return int(lens[1]) * patch, int(lens[2]) * patch
+
+
+def check_positions(tr, corners, tokens: tuple[int, int]) -> None:
+    """Refuse crops whose positions run past the RoPE table (an IndexError deep in the network otherwise)."""
+    lens = tr.config.axes_lens
+    bottom = max(t for t, _ in corners) + tokens[0]
+    right = max(l for _, l in corners) + tokens[1]
+    if bottom > lens[1] or right > lens[2]:
+        rows, cols = max_latent(tr)
+        raise WindowguideError(f"Z-Image's positions reach row {bottom}, column {right} (tokens) but its RoPE table "
+                               f"(axes_lens) has {lens[1]} x {lens[2]}; accepted: canvases up to {rows} x {cols} "
+                               f"latent pixels (less a window for a circular one)")
+
+
 def zimage_call(tr, crop_positions: str = "slice") -> Callable:
     """The network as call(x [B, C, H, W], t_net [B], {embeds, mask}) -> its raw output [B, C, H, W]."""
     patch = tr.config.all_patch_size[0]
@@ -71,6 +91,7 @@ def zimage_call(tr, crop_positions: str = "slice") -> Callable:
         regions = current_regions()
         if crop_positions == "slice" and regions is not None:
             corners = [(int(r[0]) // patch, int(r[1]) // patch) for r in regions]
+            check_positions(tr, corners, (x.shape[-2] // patch, x.shape[-1] // patch))
             with image_positions_at(tr, corners, (x.shape[-2] // patch, x.shape[-1] // patch)):
                 out = tr(*args, **current_static()).sample
         else:
@@ -155,7 +176,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     m = PipelineModel("zimage", FlowDenoiser(zimage_flow_model(tr, crop_positions), time_scale=1.0, multiple=patch),
                       tr.config.in_channels, (size, size), patch, encode,
                       vae_decoder(vae, shift=vae.config.shift_factor or 0.0),
-                      extras=dict(vae_factor=pipe.vae_scale_factor, cfg_weight="scale"))
+                      extras=dict(vae_factor=pipe.vae_scale_factor, cfg_weight="scale", max_latent=max_latent(tr)))
     m.sigmas = token_shifted_sigmas(pipe.scheduler, m.size)
     m.denoiser.canvas_positions = crop_positions == "slice"     # panorama windows at their place
     m.family_guidance = lambda g, **options: family_guidance(g, **options)

@@ -37,19 +37,37 @@ def load_pipeline(folder: str, device, dtype: str = "float32"):
     except ImportError as exc:
         raise missing_module("a pipeline folder", exc) from None
     import json
-    with open(os.path.join(folder, "model_index.json")) as f:
-        index = json.load(f)
+    from ..files import regular_file
+    try:
+        with open(regular_file(os.path.join(folder, "model_index.json"), "model_index.json")) as f:
+            index = json.load(f)
+        if not isinstance(index, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise WindowguideError(f"{folder}/model_index.json is not a pipeline's index ({e})") from None
     # components saved as absent (e.g. SD3 without T5) must be passed as None explicitly
-    absent = {k: None for k, v in index.items() if isinstance(v, list) and v[0] is None}
+    absent = {k: None for k, v in index.items() if isinstance(v, list) and v and v[0] is None}
     try:
         pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, dtype=DTYPES[dtype], **absent)
-    except (RuntimeError, ValueError, OSError, KeyError) as e:   # e.g. weights of other shapes than the config's
+    except (RuntimeError, ValueError, OSError, KeyError, TypeError, AttributeError, ImportError) as e:
+        # e.g. weights of other shapes than the config's, a tokenizer file another version wrote
         text = " ".join(str(e).split())
-        raise WindowguideError(f"{folder}: the pipeline does not load ({type(e).__name__}: {text[:300]}"
-                               f"{' ...' if len(text) > 300 else ''})") from None
+        part = _failed_component(e.__traceback__)
+        raise WindowguideError(f"{folder}: the pipeline does not load{f' (its component {part!r})' if part else ''}: "
+                               f"{type(e).__name__}: {text[:300]}{' ...' if len(text) > 300 else ''}") from None
     check_weights(folder, pipe)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _failed_component(tb) -> str | None:
+    """The pipeline component diffusers was loading when it failed (``load_sub_model``'s ``name``)."""
+    name = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "load_sub_model":
+            name = tb.tb_frame.f_locals.get("name", name)
+        tb = tb.tb_next
+    return name if isinstance(name, str) else None
 
 
 def _stored_keys(sub: str) -> set[str] | None:
