@@ -185,7 +185,8 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     """Draw one sample per seed: x_0 = scale(sigma_0) * z(seed), then ``sampler`` on the guided denoiser.
 
     shape: (C, H, W) of one sample ((C, T, H, W) for a video). seeds: ints or a string '0-63'. guidance: terms from
-    ``windowguide.guidance`` summed with ``+`` (None = unguided). cond: one condition per seed
+    ``windowguide.guidance`` summed with ``+``, or a SPEC string ('cfg:w=1+mswg:w=0.5'; None = unguided).
+    cond: one condition per seed
     (first dimension len(seeds)). sigmas: an explicit schedule (descending, ending in 0), else the
     sampler's default (``schedule_sigmas``; spacing, steps_offset, set_alpha_to_one: diffusers' DDIM
     options, taken from the model's schedule unless given). batch_size: seeds per batch (results do not depend on it).
@@ -204,6 +205,9 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
     check_cond(cond, len(seeds))
     options = _sampler_options(sampler, sampler_options)
     base = as_denoiser(denoiser)
+    if isinstance(guidance, str):                     # a SPEC, as wg.patch takes: 'cfg:w=1+mswg:w=0.5'
+        from . import spec
+        guidance = spec.build(guidance, spec.Context(net=getattr(base, "net", None), load=spec.no_weak_models))
     model = guided(base, guidance, max_batch)
     check_size(base, shape, "shape")
     if isinstance(model, GuidedDenoiser):

@@ -114,6 +114,12 @@ class Context:
         return self.load(name)
 
 
+def no_weak_models(name: str):
+    """A Context's loader where no weak model can be loaded: the error names the model asked for."""
+    raise _error(f"model={name!r}: this recipe is built without a model to load weak networks from; pass the "
+                 f"weak network itself (wg.AutoGuidance(weak_denoiser, w)) or build the recipe for a named model")
+
+
 def _number(keys: dict, key: str, default: Any, cast=float) -> Any:
     if key not in keys:
         return default

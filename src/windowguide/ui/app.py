@@ -122,16 +122,7 @@ def panorama(model: str, klass: str, prompt: str, seeds: str, steps: int, sample
 
 
 def _commands(results, labels) -> str:
-    parts = []
-    for r, spec in zip(results, labels):
-        model = r.settings.get("model", "mirror")
-        call = None
-        if r.settings.get("canvas"):
-            s = r.settings
-            call = (f"wg.fusion.panorama(denoiser, {tuple(s['canvas'])}, {r.seeds}, window={tuple(s['window'])}, "
-                    f"stride={s['stride']}, mode={s['mode']!r}, sampler={s['sampler']!r}, steps={s['steps']}, "
-                    f"vcf={s['vcf']}, style_alpha={s['style_alpha']}, circular={s['circular']}, guidance=guidance)")
-        parts.append(f"# {spec}\n{r.command}\n\n# Python\n{runs.python_recipe(spec, model, call)}")
+    parts = [f"# {spec}\n{r.command}\n\n# Python\n{runs.python_recipe(r)}" for r, spec in zip(results, labels)]
     return "\n\n".join(parts)
 
 

@@ -106,14 +106,33 @@ def panorama(model: str, width: int, stride: int, mode: str, sampler: str, steps
     return _run(argv, root, r"^panorama_(\d+)\.png$")
 
 
-def python_recipe(guidance: str, model: str = "mirror", call: str | None = None) -> str:
-    """The Python form of a SPEC on a bundled / EDM model (``spec.build`` gives the CLI's terms; the CLI
-    also fixes the Karras schedule and the labels per seed, so its command is the exact reproduction);
-    ``call``: the sampling call (default ``wg.sample``)."""
-    return (f"import windowguide as wg\nfrom windowguide import spec\nfrom windowguide.models.checkpoint import "
-            f"load_denoiser\ndenoiser, info, net = load_denoiser({model!r})\n"
-            f"guidance = spec.build({guidance!r}, spec.Context(net=net, model_name={model!r}))\n"
-            + "x = " + (call or "wg.sample(denoiser, info['shape'], seeds=[0, 1, 2, 3], guidance=guidance)"))
+def python_recipe(result: Result) -> str:
+    """The Python that reproduces a page run of a bundled / EDM model bit for bit: the CLI's own model and
+    SPEC loading (``commands.common.prepare``), its labels per seed and its schedule, then ``wg.sample`` or
+    ``wg.panorama``; it ends with the uint8 images the CLI writes as PNGs."""
+    s = result.settings
+    klass = s.get("klass")
+    head = ("import torch\nimport windowguide as wg\nfrom windowguide.commands.common import labels_for, prepare\n"
+            "from windowguide.images import to_uint8\n\n"
+            f"denoiser, net, info, guidance = prepare({s.get('model', 'mirror')!r}, {s.get('guidance', 'none')!r})\n"
+            f"seeds = {list(result.seeds)}\n"
+            f"cond = labels_for(seeds, net.num_classes, {klass!r})\n")
+    if s.get("canvas"):
+        c, h, w = s["canvas"]
+        call = (f"x = wg.panorama(denoiser, ({c}, {h}, {w}), seeds, window={tuple(s['window'])}, stride={s['stride']}, "
+                f"mode={s['mode']!r}, fuse={s.get('fuse')!r},\n"
+                f"                    sampler={s['sampler']!r}, sigmas=wg.sampling.karras_sigmas({s['steps']}, 0.002, 80.0), "
+                f"guidance=guidance, cond=cond,\n"
+                f"                    vcf={s['vcf']}, style_alpha={s['style_alpha']}, circular={s['circular']}, "
+                f"max_batch={s.get('max_batch')}{_options(s)})\n")
+    else:
+        call = (f"x = wg.sample(denoiser, info['shape'], seeds, steps={s['steps']}, sampler={s['sampler']!r}, "
+                f"guidance=guidance, cond=cond{_options(s)})\n")
+    return head + "with torch.no_grad():\n    " + call + "images = to_uint8(x)          # uint8 [N, H, W, C]: the CLI's PNGs\n"
+
+
+def _options(settings: dict) -> str:
+    return "".join(f", {k}={v!r}" for k, v in sorted((settings.get("sampler_options") or {}).items()))
 
 
 def bundle(results: list[Result], labels: list[str], root: str | None = None) -> str:
