@@ -135,16 +135,20 @@ def build(models: list[str] | None = None, root: str | None = None):
     presets = [""] + bundled_presets()
 
     def guarded(fn):
-        def call(*args, progress=gr.Progress(track_tqdm=True)):
+        def call(*args, progress=gr.Progress()):
+            if args[0] not in models:             # the page offers its models only, whatever a client sends
+                raise gr.Error(f"model {str(args[0])[:80]!r} is not offered here; accepted: {', '.join(models)} "
+                               f"(start the page with --model DIR to add one)", print_exception=False)
             try:
-                return fn(*args)
+                with runs.reporting(lambda fraction, what: progress(fraction, desc=what or None)):
+                    return fn(*args)
             except WindowguideError as e:
                 raise gr.Error(str(e).splitlines()[0], print_exception=False) from None
         return call
 
     def common(tab: str):
         with gr.Row():
-            model = gr.Dropdown(models, value=models[0], label="model", allow_custom_value=True,
+            model = gr.Dropdown(models, value=models[0], label="model", allow_custom_value=False,
                                 elem_id=f"{tab}-model")
             klass = gr.Textbox("", label="class (index, all, none; empty: the model's default)",
                                elem_id=f"{tab}-class")
@@ -204,7 +208,7 @@ def build(models: list[str] | None = None, root: str | None = None):
 
             event = run.click(guarded(on_compare), inputs + sum(columns, []),
                               galleries + notes + [overlay, commands, download])
-            stop.click(None, None, None, cancels=[event])
+            stop.click(runs.stop, None, None, cancels=[event])
 
         with gr.Tab("Sweep"):
             inputs_s = common("sweep")
@@ -228,7 +232,7 @@ def build(models: list[str] | None = None, root: str | None = None):
 
             event_s = run_s.click(guarded(on_sweep), inputs_s + [method_s, weights_s, window_s, n_s],
                                   [gallery_s, plot_s, commands_s, download_s])
-            stop_s.click(None, None, None, cancels=[event_s])
+            stop_s.click(runs.stop, None, None, cancels=[event_s])
 
         with gr.Tab("Panorama"):
             inputs_p = common("panorama")
@@ -262,7 +266,7 @@ def build(models: list[str] | None = None, root: str | None = None):
             event_p = run_p.click(guarded(on_panorama), inputs_p + [width_p, stride_p, mode_p, vcf_p, alpha_p,
                                                                     circular_p, guidance_p, grid_p],
                                   [gallery_p, note_p, commands_p, download_p])
-            stop_p.click(None, None, None, cancels=[event_p])
+            stop_p.click(runs.stop, None, None, cancels=[event_p])
     app.queue(default_concurrency_limit=1)
     return app
 
@@ -272,7 +276,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, model
     """Start the page (bound to ``host``; ``share`` opens Gradio's public link, never by default)."""
     app = build(models, root)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, show_error=True,
-               allowed_paths=[root] if root else None)
+               allowed_paths=[root] if root else None, max_file_size=1)   # the page takes no uploads
     return app
 
 

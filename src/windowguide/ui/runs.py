@@ -3,13 +3,19 @@ parser and command) in a fresh folder of its own, so the page's images are the C
 tabs never share a folder, and each result carries the command that reproduces it."""
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import os
+import re
 import shlex
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
 import zipfile
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -26,24 +32,80 @@ class Result:
     settings: dict = field(default_factory=dict)
 
 
-def cli(argv: list[str]) -> None:
-    """Run a windowguide command in this process; bad input raises ``WindowguideError`` with the CLI's
-    message (argparse's too)."""
-    import contextlib
-    from ..cli import build_parser
-    err = io.StringIO()
+_ACTIVE: set = set()            # the page's running jobs (one at a time: the app's queue), for Stop
+_LOCK = threading.Lock()
+_PERCENT = re.compile(r"(?:^|\s)(?:(?P<desc>[^\r\n:]+): )?\s*(?P<pct>\d{1,3})%\|")
+
+
+_REPORT = threading.local()
+
+
+@contextlib.contextmanager
+def reporting(progress: Callable[[float, str], None]):
+    """Within the block, this thread's runs report their progress bars to ``progress(fraction, what)``."""
+    _REPORT.fn = progress
     try:
-        with contextlib.redirect_stderr(err):
-            args = build_parser().parse_args(argv)
-    except SystemExit:
-        lines = [l for l in err.getvalue().splitlines() if l.strip()]
-        raise WindowguideError(lines[-1] if lines else f"bad arguments: {argv}") from None
+        yield
+    finally:
+        _REPORT.fn = None
+
+
+def cli(argv: list[str], progress: Callable[[float, str], None] | None = None) -> None:
+    """Run a windowguide command as a child process (``python -m windowguide ...``), so that ``stop``
+    ends it; its progress bars are passed to ``progress(fraction, what)``. Bad input raises
+    ``WindowguideError`` with the CLI's message (argparse's too), a failed run ``RunError``."""
+    proc = subprocess.Popen([sys.executable, "-m", "windowguide", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    progress = progress or getattr(_REPORT, "fn", None)
+    with _LOCK:
+        _ACTIVE.add(proc)
+    lines = []
     try:
-        args.func(args)
-    except (ValueError, TypeError) as e:
-        if isinstance(e, WindowguideError):
-            raise
-        raise WindowguideError(str(e)) from None
+        for line in _segments(proc.stderr):
+            lines.append(line)
+            m = _PERCENT.search(line)
+            if m and progress is not None:
+                progress(min(int(m.group("pct")), 100) / 100, (m.group("desc") or "").strip())
+        proc.wait()
+    finally:
+        with _LOCK:
+            _ACTIVE.discard(proc)
+    _raise_for(proc.returncode, lines, argv)
+
+
+def _segments(stream):
+    """The text of a stream cut at carriage returns and newlines (a progress bar redraws with \\r)."""
+    part = ""
+    for chunk in iter(lambda: stream.read(256), ""):
+        part += chunk
+        *done, part = re.split(r"[\r\n]", part)
+        yield from (d for d in done if d.strip())
+    if part.strip():
+        yield part
+
+
+def _raise_for(code: int, lines: list[str], argv: list[str]) -> None:
+    """The child's end as this process's exception: stopped, bad input (exit 2) or a failed run."""
+    from ..errors import RunError
+    if code == 0:
+        return
+    if code < 0:
+        raise WindowguideError("stopped")
+    said = [l for l in lines if "error:" in l or "failed:" in l]
+    message = (said[-1] if said else (lines[-1] if lines else f"exit status {code}")).strip()
+    message = re.sub(r"^windowguide( \w+)?: (error: )?", "", message)
+    raise (WindowguideError if code == 2 else RunError)(message)
+
+
+def stop() -> int:
+    """End every running page job (its whole process group); returns how many were running."""
+    with _LOCK:
+        running = list(_ACTIVE)
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return len(running)
 
 
 def command_line(argv: list[str]) -> str:
@@ -60,23 +122,28 @@ def command_line(argv: list[str]) -> str:
     return "windowguide " + " ".join(shlex.quote(a) for a in shown)
 
 
-def _run(argv: list[str], root: str | None, pattern: str) -> Result:
-    import re
+def _run(argv: list[str], root: str | None, pattern: str, progress=None) -> Result:
+    """Run the command into a fresh folder, read its PNGs and settings, and remove the folder (the page
+    keeps what it shows in memory; a stopped or failed run's folder goes too)."""
+    import shutil
     from ..files import read_png
     folder = tempfile.mkdtemp(prefix="wg-ui-", dir=root)
-    cli(argv + ["--out", folder])
-    rx = re.compile(pattern)
-    names = sorted((n for n in os.listdir(folder) if rx.match(n)), key=lambda n: int(rx.match(n).group(1)))
-    settings = {}
-    if os.path.exists(os.path.join(folder, "settings.json")):
-        with open(os.path.join(folder, "settings.json")) as f:
-            settings = json.load(f)
-    return Result(command_line(argv), [read_png(os.path.join(folder, n)) for n in names],
-                  [int(rx.match(n).group(1)) for n in names], folder, settings)
+    try:
+        cli(argv + ["--out", folder], progress)
+        rx = re.compile(pattern)
+        names = sorted((n for n in os.listdir(folder) if rx.match(n)), key=lambda n: int(rx.match(n).group(1)))
+        settings = {}
+        if os.path.exists(os.path.join(folder, "settings.json")):
+            with open(os.path.join(folder, "settings.json")) as f:
+                settings = json.load(f)
+        return Result(command_line(argv), [read_png(os.path.join(folder, n)) for n in names],
+                      [int(rx.match(n).group(1)) for n in names], folder, settings)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def sample(model: str, guidance: str, seeds: str, steps: int, sampler: str, klass: str | None = None,
-           prompt: str | None = None, root: str | None = None) -> Result:
+           prompt: str | None = None, root: str | None = None, progress=None) -> Result:
     """``windowguide sample --model M --guidance G --seeds S --steps N --sampler X [--class K | --prompt P]``."""
     argv = ["sample", "--model", model, "--guidance", guidance or "none", "--seeds", str(seeds), "--steps",
             str(int(steps)), "--sampler", sampler]
@@ -84,12 +151,13 @@ def sample(model: str, guidance: str, seeds: str, steps: int, sampler: str, klas
         argv += ["--class", str(klass)]
     if prompt:
         argv += ["--prompt", prompt]
-    return _run(argv, root, r"^(\d+)\.png$")
+    return _run(argv, root, r"^(\d+)\.png$", progress)
 
 
 def panorama(model: str, width: int, stride: int, mode: str, sampler: str, steps: int, seeds: str,
              guidance: str = "none", vcf: bool = False, style_alpha: float = 0.0, circular: bool = False,
-             klass: str | None = None, prompt: str | None = None, root: str | None = None) -> Result:
+             klass: str | None = None, prompt: str | None = None, root: str | None = None,
+             progress=None) -> Result:
     """``windowguide panorama --model M --width W --stride S --mode F --sampler X ...``."""
     argv = ["panorama", "--model", model, "--width", str(int(width)), "--stride", str(int(stride)), "--mode", mode,
             "--sampler", sampler, "--steps", str(int(steps)), "--seeds", str(seeds), "--guidance", guidance or "none"]
@@ -103,7 +171,7 @@ def panorama(model: str, width: int, stride: int, mode: str, sampler: str, steps
         argv += ["--class", str(klass)]
     if prompt:
         argv += ["--prompt", prompt]
-    return _run(argv, root, r"^panorama_(\d+)\.png$")
+    return _run(argv, root, r"^panorama_(\d+)\.png$", progress)
 
 
 def python_recipe(result: Result) -> str:
@@ -138,6 +206,7 @@ def _options(settings: dict) -> str:
 def bundle(results: list[Result], labels: list[str], root: str | None = None) -> str:
     """A zip of every result's PNGs and one settings.json (labels, commands, settings); returns its path."""
     from ..files import write_png
+    _forget_old_zips(root)
     folder = tempfile.mkdtemp(prefix="wg-ui-zip-", dir=root)
     path = os.path.join(folder, "windowguide_results.zip")
     with zipfile.ZipFile(path, "w") as z:
@@ -151,8 +220,19 @@ def bundle(results: list[Result], labels: list[str], root: str | None = None) ->
     return path
 
 
+KEEP_ZIPS = 8          # the page offers the latest results' zips; older ones are removed
+
+
+def _forget_old_zips(root: str | None) -> None:
+    import glob
+    import shutil
+    folders = sorted(glob.glob(os.path.join(root or tempfile.gettempdir(), "wg-ui-zip-*")), key=os.path.getmtime)
+    for old in folders[:-KEEP_ZIPS]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_=." else "_" for c in text)[:60]
 
 
-__all__ = ["Result", "cli", "command_line", "sample", "panorama", "python_recipe", "bundle"]
+__all__ = ["Result", "cli", "stop", "reporting", "command_line", "sample", "panorama", "python_recipe", "bundle"]
