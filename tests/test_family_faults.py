@@ -173,3 +173,21 @@ def test_a_broken_component_is_named_with_its_folder(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert f"{folder}: the pipeline does not load (its component 'tokenizer')" in err, err
+
+
+def test_upscale_and_panorama_share_the_pipelines_default_guidance(tmp_path):
+    """Replayed (#39 item 9): upscale defaulted to cfg:w=6.5 on every pipeline, FLUX too (true CFG, two
+    evaluations a step), while panorama used the pipeline's own default."""
+    import json
+    from pipes import tiny_flux
+    from windowguide.adapters.registry import default_guidance
+    from windowguide.cli import main
+    from windowguide.files import write_png
+    assert default_guidance(tiny_flux(tmp_path), flow=True) == "none"        # guidance-distilled: no CFG
+    sd = tiny_sd(tmp_path)
+    assert default_guidance(sd, flow=False) == "cfg:w=6.5"                   # diffusers' SD scale 7.5
+    sd.save_pretrained(tmp_path / "sd")
+    write_png(np.full((8, 8, 3), 100, np.uint8), str(tmp_path / "in.png"))
+    assert main(["upscale", str(tmp_path / "in.png"), "--model", str(tmp_path / "sd"), "--prompt", "a cat",
+                 "--steps", "2", "--strength", "0.5", "--out", str(tmp_path / "u")]) == 0
+    assert json.loads((tmp_path / "u" / "settings.json").read_text())["guidance"] == "cfg:w=6.5"
