@@ -69,7 +69,7 @@ def _video(**kw):
 
 
 def _upscale_pixels():
-    from windowguide.upscale import upscale_pixels
+    from windowguide.upscaling import upscale_pixels
     scenes, info, net = _bundled("scenes")
     image = (torch.rand(16, 24, 3, generator=torch.Generator().manual_seed(4)) * 255).to(torch.uint8).numpy()
     return upscale_pixels(scenes, image, scale=2, strength=0.5, seeds=[0, 1], steps=8, window=24, stride=8,
@@ -90,7 +90,7 @@ def _tiny(kind):
 
 
 def _upscale_sd():
-    from windowguide.upscale import upscale
+    from windowguide.upscaling import upscale
     image = (torch.rand(8, 16, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
     import windowguide as wg
     return upscale(_tiny("sd"), image, scale=2, strength=0.5, seeds=[0], steps=6, stride=4, prompt="a red cat",

@@ -1,4 +1,4 @@
-"""Upscaling over windows (windowguide.upscale): its round trip at strength 0, diffusers' img2img when one
+"""Upscaling over windows (windowguide.upscaling): its round trip at strength 0, diffusers' img2img when one
 window covers the image, several windows, and the refusals."""
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 import windowguide as wg
 from pipes import tiny_sd
 from windowguide.errors import WindowguideError
-from windowguide.upscale import encode_image, resize, upscale
+from windowguide.upscaling import encode_image, resize, upscale
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_several_windows_and_the_refusals(sd):
 def test_cli_upscale_and_progressive(sd, tmp_path):
     from windowguide.cli import main
     from windowguide.files import read_png, write_png
-    from windowguide.upscale import progressive_upscale
+    from windowguide.upscaling import progressive_upscale
     sd.save_pretrained(tmp_path / "sd")
     image = _image(8, 8, seed=2)
     write_png(image, str(tmp_path / "in.png"))

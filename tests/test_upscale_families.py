@@ -6,7 +6,7 @@ import torch
 
 import windowguide as wg
 from pipes import tiny_flux, tiny_sd, tiny_sd3, tiny_sdxl
-from windowguide.upscale import encode_image, resize, start_step, upscale
+from windowguide.upscaling import encode_image, resize, start_step, upscale
 
 
 def _image(h, w, seed=0):

@@ -1,4 +1,4 @@
-"""Upscaling with the bundled pixel-space models (windowguide.upscale.upscale_pixels) and its CLI."""
+"""Upscaling with the bundled pixel-space models (windowguide.upscaling.upscale_pixels) and its CLI."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +7,7 @@ from windowguide.data import scenes
 from windowguide.images import to_uint8
 from windowguide.models.checkpoint import load_denoiser
 from windowguide.sampling import SAMPLERS, PerSampleNoise, karras_sigmas
-from windowguide.upscale import resize, start_step, upscale_pixels
+from windowguide.upscaling import resize, start_step, upscale_pixels
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def long_video(denoiser, canvas, seeds, window, stride=4, **options):
 def upscale(pipe, image, scale=2, strength=0.35, **options):
     """An image upscaled over windows by a diffusers pipeline (``upscale.upscale``); a bundled / EDM
     denoiser in pixel space goes to ``upscale.upscale_pixels``."""
-    from .upscale import upscale as _upscale, upscale_pixels
+    from .upscaling import upscale as _upscale, upscale_pixels
     if isinstance(pipe, Denoiser):
         return upscale_pixels(pipe, image, scale, strength, **options)
     return _upscale(pipe, image, scale, strength, **options)

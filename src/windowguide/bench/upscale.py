@@ -30,7 +30,7 @@ from ..guidance import MSWG
 from ..images import grid, save_png
 from ..metrics.pixels import psnr, ssim
 from ..models.checkpoint import load_denoiser, load_model
-from ..upscale import progressive_stages, resize, upscale_pixels
+from ..upscaling import progressive_stages, resize, upscale_pixels
 from .panorama import border_columns, high_pass, seam_score
 
 
@@ -140,7 +140,7 @@ from windowguide.adapters.base import vp_denoiser
 from windowguide.adapters.sd import sd_unet_model
 from windowguide.bench.panorama import _speed_unet
 from windowguide.guidance import CFG
-from windowguide.upscale import denoise_windows
+from windowguide.upscaling import denoise_windows
 size, height, width, max_batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
 torch.set_num_threads(2)
 unet = _speed_unet(size)

@@ -1,5 +1,5 @@
 """``windowguide upscale IMAGE --model MODEL --scale 2 --strength 0.35 [--prompt ... | --class ...]``: the
-image upscaled over windows (``windowguide.upscale``), one PNG per seed in ``--out`` (a re-run skips the seeds
+image upscaled over windows (``windowguide.upscaling``), one PNG per seed in ``--out`` (a re-run skips the seeds
 already written), with ``settings.json``. MODEL: a diffusers pipeline folder (SD, SDXL, SD3, FLUX, ...;
 ``--prompt``) or a bundled / EDM model (pixel space, windows of its size, ``--class``, Karras schedule)."""
 from __future__ import annotations
@@ -27,7 +27,7 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
     """Upscale IMAGE with the pipeline folder's model for each seed (module docstring); returns the settings.
     Every input is checked before the run folder is claimed (``runfolder.claim``); a re-run resumes."""
     from tqdm.auto import tqdm
-    from ..upscale import check_filter, progressive_stages, start_step, upscaled_size
+    from ..upscaling import check_filter, progressive_stages, start_step, upscaled_size
     seeds = parse_seeds(seeds)
     start_step(steps, strength)                       # refuse a bad strength or scale before anything is read
     stages = progressive_stages(scale) if progressive else [scale]
@@ -73,7 +73,7 @@ def _pipeline(folder, picture, scale, progressive, prompt, guidance, sampler, kl
     """A diffusers pipeline folder: its default guidance and sampler (the rule ``panorama`` uses)."""
     from ..adapters.pipelines import from_pipeline
     from ..adapters.registry import default_guidance
-    from ..upscale import progressive_upscale, upscale
+    from ..upscaling import progressive_upscale, upscale
     if klass is not None:
         raise WindowguideError(f"--class {klass}: a pipeline folder takes --prompt, not class labels")
     pipe = load_pipeline(folder, device, dtype)
@@ -101,7 +101,7 @@ def _bundled(folder, picture, scale, progressive, prompt, guidance, sampler, kla
 
 def _pixels(denoiser, picture, scale, seed, num_classes, klass, window, progressive, options):
     """One seed's upscale by a pixel-space model, x2 stages when progressive."""
-    from ..upscale import progressive_stages, upscale_pixels
+    from ..upscaling import progressive_stages, upscale_pixels
     options = {k: v for k, v in options.items() if k not in ("prompt", "negative_prompt")}
     cond = labels_for([seed], num_classes, klass)
     stages = progressive_stages(scale) if progressive else [scale]

@@ -2,7 +2,7 @@
 over overlapping windows fused as in the panoramas (img2img window fusion, the "MultiDiffusion upscaler").
 
     import windowguide as wg
-    from windowguide.upscale import upscale
+    from windowguide.upscaling import upscale
     images = upscale(pipe, image, scale=2, strength=0.35, prompt="a photo", guidance=wg.CFG(6.5))
 
 1. The image (uint8 [H, W, 3]) is resized by ``scale`` with a named filter (Pillow's LANCZOS by default).
