@@ -1,49 +1,7 @@
 """Tiny randomly initialised diffusers pipelines built from configs (no download), for the tests."""
 import torch
 
-
-def tiny_vae():
-    from diffusers import AutoencoderKL
-    torch.manual_seed(1)
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
-                         layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4).eval()
-
-
-def tiny_clip(folder):
-    """A CLIP text encoder and a tokenizer with a vocabulary written here (no download)."""
-    import json
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-    words = ["a", "red", "cat", "dog", "mountain", "at", "dusk", "blue"]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
-    for w in words:
-        vocab[w + "</w>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!", model_max_length=8)
-    torch.manual_seed(2)
-    enc = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, max_position_embeddings=8, bos_token_id=0, eos_token_id=1,
-                                       pad_token_id=2)).eval()
-    return tok, enc
-
-
-def tiny_sd(folder, prediction="epsilon", sd_schedule=True):
-    """A tiny StableDiffusionPipeline (text encoder, tokenizer, UNet, VAE) built from configs."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    tok, enc = tiny_clip(folder)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-                                layers_per_block=1, cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
-    schedule = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False,
-                    steps_offset=1) if sd_schedule else {}
-    scheduler = DDIMScheduler(num_train_timesteps=1000, clip_sample=False, prediction_type=prediction, **schedule)
-    pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=enc, tokenizer=tok, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+from windowguide.tiny import tiny_clip, tiny_sd, tiny_sdxl, tiny_vae  # noqa: F401
 
 
 def tiny_t5(n_words=8):
@@ -99,30 +57,6 @@ def tiny_sd3(folder):
     pipe = StableDiffusion3Pipeline(transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=tiny_vae(),
                                     text_encoder=encoders[0], tokenizer=tok, text_encoder_2=encoders[1],
                                     tokenizer_2=tok, text_encoder_3=None, tokenizer_3=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def tiny_sdxl(folder):
-    """A tiny SDXL (two CLIP encoders built here, text-time UNet) from configs."""
-    from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-    tok, _ = tiny_clip(folder)
-    cfg = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-               max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=2)
-    torch.manual_seed(3)
-    enc1 = CLIPTextModel(CLIPTextConfig(**cfg)).eval()
-    enc2 = CLIPTextModelWithProjection(CLIPTextConfig(projection_dim=16, **cfg)).eval()
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-                                layers_per_block=1, cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), addition_embed_type="text_time",
-                                addition_time_embed_dim=4, projection_class_embeddings_input_dim=16 + 6 * 4).eval()
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=enc1, text_encoder_2=enc2, tokenizer=tok, tokenizer_2=tok,
-                                     unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

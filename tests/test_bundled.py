@@ -71,7 +71,9 @@ def test_demo_figures_come_from_the_images_it_shows(tmp_path, capsys):
     from windowguide.metrics.pixels import asymmetry
     r = demo.run(out=str(tmp_path), samples=6, steps=3, sets=3, threads=2)
     assert os.path.exists(tmp_path / "windowguide_demo.png")
-    assert [x["method"] for x in r["results"]] == ["no guidance", "M-SWG w=1", "CFG w=1", "CFG w=1 + M-SWG w=1"]
+    # the methods changed with #38: M-SWG where the fronts benchmark found its gain (w 0.8 on steps 0-5)
+    assert [x["method"] for x in r["results"]] == ["no guidance", "M-SWG w=0.8, steps 0-5", "CFG w=1",
+                                                   "CFG w=1 + M-SWG w=0.8, steps 0-5"]
     out = capsys.readouterr().out
     assert "real images (floor)" in out and r["caption"] in out and "±" in out and "lower is better" in out
     ev = Evaluator("mirror", floor_count=6, floor_sets=3, reference_count=demo.REFERENCE)
@@ -132,3 +134,22 @@ def test_panorama_bench_quality_part(tmp_path):
     r = panorama.run_quality(panorama.Settings(samples=4, steps=4, alphas=(0.0,)), str(tmp_path), progress=False)
     assert len(r["rows"]) == 8 and {"seam", "hf_ratio", "texture_ratio", "style", "fd_crops"} <= set(r["rows"][0])
     assert 0.8 < r["real"]["seam"] < 1.25 and r["real"]["style"] > 0.9
+
+
+def test_the_demo_runs_what_the_readme_and_the_benchmark_say():
+    """#38: the demo's M-SWG is the preset the fronts benchmark found (the README says so), it prints what to
+    look for and explains the floor, and its side effect is reported beside its gain."""
+    import re
+    from windowguide.commands import demo
+    from windowguide.presets import PRESETS
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    assert demo.BANDED == PRESETS["mirror-mswg-banded"].guidance and "`mirror-mswg-banded`" in readme
+    assert demo.STEPS == PRESETS["mirror-mswg-banded"].steps
+    assert [spec for _, spec in demo.DEMO_METHODS] == ["none", demo.BANDED, "cfg:w=1", "cfg:w=1+" + demo.BANDED]
+    fronts = open(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "fronts_cpu.txt")).read()
+    gain = re.search(r"mirror.*?banded M-SWG \(steps 0-5\): gain \+([0-9.]+) ± ([0-9.]+)", fronts, re.S)
+    assert gain and f"+{gain.group(1)} ± {gain.group(2)}" in readme
+    assert f"+{gain.group(1)} ± {gain.group(2)}" in demo._caption([])
+    assert "what to look for" in demo.LOOK_FOR and "biased upward" in demo.FLOOR_NOTE
+    assert demo.side_effect(dict(contrast=0.3, saturation=0.2), dict(contrast=0.25, saturation=0.3)) == \
+        pytest.approx(0.15)

@@ -5,11 +5,31 @@
     images = wg.sample(denoiser, shape=(3, 64, 64), seeds=range(8), guidance=CFG(1.0) + MSWG(0.5, window=40),
                        cond=labels)
 """
-from . import guidance, sampling, windows
-from .denoiser import (Denoiser, EDMDenoiser, EpsDenoiser, FlowDenoiser, VDenoiser, VPSchedule, as_denoiser)
-from .generate import parse_seeds, sample
-from .guidance import (CFG, MSWG, SWG, AutoGuidance, Custom, Guidance, GuidedDenoiser, Interval, Segmented,
-                       guided)
+import importlib
+
+# Names resolved on first use (PEP 562), so that 'import windowguide' and 'windowguide --help' do not
+# import torch; 'wg.CFG' or 'from windowguide import sample' import what they name.
+_LAZY = {
+    **{name: ".denoiser" for name in ("Denoiser", "EDMDenoiser", "EpsDenoiser", "FlowDenoiser", "VDenoiser",
+                                      "VPSchedule", "as_denoiser")},
+    **{name: ".generate" for name in ("parse_seeds", "sample")},
+    "save_images": ".images",
+    **{name: ".guidance" for name in ("CFG", "MSWG", "SWG", "AutoGuidance", "Custom", "Guidance", "GuidedDenoiser",
+                                      "Interval", "Segmented", "guided")},
+}
+_MODULES = ("guidance", "sampling", "windows", "errors", "spec", "fusion", "regional", "video", "upscaling")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'windowguide' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 
@@ -41,6 +61,7 @@ def long_video(denoiser, canvas, seeds, window, stride=4, **options):
 def upscale(pipe, image, scale=2, strength=0.35, **options):
     """An image upscaled over windows by a diffusers pipeline (``upscale.upscale``); a bundled / EDM
     denoiser in pixel space goes to ``upscale.upscale_pixels``."""
+    from .denoiser import Denoiser
     from .upscaling import upscale as _upscale, upscale_pixels
     if isinstance(pipe, Denoiser):
         return upscale_pixels(pipe, image, scale, strength, **options)
@@ -63,6 +84,6 @@ def from_pipeline(pipe, **options):
     return _from_pipeline(pipe, **options)
 
 
-__all__ = ["from_pipeline", "patch", "sample", "panorama", "long_video", "upscale", "recipe", "parse_seeds", "guidance", "sampling", "windows", "Denoiser", "EDMDenoiser", "EpsDenoiser",
+__all__ = ["from_pipeline", "patch", "sample", "save_images", "panorama", "long_video", "upscale", "recipe", "parse_seeds", "guidance", "sampling", "windows", "Denoiser", "EDMDenoiser", "EpsDenoiser",
            "VDenoiser", "FlowDenoiser", "VPSchedule", "as_denoiser", "CFG", "MSWG", "SWG", "AutoGuidance", "Custom",
            "Guidance", "GuidedDenoiser", "Interval", "Segmented", "guided"]

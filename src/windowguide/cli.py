@@ -86,6 +86,17 @@ def _bench(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: accepted: an integer >= 1")
+    return v
+
+
 def _finite(low: float = 0.0):
     """argparse type: a finite float >= low."""
     def parse(text: str) -> float:
@@ -249,6 +260,14 @@ def _convert(args) -> int:
     return 0
 
 
+def _tiny(args) -> int:
+    from .tiny import save
+    save(args.kind, args.folder)
+    print(f"a tiny {args.kind} pipeline with random weights: {args.folder} (use it as --model {args.folder}; its "
+          f"images are noise-like)")
+    return 0
+
+
 def _presets(args) -> int:
     from .presets import describe
     print(describe())
@@ -257,26 +276,29 @@ def _presets(args) -> int:
 
 def _demo(args) -> int:
     from .commands import demo
-    demo.run(args.out, args.model, threads=args.threads)
+    demo.run(args.out, args.model, threads=args.threads_used)
     return 0
 
 
 _DEVICE = "cpu (default), cuda, cuda:N or mps"
+TOYS = ("leaves", "tree", "triangle")          # windowguide.toy.EXPERIMENTS, named here to keep --help fast
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of every subcommand."""
-    from .toy import EXPERIMENTS
+    """The argparse parser of every subcommand (nothing heavy is imported: --help answers at once)."""
     p = argparse.ArgumentParser(prog="windowguide", description=__doc__)
     p.set_defaults(resumable=False)
     p.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the traceback of a failure")
+    common.add_argument("--threads", type=_positive_int, default=None,
+                        help="CPU threads (default: the cores idle when it starts, so a busy machine does not slow "
+                             "it 2-5x; under torchrun shared among the processes)")
     sub = p.add_subparsers(dest="command", required=True)
 
     toy = sub.add_parser("toy", parents=[common], help="2-D experiments with exact ground truth")
-    toy.add_argument("name", choices=sorted(EXPERIMENTS),
+    toy.add_argument("name", choices=TOYS,
                      help="leaves: the SGG paper's regimes on recursive 2-D mixtures; tree: autoguidance with a "
                           "weaker and a weight-decayed model, and SGG; triangle: the M-SWG paper's analytic toy")
     toy.add_argument("--json", help="write the report here")
@@ -308,7 +330,6 @@ def build_parser() -> argparse.ArgumentParser:
                                "measured 2026-12-02 by 'bench demo')")
     demo.add_argument("--out", default=".", help="folder for windowguide_demo.png (default: here)")
     demo.add_argument("--model", default="mirror", help="bundled name or checkpoint (default: mirror)")
-    demo.add_argument("--threads", type=int, help="CPU threads (default: the cores idle when it starts)")
     demo.set_defaults(func=_demo)
 
     smp = sub.add_parser("sample", parents=[common], help="sample a model with a guidance SPEC (see the README)")
@@ -460,6 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "M-SWG and EDM2 papers' numbers); default: the reference's own")
     met.set_defaults(func=_metrics)
 
+    tiny = sub.add_parser("tiny-pipeline", parents=[common], help="save a tiny diffusers pipeline with random "
+                          "weights (nothing downloaded) to try the pipeline commands offline")
+    tiny.add_argument("folder", help="the folder to write")
+    tiny.add_argument("--kind", default="sd", choices=["sd", "sdxl"], help="StableDiffusion (default) or SDXL")
+    tiny.set_defaults(func=_tiny)
+
     pr = sub.add_parser("presets", parents=[common], help="the papers' settings by name, with sources")
     pr.set_defaults(func=_presets)
 
@@ -504,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     what is accepted), 1 for a run that failed, 130 for Ctrl-C; ``--debug`` shows the traceback."""
     args = build_parser().parse_args(argv)
     try:
+        if args.func not in _NO_COMPUTE:             # one rule for every command that computes
+            from .cpu import use_threads
+            args.threads_used = use_threads(getattr(args, "threads", None))
         return args.func(args)
     except KeyboardInterrupt:
         if args.debug:
@@ -544,6 +574,9 @@ def _save_traceback() -> str:
     with os.fdopen(fd, "w") as f:
         f.write(traceback.format_exc())
     return path
+
+
+_NO_COMPUTE = (_presets, _ui)       # commands that draw nothing: no thread count to choose
 
 
 def _one_line(e: BaseException) -> str:

@@ -55,4 +55,14 @@ def free_threads(window: float = 0.25) -> int:
     return max(1, min(cores_available(), int(idle + 0.5)))
 
 
-__all__ = ["free_threads", "idle_cores", "cores_available"]
+def use_threads(threads: int | None = None) -> int:
+    """Set torch's CPU threads for this run and return the count: ``threads`` if given, else the idle
+    cores now (``free_threads``), shared among the processes torchrun started on this machine."""
+    import torch
+    if threads is None:
+        threads = max(1, free_threads() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+    torch.set_num_threads(int(threads))
+    return int(threads)
+
+
+__all__ = ["free_threads", "idle_cores", "cores_available", "use_threads"]

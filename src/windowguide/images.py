@@ -32,3 +32,12 @@ def save_png(array: np.ndarray, path: str) -> str:
     """Write an [H, W, C] uint8 array (C = 1 or 3) as PNG, atomically; returns the path."""
     from .files import write_png
     return write_png(array, path)
+
+
+def save_images(x, path: str, nrow: int | None = None, scale: int = 1) -> str:
+    """Write images as one PNG grid: x is [N, C, H, W] in [-1, 1] (a sample batch) or uint8 [N, H, W, C]
+    (decoded images); returns the path."""
+    from .files import write_png
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return write_png(grid(x.detach().float().cpu(), nrow=nrow, scale=scale), path)
