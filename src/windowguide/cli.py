@@ -438,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upscale", parents=[common], help="an image upscaled over windows (img2img window fusion)")
     up.add_argument("image", help="the image (PNG, JPEG, ...)")
     up.add_argument("--model", required=True, help="a diffusers pipeline folder (SD 1.x/2.x, SDXL, SD3, FLUX, "
-                    "Chroma, PixArt, Z-Image) or a bundled / EDM model (e.g. scenes)")
+                    "Chroma, PixArt, Z-Image): for photos; or a bundled / EDM model (e.g. scenes), which knows only "
+                    "its toy world (24-pixel landscapes) and turns a photo into its textures")
     up.add_argument("--class", dest="klass", help="bundled / EDM models: a class index or 'none' (default none)")
     up.add_argument("--scale", type=_finite(), default=2.0, help="size factor (default 2)")
     up.add_argument("--strength", type=_finite(), default=0.35, help="how much is redrawn, in [0, 1] (default 0.35)")

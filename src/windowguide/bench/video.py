@@ -141,7 +141,8 @@ def format_report(report: dict) -> str:
     lines = [f"bounce video model: {s['sets']} seed sets x {s['videos']} videos, {s['steps']} DDIM steps, M-SWG w "
              f"{s['weight']}; mean ± sd over the sets (lower is better except presence)",
              f"{'clips (12 frames)':28s} {'speed_cv':>15s} {'drift':>15s} {'jerk':>15s} {'presence':>15s}"]
-    row = lambda name, r: f"{name:28s} " + " ".join(f"{r[k][0]:7.3f} ± {r[k][1]:5.3f}" for k in
+    spread = (lambda v: f" ± {v:5.3f}") if s["sets"] > 1 else (lambda v: "  (1 set)")   # no sd from one set
+    row = lambda name, r: f"{name:28s} " + " ".join(f"{r[k][0]:7.3f}{spread(r[k][1])}" for k in
                                                    ("speed_cv", "drift", "jerk", "presence"))
     lines.append(row("real clips", report["real"]["clip"]))
     lines += [row(r["name"], r) for r in report["clips"]]

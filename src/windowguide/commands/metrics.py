@@ -290,6 +290,9 @@ def format_result(result: dict) -> str:
     nets = ", ".join(f"{role}: {name}" for role, name in result["networks"].items())
     left = "".join(f"\nleft out {m}: {why}" for m, why in (result.get("left_out") or {}).items())
     left += f"\nnote: {result['note']}" if result.get("note") else ""
+    if result.get("kid", 0) < 0:
+        left += ("\nnote: KID is an unbiased estimate, so on few images of a close distribution it can fall below 0; "
+                 "read it as 0 within its spread")
     return f"{result['count']} images vs {result['reference']} ({nets})\n" + "  ".join(parts) + left
 
 

@@ -173,7 +173,9 @@ def build(models: list[str] | None = None, root: str | None = None):
                         preset = gr.Dropdown(presets, value="", label="preset (empty: the controls below)")
                         method = gr.Dropdown(list(METHODS), value=("none", "mswg", "cfg", "cfg+mswg")[i],
                                              label="method")
-                        weight = gr.Number((0.0, 0.5, 1.0, 0.5)[i], label="weight w", elem_id=f"compare-w-{i}")
+                        # the demo's weights (commands/demo.py: M-SWG 0.8, CFG 1; its preset mirror-mswg-banded
+                        # also limits M-SWG to steps 0-5, in the preset box)
+                        weight = gr.Number((0.0, 0.8, 1.0, 0.8)[i], label="weight w", elem_id=f"compare-w-{i}")
                         window = gr.Number(16, precision=0, label="window (crops)", elem_id=f"compare-window-{i}")
                         n = gr.Number(2, precision=0, label="windows per side")
                         with gr.Accordion("interval, split, CFG weight", open=False):
