@@ -31,9 +31,9 @@ import torch
 
 from .conds import Cond, check_cond, cond_batch_size, cond_repeat, cond_to
 from .denoiser import Denoiser, as_denoiser, check_size
-from .generate import _sampler_options, parse_seeds, schedule_sigmas
+from .generate import check_sampler_options, parse_seeds, schedule_sigmas
 from .guidance import CFG, Guidance, GuidedDenoiser, guided
-from .sampling import (SAMPLERS, PerSampleNoise, _churn, begin_step, check_finite, check_sigmas, finite_check,
+from .sampling import (SAMPLERS, PerSampleNoise, churn_step, begin_step, check_finite, check_sigmas, finite_check,
                        init_noise_scale)
 from .windows import Layout, layout, regions_of_call, window_weights
 from .errors import WindowguideError
@@ -77,11 +77,11 @@ def vcf_fuse(states: torch.Tensor, means: torch.Tensor, lay: Layout, weighting: 
 
         x = (W / sqrt(S)) xbar_w + (1 - W / sqrt(S)) mubar_w,   W = sum m_i, S = sum m_i^2.
     """
-    ratio = _vcf_ratio(lay, weighting, states.device, states.dtype)
+    ratio = vcf_ratio(lay, weighting, states.device, states.dtype)
     return ratio * lay.fold(states, weighting) + (1 - ratio) * lay.fold(means, weighting)
 
 
-def _vcf_ratio(lay: Layout, weighting: Any, device, dtype) -> torch.Tensor:
+def vcf_ratio(lay: Layout, weighting: Any, device, dtype) -> torch.Tensor:
     """W / sqrt(S) at every canvas pixel, [H, W] ([T, H, W] on a video's ``GridLayout``)."""
     m = lay.weights(weighting, device, dtype) if hasattr(lay, "weights") else window_weights(weighting, *lay.window,
                                                                                               device, dtype)
@@ -146,7 +146,7 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
     if vcf:
         _check_vcf(sampler, options)
     noise = noise or PerSampleNoise.from_seeds(range(x.shape[0]))
-    scale = _vcf_ratio(lay, weighting, x.device, x.dtype) if vcf else None
+    scale = vcf_ratio(lay, weighting, x.device, x.dtype) if vcf else None
     wnoise = WindowNoise(noise, lay, scale)
     cond_w = lay.window_conds(cond)
     step = SAMPLERS[sampler]
@@ -159,7 +159,7 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
         begin_step(window_denoiser, i, sigmas)
         s = sigmas[i]
         if churn.get("churn", 0.0) > 0:
-            x, s = _churn(x, s, n_steps, churn["churn"], churn.get("s_tmin", 0.0), churn.get("s_tmax", math.inf),
+            x, s = churn_step(x, s, n_steps, churn["churn"], churn.get("s_tmin", 0.0), churn.get("s_tmax", math.inf),
                           churn.get("s_noise", 1.0), noise)
         states = step(windows, lay.crop(x), [s, sigmas[i + 1]], cond_w, noise=wnoise,
                       callback=_window_callback(callback, i, x, lay, weighting), **options)
@@ -227,7 +227,7 @@ def check_fusion(mode: str, fuse: str | None, weighting: Any, sampler: str, vcf:
         raise WindowguideError(f"fuse must be 'state' or 'prediction', got {fuse!r}")
     if sampler not in SAMPLERS:
         raise WindowguideError(f"unknown sampler {sampler!r}; accepted: {sorted(SAMPLERS)}")
-    options = _sampler_options(sampler, sampler_options)
+    options = check_sampler_options(sampler, sampler_options)
     if vcf:
         _check_vcf(sampler, options)
     if vcf and fuse != "state":

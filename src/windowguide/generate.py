@@ -135,7 +135,7 @@ def schedule_sigmas(sampler: str, denoiser: Any, steps: int, sigma_min: float | 
     return karras_sigmas(steps, smin, smax, rho)
 
 
-def _sampler_options(sampler: str, options: dict) -> dict:
+def check_sampler_options(sampler: str, options: dict) -> dict:
     fn = SAMPLERS[sampler]
     accepted = [p for p in inspect.signature(fn).parameters if p not in ("denoiser", "x", "sigmas", "cond",
                                                                           "noise", "callback", "progress")]
@@ -203,7 +203,7 @@ def sample(denoiser: Any, shape: Sequence[int], seeds: Any, steps: int = 32, sam
         raise WindowguideError(f"shape must be (C, H, W) or, a video, (C, T, H, W) of positive ints, got {shape!r}")
     seeds = parse_seeds(seeds)
     check_cond(cond, len(seeds))
-    options = _sampler_options(sampler, sampler_options)
+    options = check_sampler_options(sampler, sampler_options)
     base = as_denoiser(denoiser)
     if isinstance(guidance, str):                     # a SPEC, as wg.patch takes: 'cfg:w=1+mswg:w=0.5'
         from . import spec

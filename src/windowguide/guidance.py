@@ -29,7 +29,7 @@ INF = math.inf
 MAX_WEIGHT = 1000.0      # a CFG scale of 1001; CFG(1e308) would turn every prediction into inf
 
 
-def _check_weight(weight: Any, name: str) -> float:
+def check_weight(weight: Any, name: str) -> float:
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise WindowguideError(f"{name}: weight must be a number, got {weight!r}")
     w = float(weight)
@@ -125,12 +125,12 @@ class Term:
     weight_end: float | None
 
     def __post_init__(self):
-        object.__setattr__(self, "weight", _check_weight(self.weight, type(self).__name__))
+        object.__setattr__(self, "weight", check_weight(self.weight, type(self).__name__))
         lo, hi = _check_range(self.sigma_lo, self.sigma_hi, type(self).__name__)
         object.__setattr__(self, "sigma_lo", lo)
         object.__setattr__(self, "sigma_hi", hi)
         if self.weight_end is not None:
-            object.__setattr__(self, "weight_end", _check_weight(self.weight_end, type(self).__name__))
+            object.__setattr__(self, "weight_end", check_weight(self.weight_end, type(self).__name__))
         if self.steps is not None and not isinstance(self.steps, StepRange):
             object.__setattr__(self, "steps", StepRange(*self.steps))
         if self.mask is not None:

@@ -143,7 +143,7 @@ def check_churn(churn: float, s_noise: float = 1.0) -> None:
             raise WindowguideError(f"{name} {v!r}: accepted: a finite number >= 0 (0 = deterministic)")
 
 
-def _churn(x, sigma, n_steps, churn, s_tmin, s_tmax, s_noise, noise):
+def churn_step(x, sigma, n_steps, churn, s_tmin, s_tmax, s_noise, noise):
     """EDM's stochastic 'churn': raise sigma to sigma_hat = sigma (1 + gamma) by adding fresh noise,
     gamma = min(churn / N, sqrt(2) - 1) for sigma in [s_tmin, s_tmax]."""
     check_churn(churn, s_noise)
@@ -166,7 +166,7 @@ def sample_euler(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, noise=N
     noise = _noise_or_default(noise)
     for i in _steps(sigmas, progress, "euler"):
         begin_step(denoiser, i, sigmas)
-        x, s = _churn(x, sigmas[i], len(sigmas) - 1, churn, s_tmin, s_tmax, s_noise, noise)
+        x, s = churn_step(x, sigmas[i], len(sigmas) - 1, churn, s_tmin, s_tmax, s_noise, noise)
         denoised = denoiser(x, s, cond)
         if callback is not None:
             callback(i, x, denoised, s)
@@ -184,7 +184,7 @@ def sample_heun(denoiser: Callable, x: torch.Tensor, sigmas, cond=None, noise=No
     noise = _noise_or_default(noise)
     for i in _steps(sigmas, progress, "heun"):
         begin_step(denoiser, i, sigmas)
-        x, s = _churn(x, sigmas[i], len(sigmas) - 1, churn, s_tmin, s_tmax, s_noise, noise)
+        x, s = churn_step(x, sigmas[i], len(sigmas) - 1, churn, s_tmin, s_tmax, s_noise, noise)
         s_next = sigmas[i + 1]
         denoised = denoiser(x, s, cond)
         if callback is not None:

@@ -268,7 +268,7 @@ def test_fusion_under_comfyuis_euler_ancestral_with_vcf(sd15, vcf):
     import comfy.sample
     import comfy.samplers
     from harness import captured
-    from windowguide.fusion import WindowNoise, _vcf_ratio, vcf_fuse
+    from windowguide.fusion import WindowNoise, vcf_ratio, vcf_fuse
     from windowguide.integrations.comfyui import ComfyDenoiser
     from windowguide.sampling import PerSampleNoise
     from windowguide.windows import layout
@@ -284,7 +284,7 @@ def test_fusion_under_comfyuis_euler_ancestral_with_vcf(sd15, vcf):
     lay = layout(16, 40, 16, stride=8)
     noise = PerSampleNoise.from_seeds([seed])
     x = noise(torch.empty(shape)) * (1 + float(sigmas[0]) ** 2) ** 0.5
-    wnoise = WindowNoise(noise, lay, _vcf_ratio(lay, "uniform", x.device, x.dtype) if vcf else None)
+    wnoise = WindowNoise(noise, lay, vcf_ratio(lay, "uniform", x.device, x.dtype) if vcf else None)
     sd15.pre_run()
     with torch.no_grad():
         for s0, s1 in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):

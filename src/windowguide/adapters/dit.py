@@ -34,7 +34,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     def model(x, t, labels):
         regions = current_regions()
         if crop_positions == "slice" and regions is not None:
-            with _sliced_positions(dit.pos_embed, regions, x.shape[-2:]):
+            with sliced_positions(dit.pos_embed, regions, x.shape[-2:]):
                 out = dit(x.to(dit.dtype), timestep=t, class_labels=labels).sample.float()
         else:
             out = dit(x.to(dit.dtype), timestep=t, class_labels=labels).sample.float()
@@ -122,7 +122,7 @@ def sliced_position_embedding(patch_embed, region, size) -> torch.Tensor:
     return grid.float().reshape(ch, cw, -1)[top:top + h, left:left + w].reshape(h * w, -1)
 
 
-class _sliced_positions:
+class sliced_positions:
     """Within the block, ``patch_embed`` adds each sample's slice of its canvas's embedding instead of
     the crop-sized grid (its buffer is set aside and a forward hook adds the slices)."""
 

@@ -33,8 +33,8 @@ def sana_model(tr, crop_positions: str = "slice") -> Callable:
         regions = current_regions()
         pe = tr.patch_embed
         if crop_positions == "slice" and regions is not None and pe.pos_embed is not None:
-            from .dit import _sliced_positions
-            with _sliced_positions(pe, regions, x.shape[-2:]):
+            from .dit import sliced_positions
+            with sliced_positions(pe, regions, x.shape[-2:]):
                 out = tr(x.to(tr.dtype), **args)[0]
         else:
             out = tr(x.to(tr.dtype), **args)[0]

@@ -47,7 +47,7 @@ def _inside(steps: int, repeats: int) -> dict:
     import comfy.sample
     import comfy.supported_models as supported
     from ..comfyui import nodes
-    from .speed import _time_interleaved
+    from .timing import time_interleaved
     config = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True,
               'legacy': False, 'dtype': torch.float32, 'in_channels': 4, 'model_channels': 64, 'num_res_blocks': [1, 1],
               'transformer_depth': [1, 1, 0, 0], 'channel_mult': [1, 2], 'transformer_depth_middle': 1,
@@ -67,7 +67,7 @@ def _inside(steps: int, repeats: int) -> dict:
     def run(m):
         return lambda: comfy.sample.sample(m, noise, steps, 3.0, "euler", "normal", pos, neg, torch.zeros(shape),
                                            seed=0, disable_pbar=True)
-    t = _time_interleaved(dict(plain=run(plain), mswg=run(batched), mswg_per_crop=run(one_by_one)), repeats, cpu)
+    t = time_interleaved(dict(plain=run(plain), mswg=run(batched), mswg_per_crop=run(one_by_one)), repeats, cpu)
     floor = (2 + 4 * (window / side) ** 2) / 2       # per step: cond + uncond, then 4 crops of (20/32)^2 each
     return {"model": f"ComfyUI SD1.5-style UNet (64/128 channels) {side}x{side} latent, {steps} euler steps",
             "seconds": t, "mswg_cost_ratio": t["mswg"] / t["plain"], "flop_floor": floor,

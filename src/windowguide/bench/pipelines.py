@@ -27,7 +27,7 @@ def measure_dit(size: int, steps: int, repeats: int, device) -> dict:
     from ..generate import sample
     from ..guidance import CFG, MSWG
     from ..windows import layout
-    from .speed import _flops, _time_interleaved
+    from .timing import flops, time_interleaved
     pipe = _tiny_dit(size, device)
     ours = from_pipeline(pipe)
     cond, null = ours.encode(class_labels=[1])
@@ -35,7 +35,7 @@ def measure_dit(size: int, steps: int, repeats: int, device) -> dict:
     window = size * 5 // 8 // 2 * 2
     lay = layout(size, size, window, windows_per_side=2)
     with torch.no_grad():
-        t = _time_interleaved(dict(
+        t = time_interleaved(dict(
             pipeline=lambda: pipe(class_labels=[1], guidance_scale=2.0, num_inference_steps=steps, output_type="np",
                                   generator=torch.Generator().manual_seed(0)),
             windowguide=lambda: ours.decode(sample(ours.denoiser, ours.shape(), [0], sampler="ddim", sigmas=sigmas,
@@ -47,7 +47,7 @@ def measure_dit(size: int, steps: int, repeats: int, device) -> dict:
         x = torch.randn(1, 4, size, size, device=device)
         f = lambda z: pipe.transformer(z, timestep=torch.full((z.shape[0],), 500, device=device),
                                        class_labels=torch.ones(z.shape[0], dtype=torch.long, device=device)).sample
-        full, crops = _flops(lambda a, s, c: f(a), x, None, None), _flops(lambda a, s, c: f(a), lay.crop(x), None, None)
+        full, crops = flops(lambda a, s, c: f(a), x, None, None), flops(lambda a, s, c: f(a), lay.crop(x), None, None)
     floor = (full + crops) / full
     return {"model": f"DiT (4 layers, width 128) {size}x{size} latent", "steps": steps,
             "seconds": {k: round(v, 4) for k, v in t.items()}, "loop_ratio": t["windowguide"] / t["pipeline"],
@@ -61,7 +61,7 @@ def measure_sd(size: int, steps: int, repeats: int, device) -> dict:
     from ..adapters.pipelines import from_pipeline
     from ..generate import sample
     from ..guidance import CFG
-    from .speed import _time_interleaved
+    from .timing import time_interleaved
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=size, in_channels=4, out_channels=4, block_out_channels=(32, 64),
                                 layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
@@ -75,7 +75,7 @@ def measure_sd(size: int, steps: int, repeats: int, device) -> dict:
     pos, neg = torch.randn(1, 8, 32, device=device), torch.randn(1, 8, 32, device=device)
     sigmas = m.sigmas(steps)
     with torch.no_grad():
-        t = _time_interleaved(dict(
+        t = time_interleaved(dict(
             pipeline=lambda: pipe(prompt_embeds=pos, negative_prompt_embeds=neg, height=size * 8, width=size * 8,
                                   num_inference_steps=steps, guidance_scale=2.0, output_type="latent",
                                   generator=torch.Generator().manual_seed(0)),
@@ -89,7 +89,7 @@ def measure_sd(size: int, steps: int, repeats: int, device) -> dict:
         t_pipe = lambda: pipe(prompt_embeds=pos, negative_prompt_embeds=neg, height=size * 8, width=size * 8,
                               num_inference_steps=steps, guidance_scale=2.0, output_type="latent",
                               generator=torch.Generator().manual_seed(0))
-        p = _time_interleaved(dict(unpatched=t_pipe, patched_w0=patched), repeats, torch.device(device))
+        p = time_interleaved(dict(unpatched=t_pipe, patched_w0=patched), repeats, torch.device(device))
     return {"model": f"SD UNet (32/64 channels) {size}x{size} latent", "steps": steps,
             "seconds": {k: round(v, 4) for k, v in {**t, **p}.items()}, "loop_ratio": t["windowguide"] / t["pipeline"],
             "patch_overhead_w0": p["patched_w0"] / p["unpatched"]}
@@ -110,7 +110,7 @@ def measure_modular_sdxl(size: int, steps: int, repeats: int, device) -> dict:
     from diffusers.guiders import ClassifierFreeGuidance
     from diffusers.modular_pipelines import StableDiffusionXLAutoBlocks
     from ..integrations.guiders import SlidingWindowGuidance
-    from .speed import _time_interleaved
+    from .timing import time_interleaved
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=size, in_channels=4, out_channels=4, block_out_channels=(32, 64),
                                 layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
@@ -139,7 +139,7 @@ def measure_modular_sdxl(size: int, steps: int, repeats: int, device) -> dict:
     try:
         _quiet(pipe._blocks)
         with torch.no_grad():
-            t = _time_interleaved({k: (lambda g=g: run(g)) for k, g in guiders.items()}, repeats, torch.device(device))
+            t = time_interleaved({k: (lambda g=g: run(g)) for k, g in guiders.items()}, repeats, torch.device(device))
     finally:
         dlogging.set_verbosity(verbosity)
     return {"model": f"SDXL modular UNet (32/64 channels) {size}x{size} latent", "steps": steps,

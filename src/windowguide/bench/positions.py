@@ -44,7 +44,7 @@ def train_tiny_dit(steps: int = 1500, seed: int = 0, progress: bool = True):
 
 @torch.no_grad()
 def crop_agreement(dit, data, timesteps=(100, 300, 600, 900), n: int = 256, seed: int = 1) -> dict:
-    from ..adapters.dit import _sliced_positions
+    from ..adapters.dit import sliced_positions
     from ..denoiser import VPSchedule
     from ..windows import layout
     abar = VPSchedule.linear().alphas_cumprod.float()
@@ -59,7 +59,7 @@ def crop_agreement(dit, data, timesteps=(100, 300, 600, 900), n: int = 256, seed
         full = lay.crop(dit(xt, timestep=tt, class_labels=y).sample)
         crops, tc, yc = lay.crop(xt), tt.repeat_interleave(lay.n), y.repeat_interleave(lay.n)
         stretch = dit(crops, timestep=tc, class_labels=yc).sample
-        with _sliced_positions(dit.pos_embed, lay.regions(n), (16, 16)):
+        with sliced_positions(dit.pos_embed, lay.regions(n), (16, 16)):
             sliced = dit(crops, timestep=tc, class_labels=yc).sample
         denom = full.square().mean()
         rows.append(dict(t=t, stretch=((stretch - full).square().mean() / denom).item(),

@@ -20,8 +20,6 @@ kept, so a noisy machine affects all of them alike.
 from __future__ import annotations
 
 import platform
-import statistics
-import time
 from typing import Callable
 
 import torch
@@ -32,25 +30,7 @@ from ..models.unet import SmallUNet, param_count
 from ..sampling import PerSampleNoise, finite_check, karras_sigmas, sample_euler
 from ..windows import layout
 from ..files import write_json
-
-
-def _time_interleaved(fns: dict[str, Callable], repeats: int, device) -> dict[str, float]:
-    times = {k: [] for k in fns}
-    for fn in fns.values():      # warm-up: allocator, oneDNN/cuDNN algorithm choice
-        fn()
-    order = list(fns)
-    for r in range(repeats):
-        # alternate the order (ABC, CBA, ...) so no method always follows the same neighbour
-        for k in (order if r % 2 == 0 else order[::-1]):
-            fn = fns[k]
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+from .timing import flops, time_interleaved
 
 
 @torch.no_grad()
@@ -106,7 +86,7 @@ def measure(size: int, batch: int, steps: int, repeats: int, device, base: int =
         euler_checked=lambda: sample_euler(den, x0, sigmas, callback=finite_check(seeds, steps)),
         euler_unchecked=lambda: sample_euler(den, x0, sigmas),
     )
-    t = _time_interleaved(one, repeats, device)
+    t = time_interleaved(one, repeats, device)
     n_crops = lay.n
     return {
         "image": size, "window": window, "windows": n_crops, "batch": batch, "steps": steps,
@@ -119,14 +99,6 @@ def measure(size: int, batch: int, steps: int, repeats: int, device, base: int =
         "flop_expectation": 1 + n_crops * (window / size) ** 2,
         "finite_check_cost": t["euler_checked"] / t["euler_unchecked"],
     }
-
-
-def _flops(net, x, sigma, labels) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        net(x, sigma, labels)
-    return counter.get_total_flops()
 
 
 def measure_edm2(size: str, batch: int, steps: int, repeats: int, device) -> dict:
@@ -145,10 +117,10 @@ def measure_edm2(size: str, batch: int, steps: int, repeats: int, device) -> dic
     x = torch.randn(batch, *shape, device=device)
     sigma = torch.ones(batch, device=device)
     onehot = torch.nn.functional.one_hot(labels, 1000).float()
-    full = _flops(net, x, sigma, onehot)
-    crops = _flops(net, lay.crop(x), sigma.repeat_interleave(lay.n), onehot.repeat_interleave(lay.n, 0))
+    full = flops(net, x, sigma, onehot)
+    crops = flops(net, lay.crop(x), sigma.repeat_interleave(lay.n), onehot.repeat_interleave(lay.n, 0))
     guided = MSWG(0.2, window=40)
-    t = _time_interleaved(dict(
+    t = time_interleaved(dict(
         unguided=lambda: sample(den, shape, seeds, steps=steps, sampler="euler", cond=labels, device=device),
         mswg=lambda: sample(den, shape, seeds, steps=steps, sampler="euler", guidance=guided, cond=labels,
                             device=device)), repeats, device)

@@ -59,7 +59,7 @@ def iteration_costs(dataset: str, s: W2SSettings, repeats: int = 7) -> dict:
     so a busy machine affects them alike."""
     from ..data import load
     from ..models.checkpoint import load_matching_denoiser
-    from ..train.edm import _batch, build_net, edm_loss
+    from ..train.edm import training_batch, build_net, edm_loss
     data = load(dataset, "train")
     setups = {}
     for kind in (None,) + KINDS:
@@ -75,7 +75,7 @@ def iteration_costs(dataset: str, s: W2SSettings, repeats: int = 7) -> dict:
         for k in (order if r % 2 == 0 else order[::-1]):
             cfg, net, opt, weak = setups[k]
             gen = torch.Generator().manual_seed(r)
-            x0, labels = _batch(data, net, gen, cfg)
+            x0, labels = training_batch(data, net, gen, cfg)
             t0 = time.perf_counter()
             loss = edm_loss(net, x0, labels, gen, cfg, None, weak)
             opt.zero_grad(set_to_none=True)

@@ -84,10 +84,10 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
         with torch.no_grad():
             x = draw(todo)
         for seed, im in zip(todo, to_uint8(x)):
-            write_png(im, _path(out, seed))
+            write_png(im, panorama_path(out, seed))
 
-    draw_missing(seeds, r, lambda s: _path(out, s), batch_size, draw_and_write, progress)
-    finish(out, r, lambda: _stack(out, height))
+    draw_missing(seeds, r, lambda s: panorama_path(out, s), batch_size, draw_and_write, progress)
+    finish(out, r, lambda: write_stack(out, height))
     return settings
 
 
@@ -111,11 +111,11 @@ def class_regions(entries: list[dict], klass, num_classes: int, canvas: tuple[in
     return regions_from_entries(entries, canvas, 1, cond_of)
 
 
-def _path(out: str, seed: int) -> str:
+def panorama_path(out: str, seed: int) -> str:
     return os.path.join(out, f"panorama_{seed:06d}.png")
 
 
-def _stack(out: str, height: int) -> None:
+def write_stack(out: str, height: int) -> None:
     """panoramas.png (the first 16 by seed) and manifest.json (every decodable panorama: seeds, files)."""
     names = sorted((n for n in os.listdir(out) if _PNG.match(n)), key=lambda n: (len(n), n))
     good = [n for n in names if read_png(os.path.join(out, n)) is not None]

@@ -21,7 +21,7 @@ from ..generate import parse_seeds
 from ..regional import check_regions, regional_panorama
 from .runfolder import claim, region_inputs
 from .common import MAX_STEPS, check_count, draw_missing, finish, rank_device
-from .panorama import _path, _stack
+from .panorama import panorama_path, write_stack
 from .sample_pipeline import conditions_and_guidance, latent_factor, latent_side, load_pipeline
 
 
@@ -97,10 +97,10 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
         with torch.no_grad():
             images = m.decode(m.pipeline_latents(fused(batch), sigmas))
         for s, im in zip(batch, images):
-            write_png(im, _path(out, s))
+            write_png(im, panorama_path(out, s))
 
-    draw_missing(seeds, r, lambda s: _path(out, s), batch_size, draw, progress)
-    finish(out, r, lambda: _stack(out, canvas[1] * factor))
+    draw_missing(seeds, r, lambda s: panorama_path(out, s), batch_size, draw, progress)
+    finish(out, r, lambda: write_stack(out, canvas[1] * factor))
     return settings
 
 

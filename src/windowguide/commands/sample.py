@@ -21,7 +21,7 @@ import torch
 from .. import spec
 from ..errors import WindowguideError
 from ..files import check_out_dir, read_png, write_json, write_npz, write_png
-from ..generate import _sampler_options, parse_seeds, sample, schedule_sigmas
+from ..generate import check_sampler_options, parse_seeds, sample, schedule_sigmas
 from ..adapters.latents import pixel_decoder
 from ..images import grid
 from ..sampling import SAMPLERS
@@ -47,7 +47,7 @@ def run(model: str, guidance: str = "none", seeds: Any = "0-63", out: str = "run
     check_count(batch_size, "--batch-size")
     if sampler not in SAMPLERS:
         raise WindowguideError(f"--sampler {sampler!r}: accepted: {', '.join(sorted(SAMPLERS))}")
-    _sampler_options(sampler, sampler_options)
+    check_sampler_options(sampler, sampler_options)
     r, device = rank_device(device)
     progress = progress and r.main
     check_out_dir(out)

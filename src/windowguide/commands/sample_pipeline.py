@@ -233,7 +233,7 @@ def conditions_and_guidance(m, guidance: str, prompt, negative_prompt, klass):
         null = {k: v[0] for k, v in neg.items()} if isinstance(neg, dict) else neg[0]
         cond_of = lambda batch: _repeat(pos, len(batch))
     m.denoiser.null_cond = null
-    g = spec.build(guidance, spec.Context(net=None, load=_no_weak, skip=_skipper(m)))
+    g = spec.build(guidance, spec.Context(net=None, load=no_weak, skip=_skipper(m)))
     from ..guidance import CFG
     if null is None and any(isinstance(t, CFG) for t in g):
         raise WindowguideError(f"cfg needs a condition; this {m.family} pipeline is unconditional (use swg/mswg, or "
@@ -247,7 +247,7 @@ def _repeat(cond, n: int):
     return cond.expand(n, *cond.shape[1:]).clone() if cond.shape[0] == 1 else cond
 
 
-def _no_weak(name: str):
+def no_weak(name: str):
     raise WindowguideError("a pipeline folder cannot take weak models by name yet (ag/wd); use cfg, swg, mswg, slg, sgg")
 
 

@@ -79,7 +79,7 @@ def _pipeline(folder, picture, scale, progressive, prompt, guidance, sampler, kl
     pipe = load_pipeline(folder, device, dtype)
     m = from_pipeline(pipe)
     guidance = guidance or default_guidance(pipe, m.flow)
-    g = spec.build(guidance, spec.Context(net=None, load=_no_weak))
+    g = spec.build(guidance, spec.Context(net=None, load=no_weak))
     sampler = sampler or ("flow_euler" if m.flow else "ddim")
     fn = lambda seed, **o: (progressive_upscale if progressive else upscale)(pipe, picture, scale, seeds=[seed], **o)[0]
     return dict(draw=fn, terms=g, sampler=sampler, guidance=guidance, klass=None, channels=m.channels,
@@ -110,7 +110,7 @@ def _pixels(denoiser, picture, scale, seed, num_classes, klass, window, progress
     return picture
 
 
-def _no_weak(name: str):
+def no_weak(name: str):
     raise WindowguideError(f"upscale takes no weak models yet ({name!r}): use cfg, swg, mswg in --guidance")
 
 

@@ -134,7 +134,7 @@ def _pipeline_source(folder, prompt, negative_prompt, frames, height, width, gui
     """A Wan pipeline folder: its denoiser, the prompt's condition and CFG null, its schedule and decoder."""
     from ..adapters.pipelines import from_pipeline
     from ..adapters.wan import latent_frames
-    from .sample_pipeline import _no_weak, load_pipeline
+    from .sample_pipeline import no_weak, load_pipeline
     pipe = load_pipeline(folder, device, dtype)
     m = from_pipeline(pipe)
     if not m.extras.get("video"):
@@ -151,7 +151,7 @@ def _pipeline_source(folder, prompt, negative_prompt, frames, height, width, gui
     guidance = guidance or "cfg:w=4"               # WanPipeline's guidance_scale 5.0
     pos, neg = m.encode(prompt=prompt, negative_prompt=negative_prompt)
     m.denoiser.null_cond = {k: v[0] for k, v in neg.items()}      # one null for every row
-    terms = spec.build(guidance, spec.Context(net=None, load=_no_weak))
+    terms = spec.build(guidance, spec.Context(net=None, load=no_weak))
     return dict(shape=(m.channels, t, h, w), frames=frames, clip=m.extras["frames"], denoiser=m.denoiser, cond=pos, terms=terms,
                 guidance=guidance, sigmas=lambda steps: m.sigmas(steps), sampler="flow_euler", steps=50,
                 decode=m.decode, latent_frames=lambda f: latent_frames(f, vt), latent_stride=lambda f: max(1, f // vt))

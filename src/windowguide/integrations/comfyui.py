@@ -261,8 +261,8 @@ def sigma_range(model, start_percent: float, end_percent: float, sigma_start: fl
 
 def swg_maker(weight: float, window: Window, masked: bool, lo: float, hi: float) -> Callable:
     """The M-SWG / SWG term for a latent of a given size (its window sized then)."""
-    from ..guidance import MSWG, _check_weight
-    _check_weight(weight, "sliding-window guidance")
+    from ..guidance import MSWG, check_weight
+    check_weight(weight, "sliding-window guidance")
     cls = MSWG if masked else SWG
 
     def make(shape, multiple, model):
@@ -273,8 +273,8 @@ def swg_maker(weight: float, window: Window, masked: bool, lo: float, hi: float)
 
 def weak_maker(weight: float, weak, lo: float, hi: float) -> Callable:
     """Two-model autoguidance: w (D_c - D_weak), the weak MODEL on the conditional conditioning."""
-    from ..guidance import AutoGuidance, _check_weight
-    _check_weight(weight, "autoguidance")
+    from ..guidance import AutoGuidance, check_weight
+    check_weight(weight, "autoguidance")
 
     def make(shape, multiple, model):
         return AutoGuidance(_WeakNet(weak, multiple, load=True), float(weight), sigma_lo=lo, sigma_hi=hi)
@@ -302,8 +302,8 @@ class _WeakNet(Denoiser):
 
 def skip_maker(weight: float, blocks: list[int], lo: float, hi: float) -> Callable:
     """Skip-layer guidance: w (D_c - D_skip), the model with its joint blocks ``blocks`` passed through."""
-    from ..guidance import Custom, _check_weight
-    _check_weight(weight, "skip-layer guidance")
+    from ..guidance import Custom, check_weight
+    check_weight(weight, "skip-layer guidance")
 
     def make(shape, multiple, model):
         net = model.diffusion_model
@@ -508,9 +508,9 @@ def comfy_fused_states(sampler, windows, x, sigmas, lay, weighting, noise, vcf, 
     the canvas is their weighted mean; with VCF the step's mean (the same step with zero noise, the
     predictions reused) and the states are fused by VCF (``fusion.vcf_fuse``)."""
     import comfy.k_diffusion.sampling as k
-    from ..fusion import WindowNoise, _vcf_ratio, vcf_fuse
+    from ..fusion import WindowNoise, vcf_ratio, vcf_fuse
     step = getattr(k, f"sample_{sampler}")
-    scale = _vcf_ratio(lay, weighting, x.device, x.dtype) if vcf else None
+    scale = vcf_ratio(lay, weighting, x.device, x.dtype) if vcf else None
     wnoise = WindowNoise(noise, lay, scale)
     n = x.shape[0]
     for i in range(len(sigmas) - 1):

@@ -52,7 +52,7 @@ import torch
 from ..adapters.registry import by_kind
 from ..errors import WindowguideError
 from ..denoiser import Denoiser
-from ..guidance import CFG, MAX_WEIGHT, SWG, _check_weight, AutoGuidance, Custom, Guidance, StepRange
+from ..guidance import CFG, MAX_WEIGHT, SWG, check_weight, AutoGuidance, Custom, Guidance, StepRange
 from ..windows import AUTO
 from .calls import (after_call_hook, default_sigma, default_window, fit_windows, guided_change, network_model,
                     network_multiple, open_windows, read_call, skip_layer_negative, weak_denoiser)
@@ -91,8 +91,8 @@ def _sigma_range(lo: float, hi: float | None) -> tuple[float, float]:
 
 
 def _check_scale(value: Any, name: str) -> float:
-    """A windowguide weight given to a guider: finite, in [0, MAX_WEIGHT] (``guidance._check_weight``)."""
-    return _check_weight(value, name)
+    """A windowguide weight given to a guider: finite, in [0, MAX_WEIGHT] (``guidance.check_weight``)."""
+    return check_weight(value, name)
 
 
 class _WindowguideGuidance(BaseGuidance):

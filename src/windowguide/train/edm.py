@@ -143,7 +143,7 @@ def edm_loss(net, x0, labels, gen, cfg: TrainConfig, ema=None, weak=None) -> tor
     return (weight * (net(noisy, sigma, labels) - x0) ** 2).mean()
 
 
-def _batch(data: Dataset, net: SmallUNet, gen, cfg: TrainConfig):
+def training_batch(data: Dataset, net: SmallUNet, gen, cfg: TrainConfig):
     idx = torch.randint(0, len(data), (cfg.batch,), generator=gen)
     labels = None
     if net.num_classes:
@@ -194,7 +194,7 @@ def train(cfg: TrainConfig, out_dir: str, progress: bool = True, name: str | Non
     loss_avg = None
     for step in bar:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        x0, labels = _batch(data, net, gen, cfg)
+        x0, labels = training_batch(data, net, gen, cfg)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         loss = edm_loss(net, x0, labels, gen, cfg, ema, weak)
