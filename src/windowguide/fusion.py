@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .conds import Cond, check_cond, cond_batch_size, cond_repeat, cond_to
+from .conds import Cond, check_cond, cond_batch_size, cond_repeat, cond_select, cond_to
 from .denoiser import Denoiser, as_denoiser, check_size
 from .generate import check_sampler_options, parse_seeds, schedule_sigmas
 from .guidance import CFG, Guidance, GuidedDenoiser, guided
@@ -93,15 +93,19 @@ class WindowNoise:
     With ``scale`` (a [H, W] canvas map, VCF's W / sqrt(S)) each window's noise is multiplied by the
     crop of that map."""
 
-    def __init__(self, base: PerSampleNoise, lay: Layout, scale: torch.Tensor | None = None):
-        self.base, self.layout, self.scale = base, lay, scale
+    def __init__(self, base: PerSampleNoise, lay: Layout, scale: torch.Tensor | None = None, ks=None):
+        self.base, self.layout, self.scale, self.ks = base, lay, scale, ks
 
     def __call__(self, like: torch.Tensor) -> torch.Tensor:
-        k = self.layout.n
+        k = self.layout.n if self.ks is None else len(self.ks)
+        # a view batch's windows draw the next k windows' numbers of each sample's stream, so a step drawn in
+        # view batches takes the numbers the whole step would (window sizes a multiple of 16 values: torch's
+        # CPU normal draws blocks of 16)
         z = torch.stack([torch.randn((k, *like.shape[1:]), generator=g) for g in self.base.generators])
         z = z.reshape(-1, *like.shape[1:]).to(device=like.device, dtype=like.dtype)
         if self.scale is not None:
-            crops = self.layout.crop(self.scale[None, None].to(z))
+            canvas = self.scale[None, None].to(z)
+            crops = self.layout.crop(canvas) if self.ks is None else self.layout.crop_windows(canvas, self.ks)
             z = z * crops.repeat(len(self.base.generators), *[1] * (crops.dim() - 1))
         return z
 
@@ -128,7 +132,7 @@ def _check_vcf(sampler: str, options: dict) -> None:
 def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond: Cond, lay: Layout,
                         weighting: Any = "uniform", sampler: str = "ddim", noise: PerSampleNoise | None = None,
                         vcf: bool = False, progress: bool = False, callback: Callable | None = None,
-                        **options) -> torch.Tensor:
+                        view_batch: int | None = None, **options) -> torch.Tensor:
     """State fusion: each step, every window takes one ``sampler`` step from its crop with its own noise,
     and the canvas becomes the weighted mean of the window states (VCF-corrected if ``vcf``):
 
@@ -155,16 +159,81 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
     def windows(x_w, sigma, c):
         with placed(window_denoiser, lay, x_w.shape[0] // k):
             return window_denoiser(x_w, sigma, c)
+    chunks = None
+    if view_batch:                                  # (view batch, its guided denoiser), made once for every step
+        n = x.shape[0]
+        chunks = [(ks, _rows_of(window_denoiser, torch.tensor([j * k + w for j in range(n) for w in ks])))
+                  for ks in view_batches(lay, x.shape[1] * math.prod(lay.window), view_batch)]
     for i in trange(n_steps, disable=not progress, desc=f"{sampler} (fused states)", leave=False):
         begin_step(window_denoiser, i, sigmas)
         s = sigmas[i]
         if churn.get("churn", 0.0) > 0:
             x, s = churn_step(x, s, n_steps, churn["churn"], churn.get("s_tmin", 0.0), churn.get("s_tmax", math.inf),
                           churn.get("s_noise", 1.0), noise)
+        if chunks is not None:
+            for _, inner in chunks:
+                begin_step(inner, i, sigmas)
+            x = _streamed_step(x, [s, sigmas[i + 1]], i, cond, lay, weighting, step, noise, scale, chunks, callback,
+                               options)
+            continue
         states = step(windows, lay.crop(x), [s, sigmas[i + 1]], cond_w, noise=wnoise,
                       callback=_window_callback(callback, i, x, lay, weighting), **options)
         x = lay.fold(states, weighting)
     return x
+
+
+def view_batches(lay: Any, window_values: int, size: int) -> list[list[int]]:
+    """The layout's windows in runs of about ``size`` (a view batch): every run but the last holds a
+    multiple of 16 values per sample, so each sample's noise stream is drawn as one whole step draws it."""
+    step = max(1, int(size))
+    while (step * window_values) % 16:
+        step += 1
+    ks = list(range(lay.n))
+    runs = [ks[a:a + step] for a in range(0, lay.n, step)]
+    if len(runs) > 1 and len(runs[-1]) * window_values < 16:      # a last run under 16 values joins the one before
+        runs[-2:] = [runs[-2] + runs[-1]]
+    return runs
+
+
+def _streamed_step(x, pair, i, cond, lay, weighting, step, noise, scale, chunks, callback, options) -> torch.Tensor:
+    """One fused step over view batches: each batch of windows is cropped, stepped and folded into the
+    canvas accumulators at once, so no step holds every window's state (the sums are ``fold``'s, in its
+    order). The per-window CFG nulls are the rows of each batch's windows."""
+    n = x.shape[0]
+    states_sum = lay.accumulator(x)
+    pred_sum = lay.accumulator(x) if callback is not None else None
+    for ks, inner in chunks:
+        seen = {}
+
+        def windows(x_w, sigma, c, inner=inner, ks=ks):
+            at = lay.regions(1)[torch.tensor(ks)].repeat(n, 1)
+            with regions_of_call(at if getattr(getattr(inner, "denoiser", inner), "canvas_positions", False) else None):
+                return inner(x_w, sigma, c)
+        states = step(windows, lay.crop_windows(x, ks), pair, cond_repeat(cond, len(ks)),
+                      noise=WindowNoise(noise, lay, scale, ks),
+                      callback=(lambda _, x_w, d, sg: seen.setdefault("d", d)) if callback is not None else None,
+                      **options)
+        lay.accumulate(states_sum, states, ks, weighting)
+        if pred_sum is not None:
+            lay.accumulate(pred_sum, seen["d"], ks, weighting)
+    if callback is not None:
+        callback(i, x, lay.finish(pred_sum, weighting), pair[0])
+    return lay.finish(states_sum, weighting)
+
+
+def _rows_of(denoiser: Any, rows: torch.Tensor) -> Any:
+    """The guided denoiser of a view batch: its CFG nulls given per window cut to the batch's rows."""
+    if not isinstance(denoiser, GuidedDenoiser):
+        return denoiser
+    terms = []
+    for t in denoiser.guidance:
+        null = getattr(t, "null", None)
+        if isinstance(t, CFG) and null is not None and cond_batch_size(null) not in (0, None) and \
+                cond_batch_size(null) > int(rows.max()):
+            t = dataclasses.replace(t, null=cond_select(null, rows))
+        terms.append(t)
+    inner = GuidedDenoiser(denoiser.denoiser, Guidance(tuple(terms)), denoiser.max_batch)
+    return inner
 
 
 def _window_callback(callback: Callable | None, i: int, x: torch.Tensor, lay: Layout, weighting: Any):
@@ -258,7 +327,7 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
              sigmas: Any = None, shift: float = 1.0, vcf: bool = False, style_alpha: float = 0.0,
              circular: bool = False,
              max_batch: int | None = None, device: Any = None, dtype: torch.dtype = torch.float32,
-             progress: bool = False, **sampler_options) -> torch.Tensor:
+             progress: bool = False, view_batch: int | None = None, **sampler_options) -> torch.Tensor:
     """Sample a (C, H, W) ``canvas`` larger than the model from windows of the model's size.
 
     window: the model's native (h, w); stride: between windows (the last one is flush with the edge;
@@ -267,7 +336,9 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     override the mode's. guidance: any recipe, applied inside every window (M-SWG included).
     sigmas: an explicit schedule, else the sampler's default (``shift``: flow models' time shift).
     vcf: variance-corrected state fusion (stochastic samplers only). style_alpha: SA strength.
-    max_batch: cap on window-sized inputs per network call. Returns [len(seeds), C, H, W]."""
+    max_batch: cap on window-sized inputs per network call. view_batch: windows stepped and folded at a time
+    (state fusion), so a step holds one view batch's states, not every window's (the same result on a network
+    whose outputs do not depend on its batch). Returns [len(seeds), C, H, W]."""
     fuse, weighting, options = check_fusion(mode, fuse, weighting, sampler, vcf, sampler_options)
     c, height, width = (int(v) for v in canvas)
     seeds = parse_seeds(seeds)
@@ -285,11 +356,12 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     z = noise(torch.empty(len(seeds), c, height, width, device=device, dtype=dtype))
     x = style_aligned_noise(z, lay.window, style_alpha, noise.generators) * init_noise_scale(base, sigmas[0].item())
     return run_fused(inner, x, sigmas, cond_to(cond, device), lay, fuse, weighting, sampler, noise, vcf, seeds,
-                     progress, options)
+                     progress, options, view_batch)
 
 
 def run_fused(inner: Any, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond, lay: Any, fuse: str, weighting: Any,
-              sampler: str, noise: PerSampleNoise, vcf: bool, seeds, progress: bool, options: dict) -> torch.Tensor:
+              sampler: str, noise: PerSampleNoise, vcf: bool, seeds, progress: bool, options: dict,
+              view_batch: int | None = None) -> torch.Tensor:
     """The fused sampling loop from the initial state x: prediction fusion (the sampler on
     ``FusedDenoiser``) or state fusion (``sample_fused_states``), every step's prediction checked to be
     finite; shared by the panoramas (2-D layouts) and the long videos (``GridLayout``)."""
@@ -303,8 +375,9 @@ def run_fused(inner: Any, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond, lay
         x = SAMPLERS[sampler](FusedDenoiser(inner, lay, weighting), x, sigmas, cond, noise=noise,
                               progress=progress, callback=check, **options)
     else:
+        streams = view_batch if hasattr(lay, "crop_windows") else None     # regional pairs: all at once
         x = sample_fused_states(inner, x, sigmas, cond, lay, weighting, sampler, noise, vcf, progress,
-                                callback=check, **options)
+                                callback=check, view_batch=streams, **options)
     return check_finite(x, seeds)
 
 

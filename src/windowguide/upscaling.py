@@ -92,7 +92,7 @@ def start_step(steps: int, strength: float, flow: bool = False) -> int:
 def denoise_windows(denoiser: Any, z: torch.Tensor, sigmas: torch.Tensor, seeds, cond=None, guidance=None,
                     window: tuple[int, int] | None = None, stride: int = 8, mode: str = "gf", sampler: str = "ddim",
                     vcf: bool = False, progress: bool = False, max_batch: int | None = 8,
-                    **sampler_options) -> torch.Tensor:
+                    view_batch: int | None = None, **sampler_options) -> torch.Tensor:
     """img2img over windows: x = z + sigma_0 eps (one generator per seed; the VE form of both VP's
     sqrt(a) z + sqrt(1-a) eps and flow's (1-s) z + s eps), then the ``sigmas`` over windows of ``window``
     whose states are fused by ``mode`` (GF / MultiDiffusion; VCF for stochastic samplers), ``guidance``
@@ -116,7 +116,7 @@ def denoise_windows(denoiser: Any, z: torch.Tensor, sigmas: torch.Tensor, seeds,
     check_size(denoiser, (z.shape[1], *lay.window), "window")
     inner = guided(denoiser, per_window_nulls(guidance, len(seeds), lay.n), max_batch)
     return run_fused(inner, x.to(z), sigmas, cond, lay, "state", weighting, sampler, noise, vcf, seeds, progress,
-                     options)
+                     options, view_batch)
 
 
 def upscale_pixels(denoiser: Any, image: np.ndarray, scale: float = 2, strength: float = 0.35, seeds=(0,),

@@ -50,7 +50,7 @@ def long_video(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Sequenc
                mode: str = "gf", sampler: str = "ddim", steps: int = 32, sigmas: Any = None, guidance: Any = None,
                cond: Any = None, vcf: bool = False, style_alpha: float = 0.0, circular: bool = False,
                max_batch: int | None = None, device: Any = None, progress: bool = False,
-               **sampler_options) -> torch.Tensor:
+               view_batch: int | None = None, **sampler_options) -> torch.Tensor:
     """Sample a (C, T, H, W) video longer (or larger) than the model's clip from fused windows of
     ``window`` = (t, h, w) (module docstring). stride: between windows, an int for every axis or one per
     axis; circular: loop along time. Returns [len(seeds), C, T, H, W]."""
@@ -80,7 +80,7 @@ def long_video(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Sequenc
     z = noise(torch.empty(len(seeds), c, *sizes, device=device))
     x = style_aligned_noise_nd(z, lay.window, style_alpha, noise.generators) * init_noise_scale(base, sigmas[0].item())
     return run_fused(inner, x, sigmas, cond_to(cond, device), lay, fuse, weighting, sampler, noise, vcf, seeds,
-                     progress, options)
+                     progress, options, view_batch)
 
 
 __all__ = ["long_video", "style_aligned_noise_nd"]

@@ -133,6 +133,36 @@ class Layout:
         crops = torch.stack([xx[:, :, t:t + h, l:l + w] for t, l in self.positions], dim=1)
         return crops.reshape(-1, *crops.shape[2:])
 
+    def crop_windows(self, x: torch.Tensor, ks: list[int]) -> torch.Tensor:
+        """The crops of windows ``ks`` only: [N, C, H, W] -> [N*len(ks), C, h, w], sample-major."""
+        self._check(x)
+        h, w = self.window
+        xx = self._wrapped(x)
+        pos = self.positions
+        crops = torch.stack([xx[:, :, pos[k][0]:pos[k][0] + h, pos[k][1]:pos[k][1] + w] for k in ks], dim=1)
+        return crops.reshape(-1, *crops.shape[2:])
+
+    def accumulator(self, like: torch.Tensor) -> torch.Tensor:
+        """Zeros for ``accumulate``: [N, C, H, W + (w - 1 if circular)] (``like``: the canvas state)."""
+        return like.new_zeros(like.shape[0], like.shape[1], self.height,
+                              self.width + (self.window[1] - 1 if self.circular else 0))
+
+    def accumulate(self, out: torch.Tensor, windows: torch.Tensor, ks: list[int],
+                   weighting: str | torch.Tensor = "uniform") -> None:
+        """out += m_k y_k at window k's place for the windows ``ks`` ([N*len(ks), C, h, w], sample-major):
+        the same additions, in the same order, as ``fold`` makes."""
+        h, w = self.window
+        m = window_weights(weighting, h, w, windows.device, windows.dtype)
+        y = windows.reshape(-1, len(ks), *windows.shape[1:]) * m
+        pos = self.positions
+        for j, k in enumerate(ks):
+            t, l = pos[k]
+            out[:, :, t:t + h, l:l + w] += y[:, j]
+
+    def finish(self, out: torch.Tensor, weighting: str | torch.Tensor = "uniform") -> torch.Tensor:
+        """The fold of everything accumulated: unwrap(out) / sum_k m_k."""
+        return self.unwrap(out) / self.total_weight(weighting, out.device, out.dtype)
+
     def fold(self, windows: torch.Tensor, weighting: str | torch.Tensor = "uniform") -> torch.Tensor:
         """[N*K, C, h, w] -> [N, C, H, W]: sum_k m_k * y_k / sum_k m_k at every pixel."""
         h, w = self.window
@@ -305,6 +335,31 @@ class GridLayout:
     def weights(self, weighting, device=None, dtype=torch.float32) -> torch.Tensor:
         """One window's weight map [*window] (``window_weights_nd``)."""
         return window_weights_nd(weighting, self.window, device, dtype)
+
+    def crop_windows(self, x: torch.Tensor, ks: list[int]) -> torch.Tensor:
+        """The crops of windows ``ks`` only: [N, C, *shape] -> [N*len(ks), C, *window], sample-major."""
+        self._check(x)
+        xx = self._wrapped(x)
+        pos = self.positions
+        crops = torch.stack([xx[self._slices(pos[k])] for k in ks], dim=1)
+        return crops.reshape(-1, *crops.shape[2:])
+
+    def accumulator(self, like: torch.Tensor) -> torch.Tensor:
+        """Zeros for ``accumulate``: [N, C, *extended shape] (``like``: the canvas state)."""
+        return like.new_zeros(like.shape[0], like.shape[1], *self._extended())
+
+    def accumulate(self, out: torch.Tensor, windows: torch.Tensor, ks: list[int],
+                   weighting: str | torch.Tensor = "uniform") -> None:
+        """out += m_k y_k at window k's place for the windows ``ks``, as ``fold`` adds them."""
+        m = self.weights(weighting, windows.device, windows.dtype)
+        y = windows.reshape(-1, len(ks), *windows.shape[1:]) * m
+        pos = self.positions
+        for j, k in enumerate(ks):
+            out[self._slices(pos[k])] += y[:, j]
+
+    def finish(self, out: torch.Tensor, weighting: str | torch.Tensor = "uniform") -> torch.Tensor:
+        """The fold of everything accumulated: unwrap(out) / sum_k m_k."""
+        return self.unwrap(out) / self.total_weight(weighting, out.device, out.dtype)
 
     def fold(self, windows: torch.Tensor, weighting: str | torch.Tensor = "uniform") -> torch.Tensor:
         """[N*K, C, *window] -> [N, C, *shape]: sum_k m_k y_k / sum_k m_k at every entry."""

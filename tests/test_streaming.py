@@ -1,0 +1,68 @@
+"""Streaming fusion (#36 item 1): with ``view_batch`` each view batch of windows is stepped and folded into
+the canvas accumulators at once. On a network whose outputs do not depend on its batch, the result equals
+the all-windows-at-once loop bit for bit, for every fusion mode, sampler, VCF, style alignment, guidance
+inside the windows (per-sample CFG nulls, step ranges), long videos and upscaling."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import windowguide as wg
+from windowguide.fusion import panorama, view_batches
+from windowguide.guidance import StepRange
+from windowguide.video import long_video
+from windowguide.windows import layout
+
+
+class Elementwise(wg.Denoiser):
+    """D = x / (1 + sigma^2) + 0.1 tanh(x) + c: every output value depends on its own input value only."""
+    multiple, null_cond = 1, torch.tensor(0.0)
+
+    def forward(self, x, sigma, cond):
+        c = cond.view(-1, *[1] * (x.dim() - 1)) if cond is not None else 0.0
+        return x / (1 + sigma.view(-1, *[1] * (x.dim() - 1)) ** 2) + 0.1 * torch.tanh(x) + c
+
+
+CASES = [dict(mode=m, sampler=s, vcf=v, style_alpha=a) for m, s, v, a in itertools.product(
+    ["multidiffusion", "gf"], ["ddim", "ddpm", "euler", "heun"], [False, True], [0.0, 0.3])
+    if not (v and s not in ("ddpm",))]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_streamed_panorama_equals_the_whole_step(case):
+    g = wg.CFG(0.7, null=torch.tensor([0.2, -0.1])) + wg.MSWG(0.4, window=6, steps=StepRange(0, 2))
+    kw = dict(window=8, stride=4, steps=4, cond=torch.tensor([0.3, -0.2]), guidance=g,
+              circular=case["mode"] == "multidiffusion", **case)
+    with torch.no_grad():
+        whole = panorama(Elementwise(), (4, 8, 28), [5, 6], **kw)
+        for view in (1, 2, 5):
+            assert torch.equal(panorama(Elementwise(), (4, 8, 28), [5, 6], view_batch=view, **kw), whole), view
+
+
+def test_streamed_video_and_upscale_equal_the_whole_step():
+    with torch.no_grad():
+        kw = dict(stride=(2, 8, 8), sampler="ddpm", steps=3, vcf=True, style_alpha=0.2,
+                  guidance=wg.MSWG(0.5, window=(6, 6, 6)))
+        whole = long_video(Elementwise(), (1, 16, 8, 8), [1], (8, 8, 8), **kw)
+        assert torch.equal(long_video(Elementwise(), (1, 16, 8, 8), [1], (8, 8, 8), view_batch=2, **kw), whole)
+        image = (np.arange(16 * 24 * 3) % 251).astype(np.uint8).reshape(16, 24, 3)
+        up = dict(scale=1, strength=0.6, steps=4, window=8, stride=4, sampler="ddpm", vcf=True)
+        assert np.array_equal(wg.upscale(Elementwise(), image, view_batch=3, **up), wg.upscale(Elementwise(), image, **up))
+
+
+def test_a_real_network_streams_within_float_tolerance():
+    from windowguide.models.checkpoint import load_denoiser
+    scenes, _, _ = load_denoiser("scenes")
+    kw = dict(window=24, stride=8, steps=3, mode="gf", sampler="ddpm", vcf=True, cond=torch.tensor([1]))
+    with torch.no_grad():
+        whole = panorama(scenes, (3, 24, 72), [0], **kw)
+        streamed = panorama(scenes, (3, 24, 72), [0], view_batch=2, **kw)
+    assert (whole - streamed).abs().max() < 1e-4            # the UNet's kernels may differ by batch in the last bits
+
+
+def test_view_batches_keep_the_noise_streams_whole():
+    lay = layout(8, 40, 8, stride=4)                      # 9 windows
+    assert view_batches(lay, 64, 2) == [[0, 1], [2, 3], [4, 5], [6, 7], [8]]
+    assert view_batches(lay, 3, 2) == [list(range(0, 16))[:9]]       # 16 windows of 3 values: all in one run
+    assert view_batches(lay, 12, 3) == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]  # 4 x 12 = 48 values; 12 < 16 joins
