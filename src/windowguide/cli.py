@@ -28,7 +28,7 @@ def _upscale(args) -> int:
     from .commands import upscale
     upscale.run(args.image, args.model, args.scale, args.strength, args.prompt, args.negative_prompt, args.guidance,
                 args.seeds, args.steps, args.mode, args.stride, args.sampler, args.vcf, args.filter, args.progressive,
-                args.out, args.device or "cpu", args.dtype, args.klass, args.max_batch)
+                args.out, args.device or "cpu", args.dtype, args.klass, args.max_batch, view_batch=args.view_batch)
     print(f"upscaled: {args.out}/ (upscaled_SEED.png, settings.json)")
     return 0
 
@@ -182,6 +182,8 @@ def _panorama(args) -> int:
     from .commands import panorama
     from .commands.sample_pipeline import is_pipeline_dir
     options = {k: v for k, v in (("eta", args.eta), ("churn", args.churn)) if v is not None}
+    if args.view_batch is not None and not is_pipeline_dir(args.model):
+        options["view_batch"] = args.view_batch
     regions = _regions(args, text_key="prompt" if is_pipeline_dir(args.model) else "class")
     if is_pipeline_dir(args.model):
         from .commands import panorama_pipeline
@@ -397,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder for the panoramas and manifest; a re-run resumes it (default runs/panorama)")
     pano.add_argument("--max-batch", type=int, help="window-sized inputs per network call (memory cap)")
     pano.add_argument("--batch-size", type=int, default=4, help="panoramas drawn together (default 4)")
+    pano.add_argument("--view-batch", type=int, help="bundled / EDM models: windows stepped and folded at a time, so a "
+                      "step holds one view batch's states instead of every window's (default: all at once)")
     pano.add_argument("--device", help=_DEVICE)
     pano.set_defaults(func=_panorama, resumable=True)
 
@@ -456,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--progressive", action="store_true", help="x2 stages, each from the previous (DemoFusion)")
     up.add_argument("--max-batch", type=int, default=8, help="window-sized inputs per network call (default 8): "
                     "the network's activations are held for that many windows at a time")
+    up.add_argument("--view-batch", type=int, help="windows stepped and folded at a time, so a step holds one view "
+                    "batch's states instead of every window's (default: all at once)")
     up.add_argument("--out", default="runs/upscale", help="folder for upscaled_SEED.png and settings.json")
     up.add_argument("--device", help=_DEVICE)
     up.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],

@@ -123,7 +123,7 @@ def upscale_pixels(denoiser: Any, image: np.ndarray, scale: float = 2, strength:
                    steps: int = 32, sigmas: Any = None, cond=None, guidance=None, window: Any = None,
                    stride: int = 8, mode: str = "gf", sampler: str = "ddim", vcf: bool = False,
                    filter: str = "lanczos", max_batch: int | None = 8, progress: bool = False,
-                   **sampler_options) -> np.ndarray:
+                   view_batch: int | None = None, **sampler_options) -> np.ndarray:
     """A pixel-space model's upscale (the bundled EDM nets): x0 = resize(image) / 127.5 - 1, noised to the
     Karras schedule's step of ``strength`` (``start_step``) and denoised over windows (``denoise_windows``;
     ``window``: the model's (h, w); default one window over the image). ``cond``: class labels [len(seeds)] or None (the null label).
@@ -144,7 +144,7 @@ def upscale_pixels(denoiser: Any, image: np.ndarray, scale: float = 2, strength:
     window = (window, window) if isinstance(window, int) else window
     with torch.no_grad():
         x = denoise_windows(base, z, sigmas[start:], seeds, cond, guidance, window, stride, mode, sampler, vcf,
-                            progress, max_batch, **sampler_options)
+                            progress, max_batch, view_batch, **sampler_options)
     return to_uint8(x)
 
 
@@ -183,7 +183,8 @@ def progressive_upscale(pipe: Any, image: np.ndarray, scale: float = 4, seeds=(0
 def upscale(pipe: Any, image: np.ndarray, scale: float = 2, strength: float = 0.35, seeds=(0,), steps: int = 50,
             prompt: str | None = None, negative_prompt: str = "", guidance=None, mode: str = "gf", stride: int = 8,
             window: int | None = None, sampler: str | None = None, vcf: bool = False, filter: str = "lanczos",
-            output_type: str = "np", progress: bool = False, max_batch: int | None = 8, **sampler_options):
+            output_type: str = "np", progress: bool = False, max_batch: int | None = 8, view_batch: int | None = None,
+            **sampler_options):
     """Upscaled images, uint8 [len(seeds), H scale, W scale, 3] (module docstring); ``output_type='latent'``
     gives the pipeline's latents instead. ``guidance``: windowguide terms whose CFG takes the negative
     prompt as its null; ``window``: latent pixels (default the model's); ``sampler`` default ddim for the
@@ -215,6 +216,6 @@ def upscale(pipe: Any, image: np.ndarray, scale: float = 2, strength: float = 0.
             options["targets"] = options["targets"][start:]
         with torch.no_grad():
             x = denoise_windows(m.denoiser, z, sigmas[start:], seeds, cond_repeat(pos, len(seeds)), g, (size, size),
-                                stride, mode, sampler, vcf, progress, max_batch, **options)
+                                stride, mode, sampler, vcf, progress, max_batch, view_batch, **options)
         x = m.pipeline_latents(x, sigmas)
     return x if output_type == "latent" else m.decode(x)

@@ -45,6 +45,9 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
     check_count(width, "--width")
     if max_batch is not None:
         check_count(max_batch, "--max-batch")
+    view_batch = sampler_options.pop("view_batch", None)
+    if view_batch is not None:
+        check_count(view_batch, "--view-batch")
     check_fusion(mode, fuse, None, sampler, vcf, sampler_options)
     if not (0 <= style_alpha <= 1):
         raise WindowguideError(f"--style-alpha {style_alpha}: accepted: a number in [0, 1]")
@@ -77,7 +80,10 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
                                       fuse=fuse, sampler=sampler, sigmas=sigmas, guidance=g,
                                       cond=labels_for(batch, net.num_classes, klass), vcf=vcf,
                                       style_alpha=style_alpha, circular=circular, max_batch=max_batch, device=device,
+                                      view_batch=view_batch,
                                       progress=progress, **sampler_options)
+    if view_batch is not None:                 # recorded when given (a view batch can move the last float bits)
+        settings["view_batch"] = view_batch
     claim(out, "panorama", settings, region_inputs(regions))
 
     def draw_and_write(todo):

@@ -23,7 +23,7 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
         negative_prompt: str = "", guidance: str | None = None, seeds: Any = "0", steps: int = 50,
         mode: str = "gf", stride: int = 8, sampler: str | None = None, vcf: bool = False,
         filter: str = "lanczos", progressive: bool = False, out: str = "runs/upscale", device: Any = "cpu", dtype: str = "float32",
-        klass: Any = None, max_batch: int | None = 8, progress: bool = True) -> dict:
+        klass: Any = None, max_batch: int | None = 8, progress: bool = True, view_batch: int | None = None) -> dict:
     """Upscale IMAGE with the pipeline folder's model for each seed (module docstring); returns the settings.
     Every input is checked before the run folder is claimed (``runfolder.claim``); a re-run resumes."""
     from tqdm.auto import tqdm
@@ -36,6 +36,8 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
     check_filter(filter)
     if max_batch is not None:
         check_count(max_batch, "--max-batch")
+    if view_batch is not None:
+        check_count(view_batch, "--view-batch")
     check_out_dir(out)
     if not os.path.lexists(image):
         raise WindowguideError(f"IMAGE {image}: no such file")
@@ -56,11 +58,11 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
                     os.path.abspath(folder), klass=klass, scale=scale, strength=strength,
                     prompt=prompt, negative_prompt=negative_prompt, guidance=spec.canonical(guidance), steps=steps,
                     mode=mode, stride=stride, sampler=sampler, vcf=vcf, filter=filter, progressive=progressive,
-                    read=notes)
+                    read=notes, **({"view_batch": view_batch} if view_batch is not None else {}))
     claim(out, "upscale", settings, {"image": image})
     options = dict(strength=strength, steps=steps, prompt=prompt, negative_prompt=negative_prompt,
                    guidance=src["terms"], mode=mode, stride=stride, sampler=sampler, vcf=vcf, filter=filter,
-                   max_batch=max_batch, progress=progress)
+                   max_batch=max_batch, progress=progress, view_batch=view_batch)
     for seed in tqdm(seeds, desc="images", unit="image", disable=not progress or len(seeds) < 2):
         path = os.path.join(out, f"upscaled_{seed:06d}.png")
         if done(path):
