@@ -77,6 +77,10 @@ def _bench(args) -> int:
         from .bench import demo
         report = demo.run(args.json, repeats=3 if not args.quick else 1)
         print(demo.format_report(report))
+    elif args.what == "scale":
+        from .bench import scale
+        report = scale.run(args.json, quick=args.quick)
+        print(scale.format_report(report))
     elif args.what == "quality":
         from .bench import quality
         report = quality.run(args.json, quick=args.quick, out_dir=args.out or "runs/bench/quality")
@@ -308,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     toy.set_defaults(func=_toy)
 
     bench = sub.add_parser("bench", parents=[common], help="benchmarks that print figures")
-    bench.add_argument("what", choices=["speed", "quality", "fronts", "panorama", "upscale", "video", "w2s", "generate", "positions", "demo"],
+    bench.add_argument("what", choices=["speed", "quality", "fronts", "panorama", "upscale", "video", "w2s", "generate",
+                                        "positions", "demo", "scale"],
                        help="speed: what each guidance costs against its FLOP floor and diffusers; quality: every "
                             "guidance method over weights on the bundled models (FD, KID, IS, P/R, coherence); fronts: "
                             "fine sweeps over seed sets, Pareto fronts of quality against side effects, gains per "
@@ -318,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "fusion along time on the bundled bounce model, exact motion metrics; w2s: guidance "
                             "learned in training vs CFG; generate: the sample command's overhead and 1 vs 2 "
                             "processes; positions: crop positional embeddings on a tiny DiT; demo: 'windowguide "
-                            "demo' timed as a fresh process, alone and beside a busy core")
+                            "demo' timed as a fresh process, alone and beside a busy core; scale: the fused loop's memory against "
+                            "the windows and the canvas, all windows at once and in view batches")
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
