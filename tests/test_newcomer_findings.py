@@ -14,16 +14,19 @@ from windowguide.files import write_png
 
 def test_every_computing_command_takes_the_idle_cores(monkeypatch, tmp_path):
     import windowguide.cpu as cpu
+    from windowguide.commands import sample, upscale
+    seen = []
+    monkeypatch.setattr(sample, "run", lambda *a, **k: seen.append(torch.get_num_threads()) or {})
+    monkeypatch.setattr(upscale, "run", lambda *a, **k: seen.append(torch.get_num_threads()) or {})
     before = torch.get_num_threads()
+    monkeypatch.setattr(cpu, "free_threads", lambda window=0.25: 1)
+    assert main(["sample", "--model", "digits", "--out", str(tmp_path / "a")]) == 0
+    assert main(["sample", "--model", "digits", "--threads", "2", "--out", str(tmp_path / "b")]) == 0
+    assert main(["upscale", "x.png", "--model", "scenes", "--out", str(tmp_path / "c")]) == 0
+    assert seen == [1, 2, 1] and torch.get_num_threads() == before       # the caller's count comes back
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")                            # torchrun: the idle cores shared
+    monkeypatch.setattr(cpu, "free_threads", lambda window=0.25: 2)
     try:
-        monkeypatch.setattr(cpu, "free_threads", lambda window=0.25: 1)
-        assert main(["sample", "--model", "digits", "--seeds", "0", "--steps", "1", "--out", str(tmp_path / "a")]) == 0
-        assert torch.get_num_threads() == 1
-        assert main(["sample", "--model", "digits", "--seeds", "0", "--steps", "1", "--threads", "2",
-                     "--out", str(tmp_path / "b")]) == 0
-        assert torch.get_num_threads() == 2
-        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")                   # torchrun: the idle cores shared
-        monkeypatch.setattr(cpu, "free_threads", lambda window=0.25: 2)
         assert cpu.use_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -4,6 +4,7 @@ Start with 'windowguide demo'; 'windowguide COMMAND --help' explains each comman
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -543,10 +544,30 @@ def main(argv: list[str] | None = None) -> int:
     """Run a subcommand. Failures are one line on stderr: exit status 2 for bad input (the value and
     what is accepted), 1 for a run that failed, 130 for Ctrl-C; ``--debug`` shows the traceback."""
     args = build_parser().parse_args(argv)
+    with _thread_rule(args):
+        return _dispatch(args)
+
+
+@contextlib.contextmanager
+def _thread_rule(args):
+    """One rule for every command that computes: --threads, else the cores idle when it starts; the
+    caller's thread count comes back afterwards (main() called from Python, e.g. by the tests)."""
+    if args.func in _NO_COMPUTE:
+        yield
+        return
+    import torch
+    from .cpu import use_threads
+    before = torch.get_num_threads()
+    args.threads_used = use_threads(getattr(args, "threads", None))
     try:
-        if args.func not in _NO_COMPUTE:             # one rule for every command that computes
-            from .cpu import use_threads
-            args.threads_used = use_threads(getattr(args, "threads", None))
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _dispatch(args) -> int:
+    """Run the command; failures become one line and an exit status (``main``'s docstring)."""
+    try:
         return args.func(args)
     except KeyboardInterrupt:
         if args.debug:
