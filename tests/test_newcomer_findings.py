@@ -19,6 +19,7 @@ def test_every_computing_command_takes_the_idle_cores(monkeypatch, tmp_path):
     monkeypatch.setattr(sample, "run", lambda *a, **k: seen.append(torch.get_num_threads()) or {})
     monkeypatch.setattr(upscale, "run", lambda *a, **k: seen.append(torch.get_num_threads()) or {})
     before = torch.get_num_threads()
+    monkeypatch.delenv("WINDOWGUIDE_THREADS", raising=False)             # (tests/conftest.py fixes it otherwise)
     monkeypatch.setattr(cpu, "free_threads", lambda window=0.25: 1)
     assert main(["sample", "--model", "digits", "--out", str(tmp_path / "a")]) == 0
     assert main(["sample", "--model", "digits", "--threads", "2", "--out", str(tmp_path / "b")]) == 0

@@ -19,13 +19,7 @@ def test_readme_block_runs_alone(index, tmp_path):
     p = subprocess.run([sys.executable, "-c", BLOCKS[index]], cwd=tmp_path, capture_output=True, text=True,
                        timeout=600)
     assert p.returncode == 0, f"README block {index + 1} failed:\n{BLOCKS[index]}\n{p.stderr[-2000:]}"
-
-
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_block_saves_what_it_made(index, tmp_path):
-    """Every example ends by saving its result (#38 item 5): a PNG appears in the folder it runs in."""
-    p = subprocess.run([sys.executable, "-c", BLOCKS[index]], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
+    # every example ends by saving its result (#38 item 5): a PNG appears in the folder it runs in
     pngs = [n for n in os.listdir(tmp_path) if n.endswith(".png")]
     assert pngs and all(os.path.getsize(tmp_path / n) > 100 for n in pngs), (BLOCKS[index], os.listdir(tmp_path))
+

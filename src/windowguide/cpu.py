@@ -56,9 +56,12 @@ def free_threads(window: float = 0.25) -> int:
 
 
 def use_threads(threads: int | None = None) -> int:
-    """Set torch's CPU threads for this run and return the count: ``threads`` if given, else the idle
-    cores now (``free_threads``), shared among the processes torchrun started on this machine."""
+    """Set torch's CPU threads for this run and return the count: ``threads`` if given, else
+    $WINDOWGUIDE_THREADS, else the idle cores now (``free_threads``), shared among the processes torchrun
+    started on this machine."""
     import torch
+    if threads is None and os.environ.get("WINDOWGUIDE_THREADS", "").isdigit():
+        threads = max(1, int(os.environ["WINDOWGUIDE_THREADS"]))          # a fixed count for every command
     if threads is None:
         threads = max(1, free_threads() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
     torch.set_num_threads(int(threads))
