@@ -123,8 +123,10 @@ def no_weak_models(name: str):
 def _number(keys: dict, key: str, default: Any, cast=float) -> Any:
     if key not in keys:
         return default
+    text = keys[key]
+    if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        raise _error(f"{key}={text!r} must be finite")
     try:
-        text = keys[key]
         if not _NUMBER.match(text) or (cast is int and not re.match(r"^[+-]?\d+$", text)):
             raise ValueError(text)               # ASCII digits only: no '1_0', no Unicode digits, no 'nan'
         value = cast(text)
