@@ -10,6 +10,13 @@ with open(golden_cases.GOLDEN) as f:
     RECORDED = json.load(f)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _free_the_pipelines():
+    """The tiny pipelines the cases share are dropped after this module (nothing later keeps them alive)."""
+    yield
+    golden_cases._PIPES.clear()
+
+
 def test_every_case_is_recorded():
     assert sorted(RECORDED) == sorted(golden_cases.CASES)
 
