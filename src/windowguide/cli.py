@@ -335,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_bench)
 
     demo = sub.add_parser("demo", parents=[common],
-                          help="none, M-SWG, CFG and CFG + M-SWG on the bundled model, as one PNG (35 s on 2 cores, "
-                               "measured 2026-12-02 by 'bench demo')")
+                          help="none, M-SWG, CFG and CFG + M-SWG on the bundled model, as one PNG (61 s on 2 cores alone, "
+                               "101 s beside a busy core, measured 2026-12-07)")
     demo.add_argument("--out", default=".", help="folder for windowguide_demo.png (default: here)")
     demo.add_argument("--model", default="mirror", help="bundled name or checkpoint (default: mirror)")
     demo.set_defaults(func=_demo)
