@@ -160,7 +160,10 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
         with placed(window_denoiser, lay, x_w.shape[0] // k):
             return window_denoiser(x_w, sigma, c)
     chunks = None
-    if view_batch:                                  # (view batch, its guided denoiser), made once for every step
+    if view_batch is not None and (isinstance(view_batch, bool) or not isinstance(view_batch, int) or view_batch < 1):
+        raise WindowguideError(f"view_batch {view_batch!r}: accepted: a positive integer (windows at a time) or None "
+                               f"(all at once)")
+    if view_batch is not None:                      # (view batch, its guided denoiser), made once for every step
         n = x.shape[0]
         chunks = [(ks, _rows_of(window_denoiser, torch.tensor([j * k + w for j in range(n) for w in ks])))
                   for ks in view_batches(lay, x.shape[1] * math.prod(lay.window), view_batch)]

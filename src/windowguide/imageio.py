@@ -95,9 +95,7 @@ def read_picture(path: str, background: int = 255) -> tuple[np.ndarray, dict]:
     ``read_uint8`` does and repeated to RGB, an alpha channel composited over ``background`` (white), and
     an animation (GIF, APNG, WebP) refused rather than silently cut to its first frame."""
     from PIL import Image, ImageOps
-    from .files import regular_file
-    regular_file(path, "image")
-    header(path)
+    header(path)                                  # refuses a FIFO / folder, a size past MAX_PIXELS
     notes: dict = {}
     try:
         with Image.open(path) as im:

@@ -127,11 +127,7 @@ class Layout:
 
     def crop(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, H, W] -> [N*K, C, h, w], one stacked tensor, windows of sample 0 first."""
-        self._check(x)
-        h, w = self.window
-        xx = self._wrapped(x)
-        crops = torch.stack([xx[:, :, t:t + h, l:l + w] for t, l in self.positions], dim=1)
-        return crops.reshape(-1, *crops.shape[2:])
+        return self.crop_windows(x, range(self.n))
 
     def crop_windows(self, x: torch.Tensor, ks: list[int]) -> torch.Tensor:
         """The crops of windows ``ks`` only: [N, C, H, W] -> [N*len(ks), C, h, w], sample-major."""
@@ -169,13 +165,9 @@ class Layout:
         if windows.dim() != 4 or windows.shape[0] % self.n or windows.shape[-2:] != (h, w):
             raise WindowguideError(f"windows of shape {tuple(windows.shape)} do not fit this layout "
                              f"({self.n} windows of {h}x{w} per sample)")
-        m = window_weights(weighting, h, w, windows.device, windows.dtype)
-        y = windows.reshape(-1, self.n, *windows.shape[1:]) * m
-        ext = self.width + (w - 1 if self.circular else 0)
-        out = windows.new_zeros(y.shape[0], y.shape[2], self.height, ext)
-        for k, (t, l) in enumerate(self.positions):
-            out[:, :, t:t + h, l:l + w] += y[:, k]
-        return self.unwrap(out) / self.total_weight(weighting, windows.device, windows.dtype)
+        out = self.accumulator(windows[: windows.shape[0] // self.n])      # [N, C, ...] zeros
+        self.accumulate(out, windows, range(self.n), weighting)
+        return self.finish(out, weighting)
 
     def unwrap(self, ext: torch.Tensor) -> torch.Tensor:
         if ext.shape[-1] == self.width:
@@ -327,10 +319,7 @@ class GridLayout:
 
     def crop(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, *shape] -> [N*K, C, *window], windows of sample 0 first."""
-        self._check(x)
-        xx = self._wrapped(x)
-        crops = torch.stack([xx[self._slices(p)] for p in self.positions], dim=1)
-        return crops.reshape(-1, *crops.shape[2:])
+        return self.crop_windows(x, range(self.n))
 
     def weights(self, weighting, device=None, dtype=torch.float32) -> torch.Tensor:
         """One window's weight map [*window] (``window_weights_nd``)."""
@@ -367,12 +356,9 @@ class GridLayout:
         if windows.dim() != d + 2 or windows.shape[0] % self.n or tuple(windows.shape[-d:]) != self.window:
             raise WindowguideError(f"windows of shape {tuple(windows.shape)} do not fit this layout ({self.n} windows "
                                    f"of {self.window} per sample)")
-        m = self.weights(weighting, windows.device, windows.dtype)
-        y = windows.reshape(-1, self.n, *windows.shape[1:]) * m
-        out = windows.new_zeros(y.shape[0], y.shape[2], *self._extended())
-        for k, p in enumerate(self.positions):
-            out[self._slices(p)] += y[:, k]
-        return self.unwrap(out) / self.total_weight(weighting, windows.device, windows.dtype)
+        out = self.accumulator(windows[: windows.shape[0] // self.n])      # [N, C, ...] zeros
+        self.accumulate(out, windows, range(self.n), weighting)
+        return self.finish(out, weighting)
 
     def _extended(self) -> tuple[int, ...]:
         return tuple(s + (k - 1 if c else 0) for s, k, c in zip(self.shape, self.window, self.circular))

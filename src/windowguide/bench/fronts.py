@@ -26,6 +26,7 @@ import torch
 
 from . import write_report
 from ..denoiser import Denoiser
+from ..metrics.pixels import side_effect
 
 METHODS = {"CFG": "cfg:w={w}", "SWG": "swg:w={w},window={k}", "M-SWG": "mswg:w={w},window={k}"}
 
@@ -164,11 +165,6 @@ def _shifted(pts, q, real, sign):
 
 def _side_std(p) -> float:
     return p["std"].get("contrast", 0.0) + p["std"].get("saturation", 0.0)
-
-
-def side_effect(m: dict, real: dict) -> float:
-    """The side-effect axis of the fronts: |contrast - contrast_real| + |saturation - saturation_real|."""
-    return abs(m["contrast"] - real["contrast"]) + abs(m["saturation"] - real["saturation"])
 
 
 def run_dataset(dataset: str, s: FrontSettings, progress: bool = True) -> dict:

@@ -21,7 +21,7 @@ from ..files import check_out_dir
 from ..generate import sample
 from ..images import grid, to_uint8
 from ..metrics.features import Evaluator
-from ..metrics.pixels import asymmetry, contrast, saturation
+from ..metrics.pixels import asymmetry, contrast, saturation, side_effect
 from .common import labels_for, prepare
 
 DEFAULT_MODEL = "mirror"
@@ -160,10 +160,6 @@ def line(r: dict, real: dict | None = None) -> str:
     side = f"   side effect {side_effect(r, real):.4f}" if real is not None else ""
     return f"{asym}FD {r['fd']:.3f} ± {r['fd_se']:.3f}{side}"
 
-
-def side_effect(r: dict, real: dict) -> float:
-    """|contrast - contrast_real| + |saturation - saturation_real| (``bench fronts``' side-effect axis)."""
-    return abs(r["contrast"] - real["contrast"]) + abs(r["saturation"] - real["saturation"])
 
 
 def _caption(changes: list[dict]) -> str:

@@ -74,7 +74,7 @@ class _Prediction(Denoiser):
         return self.model(x, cond["t"], cond["c"])
 
 
-class _KnownPositive(Denoiser):
+class KnownPositive(Denoiser):
     """The network, except that the prediction the pipeline already made is returned as is when the
     guided denoiser asks for the positive (the same x tensor), so it is never evaluated twice."""
 
@@ -95,7 +95,7 @@ def guided_change(guidance: Guidance, model: Callable, multiple: int, call: Call
     if any(isinstance(term, CFG) for term in guidance):
         raise WindowguideError("guided_change takes the terms besides CFG (the pipeline evaluates its own CFG)")
     x = call.x.float()
-    den = GuidedDenoiser(_KnownPositive(_Prediction(model, multiple), x, positive.float()), guidance, max_batch)
+    den = GuidedDenoiser(KnownPositive(_Prediction(model, multiple), x, positive.float()), guidance, max_batch)
     if step is not None:
         den.begin_step(*step)
     den.check(tuple(x.shape[1:]))   # every term's windows, at the first call, on or off

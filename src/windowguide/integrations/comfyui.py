@@ -34,7 +34,7 @@ from ..denoiser import Denoiser
 from ..errors import WindowguideError
 from ..guidance import SWG, Guidance, GuidedDenoiser
 from ..windows import current_regions
-from .calls import _KnownPositive
+from .calls import KnownPositive
 
 KEY = "windowguide"
 _STEP_CONDS: ContextVar = ContextVar("windowguide_comfy_conds", default=None)      # the step being guided
@@ -130,7 +130,7 @@ def _post_cfg(args):
     check_conds(args["cond"])
     net = ComfyDenoiser(model, [args["cond"]], args["model_options"])
     terms = rules.terms(tuple(x.shape[-2:]), net.multiple, model)
-    guided = GuidedDenoiser(_KnownPositive(net, x, positive), terms, rules.max_batch)
+    guided = GuidedDenoiser(KnownPositive(net, x, positive), terms, rules.max_batch)
     guided.check(tuple(x.shape[1:]))
     if not any(bool(t.active(sigma.flatten()[:1]).any()) for t in terms):
         return args["denoised"]

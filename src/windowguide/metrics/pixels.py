@@ -64,3 +64,9 @@ def ssim(x: torch.Tensor, ref: torch.Tensor, size: int = 11, sigma: float = 1.5)
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
     return s.flatten(1).mean(1).to(x.dtype)
+
+
+def side_effect(m: dict, real: dict) -> float:
+    """The side effect of a guidance method on a set of images, from their mean figures and the real
+    images': |contrast - contrast_real| + |saturation - saturation_real| (0 on the real images)."""
+    return abs(m["contrast"] - real["contrast"]) + abs(m["saturation"] - real["saturation"])
