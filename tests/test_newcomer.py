@@ -52,7 +52,7 @@ def test_pipeline_folders_take_the_one_default_window(sd_folder, tmp_path, pixel
                  "--height", str(pixels), "--width", str(pixels), "--steps", "2", "--seeds", "0",
                  "--out", str(tmp_path / "o")]) == 0
     term = next(t for t in spec.build("mswg:w=0.5", spec.Context(net=None, load=None)) if isinstance(t, SWG))
-    assert term.layout(latent, latent, 2).window == ((5 * latent + 7) // 8,) * 2
+    assert term.layouts((latent, latent), 2)[0].window == ((5 * latent + 7) // 8,) * 2
 
 
 def test_metrics_on_fewer_images_than_is_needs_leaves_it_out_and_labels_the_network(tmp_path, capsys):

@@ -66,3 +66,17 @@ def test_view_batches_keep_the_noise_streams_whole():
     assert view_batches(lay, 64, 2) == [[0, 1], [2, 3], [4, 5], [6, 7], [8]]
     assert view_batches(lay, 3, 2) == [list(range(0, 16))[:9]]       # 16 windows of 3 values: all in one run
     assert view_batches(lay, 12, 3) == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]  # 4 x 12 = 48 values; 12 < 16 joins
+
+
+def test_streamed_regional_pairs_equal_the_whole_step():
+    # the (region, window) pairs stream as windows do: each batch's pairs take their own rows of the condition
+    from windowguide.regional import Region, regional_panorama
+    regions = [Region(torch.tensor([0.5]), torch.ones(8, 28)), Region.box(torch.tensor([-0.4]), (8, 28), 0, 12, 8, 28)]
+    g = wg.CFG(0.7, null=torch.tensor([0.2, -0.3])) + wg.MSWG(0.4, window=6)
+    kw = dict(window=8, stride=4, steps=3, mode="gf", sampler="euler", guidance=g, circular=True)
+    with torch.no_grad():
+        whole = regional_panorama(Elementwise(), (4, 8, 28), [5, 6], regions, **kw)
+        for view in (1, 3):
+            assert torch.equal(regional_panorama(Elementwise(), (4, 8, 28), [5, 6], regions, view_batch=view, **kw),
+                               whole), view
+    assert not torch.equal(whole, regional_panorama(Elementwise(), (4, 8, 28), [5, 6], regions[:1], **kw))

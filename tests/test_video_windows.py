@@ -1,6 +1,6 @@
 """Windows in N dimensions (windows.layout_nd) for video (T, H, W): coverage, counts and masks against a
 brute-force loop; the 2-D case equals Layout; SWG / M-SWG with crops in time, space or both against a
-brute-force sum; temporal fusion with one window equals no windowing; SA over D axes equals the 2-D SA."""
+brute-force sum; temporal fusion with one window equals no windowing; SA over D axes is the reference clip tiled."""
 import itertools
 
 import pytest
@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 import windowguide as wg
 from windowguide.errors import WindowguideError
 from windowguide.fusion import style_aligned_noise
-from windowguide.video import long_video, style_aligned_noise_nd
+from windowguide.video import long_video
 from windowguide.windows import layout, layout_nd, window_weights
 
 
@@ -87,7 +87,17 @@ def test_long_video_one_window_is_no_windowing_and_refusals():
         wg.sample(GlobalNet(), (3, 8, 8, 8), [0], steps=2, guidance=wg.MSWG(0.5, window=(4, 8, 8)))
 
 
-def test_style_alignment_nd_is_the_2d_one():
-    z = torch.randn(2, 3, 8, 16)
+def test_style_alignment_on_a_video_is_the_reference_clip_repeated_at_alpha_one():
+    # one SA for any number of axes: at alpha = 1 each sample is its reference clip tiled by a brute-force loop
+    # over cells (the clip from the sample's generator), at alpha = 0 the noise itself
+    z = torch.randn(2, 3, 10, 8, 12)
     gens = lambda: [torch.Generator().manual_seed(i) for i in (0, 1)]
-    assert torch.equal(style_aligned_noise(z, (8, 8), 0.4, gens()), style_aligned_noise_nd(z, (8, 8), 0.4, gens()))
+    out = style_aligned_noise(z, (4, 8, 8), 1.0, gens())
+    for i, g in enumerate(gens()):
+        clip = torch.randn((3, 4, 8, 8), generator=g)
+        ref = torch.empty(3, 10, 8, 12)
+        for t in range(10):
+            for w in range(12):
+                ref[:, t, :, w] = clip[:, t % 4, :, w % 8]
+        torch.testing.assert_close(out[i], ref)
+    assert style_aligned_noise(z, (4, 8, 8), 0.0, gens()) is z

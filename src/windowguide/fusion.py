@@ -35,7 +35,7 @@ from .generate import check_sampler_options, parse_seeds, schedule_sigmas
 from .guidance import CFG, Guidance, GuidedDenoiser, guided
 from .sampling import (SAMPLERS, PerSampleNoise, churn_step, begin_step, check_finite, check_sigmas, finite_check,
                        init_noise_scale)
-from .windows import Layout, layout, regions_of_call, window_weights
+from .windows import Layout, layout, regions_of_call
 from .errors import WindowguideError
 
 MODES = {   # mode -> (what is fused, window weights)
@@ -82,9 +82,8 @@ def vcf_fuse(states: torch.Tensor, means: torch.Tensor, lay: Layout, weighting: 
 
 
 def vcf_ratio(lay: Layout, weighting: Any, device, dtype) -> torch.Tensor:
-    """W / sqrt(S) at every canvas pixel, [H, W] ([T, H, W] on a video's ``GridLayout``)."""
-    m = lay.weights(weighting, device, dtype) if hasattr(lay, "weights") else window_weights(weighting, *lay.window,
-                                                                                              device, dtype)
+    """W / sqrt(S) at every canvas entry, [*shape] ([H, W] for an image, [T, H, W] for a video)."""
+    m = lay.weights(weighting, device, dtype)
     return lay.total_weight(m, device, dtype) / lay.total_weight(m * m, device, dtype).sqrt()
 
 
@@ -108,12 +107,6 @@ class WindowNoise:
             crops = self.layout.crop(canvas) if self.ks is None else self.layout.crop_windows(canvas, self.ks)
             z = z * crops.repeat(len(self.base.generators), *[1] * (crops.dim() - 1))
         return z
-
-
-def is_stochastic(sampler: str, options: dict) -> bool:
-    """Whether a sampler draws fresh noise during sampling with these options."""
-    return adds_noise_after_update(sampler, options) or (
-        sampler in ("euler", "heun") and options.get("churn", 0.0) > 0 and options.get("s_noise", 1.0) > 0)
 
 
 def adds_noise_after_update(sampler: str, options: dict) -> bool:
@@ -212,7 +205,7 @@ def _streamed_step(x, pair, i, cond, lay, weighting, step, noise, scale, chunks,
             at = lay.regions(1)[torch.tensor(ks)].repeat(n, 1)
             with regions_of_call(at if getattr(getattr(inner, "denoiser", inner), "canvas_positions", False) else None):
                 return inner(x_w, sigma, c)
-        states = step(windows, lay.crop_windows(x, ks), pair, cond_repeat(cond, len(ks)),
+        states = step(windows, lay.crop_windows(x, ks), pair, lay.window_conds(cond, ks),
                       noise=WindowNoise(noise, lay, scale, ks),
                       callback=(lambda _, x_w, d, sg: seen.setdefault("d", d)) if callback is not None else None,
                       **options)
@@ -246,25 +239,26 @@ def _window_callback(callback: Callable | None, i: int, x: torch.Tensor, lay: La
     return lambda _, x_w, denoised, sigma: callback(i, x, lay.fold(denoised, weighting), sigma)
 
 
-def style_aligned_noise(z: torch.Tensor, window: tuple[int, int], alpha: float,
+def style_aligned_noise(z: torch.Tensor, window: Sequence[int], alpha: float,
                         generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """SA: slerp(z, z_ref, alpha) per sample, z_ref a window-sized noise tile (from the sample's
-    generator) repeated over a grid of window-sized cells and cut to the canvas; the angle
-    theta = arccos(<z, z_ref> / |z| |z_ref|) is taken over the whole tensor:
+    """SA: slerp(z, z_ref, alpha) per sample, z_ref a window-sized noise block (from the sample's
+    generator: a tile for an image, the reference clip for a video) repeated over a grid of window-sized
+    cells and cut to the canvas; the angle theta = arccos(<z, z_ref> / |z| |z_ref|) is taken over the
+    whole tensor:
 
         slerp = sin((1 - alpha) theta) / sin(theta) z + sin(alpha theta) / sin(theta) z_ref.
 
-    alpha = 0 returns z itself."""
+    alpha = 0 returns z itself. Any number of axes: z is [N, C, *sizes], ``window`` one size per axis."""
     if not 0 <= alpha <= 1 or not math.isfinite(alpha):
         raise WindowguideError(f"style alpha must be in [0, 1], got {alpha}")
     if alpha == 0:
         return z
-    n, c, height, width = z.shape
-    h, w = window
+    c, sizes, window = z.shape[1], tuple(z.shape[2:]), tuple(window)
     out = torch.empty_like(z)
     for i, g in enumerate(generators):
-        tile = torch.randn((c, h, w), generator=g).to(z)
-        ref = tile.repeat(1, math.ceil(height / h), math.ceil(width / w))[:, :height, :width]
+        tile = torch.randn((c, *window), generator=g).to(z)
+        ref = tile.repeat(1, *(math.ceil(s / k) for s, k in zip(sizes, window)))
+        ref = ref[(slice(None),) + tuple(slice(0, s) for s in sizes)]
         a, b = z[i].double().flatten(), ref.double().flatten()
         theta = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
         s = torch.sin(theta)
@@ -272,7 +266,7 @@ def style_aligned_noise(z: torch.Tensor, window: tuple[int, int], alpha: float,
             mixed = (1 - alpha) * a + alpha * b
         else:
             mixed = (torch.sin((1 - alpha) * theta) / s) * a + (torch.sin(alpha * theta) / s) * b
-        out[i] = mixed.view(c, height, width).to(z)
+        out[i] = mixed.view(c, *sizes).to(z)
     return out
 
 
@@ -378,12 +372,11 @@ def run_fused(inner: Any, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond, lay
         x = SAMPLERS[sampler](FusedDenoiser(inner, lay, weighting), x, sigmas, cond, noise=noise,
                               progress=progress, callback=check, **options)
     else:
-        streams = view_batch if hasattr(lay, "crop_windows") else None     # regional pairs: all at once
         x = sample_fused_states(inner, x, sigmas, cond, lay, weighting, sampler, noise, vcf, progress,
-                                callback=check, view_batch=streams, **options)
+                                callback=check, view_batch=view_batch, **options)
     return check_finite(x, seeds)
 
 
-__all__ = ["MODES", "FusedDenoiser", "vcf_fuse", "WindowNoise", "is_stochastic", "adds_noise_after_update",
+__all__ = ["MODES", "FusedDenoiser", "vcf_fuse", "WindowNoise", "adds_noise_after_update",
            "sample_fused_states", "run_fused", "per_window_nulls", "canvas_layout",
            "style_aligned_noise", "panorama", "check_fusion"]

@@ -20,7 +20,7 @@ import torch
 
 from .conds import Cond, broadcast_null, cond_cat, cond_repeat, cond_select
 from .denoiser import Denoiser, as_denoiser
-from .windows import AUTO, Layout, current_regions, default_window, layout, regions_of_call
+from .windows import AUTO, Layout, current_regions, default_window, layout, layout_nd, regions_of_call
 from .errors import WindowguideError
 
 INF = math.inf
@@ -385,75 +385,55 @@ class SWG(Term):
     def sizes(self) -> list:
         return list(self.window) if isinstance(self.window, list) else [self.window]
 
-    def layouts(self, height: int, width: int, multiple: int = 1) -> list[Layout]:
-        """The window layouts on a height x width image (``multiple``: the model's factor, for "auto")."""
+    def layouts(self, shape: tuple[int, ...], multiple: int = 1) -> list[Layout]:
+        """The window layouts on a latent of ``shape``: (H, W) for an image, (T, H, W) for a video
+        (``multiple``: the model's factor, for "auto"). On a video a (t, h, w) window crops in time and
+        space, an (h, w), int or "auto" window in space only (t = T); an axis whose window is the whole
+        side has one window. Windows per side (or the stride) apply to every cropped axis."""
+        shape = tuple(shape)
         per_side = None if self.stride is not None else self.windows_per_side
-        sizes = [(default_window(height, multiple), default_window(width, multiple)) if k == AUTO else k
-                 for k in self.sizes]
-        return [layout(height, width, k, stride=self.stride, windows_per_side=per_side) for k in sizes]
-
-    def layouts_nd(self, shape: tuple[int, ...], multiple: int = 1) -> list:
-        """The window layouts on a video latent of ``shape`` = (T, H, W): ``window`` (t, h, w) crops in
-        time and space; (h, w), an int or "auto" crop in space only (t = T); an axis whose window is the
-        whole side has one window. Windows per side (or the stride) apply to every cropped axis."""
-        from .windows import layout_nd
-        t_len, height, width = shape
+        spatial = lambda k: (default_window(shape[-2], multiple), default_window(shape[-1], multiple)) \
+            if k == AUTO else (k, k) if isinstance(k, int) else tuple(k)
         out = []
         for k in self.sizes:
-            if k == AUTO:
-                k = (t_len, default_window(height, multiple), default_window(width, multiple))
-            elif isinstance(k, int):
-                k = (t_len, k, k)
-            elif len(k) == 2:
-                k = (t_len, *k)
-            per_side = None if self.stride is not None else self.windows_per_side
-            out.append(layout_nd(shape, tuple(k), stride=self.stride, windows_per_side=per_side))
+            k = spatial(k)
+            if len(shape) == 2:
+                out.append(layout(*shape, k, stride=self.stride, windows_per_side=per_side))
+            else:
+                k = (shape[0], *k) if len(k) == 2 else k
+                out.append(layout_nd(shape, k, stride=self.stride, windows_per_side=per_side))
         return out
 
-    def layout(self, height: int, width: int, multiple: int = 1) -> Layout:
-        """The layout of the first (or only) crop size."""
-        return self.layouts(height, width, multiple)[0]
-
     def check(self, denoiser, shape):
-        if len(shape) == 4:
-            return self._check_video(denoiser, shape)
-        _, H, W = shape
+        """(C, H, W) or a video's (C, T, H, W): windows multiples of the network's factor, smaller than
+        the image, square where the network needs it, and a non-empty M-SWG mask."""
         m = getattr(self.net or denoiser, "multiple", 1)
-        lays = self.layouts(H, W, m)
+        canvas = tuple(shape[1:])
+        lays = self.layouts(canvas, m)
         for lay in lays:
-            h, w = lay.window
+            h, w = lay.window[-2:]
             if h % m or w % m:
-                raise WindowguideError(f"SWG window {h}x{w} is not a multiple of {m}, the factor the model needs; "
-                                       f"accepted: window sizes divisible by {m}")
-            if (h, w) == (H, W) and self.net is None:
-                raise WindowguideError(f"SWG window {h}x{w} covers the whole {H}x{W} image: every crop would be the "
-                                       f"image, and the term would add nothing; accepted: a window smaller than the "
-                                       f"image on some side (e.g. 5/8 of it, the default)")
+                raise WindowguideError(f"SWG window {'x'.join(map(str, lay.window))}: its height and width must be "
+                                       f"multiples of {m}, the factor the model needs; accepted: window sizes "
+                                       f"divisible by {m}")
+            if lay.window == canvas and self.net is None:
+                raise WindowguideError(f"SWG window {'x'.join(map(str, lay.window))} covers the whole "
+                                       f"{'x'.join(map(str, canvas))} latent: every crop would be the whole, and the "
+                                       f"term would add nothing; accepted: a window smaller than the latent on some "
+                                       f"side (e.g. 5/8 of it, the default)")
             if getattr(self.net or denoiser, "square_only", False) and h != w:
                 raise WindowguideError(f"SWG window {h}x{w}: this network (diffusers' DiT) runs square inputs only; "
                                        f"accepted: square windows")
-        if self.masked and self.overlap_mask(torch.zeros(1, 1, H, W), lays).sum() == 0:
-            raise WindowguideError(f"M-SWG mask is empty for window {self.window} with {lays[0].tops}/"
-                                   f"{lays[0].lefts} on {H}x{W}: no pixel is covered twice, so it would not "
+        if self.masked and self.overlap_mask(torch.zeros(1, 1, *canvas), lays).sum() == 0:
+            raise WindowguideError(f"M-SWG mask is empty for window {self.window} at starts {lays[0].starts} on "
+                                   f"{'x'.join(map(str, canvas))}: no entry is covered twice, so it would not "
                                    f"guide; use a larger window or more windows per side")
-
-    def _check_video(self, denoiser, shape):
-        """A video's (C, T, H, W): spatial windows multiples of the network's factor, a non-empty M-SWG mask."""
-        m = getattr(self.net or denoiser, "multiple", 1)
-        lays = self.layouts_nd(tuple(shape[1:]), m)
-        for lay in lays:
-            if any(k % m for k in lay.window[1:]):
-                raise WindowguideError(f"SWG window {lay.window} (t, h, w): h and w must be multiples of {m}, the "
-                                       f"factor the model needs")
-        if self.masked and self.overlap_mask(torch.zeros(1, 1, *shape[1:]), lays).sum() == 0:
-            raise WindowguideError(f"M-SWG mask is empty for window {self.window} on {tuple(shape[1:])} (T, H, W): no "
-                                   f"entry is covered twice; use a larger window or more windows per side")
 
     def overlap_mask(self, x, lays: list[Layout] | None = None):
         """M-SWG's M = (count > 1) (any size), or None for SWG; ``lays`` reuses cached layouts."""
         if not self.masked:
             return None
-        lays = lays or self.layouts(*x.shape[-2:])
+        lays = lays or self.layouts(tuple(x.shape[2:]))
         return torch.stack([lay.overlap_mask(x.device, x.dtype) for lay in lays]).amax(0)
 
     def negative(self, ctx, x, sigma, cond):
@@ -591,8 +571,7 @@ class GuidedDenoiser(Denoiser):
         if key not in self._layouts:
             term.check(self.denoiser, tuple(x.shape[1:]))
             multiple = getattr(term.net or self.denoiser, "multiple", 1)
-            self._layouts[key] = (term.layouts_nd(tuple(x.shape[2:]), multiple) if x.dim() == 5 else
-                                  term.layouts(*x.shape[-2:], multiple))
+            self._layouts[key] = term.layouts(tuple(x.shape[2:]), multiple)
         return self._layouts[key]
 
     def begin_step(self, i: int, sigmas: list[float]) -> None:

@@ -28,9 +28,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .conds import Cond, cond_cat, cond_select
+from .conds import Cond, cond_batch_size, cond_cat, cond_select
 from .errors import WindowguideError
-from .windows import Layout, layout, window_weights
+from .windows import Layout
 
 
 @dataclass
@@ -198,26 +198,16 @@ def fuse(lay: Layout, states: torch.Tensor, chosen: list[tuple[int, int]], masks
          weighting: Any = "uniform") -> torch.Tensor:
     """sum_{r,k} m_k M_r(k) ⊙ x_{r,k} / sum_{r,k} m_k M_r(k); ``states`` [n * P, C, h, w] sample-major
     (sample i's pair j at row i P + j), as the panorama's windows are."""
-    h, w = lay.window
-    m = window_weights(weighting, h, w, states.device, states.dtype)
-    ext = lay.width + (w - 1 if lay.circular else 0)
-    y = states.reshape(n, len(chosen), *states.shape[1:])
-    num = states.new_zeros(n, states.shape[1], lay.height, ext)
-    den = states.new_zeros(lay.height, ext)
-    crops = lay.crop(masks[:, None].to(states))                       # [R*K, 1, h, w]: region r's window k
-    for j, (r, k) in enumerate(chosen):
-        t, l = lay.positions[k]
-        weight = m * crops[r * lay.n + k, 0]
-        num[:, :, t:t + h, l:l + w] += y[:, j] * weight
-        den[t:t + h, l:l + w] += weight
-    return lay.unwrap(num) / lay.unwrap(den[None, None])[0, 0]
+    return PairLayout(lay, tuple(chosen), masks.to(states)).fold(states, weighting)
 
 
 @dataclass(frozen=True, eq=False)
 class PairLayout:
-    """The (region, window) pairs of a regional canvas as the fused loop's layout: ``crop`` gives each
-    pair's window crop (sample-major), ``fold`` the mask-weighted fusion ``fuse``, ``window_conds`` the
-    pairs' own conditions (one row per sample and pair, already laid out)."""
+    """The (region, window) pairs of a regional canvas as the fused loop's layout, pair j = (r, k) standing
+    for window k under region r's condition and weighted by m_k M_r(k) (``fuse``). It speaks the layout's
+    protocol (``crop_windows`` / ``accumulator`` / ``accumulate`` / ``finish``, ``window_conds``), so the
+    fused loop streams its pairs in view batches as it streams windows. The condition it is given is
+    already one row per sample and pair."""
     base: Layout
     chosen: tuple[tuple[int, int], ...]
     masks: torch.Tensor
@@ -230,30 +220,64 @@ class PairLayout:
     def window(self) -> tuple[int, int]:
         return self.base.window
 
-    def _windows(self) -> torch.Tensor:
-        return torch.tensor([k for _, k in self.chosen])
+    def _windows(self, ks=None) -> list[int]:
+        return [self.chosen[j][1] for j in (range(self.n) if ks is None else ks)]
 
     def crop(self, x: torch.Tensor) -> torch.Tensor:
-        crops = self.base.crop(x).reshape(x.shape[0], self.base.n, x.shape[1], *self.window)
-        return crops[:, self._windows()].reshape(x.shape[0] * self.n, x.shape[1], *self.window)
+        return self.crop_windows(x, range(self.n))
+
+    def crop_windows(self, x: torch.Tensor, ks) -> torch.Tensor:
+        """The window crops of pairs ``ks``: [N, C, H, W] -> [N*len(ks), C, h, w], sample-major."""
+        return self.base.crop_windows(x, self._windows(ks))
+
+    def accumulator(self, like: torch.Tensor) -> torch.Tensor:
+        return self.base.accumulator(like)
+
+    def _pair_weight(self, j: int, weighting: Any, like: torch.Tensor) -> torch.Tensor:
+        """m_k M_r(k) of pair j = (r, k), [h, w]."""
+        r, k = self.chosen[j]
+        mask = self.base.crop_windows(self.masks[r][None, None].to(like), [k])[0, 0]
+        return self.base.weights(weighting, like.device, like.dtype) * mask
+
+    def accumulate(self, out: torch.Tensor, states: torch.Tensor, ks, weighting: Any = "uniform") -> None:
+        """out += m_k M_r(k) x_{r,k} at window k's place, for the pairs ``ks``."""
+        y = states.reshape(-1, len(ks), *states.shape[1:])
+        pos = self.base.positions
+        for j, p in enumerate(ks):
+            out[self.base.window_slices(pos[self.chosen[p][1]])] += y[:, j] * self._pair_weight(p, weighting, states)
+
+    def finish(self, out: torch.Tensor, weighting: Any = "uniform") -> torch.Tensor:
+        """unwrap(out) / sum_{r,k} m_k M_r(k)."""
+        den = out.new_zeros(self.base.extended_shape())
+        pos = self.base.positions
+        for j, (_, k) in enumerate(self.chosen):
+            den[self.base.window_slices(pos[k])] += self._pair_weight(j, weighting, out)
+        return self.base.unwrap(out) / self.base.unwrap(den[None, None])[0, 0]
 
     def fold(self, states: torch.Tensor, weighting: Any = "uniform") -> torch.Tensor:
-        return fuse(self.base, states, list(self.chosen), self.masks.to(states), states.shape[0] // self.n, weighting)
+        out = self.accumulator(states[: states.shape[0] // self.n])
+        self.accumulate(out, states, range(self.n), weighting)
+        return self.finish(out, weighting)
 
     def regions(self, n: int) -> torch.Tensor:
-        return self.base.regions(1)[self._windows()].repeat(n, 1)
+        return self.base.regions(1)[torch.tensor(self._windows())].repeat(n, 1)
 
-    def window_conds(self, cond: Cond) -> Cond:
-        return cond
+    def window_conds(self, cond: Cond, ks=None) -> Cond:
+        """The pairs' own conditions (rows i P + j); of the pairs ``ks`` only when given."""
+        if ks is None or cond is None:
+            return cond
+        n = cond_batch_size(cond) // self.n
+        return cond_select(cond, torch.tensor([i * self.n + j for i in range(n) for j in ks]))
 
 
 def regional_panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, regions: Sequence[Region], window: Any,
                       stride: Any = 8, mode: str = "multidiffusion", sampler: str = "ddim", steps: int = 50,
                       sigmas: Any = None, guidance: Any = None, circular: bool = False, device: Any = None,
-                      progress: bool = False, max_batch: int | None = None, **sampler_options) -> torch.Tensor:
+                      progress: bool = False, max_batch: int | None = None, view_batch: int | None = None,
+                      **sampler_options) -> torch.Tensor:
     """Sample a (C, H, W) canvas whose regions follow their own conditions (module docstring), through the
     one fused loop (``fusion.run_fused``) with the (region, window) pairs as its windows; ``max_batch``
-    caps the window-sized inputs of one network call."""
+    caps the window-sized inputs of one network call, ``view_batch`` the pairs stepped and folded at a time."""
     from .denoiser import as_denoiser
     from .fusion import canvas_layout, check_fusion, per_window_nulls, run_fused
     from .generate import parse_seeds, schedule_sigmas
@@ -279,7 +303,7 @@ def regional_panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, regions:
     rows = [cond_select(conds[r], torch.tensor([i])) for i in range(n) for r, _ in chosen]
     cond = None if rows[0] is None else cond_cat(rows)
     return run_fused(inner, x, sigmas, cond, PairLayout(lay, tuple(chosen), masks), "state", weighting, sampler,
-                     noise, False, seeds, progress, options)
+                     noise, False, seeds, progress, options, view_batch)
 
 
 def _per_sample(cond: Cond, n: int) -> Cond:

@@ -8,42 +8,16 @@ mean of the window states, exactly as the panoramas fuse them (``fusion.sample_f
 
 m_k uniform (MultiDiffusion), a cone (GF) or gaussian over (t, h, w); under a stochastic sampler VCF
 rescales the window noise by W / sqrt(S) (``fusion.vcf_fuse``); SA mixes one reference clip's noise into
-every window (``style_aligned_noise_nd``); guidance terms (CFG, temporal / spatial M-SWG) act inside
+every window (``fusion.style_aligned_noise``); guidance terms (CFG, temporal / spatial M-SWG) act inside
 each window. Networks that take positions (Wan's 3-D RoPE) see each window at its place in the video.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
 
 from .errors import WindowguideError
-
-
-def style_aligned_noise_nd(z: torch.Tensor, window: Sequence[int], alpha: float,
-                           generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """SA over D axes: slerp(z, z_ref, alpha) per sample, z_ref one window-sized noise block (from the
-    sample's generator: the reference clip) repeated over the canvas and cut to it; theta over the whole
-    tensor, slerp = sin((1 - alpha) theta) / sin theta z + sin(alpha theta) / sin theta z_ref. For D = 2
-    it is ``fusion.style_aligned_noise``."""
-    if not 0 <= alpha <= 1 or not math.isfinite(alpha):
-        raise WindowguideError(f"style alpha must be in [0, 1], got {alpha}")
-    if alpha == 0:
-        return z
-    c, sizes = z.shape[1], tuple(z.shape[2:])
-    out = torch.empty_like(z)
-    for i, g in enumerate(generators):
-        tile = torch.randn((c, *window), generator=g).to(z)
-        ref = tile.repeat(1, *(math.ceil(s / k) for s, k in zip(sizes, window)))
-        ref = ref[(slice(None),) + tuple(slice(0, s) for s in sizes)]
-        a, b = z[i].double().flatten(), ref.double().flatten()
-        theta = torch.arccos((a @ b / (a.norm() * b.norm())).clamp(-1, 1))
-        s = torch.sin(theta)
-        mixed = (1 - alpha) * a + alpha * b if s < 1e-6 else \
-            (torch.sin((1 - alpha) * theta) / s) * a + (torch.sin(alpha * theta) / s) * b
-        out[i] = mixed.view(c, *sizes).to(z)
-    return out
 
 
 def long_video(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Sequence[int], stride: Any = 4,
@@ -56,7 +30,7 @@ def long_video(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Sequenc
     axis; circular: loop along time. Returns [len(seeds), C, T, H, W]."""
     from .conds import cond_to
     from .denoiser import as_denoiser, check_size
-    from .fusion import canvas_layout, check_fusion, per_window_nulls, run_fused
+    from .fusion import canvas_layout, check_fusion, per_window_nulls, run_fused, style_aligned_noise
     from .generate import check_cond, parse_seeds, schedule_sigmas
     from .guidance import guided
     from .sampling import PerSampleNoise, check_sigmas, init_noise_scale
@@ -78,9 +52,9 @@ def long_video(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Sequenc
     device = torch.device(device) if device is not None else torch.device("cpu")
     noise = PerSampleNoise.from_seeds(seeds)
     z = noise(torch.empty(len(seeds), c, *sizes, device=device))
-    x = style_aligned_noise_nd(z, lay.window, style_alpha, noise.generators) * init_noise_scale(base, sigmas[0].item())
+    x = style_aligned_noise(z, lay.window, style_alpha, noise.generators) * init_noise_scale(base, sigmas[0].item())
     return run_fused(inner, x, sigmas, cond_to(cond, device), lay, fuse, weighting, sampler, noise, vcf, seeds,
                      progress, options, view_batch)
 
 
-__all__ = ["long_video", "style_aligned_noise_nd"]
+__all__ = ["long_video"]

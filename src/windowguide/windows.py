@@ -14,6 +14,7 @@ circular (wrap-around) for 360-degree canvases.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -86,123 +87,152 @@ def axis_positions(size: int, window: int, stride: int | None = None, n: int | N
 
 @dataclass(frozen=True)
 class Layout:
-    """K = len(tops) * len(lefts) windows of size (h, w) on an H x W canvas, row-major order."""
+    """K = prod_a len(starts[a]) windows of size ``window`` over the last D axes of a canvas of size
+    ``shape`` (D = 2: (H, W) for images, D = 3: (T, H, W) for video), in row-major order of their starts.
+    An axis flagged in ``wraps`` is circular: its windows wrap around the edge (a 360-degree panorama
+    along W, a looping video along T)."""
 
-    height: int
-    width: int
-    window: tuple[int, int]
-    tops: tuple[int, ...]
-    lefts: tuple[int, ...]
-    circular: bool = False
+    shape: tuple[int, ...]
+    window: tuple[int, ...]
+    starts: tuple[tuple[int, ...], ...]
+    wraps: tuple[bool, ...]
 
     @property
     def n(self) -> int:
-        return len(self.tops) * len(self.lefts)
+        return math.prod(len(s) for s in self.starts)
 
     @property
-    def positions(self) -> list[tuple[int, int]]:
-        return [(t, l) for t in self.tops for l in self.lefts]
+    def positions(self) -> list[tuple[int, ...]]:
+        return list(itertools.product(*self.starts))
+
+    # the image axes by name (the last two), as the 2-D code and its messages speak of them
+    height = property(lambda self: self.shape[-2])
+    width = property(lambda self: self.shape[-1])
+    tops = property(lambda self: self.starts[-2])
+    lefts = property(lambda self: self.starts[-1])
+    circular = property(lambda self: any(self.wraps), doc="whether any axis wraps around")
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[-2:] != (self.height, self.width):
+        d = len(self.shape)
+        if x.dim() != d + 2 or tuple(x.shape[-d:]) != self.shape:
+            axes = "HW" if d == 2 else "THW" if d == 3 else "axes"
             raise WindowguideError(f"tensor of shape {tuple(x.shape)} does not fit this layout's canvas "
-                             f"{self.height}x{self.width} (expected NCHW)")
+                                   f"{'x'.join(map(str, self.shape))} (expected N, C, {', '.join(axes)})")
 
     def _wrapped(self, x: torch.Tensor) -> torch.Tensor:
-        """x with the first w-1 columns appended, so wrapping windows are plain slices."""
-        w = self.window[1]
-        if self.circular and max(self.lefts) + w > self.width:
-            return torch.cat([x, x[..., : w - 1]], dim=-1)
+        """x with the first window-1 entries appended along each circular axis whose windows wrap, so
+        wrapping windows are plain slices."""
+        d = len(self.shape)
+        for a in range(d):
+            k = self.window[a]
+            if self.wraps[a] and max(self.starts[a]) + k > self.shape[a]:
+                x = torch.cat([x, x.narrow(x.dim() - d + a, 0, k - 1)], dim=x.dim() - d + a)
         return x
 
+    def window_slices(self, p) -> tuple:
+        """The index of the window starting at ``p`` (one start per axis) in a [..., *shape] tensor."""
+        return (Ellipsis,) + tuple(slice(s, s + k) for s, k in zip(p, self.window))
+
+    def extended_shape(self) -> tuple[int, ...]:
+        """The canvas shape with window-1 more entries along each wrapping axis (where wrapped windows land)."""
+        return tuple(s + (k - 1 if c else 0) for s, k, c in zip(self.shape, self.window, self.wraps))
+
     def regions(self, n: int) -> torch.Tensor:
-        """[N*K, 4] (top, left, canvas height, canvas width) of the crops of ``crop`` for N samples."""
-        one = torch.tensor([(t, l, self.height, self.width) for t, l in self.positions], dtype=torch.long)
+        """[N*K, 2D]: each window's start on every axis, then the canvas's size on every axis, for N
+        samples (for images: (top, left, H, W))."""
+        one = torch.tensor([(*p, *self.shape) for p in self.positions], dtype=torch.long)
         return one.repeat(n, 1)
 
-    def window_conds(self, cond):
-        """The condition of every window: each sample's repeated for its K windows (``conds.cond_repeat``)."""
+    def window_conds(self, cond, ks=None):
+        """The condition of every window (of windows ``ks`` only when given): each sample's repeated for
+        its windows, sample-major (``conds.cond_repeat``)."""
         from .conds import cond_repeat
-        return cond_repeat(cond, self.n)
+        return cond_repeat(cond, self.n if ks is None else len(ks))
+
+    def weights(self, weighting, device=None, dtype=torch.float32) -> torch.Tensor:
+        """One window's weight map m, [*window] (``window_weights``)."""
+        return window_weights(weighting, self.window, device, dtype)
 
     def crop(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, C, H, W] -> [N*K, C, h, w], one stacked tensor, windows of sample 0 first."""
+        """[N, C, *shape] -> [N*K, C, *window], one stacked tensor, windows of sample 0 first."""
         return self.crop_windows(x, range(self.n))
 
     def crop_windows(self, x: torch.Tensor, ks: list[int]) -> torch.Tensor:
-        """The crops of windows ``ks`` only: [N, C, H, W] -> [N*len(ks), C, h, w], sample-major."""
+        """The crops of windows ``ks`` only: [N, C, *shape] -> [N*len(ks), C, *window], sample-major."""
         self._check(x)
-        h, w = self.window
         xx = self._wrapped(x)
         pos = self.positions
-        crops = torch.stack([xx[:, :, pos[k][0]:pos[k][0] + h, pos[k][1]:pos[k][1] + w] for k in ks], dim=1)
+        crops = torch.stack([xx[self.window_slices(pos[k])] for k in ks], dim=1)
         return crops.reshape(-1, *crops.shape[2:])
 
     def accumulator(self, like: torch.Tensor) -> torch.Tensor:
-        """Zeros for ``accumulate``: [N, C, H, W + (w - 1 if circular)] (``like``: the canvas state)."""
-        return like.new_zeros(like.shape[0], like.shape[1], self.height,
-                              self.width + (self.window[1] - 1 if self.circular else 0))
+        """Zeros for ``accumulate``: [N, C, *shape extended by window-1 along wrapping axes] (``like``:
+        the canvas state)."""
+        return like.new_zeros(like.shape[0], like.shape[1], *self.extended_shape())
 
     def accumulate(self, out: torch.Tensor, windows: torch.Tensor, ks: list[int],
                    weighting: str | torch.Tensor = "uniform") -> None:
-        """out += m_k y_k at window k's place for the windows ``ks`` ([N*len(ks), C, h, w], sample-major):
-        the same additions, in the same order, as ``fold`` makes."""
-        h, w = self.window
-        m = window_weights(weighting, h, w, windows.device, windows.dtype)
+        """out += m_k y_k at window k's place for the windows ``ks`` ([N*len(ks), C, *window],
+        sample-major): the same additions, in the same order, as ``fold`` makes."""
+        m = self.weights(weighting, windows.device, windows.dtype)
         y = windows.reshape(-1, len(ks), *windows.shape[1:]) * m
         pos = self.positions
         for j, k in enumerate(ks):
-            t, l = pos[k]
-            out[:, :, t:t + h, l:l + w] += y[:, j]
+            out[self.window_slices(pos[k])] += y[:, j]
 
     def finish(self, out: torch.Tensor, weighting: str | torch.Tensor = "uniform") -> torch.Tensor:
         """The fold of everything accumulated: unwrap(out) / sum_k m_k."""
         return self.unwrap(out) / self.total_weight(weighting, out.device, out.dtype)
 
     def fold(self, windows: torch.Tensor, weighting: str | torch.Tensor = "uniform") -> torch.Tensor:
-        """[N*K, C, h, w] -> [N, C, H, W]: sum_k m_k * y_k / sum_k m_k at every pixel."""
-        h, w = self.window
-        if windows.dim() != 4 or windows.shape[0] % self.n or windows.shape[-2:] != (h, w):
-            raise WindowguideError(f"windows of shape {tuple(windows.shape)} do not fit this layout "
-                             f"({self.n} windows of {h}x{w} per sample)")
+        """[N*K, C, *window] -> [N, C, *shape]: sum_k m_k y_k / sum_k m_k at every entry."""
+        d = len(self.shape)
+        if windows.dim() != d + 2 or windows.shape[0] % self.n or tuple(windows.shape[-d:]) != self.window:
+            raise WindowguideError(f"windows of shape {tuple(windows.shape)} do not fit this layout ({self.n} windows "
+                                   f"of {'x'.join(map(str, self.window))} per sample)")
         out = self.accumulator(windows[: windows.shape[0] // self.n])      # [N, C, ...] zeros
         self.accumulate(out, windows, range(self.n), weighting)
         return self.finish(out, weighting)
 
     def unwrap(self, ext: torch.Tensor) -> torch.Tensor:
-        if ext.shape[-1] == self.width:
-            return ext
-        out = ext[..., : self.width].clone()
-        over = ext.shape[-1] - self.width
-        out[..., :over] += ext[..., self.width:]
-        return out
+        """Fold the entries appended along wrapping axes back onto the axes' starts."""
+        d = len(self.shape)
+        for a in range(d):
+            dim = ext.dim() - d + a
+            over = ext.shape[dim] - self.shape[a]
+            if over:
+                body = ext.narrow(dim, 0, self.shape[a]).clone()
+                body.narrow(dim, 0, over).add_(ext.narrow(dim, self.shape[a], over))
+                ext = body
+        return ext
 
     def total_weight(self, weighting: str | torch.Tensor = "uniform", device=None, dtype=torch.float32) -> torch.Tensor:
-        """sum_k m_k at every pixel, [H, W] (the overlap count for uniform weights)."""
+        """sum_k m_k at every entry, [*shape] (the overlap count for uniform weights)."""
         if isinstance(weighting, torch.Tensor):
             return self._total(weighting.to(device=device, dtype=dtype))
         return _cached_total(self, weighting, device, dtype)
 
     def _total(self, m: torch.Tensor) -> torch.Tensor:
-        h, w = self.window
-        ext = self.width + (w - 1 if self.circular else 0)
-        tot = m.new_zeros(self.height, ext)
-        for t, l in self.positions:
-            tot[t:t + h, l:l + w] += m
+        tot = m.new_zeros(self.extended_shape())
+        for p in self.positions:
+            tot[self.window_slices(p)] += m
         return self.unwrap(tot)
 
     def count(self, device=None) -> torch.Tensor:
-        """How many windows cover each pixel, [H, W] (int64)."""
+        """How many windows cover each entry, [*shape] (int64)."""
         return self.total_weight("uniform", device, torch.float32).round().long()
 
     def overlap_mask(self, device=None, dtype=torch.float32) -> torch.Tensor:
-        """M-SWG's mask M = (count > 1), [H, W]."""
+        """M-SWG's mask M = (count > 1), [*shape]."""
         return (self.count(device) > 1).to(dtype)
+
+
+GridLayout = Layout  # the name the video code used for the N-D form, which is now the one layout
 
 
 @functools.lru_cache(maxsize=256)
 def _cached_total(layout: Layout, weighting: str, device, dtype) -> torch.Tensor:
-    return layout._total(window_weights(weighting, *layout.window, device, dtype))
+    return layout._total(window_weights(weighting, layout.window, device, dtype))
 
 
 AUTO = "auto"
@@ -226,175 +256,26 @@ def default_window(side: int, multiple: int = 1) -> int:
 
 
 def layout(height: int, width: int, window, stride=None, windows_per_side=None, circular: bool = False) -> Layout:
-    """Build a Layout. ``window``, ``stride`` and ``windows_per_side`` are ints or (h, w) pairs;
-    give exactly one of stride and windows_per_side. ``circular`` wraps along the width."""
+    """The 2-D layout on an H x W image: ``layout_nd((height, width), ...)``, ``circular`` along the width.
+    ``window``, ``stride`` and ``windows_per_side`` are ints or (h, w) pairs; give exactly one of
+    stride and windows_per_side."""
     h, w = _pair(window, "window")
     if (stride is None) == (windows_per_side is None):
         raise WindowguideError("give exactly one of stride and windows_per_side")
-    sh, sw = _pair(stride, "stride") if stride is not None else (None, None)
-    nh, nw = _pair(windows_per_side, "windows_per_side") if windows_per_side is not None else (None, None)
+    stride = _pair(stride, "stride") if stride is not None else None
+    windows_per_side = _pair(windows_per_side, "windows_per_side") if windows_per_side is not None else None
     if circular and w > width:
         raise WindowguideError(f"window width {w} is larger than the canvas width {width}")
-    tops = axis_positions(height, h, sh, nh)
-    lefts = axis_positions(width, w, sw, nw, circular=circular)
-    return Layout(int(height), int(width), (h, w), tops, lefts, bool(circular))
+    return layout_nd((height, width), (h, w), stride, windows_per_side, circular=(False, bool(circular)),
+                     whole_side_once=False)
 
 
-def window_weights(weighting: str | torch.Tensor, h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """A window's weight map m, [h, w].
-
-    uniform:  m = 1.
-    cone:     guided fusion, m = 1 - d / d_corner + 1e-4, d the Euclidean distance from the centre
-              ((h-1)/2, (w-1)/2), d_corner = that distance at a corner (sqrt(2) c for a square).
-    gaussian: Mixture of Diffusers, m = exp(-(i-ci)^2 / (2 (0.1 h)^2) - (j-cj)^2 / (2 (0.1 w)^2)).
-    A tensor of shape [h, w] is used as given (it must be positive).
-    """
-    if isinstance(weighting, torch.Tensor):
-        if weighting.shape != (h, w) or not (weighting > 0).all():
-            raise WindowguideError(f"a weight map must be positive with shape ({h}, {w}), got {tuple(weighting.shape)}")
-        return weighting.to(device=device, dtype=dtype)
-    ci, cj = (h - 1) / 2, (w - 1) / 2
-    i = torch.arange(h, dtype=torch.float64).view(-1, 1) - ci
-    j = torch.arange(w, dtype=torch.float64).view(1, -1) - cj
-    if weighting == "uniform":
-        m = torch.ones(h, w, dtype=torch.float64)
-    elif weighting == "cone":
-        corner = math.hypot(ci, cj)
-        m = (1 - (i ** 2 + j ** 2).sqrt() / corner if corner > 0 else torch.ones(h, w, dtype=torch.float64)) + CONE_EPS
-    elif weighting == "gaussian":
-        m = torch.exp(-(i ** 2) / (2 * (0.1 * h) ** 2) - (j ** 2) / (2 * (0.1 * w) ** 2))
-    else:
-        raise WindowguideError(f"weighting must be one of {WEIGHTINGS} or a tensor, got {weighting!r}")
-    return m.to(device=device, dtype=dtype)
-
-
-@dataclass(frozen=True)
-class GridLayout:
-    """Windows over the last D axes of a tensor (D = 3 for video: T, H, W), the N-D form of ``Layout``:
-    K = prod_a len(starts[a]) windows of size ``window`` on a canvas of size ``shape``, in row-major
-    order of their starts; any axis may be ``circular`` (wrap-around: a looping video along T)."""
-
-    shape: tuple[int, ...]
-    window: tuple[int, ...]
-    starts: tuple[tuple[int, ...], ...]
-    circular: tuple[bool, ...]
-
-    @property
-    def n(self) -> int:
-        return math.prod(len(s) for s in self.starts)
-
-    @property
-    def positions(self) -> list[tuple[int, ...]]:
-        import itertools
-        return list(itertools.product(*self.starts))
-
-    def _check(self, x: torch.Tensor) -> None:
-        d = len(self.shape)
-        if x.dim() != d + 2 or tuple(x.shape[-d:]) != self.shape:
-            raise WindowguideError(f"tensor of shape {tuple(x.shape)} does not fit this layout's canvas {self.shape} "
-                                   f"(expected N, C, {', '.join('THW'[-d:] if d <= 3 else 'axes')})")
-
-    def _wrapped(self, x: torch.Tensor) -> torch.Tensor:
-        """x with the first window-1 entries appended along each circular axis whose windows wrap."""
-        d = len(self.shape)
-        for a in range(d):
-            k = self.window[a]
-            if self.circular[a] and max(self.starts[a]) + k > self.shape[a]:
-                x = torch.cat([x, x.narrow(x.dim() - d + a, 0, k - 1)], dim=x.dim() - d + a)
-        return x
-
-    def _slices(self, p) -> tuple:
-        return (Ellipsis,) + tuple(slice(s, s + k) for s, k in zip(p, self.window))
-
-    def regions(self, n: int) -> torch.Tensor:
-        """[N*K, 2D] (the window's start on each axis, then the canvas's size on each axis); for D = 2
-        this is ``Layout.regions``' (top, left, H, W)."""
-        one = torch.tensor([(*p, *self.shape) for p in self.positions], dtype=torch.long)
-        return one.repeat(n, 1)
-
-    def window_conds(self, cond):
-        """The condition of every window: each sample's repeated for its K windows (``conds.cond_repeat``)."""
-        from .conds import cond_repeat
-        return cond_repeat(cond, self.n)
-
-    def crop(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, C, *shape] -> [N*K, C, *window], windows of sample 0 first."""
-        return self.crop_windows(x, range(self.n))
-
-    def weights(self, weighting, device=None, dtype=torch.float32) -> torch.Tensor:
-        """One window's weight map [*window] (``window_weights_nd``)."""
-        return window_weights_nd(weighting, self.window, device, dtype)
-
-    def crop_windows(self, x: torch.Tensor, ks: list[int]) -> torch.Tensor:
-        """The crops of windows ``ks`` only: [N, C, *shape] -> [N*len(ks), C, *window], sample-major."""
-        self._check(x)
-        xx = self._wrapped(x)
-        pos = self.positions
-        crops = torch.stack([xx[self._slices(pos[k])] for k in ks], dim=1)
-        return crops.reshape(-1, *crops.shape[2:])
-
-    def accumulator(self, like: torch.Tensor) -> torch.Tensor:
-        """Zeros for ``accumulate``: [N, C, *extended shape] (``like``: the canvas state)."""
-        return like.new_zeros(like.shape[0], like.shape[1], *self._extended())
-
-    def accumulate(self, out: torch.Tensor, windows: torch.Tensor, ks: list[int],
-                   weighting: str | torch.Tensor = "uniform") -> None:
-        """out += m_k y_k at window k's place for the windows ``ks``, as ``fold`` adds them."""
-        m = self.weights(weighting, windows.device, windows.dtype)
-        y = windows.reshape(-1, len(ks), *windows.shape[1:]) * m
-        pos = self.positions
-        for j, k in enumerate(ks):
-            out[self._slices(pos[k])] += y[:, j]
-
-    def finish(self, out: torch.Tensor, weighting: str | torch.Tensor = "uniform") -> torch.Tensor:
-        """The fold of everything accumulated: unwrap(out) / sum_k m_k."""
-        return self.unwrap(out) / self.total_weight(weighting, out.device, out.dtype)
-
-    def fold(self, windows: torch.Tensor, weighting: str | torch.Tensor = "uniform") -> torch.Tensor:
-        """[N*K, C, *window] -> [N, C, *shape]: sum_k m_k y_k / sum_k m_k at every entry."""
-        d = len(self.shape)
-        if windows.dim() != d + 2 or windows.shape[0] % self.n or tuple(windows.shape[-d:]) != self.window:
-            raise WindowguideError(f"windows of shape {tuple(windows.shape)} do not fit this layout ({self.n} windows "
-                                   f"of {self.window} per sample)")
-        out = self.accumulator(windows[: windows.shape[0] // self.n])      # [N, C, ...] zeros
-        self.accumulate(out, windows, range(self.n), weighting)
-        return self.finish(out, weighting)
-
-    def _extended(self) -> tuple[int, ...]:
-        return tuple(s + (k - 1 if c else 0) for s, k, c in zip(self.shape, self.window, self.circular))
-
-    def unwrap(self, ext: torch.Tensor) -> torch.Tensor:
-        d = len(self.shape)
-        for a in range(d):
-            dim = ext.dim() - d + a
-            over = ext.shape[dim] - self.shape[a]
-            if over:
-                body = ext.narrow(dim, 0, self.shape[a]).clone()
-                body.narrow(dim, 0, over).add_(ext.narrow(dim, self.shape[a], over))
-                ext = body
-        return ext
-
-    def total_weight(self, weighting: str | torch.Tensor = "uniform", device=None, dtype=torch.float32):
-        """sum_k m_k at every entry, [*shape]."""
-        m = self.weights(weighting, device, dtype)
-        tot = m.new_zeros(self._extended())
-        for p in self.positions:
-            tot[self._slices(p)] += m
-        return self.unwrap(tot)
-
-    def count(self, device=None) -> torch.Tensor:
-        """How many windows cover each entry, [*shape] (int64)."""
-        return self.total_weight("uniform", device, torch.float32).round().long()
-
-    def overlap_mask(self, device=None, dtype=torch.float32) -> torch.Tensor:
-        """M-SWG's mask M = (count > 1), [*shape]."""
-        return (self.count(device) > 1).to(dtype)
-
-
-def layout_nd(shape, window, stride=None, windows_per_side=None, circular=False) -> GridLayout:
-    """A GridLayout over ``shape`` (e.g. (T, H, W)); ``window``, ``stride``, ``windows_per_side`` are
+def layout_nd(shape, window, stride=None, windows_per_side=None, circular=False,
+              whole_side_once: bool = True) -> Layout:
+    """A Layout over ``shape`` (e.g. (T, H, W)); ``window``, ``stride``, ``windows_per_side`` are
     ints or one value per axis, exactly one of stride and windows_per_side; an axis whose window is the
-    whole side has one window. ``circular``: a bool for the last axis or one per axis."""
+    whole side has one window (``whole_side_once``). ``circular``: a bool for the last axis or one per
+    axis. Positions along each axis: ``axis_positions``."""
     shape = tuple(int(v) for v in shape)
     d = len(shape)
     per = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * d
@@ -411,36 +292,57 @@ def layout_nd(shape, window, stride=None, windows_per_side=None, circular=False)
         raise WindowguideError(f"stride, windows_per_side and circular take one value per axis ({d})")
     starts = []
     for a in range(d):
-        if window[a] == shape[a] and not circ[a]:
+        if whole_side_once and window[a] == shape[a] and not circ[a]:
             starts.append((0,))
             continue
         starts.append(axis_positions(shape[a], window[a], strides[a], counts[a], circular=circ[a]))
-    return GridLayout(shape, window, tuple(starts), circ)
+    return Layout(shape, window, tuple(starts), tuple(bool(c) for c in circ))
 
 
-def window_weights_nd(weighting, window: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
-    """A window's weight map over D axes: ``window_weights``' uniform / cone (1 - d / d_corner + 1e-4, d
-    the Euclidean distance from the centre over every axis) / gaussian (a product of 0.1-size gaussians);
-    for D = 2 exactly ``window_weights``. A tensor of the window's shape is used as given."""
-    if len(window) == 2:
-        return window_weights(weighting, *window, device, dtype)
+def window_weights(weighting, *window, device=None, dtype=torch.float32) -> torch.Tensor:
+    """A window's weight map m over its D axes, [*window] (``window``: the sizes, or one tuple of them).
+
+    uniform:  m = 1.
+    cone:     guided fusion, m = 1 - d / d_corner + 1e-4, d the Euclidean distance from the centre
+              ((k_a - 1) / 2 on every axis), d_corner = that distance at a corner (sqrt(2) c for a square).
+    gaussian: Mixture of Diffusers, m = exp(-sum_a (i_a - c_a)^2 / (2 (0.1 k_a)^2)).
+    A tensor of the window's shape is used as given (it must be positive).
+    """
+    window, device, dtype = _weights_args(window, device, dtype)
     if isinstance(weighting, torch.Tensor):
-        if tuple(weighting.shape) != tuple(window) or not (weighting > 0).all():
-            raise WindowguideError(f"a weight map must be positive with shape {tuple(window)}, got "
-                                   f"{tuple(weighting.shape)}")
+        if tuple(weighting.shape) != window or not (weighting > 0).all():
+            raise WindowguideError(f"a weight map must be positive with shape {window}, got {tuple(weighting.shape)}")
         return weighting.to(device=device, dtype=dtype)
-    axes = torch.meshgrid(*[torch.arange(k, dtype=torch.float64) - (k - 1) / 2 for k in window], indexing="ij")
+    half = [(k - 1) / 2 for k in window]
+    axes = torch.meshgrid(*[torch.arange(k, dtype=torch.float64) - c for k, c in zip(window, half)], indexing="ij")
     if weighting == "uniform":
         m = torch.ones(window, dtype=torch.float64)
     elif weighting == "cone":
-        corner = math.sqrt(sum(((k - 1) / 2) ** 2 for k in window))
-        d = torch.sqrt(sum(a ** 2 for a in axes))
-        m = (1 - d / corner if corner > 0 else torch.ones(window, dtype=torch.float64)) + CONE_EPS
+        corner = math.hypot(*half)
+        m = (1 - sum(a ** 2 for a in axes).sqrt() / corner if corner > 0 else torch.ones(window, dtype=torch.float64)) + CONE_EPS
     elif weighting == "gaussian":
         m = torch.exp(-sum(a ** 2 / (2 * (0.1 * k) ** 2) for a, k in zip(axes, window)))
     else:
         raise WindowguideError(f"weighting must be one of {WEIGHTINGS} or a tensor, got {weighting!r}")
     return m.to(device=device, dtype=dtype)
+
+
+def _weights_args(window, device, dtype):
+    """``window_weights``' sizes given as (h, w, [device, dtype]) or ((h, w), [device, dtype])."""
+    if window and isinstance(window[0], (tuple, list)):
+        window, rest = tuple(window[0]), window[1:]
+    else:
+        n_sizes = next((i for i, v in enumerate(window) if not isinstance(v, int) or isinstance(v, bool)), len(window))
+        window, rest = tuple(window[:n_sizes]), window[n_sizes:]
+    if rest:
+        device = rest[0]
+        dtype = rest[1] if len(rest) > 1 else dtype
+    return tuple(int(k) for k in window), device, dtype
+
+
+def window_weights_nd(weighting, window: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
+    """``window_weights`` with the sizes as one tuple (the name the video code used)."""
+    return window_weights(weighting, tuple(window), device=device, dtype=dtype)
 
 
 __all__ = ["Layout", "layout", "axis_positions", "window_weights", "WEIGHTINGS", "CONE_EPS", "GridLayout", "layout_nd",

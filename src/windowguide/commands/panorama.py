@@ -74,7 +74,7 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
         draw = lambda batch: regional_panorama(denoiser, (c, height, width), batch, regs, window=(h, w), stride=stride,
                                                mode=mode, sampler=sampler, sigmas=sigmas, guidance=g,
                                                circular=circular, device=device, progress=progress, max_batch=max_batch,
-                                               **sampler_options)
+                                               view_batch=view_batch, **sampler_options)
     else:
         draw = lambda batch: panorama(denoiser, (c, height, width), batch, window=(h, w), stride=stride, mode=mode,
                                       fuse=fuse, sampler=sampler, sigmas=sigmas, guidance=g,

@@ -15,7 +15,7 @@ def crops_of_spec(guidance: str, height: int, width: int):
                                                  load_unconditional=lambda p: None))
     for t in terms:                                   # SGG is already flat: its terms carry their ranges
         if isinstance(t, SWG):
-            return t.layouts(height, width)[0]
+            return t.layouts((height, width))[0]
     return None
 
 
