@@ -46,11 +46,12 @@ MODES = {   # mode -> (what is fused, window weights)
 
 
 class FusedDenoiser(Denoiser):
-    """Prediction fusion: D(x) = sum_i m_i ⊙ D(crop_i x) / sum_i m_i on the whole canvas."""
+    """Prediction fusion: D(x) = sum_i m_i ⊙ D(crop_i x) / sum_i m_i on the whole canvas; with a
+    ``view_batch`` the windows are evaluated and accumulated that many at a time."""
 
-    def __init__(self, window_denoiser: Any, lay: Layout, weighting: Any = "uniform"):
+    def __init__(self, window_denoiser: Any, lay: Layout, weighting: Any = "uniform", view_batch: int | None = None):
         self.inner = as_denoiser(window_denoiser)
-        self.layout, self.weighting = lay, weighting
+        self.layout, self.weighting, self.view_batch = lay, weighting, check_view_batch(view_batch)
         self.multiple = 1
         self.sigma_min, self.sigma_max = self.inner.sigma_min, self.inner.sigma_max
         self.null_cond = self.inner.null_cond
@@ -59,10 +60,27 @@ class FusedDenoiser(Denoiser):
         begin_step(self.inner, i, sigmas)
 
     def forward(self, x, sigma, cond):
-        k = self.layout.n
-        with placed(self.inner, self.layout, x.shape[0]):
-            out = self.inner(self.layout.crop(x), sigma.repeat_interleave(k), cond_repeat(cond, k))
-        return self.layout.fold(out, self.weighting)
+        lay, n = self.layout, x.shape[0]
+        if self.view_batch is None:
+            with placed(self.inner, lay, n):
+                out = self.inner(lay.crop(x), sigma.repeat_interleave(lay.n), lay.window_conds(cond))
+            return lay.fold(out, self.weighting)
+        total = lay.accumulator(x)
+        for ks in view_batches(lay, x.shape[1] * math.prod(lay.window), self.view_batch):
+            at = lay.regions(1)[torch.tensor(ks)].repeat(n, 1)
+            with regions_of_call(at if getattr(getattr(self.inner, "denoiser", self.inner), "canvas_positions",
+                                               False) else None):
+                out = self.inner(lay.crop_windows(x, ks), sigma.repeat_interleave(len(ks)), lay.window_conds(cond, ks))
+            lay.accumulate(total, out, ks, self.weighting)
+        return lay.finish(total, self.weighting)
+
+
+def check_view_batch(view_batch: Any) -> int | None:
+    """A view batch: a positive number of windows at a time, or None (all at once)."""
+    if view_batch is not None and (isinstance(view_batch, bool) or not isinstance(view_batch, int) or view_batch < 1):
+        raise WindowguideError(f"view_batch {view_batch!r}: accepted: a positive integer (windows at a time) or None "
+                               f"(all at once)")
+    return view_batch
 
 
 def placed(denoiser: Any, lay: Layout, n: int):
@@ -114,8 +132,14 @@ def adds_noise_after_update(sampler: str, options: dict) -> bool:
     return sampler == "ddpm" or (sampler == "ddim" and options.get("eta", 0.0) > 0)
 
 
-def _check_vcf(sampler: str, options: dict) -> None:
-    """VCF needs noise added after the fused update; say why not otherwise."""
+def _check_vcf(sampler: Any, options: dict) -> None:
+    """VCF needs noise added after the fused update; say why not otherwise. A step given as a function
+    says so by its ``noise_after_update`` attribute."""
+    if callable(sampler):
+        if not getattr(sampler, "noise_after_update", False):
+            raise WindowguideError(f"VCF with {getattr(sampler, '__name__', sampler)!r}: its noise does not enter "
+                                   f"after the update, so the step has no mean to correct around")
+        return
     if not adds_noise_after_update(sampler, options):
         raise WindowguideError(f"VCF corrects noise added after the fused update, but sampler {sampler!r} "
                                f"with {options or 'default options'} adds none; use ddpm or ddim with eta > 0 "
@@ -126,7 +150,8 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
                         weighting: Any = "uniform", sampler: str = "ddim", noise: PerSampleNoise | None = None,
                         vcf: bool = False, progress: bool = False, callback: Callable | None = None,
                         view_batch: int | None = None, **options) -> torch.Tensor:
-    """State fusion: each step, every window takes one ``sampler`` step from its crop with its own noise,
+    """State fusion: each step, every window takes one ``sampler`` step (a windowguide sampler's name or a
+    step function, ``run_fused``) from its crop with its own noise,
     and the canvas becomes the weighted mean of the window states (VCF-corrected if ``vcf``):
 
         x' = sum_i m_i x'_i / sum_i m_i,   x'_i = step(crop_i x, D_i, z_i).
@@ -142,25 +167,22 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
     churn = {key: options.pop(key) for key in ("churn", "s_tmin", "s_tmax", "s_noise") if key in options}
     if vcf:
         _check_vcf(sampler, options)
+    step, name = (sampler, getattr(sampler, "__name__", "step")) if callable(sampler) else (SAMPLERS[sampler], sampler)
     noise = noise or PerSampleNoise.from_seeds(range(x.shape[0]))
     scale = vcf_ratio(lay, weighting, x.device, x.dtype) if vcf else None
     wnoise = WindowNoise(noise, lay, scale)
     cond_w = lay.window_conds(cond)
-    step = SAMPLERS[sampler]
     # the per-window step must not restart the step count: it sees a plain callable; a network with
     # positional ids sees each window's place on the canvas (``placed``)
     def windows(x_w, sigma, c):
         with placed(window_denoiser, lay, x_w.shape[0] // k):
             return window_denoiser(x_w, sigma, c)
     chunks = None
-    if view_batch is not None and (isinstance(view_batch, bool) or not isinstance(view_batch, int) or view_batch < 1):
-        raise WindowguideError(f"view_batch {view_batch!r}: accepted: a positive integer (windows at a time) or None "
-                               f"(all at once)")
-    if view_batch is not None:                      # (view batch, its guided denoiser), made once for every step
+    if check_view_batch(view_batch) is not None:                      # (view batch, its guided denoiser), made once for every step
         n = x.shape[0]
         chunks = [(ks, _rows_of(window_denoiser, torch.tensor([j * k + w for j in range(n) for w in ks])))
                   for ks in view_batches(lay, x.shape[1] * math.prod(lay.window), view_batch)]
-    for i in trange(n_steps, disable=not progress, desc=f"{sampler} (fused states)", leave=False):
+    for i in trange(n_steps, disable=not progress, desc=f"{name} (fused states)", leave=False):
         begin_step(window_denoiser, i, sigmas)
         s = sigmas[i]
         if churn.get("churn", 0.0) > 0:
@@ -357,19 +379,25 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
 
 
 def run_fused(inner: Any, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond, lay: Any, fuse: str, weighting: Any,
-              sampler: str, noise: PerSampleNoise, vcf: bool, seeds, progress: bool, options: dict,
-              view_batch: int | None = None) -> torch.Tensor:
-    """The fused sampling loop from the initial state x: prediction fusion (the sampler on
-    ``FusedDenoiser``) or state fusion (``sample_fused_states``), every step's prediction checked to be
-    finite; shared by the panoramas (2-D layouts) and the long videos (``GridLayout``)."""
+              sampler: Any, noise: PerSampleNoise, vcf: bool, seeds, progress: bool, options: dict,
+              view_batch: int | None = None, callback: Callable | None = None) -> torch.Tensor:
+    """The one fused sampling loop from the initial state x: prediction fusion (the sampler on
+    ``FusedDenoiser``) or state fusion (``sample_fused_states``), every step's prediction and fused state
+    checked to be finite before the next step; shared by the panoramas and regional panoramas (2-D
+    layouts, region pairs), the long videos (3-D), upscaling and ComfyUI's fusion sampler. ``sampler``:
+    a windowguide sampler's name, or (state fusion) a step function ``step(denoiser, x, sigmas, cond,
+    noise=, callback=)`` such as one of ComfyUI's one-step samplers. ``callback(i, x, denoised, sigma)``
+    sees every step after the check."""
     prediction_check = finite_check(seeds, len(sigmas) - 1)
     state_check = finite_check(seeds, len(sigmas) - 1, what="fused state")
 
     def check(i, x, denoised, sigma):             # the fused state too: a fold can overflow where no prediction did
         prediction_check(i, x, denoised, sigma)
         state_check(i, x, x, sigma)
+        if callback is not None:
+            callback(i, x, denoised, sigma)
     if fuse == "prediction":
-        x = SAMPLERS[sampler](FusedDenoiser(inner, lay, weighting), x, sigmas, cond, noise=noise,
+        x = SAMPLERS[sampler](FusedDenoiser(inner, lay, weighting, view_batch), x, sigmas, cond, noise=noise,
                               progress=progress, callback=check, **options)
     else:
         x = sample_fused_states(inner, x, sigmas, cond, lay, weighting, sampler, noise, vcf, progress,
@@ -378,5 +406,5 @@ def run_fused(inner: Any, x: torch.Tensor, sigmas: torch.Tensor, cond: Cond, lay
 
 
 __all__ = ["MODES", "FusedDenoiser", "vcf_fuse", "WindowNoise", "adds_noise_after_update",
-           "sample_fused_states", "run_fused", "per_window_nulls", "canvas_layout",
+           "sample_fused_states", "run_fused", "check_view_batch", "per_window_nulls", "canvas_layout",
            "style_aligned_noise", "panorama", "check_fusion"]

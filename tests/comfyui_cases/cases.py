@@ -268,7 +268,7 @@ def test_fusion_under_comfyuis_euler_ancestral_with_vcf(sd15, vcf):
     import comfy.sample
     import comfy.samplers
     from harness import captured
-    from windowguide.fusion import WindowNoise, vcf_ratio, vcf_fuse
+    from windowguide.fusion import WindowNoise, vcf_fuse
     from windowguide.integrations.comfyui import ComfyDenoiser
     from windowguide.sampling import PerSampleNoise
     from windowguide.windows import layout
@@ -284,7 +284,7 @@ def test_fusion_under_comfyuis_euler_ancestral_with_vcf(sd15, vcf):
     lay = layout(16, 40, 16, stride=8)
     noise = PerSampleNoise.from_seeds([seed])
     x = noise(torch.empty(shape)) * (1 + float(sigmas[0]) ** 2) ** 0.5
-    wnoise = WindowNoise(noise, lay, vcf_ratio(lay, "uniform", x.device, x.dtype) if vcf else None)
+    wnoise = WindowNoise(noise, lay)        # unscaled: the paper's VCF (vcf_fuse) corrects the fused states
     sd15.pre_run()
     with torch.no_grad():
         for s0, s1 in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
@@ -318,3 +318,33 @@ def test_vcf_under_comfyuis_samplers_reuses_the_predictions_and_refuses_what_has
         nodes.FusionSampler().build("dpm_2", "gf", 16, 8, True, 0.0, 0.0, False)
     with pytest.raises(WindowguideError, match="mode 'gaussian'"):
         nodes.FusionSampler().build("euler_ancestral", "gaussian", 16, 8, False, 0.0, 0.0, False)
+
+
+@pytest.mark.parametrize("sampler", ["dpm_2", "lcm", "dpm_2_ancestral"])
+def test_fusion_runs_every_offered_comfy_sampler_through_the_one_loop(sd15, sampler):
+    # each offered one-step sampler runs inside windowguide's fused loop (dpm_2 takes no noise sampler)
+    import comfy.sample
+    import comfy.samplers
+    pos, neg = conditioning(1), conditioning(2)
+    shape = (1, 4, 16, 40)
+    sigmas = comfy.samplers.calculate_sigmas(sd15.get_model_object("model_sampling"), "normal", 2)
+    (ks,) = nodes.FusionSampler().build(sampler, "gf", 16, 8, False, 0.0, 0.0, False)
+    out = comfy.sample.sample_custom(sd15, comfy.sample.prepare_noise(torch.zeros(shape), 3), 3.0, ks, sigmas, pos,
+                                     neg, torch.zeros(shape), seed=3, disable_pbar=True)
+    assert out.shape == shape and bool(torch.isfinite(out).all())
+
+
+def test_fusion_sampler_stops_on_a_non_finite_state_with_a_message(sd15):
+    # the one loop's check reaches ComfyUI's fusion sampler: a network that overflows is an error, not a NaN latent
+    import comfy.sample
+    import comfy.samplers
+    from windowguide.errors import WindowguideError
+    m = sd15.clone()
+    m.set_model_unet_function_wrapper(lambda apply, args: apply(args["input"], args["timestep"], **args["c"]) * float("inf"))
+    pos, neg = conditioning(1), conditioning(2)
+    shape = (1, 4, 16, 40)
+    sigmas = comfy.samplers.calculate_sigmas(sd15.get_model_object("model_sampling"), "normal", 2)
+    (ks,) = nodes.FusionSampler().build("euler", "gf", 16, 8, False, 0.0, 0.0, False)
+    with pytest.raises(WindowguideError, match="prediction is NaN or infinite for seeds \\[3\\]"):
+        comfy.sample.sample_custom(m, comfy.sample.prepare_noise(torch.zeros(shape), 3), 3.0, ks, sigmas, pos, neg,
+                                   torch.zeros(shape), seed=3, disable_pbar=True)

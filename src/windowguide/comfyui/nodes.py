@@ -187,7 +187,7 @@ class FusionSampler:
             "style_alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
             "circular": ("BOOLEAN", {"default": False}),
         }, "optional": {"view_batch": ("INT", {"default": 0, "min": 0, "max": 4096,
-                                               "tooltip": "windows per network call (memory cap); 0: all in one"})}}
+                                               "tooltip": "windows stepped and folded at a time (memory: one view batch, not every window); 0: all at once"})}}
 
     RETURN_TYPES = ("SAMPLER",)
     FUNCTION = "build"

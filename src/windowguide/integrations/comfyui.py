@@ -374,22 +374,11 @@ class ComfyWindows(Denoiser):
     guidance included) as the window denoiser of windowguide's fusion; a FLUX-style network's windows are
     called at their place on the canvas (``rope_options``), one call per place."""
 
-    def __init__(self, model, extra_args: dict, placed: bool, patch: int, view_batch: int = 0):
+    def __init__(self, model, extra_args: dict, placed: bool, patch: int):
         self.model, self.extra, self.canvas_positions, self.patch = model, extra_args, placed, patch
-        self.multiple, self.null_cond, self.view_batch = 1, None, int(view_batch)
+        self.multiple, self.null_cond = 1, None
 
     def forward(self, x, sigma, cond):
-        if self.view_batch and x.shape[0] > self.view_batch:      # at most view_batch windows per call
-            from ..windows import regions_of_call
-            regions, out = current_regions(), torch.empty_like(x)
-            for start in range(0, x.shape[0], self.view_batch):
-                rows = slice(start, start + self.view_batch)
-                with regions_of_call(None if regions is None else regions[rows]):
-                    out[rows] = self._windows(x[rows], sigma[rows])
-            return out
-        return self._windows(x, sigma)
-
-    def _windows(self, x, sigma):
         regions = current_regions()
         if regions is None or not self.canvas_positions:
             return self.model(x, sigma, **self.extra)
@@ -448,9 +437,11 @@ def fusion_sampler(mode: str = "gf", sampler: str = "euler", window: int = 64, s
 def fuse_canvas(model, x, sigmas, extra, mode, sampler, window, stride, vcf, options, style_alpha, circular,
                 callback=None, disable=None, view_batch: int = 0):
     """The fused canvas from ComfyUI's noised canvas ``x`` (its noise drawn from ``extra['seed']``, one
-    generator per sample, seed + i, continued for the windows' noise as ``windowguide.fusion.panorama``)."""
-    from ..fusion import FusedDenoiser, check_fusion, sample_fused_states, style_aligned_noise
-    from ..sampling import SAMPLERS, PerSampleNoise
+    generator per sample, seed + i, continued for the windows' noise as ``windowguide.fusion.panorama``),
+    through windowguide's one fused loop (``fusion.run_fused``) with ComfyUI's one-step samplers as its
+    step (``comfy_step``)."""
+    from ..fusion import check_fusion, run_fused, style_aligned_noise
+    from ..sampling import PerSampleNoise
     from ..windows import layout
     if sampler in COMFY_SAMPLERS:
         fuse, weighting, opts = check_fusion(mode, None, None, "ddpm", False, {})
@@ -459,7 +450,8 @@ def fuse_canvas(model, x, sigmas, extra, mode, sampler, window, stride, vcf, opt
     seed = int(extra.get("seed", 0))
     n, c, h, w = x.shape
     lay = layout(h, w, (min(window, h), min(window, w)), stride=stride, circular=circular)
-    noise = PerSampleNoise.from_seeds([seed + i for i in range(n)])
+    seeds = [seed + i for i in range(n)]
+    noise = PerSampleNoise.from_seeds(seeds)
     z = noise(torch.empty_like(x))                 # the draw ComfyUI made from these seeds; windows' noise follows
     if style_alpha > 0:
         latent = getattr(model, "latent_image", None)
@@ -472,57 +464,37 @@ def fuse_canvas(model, x, sigmas, extra, mode, sampler, window, stride, vcf, opt
     inner = model.inner_model.inner_model if hasattr(model, "inner_model") else None
     net = getattr(inner, "diffusion_model", None)
     placed = net is not None and hasattr(net, "process_img")
-    windows = ComfyWindows(model, extra, placed, network_multiple(inner) if placed else 1, view_batch)
-    sigmas = sigmas.to(torch.float64)
-    step = None if callback is None else (lambda i, x_, d, s: callback({"i": i, "x": x_, "denoised": d}))
-    if sampler in COMFY_SAMPLERS:
-        return comfy_fused_states(sampler, windows, x, sigmas, lay, weighting, noise, vcf, callback)
-    if fuse == "prediction":
-        return SAMPLERS[sampler](FusedDenoiser(windows, lay, weighting), x, sigmas, None, noise=noise,
-                                 callback=step, progress=False, **opts)
-    return sample_fused_states(windows, x, sigmas, None, lay, weighting, sampler, noise, vcf, progress=False,
-                               callback=step, **opts)
+    windows = ComfyWindows(model, extra, placed, network_multiple(inner) if placed else 1)
+    step = comfy_step(sampler, model) if sampler in COMFY_SAMPLERS else sampler
+    report = None if callback is None else (lambda i, x_, d, s: callback({"i": i, "x": x_, "denoised": d}))
+    return run_fused(windows, x, sigmas.to(torch.float64), None, lay, fuse, weighting, step, noise, vcf, seeds,
+                     False, opts, view_batch or None, report)
 
 
-class _Reused:
-    """The window denoiser with its predictions kept for one step: the same (x, sigma) again is not evaluated."""
+def comfy_step(sampler: str, model) -> Callable:
+    """One of ComfyUI's one-step samplers (``k_diffusion.sampling.sample_<name>``) as the fused loop's step:
+    ``step(denoiser, x, [sigma, sigma_next], cond, noise=, callback=)``, its noise drawn per window by the
+    loop (``noise``, VCF's scaling included) and its network the window denoiser. ``noise_after_update``:
+    whether the noise enters after the update (the samplers VCF can correct)."""
+    import inspect
 
-    def __init__(self, windows, lay, n):
-        from ..fusion import placed
-        self.windows, self.lay, self.n, self.placed, self.seen = windows, lay, n, placed, []
-        self.inner_model = windows.model.inner_model       # ComfyUI's samplers read the model sampling from it
-
-    def __call__(self, x, sigma, **kw):
-        for xs, ss, out in self.seen:
-            if xs.shape == x.shape and torch.equal(xs, x) and torch.equal(ss, sigma):
-                return out
-        with self.placed(self.windows, self.lay, self.n):
-            out = self.windows(x, sigma, None)
-        self.seen.append((x.clone(), sigma.clone(), out))
-        return out
-
-
-def comfy_fused_states(sampler, windows, x, sigmas, lay, weighting, noise, vcf, callback=None):
-    """State fusion under one of ComfyUI's own one-step samplers: each step, the sampler takes one step of
-    all windows (its noise drawn per window from each sample's generator, as windowguide's fusion does), and
-    the canvas is their weighted mean; with VCF the step's mean (the same step with zero noise, the
-    predictions reused) and the states are fused by VCF (``fusion.vcf_fuse``)."""
     import comfy.k_diffusion.sampling as k
-    from ..fusion import WindowNoise, vcf_ratio, vcf_fuse
-    step = getattr(k, f"sample_{sampler}")
-    scale = vcf_ratio(lay, weighting, x.device, x.dtype) if vcf else None
-    wnoise = WindowNoise(noise, lay, scale)
-    n = x.shape[0]
-    for i in range(len(sigmas) - 1):
-        crops, reused = lay.crop(x), _Reused(windows, lay, n)
-        sig = sigmas[i:i + 2].to(x.dtype)
-        z = wnoise(crops)
-        states = step(reused, crops, sig, disable=True, noise_sampler=lambda a, b, z=z: z)
-        if vcf:
-            means = step(reused, crops, sig, disable=True, noise_sampler=lambda a, b: torch.zeros_like(crops))
-            x = vcf_fuse(states, means, lay, weighting)
-        else:
-            x = lay.fold(states, weighting)
-        if callback is not None:
-            callback({"i": i, "x": x, "denoised": x})
-    return x
+    sample = getattr(k, f"sample_{sampler}")
+    draws = "noise_sampler" in inspect.signature(sample).parameters      # dpm_2 adds no noise
+
+    class Windows:                                  # the k-diffusion model interface over the window denoiser
+        inner_model = model.inner_model             # ComfyUI's samplers read the model sampling from it
+
+        def __init__(self, denoiser, cond):
+            self.denoiser, self.cond = denoiser, cond
+
+        def __call__(self, x, sigma, **kw):
+            return self.denoiser(x, sigma, self.cond)
+
+    def step(denoiser, x, pair, cond, noise=None, callback=None, **options):
+        report = None if callback is None else (lambda d: callback(0, d["x"], d["denoised"], d["sigma"]))
+        drawn = {"noise_sampler": lambda a, b: noise(x)} if draws else {}
+        return sample(Windows(denoiser, cond), x, torch.tensor(pair, dtype=x.dtype), disable=True, callback=report,
+                      **drawn)
+    step.__name__, step.noise_after_update = sampler, sampler in COMFY_VCF
+    return step
