@@ -122,11 +122,11 @@ def _untouched(net):
 
 
 def _recipe_terms(recipe, shape, multiple, null):
-    """The recipe as our sampler's Guidance: open windows fitted, the CFG term's null the negative prompt."""
+    """The recipe as our sampler's Guidance (an auto window sized by the term), the CFG term's null the
+    negative prompt."""
     from dataclasses import replace
     from windowguide import spec as recipes
-    from windowguide.integrations.calls import fit_windows, open_windows
-    terms = fit_windows(recipes.build(open_windows(recipe), recipes.Context(net=None, load=None)), shape, multiple)
+    terms = recipes.build(recipe, recipes.Context(net=None, load=None))
     return wg.Guidance(tuple(replace(t, null=null) if isinstance(t, wg.CFG) else t for t in terms))
 
 

@@ -413,13 +413,13 @@ class SWG(Term):
         for lay in lays:
             h, w = lay.window[-2:]
             if h % m or w % m:
-                raise WindowguideError(f"SWG window {'x'.join(map(str, lay.window))}: its height and width must be "
-                                       f"multiples of {m}, the factor the model needs; accepted: window sizes "
-                                       f"divisible by {m}")
+                raise WindowguideError(f"SWG window {'x'.join(map(str, lay.window))} is not a multiple of {m} in height "
+                                       f"and width, the factor the model needs; accepted: window sizes divisible by {m}")
             if lay.window == canvas and self.net is None:
+                what = "image" if len(canvas) == 2 else "video"
                 raise WindowguideError(f"SWG window {'x'.join(map(str, lay.window))} covers the whole "
-                                       f"{'x'.join(map(str, canvas))} latent: every crop would be the whole, and the "
-                                       f"term would add nothing; accepted: a window smaller than the latent on some "
+                                       f"{'x'.join(map(str, canvas))} {what}: every crop would be the {what}, and the "
+                                       f"term would add nothing; accepted: a window smaller than the {what} on some "
                                        f"side (e.g. 5/8 of it, the default)")
             if getattr(self.net or denoiser, "square_only", False) and h != w:
                 raise WindowguideError(f"SWG window {h}x{w}: this network (diffusers' DiT) runs square inputs only; "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from fractions import Fraction
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -238,20 +239,24 @@ def _cached_total(layout: Layout, weighting: str, device, dtype) -> torch.Tensor
 AUTO = "auto"
 
 
-def default_window(side: int, multiple: int = 1) -> int:
-    """The default window of sliding-window guidance on a side of ``side`` latent pixels:
-    k = ceil(5/8 side / multiple) * multiple, the M-SWG paper's 5/8 of the side (40 of 64 on EDM2,
-    20 of 32 on DiT) rounded *up* to the network's factor. Rounding up keeps k > side / 2, so two
-    windows per side always overlap and the M-SWG mask is never empty. A side too small for any
-    window below it (k >= side) is refused, naming the side and the factor."""
+def default_window(side: int, multiple: int = 1, fraction: float = 0.625) -> int:
+    """The window of sliding-window guidance on a side of ``side`` latent pixels:
+    k = ceil(f side / multiple) * multiple, by default f = 5/8, the M-SWG paper's (40 of 64 on EDM2,
+    20 of 32 on DiT), rounded *up* to the network's factor. Rounding up keeps k > side / 2 for f = 5/8,
+    so two windows per side always overlap and the M-SWG mask is never empty. A window that would be
+    the whole side (k >= side) is refused, naming the side and the factor. The fraction is taken as an
+    exact ratio (0.625 = 5/8), so no float rounding moves k."""
     if side < 1 or multiple < 1:
         raise WindowguideError(f"default window: need a side and a factor >= 1, got {side} and {multiple}")
-    k = -(-5 * side // (8 * multiple)) * multiple
+    if not (isinstance(fraction, (int, float)) and math.isfinite(fraction) and 0 < fraction <= 1):
+        raise WindowguideError(f"window {fraction!r}: accepted: a fraction in (0, 1) of the latent side")
+    f = Fraction(fraction).limit_denominator(1 << 20)
+    k = -(-f.numerator * side // (f.denominator * multiple)) * multiple
     if k >= side:
-        raise WindowguideError(f"a latent side of {side} is too small for sliding-window guidance with the network's "
-                               f"factor {multiple}: its default window (5/8 of the side, rounded up to {multiple}) "
-                               f"would be the whole side; accepted: sides of at least {2 * multiple} latent pixels "
-                               f"with a window that fits, or give window= explicitly")
+        raise WindowguideError(f"a latent side of {side} is too small for a window of {float(fraction):g} of it with the "
+                               f"network's factor {multiple}: rounded up, the window is {k} latent pixels, so one window "
+                               f"would cover it all and guide nothing; accepted: sides of at least {2 * multiple} latent "
+                               f"pixels, a smaller fraction, or window= in latent pixels")
     return k
 
 

@@ -105,15 +105,17 @@ class SegmentedGuidance:
             raise WindowguideError(f"split_percent {split_percent!r}: accepted: a fraction in (0, 1)")
         split = float(sigma_split) if sigma_split >= 0 else float(
             model.get_model_object("model_sampling").percent_to_sigma(split_percent))
+        inf = float("inf")
         if low in ("mswg", "swg"):
-            maker = host.swg_maker(low_weight, _window(window, windows_per_side), low == "mswg", 0.0, split)
+            maker = host.swg_maker(low_weight, _window(window, windows_per_side), low == "mswg", 0.0, inf)
         elif low == "skip_layer":
-            maker = host.skip_maker(low_weight, _blocks(skip_layers), 0.0, split)
+            maker = host.skip_maker(low_weight, _blocks(skip_layers), 0.0, inf)
         else:
             if weak_model is None:
                 raise WindowguideError("low='autoguidance' needs the weak model: connect weak_model")
-            maker = host.weak_maker(low_weight, weak_model, 0.0, split)
-        return (host.add_rules(model, [maker], cfg_on=(split, float("inf"))),)
+            maker = host.weak_maker(low_weight, weak_model, 0.0, inf)
+        maker, cfg_on = host.segmented(maker, split)
+        return (host.add_rules(model, [maker], cfg_on=cfg_on),)
 
 
 class TwoModelAutoguidance:

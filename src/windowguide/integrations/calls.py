@@ -28,7 +28,6 @@ from ..adapters.registry import by_kind, by_network, network_names
 from ..denoiser import Denoiser
 from ..errors import WindowguideError
 from ..guidance import CFG, Guidance, GuidedDenoiser
-from ..windows import default_window
 
 SIGMA_FLOOR, SIGMA_CEIL = 1e-8, 1e8
 
@@ -128,31 +127,6 @@ def skip_layer_negative(net: torch.nn.Module, kind: str, layers) -> Callable:
     return family.skip(net, layers)
 
 
-OPEN_WINDOW = "auto"    # a recipe's swg/mswg term without window=: sized when the latent's shape is known
-
-
-def open_windows(recipe: str) -> str:
-    """The recipe with ``window=0`` on each swg/mswg term (and sgg's swg/mswg) that names no window, so
-    that ``fit_windows`` can give it 5/8 of the latent's sides once they are known."""
-    from .. import spec
-    terms = []
-    for name, keys in spec.parse(recipe):
-        windowed = name in ("swg", "mswg") or (name == "sgg" and ("swg" in keys or "mswg" in keys))
-        if windowed and "window" not in keys:
-            keys = {**keys, "window": str(OPEN_WINDOW)}
-        terms.append(name + (":" + ",".join(f"{k}={v}" for k, v in keys.items()) if keys else ""))
-    return "+".join(terms) or "none"
-
-
-def fit_windows(guidance: Guidance, shape: tuple[int, int], multiple: int) -> Guidance:
-    """SWG terms of an open window get (5/8 H, 5/8 W) rounded up to ``multiple`` (``default_window``)."""
-    from dataclasses import replace
-    from ..guidance import SWG
-    fitted = (default_window(shape[0], multiple), default_window(shape[1], multiple))
-    return Guidance(tuple(replace(t, window=fitted) if isinstance(t, SWG) and t.window == OPEN_WINDOW else t
-                          for t in guidance))
-
-
 def after_call_hook(after: Callable, before: Callable | None = None) -> Any:
     """A diffusers model hook that runs the module, then returns ``after(module, args, kwargs, output)``;
     ``before(module, args, kwargs)``, when given and not None, is the output instead of a run."""
@@ -169,5 +143,5 @@ def after_call_hook(after: Callable, before: Callable | None = None) -> Any:
 
 
 __all__ = ["Call", "read_call", "network_model", "network_multiple", "default_sigma", "guided_change",
-           "weak_denoiser", "skip_layer_negative", "after_call_hook", "default_window",
-           "open_windows", "fit_windows", "network_names", "static_kwargs", "current_static"]
+           "weak_denoiser", "skip_layer_negative", "after_call_hook",
+           "network_names", "static_kwargs", "current_static"]

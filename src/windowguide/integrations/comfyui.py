@@ -33,7 +33,7 @@ import torch
 from ..denoiser import Denoiser
 from ..errors import WindowguideError
 from ..guidance import SWG, Guidance, GuidedDenoiser
-from ..windows import current_regions
+from ..windows import current_regions, default_window
 from .calls import KnownPositive
 
 KEY = "windowguide"
@@ -56,16 +56,18 @@ class Window:
     per_side: int = 2
 
     def pixels(self, side: int, multiple: int) -> int:
-        """The window side for a latent side: ceil(f side / m) m for a fraction f, else the pixels."""
+        """The window side for a latent side: a fraction f is ``windows.default_window(side, multiple, f)``
+        (ceil(f side / m) m), else the pixels, below the side."""
         if not (math.isfinite(self.size) and self.size > 0):
             raise WindowguideError(f"window {self.size!r}: accepted: a fraction in (0, 1) of the latent side, or latent "
                                    f"pixels smaller than the side")
-        k = min(side, int(math.ceil(self.size * side / multiple)) * multiple) if self.size <= 1 else int(self.size)
-        if k >= side:
-            raise WindowguideError(f"window {self.size:g} is {k} latent pixels on a side of {side}: one window would "
-                                   f"cover it all and guide nothing; accepted: a fraction below "
-                                   f"{(side - multiple) / side:.3g} or fewer than {side} latent pixels")
-        return k
+        if self.size <= 1:
+            return default_window(side, multiple, self.size)
+        if int(self.size) >= side:
+            raise WindowguideError(f"window {self.size:g} is {int(self.size)} latent pixels on a side of {side}: one "
+                                   f"window would cover it all and guide nothing; accepted: fewer than {side} latent "
+                                   f"pixels, or a fraction of the side")
+        return int(self.size)
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,17 @@ def swg_maker(weight: float, window: Window, masked: bool, lo: float, hi: float)
     return make
 
 
+def segmented(maker: Callable, split: float) -> tuple[Callable, tuple[float, float]]:
+    """SGG in ComfyUI: ``guidance.Segmented`` at sigma ``split``: the maker's term restricted to the low
+    segment, and the sigma interval (lo, hi] where the sampler's CFG runs (the high one)."""
+    from ..guidance import CFG, Segmented
+    cfg = Segmented(CFG(0.0), (), sigma_split=split).terms[0]
+
+    def make(shape, multiple, model):
+        return Segmented((), maker(shape, multiple, model), sigma_split=split).terms[0]
+    return make, (cfg.sigma_lo, cfg.sigma_hi)
+
+
 def weak_maker(weight: float, weak, lo: float, hi: float) -> Callable:
     """Two-model autoguidance: w (D_c - D_weak), the weak MODEL on the conditional conditioning."""
     from ..guidance import AutoGuidance, check_weight
@@ -337,14 +350,13 @@ def recipe_rules(recipe: str, weak=None):
     guidance hooks do not see, and are refused."""
     from .. import spec
     from ..guidance import CFG
-    from .calls import fit_windows, open_windows
 
     def load(name):
         if weak is None:
             raise WindowguideError(f"the recipe names a weak model ({name!r}): connect the weak_model input")
         return _WeakNet(weak, None, load=True)
 
-    g = spec.build(open_windows(recipe), spec.Context(net=None, load=load, skip=lambda blocks: skip_negative(
+    g = spec.build(recipe, spec.Context(net=None, load=load, skip=lambda blocks: skip_negative(
         [_block(b) for b in blocks])))
     makers, cfg_on, cfg_weight = [], None, None
     for t in g:
@@ -358,7 +370,7 @@ def recipe_rules(recipe: str, weak=None):
             if t.sigma_lo > 0 or t.sigma_hi != float("inf"):
                 cfg_on = (t.sigma_lo, t.sigma_hi)
             continue
-        makers.append(lambda shape, multiple, model, t=t: fit_windows(Guidance((t,)), shape, multiple).terms[0])
+        makers.append(lambda shape, multiple, model, t=t: t)    # an auto window is sized by the term itself
     return makers, cfg_on, cfg_weight
 
 

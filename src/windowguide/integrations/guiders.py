@@ -52,10 +52,10 @@ import torch
 from ..adapters.registry import by_kind
 from ..errors import WindowguideError
 from ..denoiser import Denoiser
-from ..guidance import CFG, MAX_WEIGHT, SWG, check_weight, AutoGuidance, Custom, Guidance, StepRange
-from ..windows import AUTO
-from .calls import (after_call_hook, default_sigma, default_window, fit_windows, guided_change, network_model,
-                    network_multiple, open_windows, read_call, skip_layer_negative, weak_denoiser)
+from ..guidance import CFG, MAX_WEIGHT, SWG, check_weight, AutoGuidance, Custom, Guidance, Segmented, StepRange
+from ..windows import AUTO, default_window
+from .calls import (after_call_hook, default_sigma, guided_change, network_model, network_multiple, read_call,
+                    skip_layer_negative, weak_denoiser)
 
 TESTED_DIFFUSERS = ("0.42", "0.43")            # [lo, hi): the versions these guiders were tested with
 HOOK = "windowguide_guider"
@@ -90,11 +90,6 @@ def _sigma_range(lo: float, hi: float | None) -> tuple[float, float]:
     return float(lo), INF if hi is None else float(hi)
 
 
-def _check_scale(value: Any, name: str) -> float:
-    """A windowguide weight given to a guider: finite, in [0, MAX_WEIGHT] (``guidance.check_weight``)."""
-    return check_weight(value, name)
-
-
 class _WindowguideGuidance(BaseGuidance):
     """CFG in diffusers' form plus windowguide terms (module docstring). Subclasses give the terms.
     Their arguments are keyword-only: diffusers' ``register_to_config`` records positional ones as
@@ -116,8 +111,21 @@ class _WindowguideGuidance(BaseGuidance):
         if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
             raise WindowguideError(f"max_batch must be a positive integer or None, got {max_batch!r}")
 
-    # --- which batches: diffusers' CFG rule, and the subclass's own range for CFG (SGG) ---------------
+    # --- which batches: diffusers' CFG rule, and the CFG term's own step / sigma range (SGG, recipes) ---
+    _cfg: CFG | None = None
+
     def _cfg_here(self) -> bool:
+        """Whether the CFG term (``self._cfg``: a windowguide CFG whose step and sigma ranges say where
+        diffusers' CFG runs) is on at this step."""
+        c = self._cfg
+        if c is None:
+            return True
+        if c.steps is not None and self._num_inference_steps is not None and not c.steps.on(self._step, self._num_inference_steps):
+            return False
+        if (c.sigma_lo > 0 or c.sigma_hi < INF) and self._timestep is not None:     # None: outside a run
+            kind = "sd3" if self.timestep_schedule == "flow" else "sd"
+            sigma = float(default_sigma(kind, torch.as_tensor(self._timestep).reshape(-1)[:1]))
+            return c.sigma_lo < sigma <= c.sigma_hi
         return True
 
     def _is_cfg_enabled(self) -> bool:
@@ -239,13 +247,11 @@ class _WindowguideGuidance(BaseGuidance):
         return GuiderOutput(pred=pred, pred_cond=reference, pred_uncond=pred_uncond)
 
 
-def _swg_term(weight, window, windows_per_side, masked, shape, multiple, steps, sigma_range, net=None) -> SWG:
-    if window is None:
-        window = (default_window(shape[0], multiple), default_window(shape[1], multiple))
-    elif isinstance(window, list):
-        window = tuple(window)
+def _swg_term(weight, window, windows_per_side, masked, steps=None, sigma_range=(0.0, INF)) -> SWG:
+    """The guiders' SWG / M-SWG term; ``window`` None is the default window (``windows.default_window``)."""
+    window = AUTO if window is None else tuple(window) if isinstance(window, list) else window
     lo, hi = sigma_range
-    return SWG(weight, window, windows_per_side, masked=masked, sigma_lo=lo, sigma_hi=hi, steps=steps, net=net)
+    return SWG(weight, window, windows_per_side, masked=masked, sigma_lo=lo, sigma_hi=hi, steps=steps)
 
 
 def _fraction(start: float, stop: float, name: str) -> StepRange | None:
@@ -288,8 +294,8 @@ class SlidingWindowGuidance(_WindowguideGuidance):
     def _make_terms(self, net, kind, shape, multiple):
         if self.swg_scale == 0:
             return Guidance()
-        return Guidance.of(_swg_term(self.swg_scale, self.window, self.windows_per_side, self.masked, shape,
-                                     multiple, self._swg_steps, self._swg_sigma))
+        return Guidance.of(_swg_term(self.swg_scale, self.window, self.windows_per_side, self.masked,
+                                     self._swg_steps, self._swg_sigma))
 
 
 LOW_METHODS = ("mswg", "swg", "skip_layer", "autoguidance")
@@ -329,42 +335,30 @@ class SegmentedGuidance(_WindowguideGuidance):
                                    f"schedule='sd' (SD 1.x/2.x/XL) or 'flow' (SD3), got schedule={schedule!r}")
         if low == "skip_layer" and not skip_layers:
             raise WindowguideError("SegmentedGuidance low='skip_layer' needs skip_layers, e.g. [7, 8, 9] for SD3.5")
-        _check_scale(low_scale, "SegmentedGuidance low_scale")
+        check_weight(low_scale, "SegmentedGuidance low_scale")
         if low in ("mswg", "swg"):
             SWG(float(low_scale), AUTO if window is None else window, windows_per_side)
         self.low, self.low_scale, self.split, self.sigma_split = low, float(low_scale), float(split), sigma_split
         self.timestep_schedule, self.window, self.windows_per_side = schedule, window, windows_per_side
         self.skip_layers, self.weak_model = skip_layers, weak_model
+        # the segments are windowguide's Segmented: CFG restricted to the high one (diffusers runs that CFG)
+        self._cfg = self._segments(CFG(0.0), ()).terms[0]
 
-    def _step_sigma(self) -> float:
-        kind = "sd3" if self.timestep_schedule == "flow" else "sd"
-        return float(default_sigma(kind, torch.as_tensor(self._timestep).reshape(-1)[:1]))
-
-    def _high(self) -> bool:
-        if self.sigma_split is not None:
-            return self._timestep is None or self._step_sigma() > self.sigma_split
-        n = self._num_inference_steps
-        return n is None or self._step < int(self.split * n)
-
-    def _cfg_here(self) -> bool:
-        return self._high()
+    def _segments(self, high, low) -> Guidance:
+        """``guidance.Segmented`` at this guider's split (a step fraction, or a sigma)."""
+        at = {"sigma_split": self.sigma_split} if self.sigma_split is not None else {"fraction_split": self.split}
+        return Segmented(high, low, **at)
 
     def _make_terms(self, net, kind, shape, multiple):
         if self.low_scale == 0:
             return Guidance()
         if self.low in ("mswg", "swg"):
-            term = _swg_term(self.low_scale, self.window, self.windows_per_side, self.low == "mswg", shape, multiple,
-                             None, (0.0, INF))
+            term = _swg_term(self.low_scale, self.window, self.windows_per_side, self.low == "mswg")
         elif self.low == "skip_layer":
             term = Custom(skip_layer_negative(net, kind, self.skip_layers), self.low_scale, name="skip_layer")
         else:
             term = AutoGuidance(weak_denoiser(self.weak_model, net, kind), self.low_scale)
-        return Guidance.of(term)
-
-    def _after_conditional_call(self, module, args, kwargs, out):
-        if self._high():                             # the low segment has the term, the high one CFG only
-            return out
-        return super()._after_conditional_call(module, args, kwargs, out)
+        return self._segments((), term)
 
 
 class ModelAutoGuidance(_WindowguideGuidance):
@@ -390,7 +384,7 @@ class ModelAutoGuidance(_WindowguideGuidance):
                  start: float = 0.0, stop: float = 1.0, enabled: bool = True, max_batch: int | None = None):
         self._setup(guidance_scale, guidance_rescale, use_original_formulation, start, stop, enabled, max_batch)
         self.weak_model = weak_model if weak_model is not None else weak_model_path
-        self.autoguidance_scale = _check_scale(autoguidance_scale, "ModelAutoGuidance autoguidance_scale")
+        self.autoguidance_scale = check_weight(autoguidance_scale, "ModelAutoGuidance autoguidance_scale")
         self._ag_steps = _fraction(ag_start, ag_stop, "ModelAutoGuidance ag_start/ag_stop")
         self._ag_sigma = _sigma_range(ag_sigma_lo, ag_sigma_hi)
 
@@ -452,22 +446,12 @@ class RecipeGuidance(_WindowguideGuidance):
         self._setup(1.0 + (self._cfg.weight if self._cfg else 0.0), guidance_rescale, False, 0.0, 1.0, enabled, max_batch)
         self.recipe, self.timestep_schedule, self.weak_model = recipe, schedule, weak_model
 
-    def _cfg_here(self) -> bool:
-        c = self._cfg
-        if c.steps is not None and self._num_inference_steps is not None and not c.steps.on(self._step, self._num_inference_steps):
-            return False
-        if (c.sigma_lo > 0 or c.sigma_hi < INF) and self._timestep is not None:     # None: outside a run
-            kind = "sd3" if self.timestep_schedule == "flow" else "sd"
-            sigma = float(default_sigma(kind, torch.as_tensor(self._timestep).reshape(-1)[:1]))
-            return c.sigma_lo < sigma <= c.sigma_hi
-        return True
-
     def _make_terms(self, net, kind, shape, multiple):
         from .. import spec
         load = lambda name: weak_denoiser(self.weak_model if self.weak_model is not None else name, net, kind)
         skip = lambda blocks: skip_layer_negative(net, kind, blocks)
-        built = spec.build(open_windows(self.recipe), spec.Context(net=None, load=load, skip=skip))
-        return fit_windows(Guidance(tuple(t for t in built if not isinstance(t, CFG))), shape, multiple)
+        built = spec.build(self.recipe, spec.Context(net=None, load=load, skip=skip))
+        return Guidance(tuple(t for t in built if not isinstance(t, CFG)))
 
 
 class _Placeholder(Denoiser):

@@ -39,8 +39,8 @@ from .. import spec
 from ..errors import WindowguideError
 from ..guidance import CFG, Guidance
 from ..adapters.registry import Family, by_pipeline, patched_names
-from .calls import (after_call_hook, default_sigma, fit_windows, guided_change, network_model, network_multiple,
-                    open_windows, read_call, skip_layer_negative, weak_denoiser)
+from .calls import (after_call_hook, default_sigma, guided_change, network_model, network_multiple, read_call,
+                    skip_layer_negative, weak_denoiser)
 
 HOOK = "windowguide"
 
@@ -52,7 +52,7 @@ class _State:
                  crop_positions: str):
         self.pipe, self.family, self.kind, self.cfg, self.max_batch = pipe, family, family.kind, cfg, max_batch
         self.rules = family.patched[type(pipe).__name__]
-        self.open_terms, self.fitted = terms, {}
+        self.guidance = terms
         self.net = getattr(pipe, self.rules.net)
         vae = getattr(pipe, "vae", None)
         self.vae_factor = getattr(pipe, "vae_scale_factor", None)       # pixels per latent pixel (PixArt)
@@ -128,13 +128,11 @@ class _State:
         return torch.arange(n // 2, n)
 
     def terms(self, shape: tuple[int, int]) -> Guidance:
-        """The recipe's terms for latents of this size (open windows sized to 5/8 of its sides)."""
-        if shape not in self.fitted:
-            self.fitted[shape] = fit_windows(self.open_terms, shape, self.multiple)
-        return self.fitted[shape]
+        """The recipe's terms (an "auto" window is sized by the term for each latent: ``windows.default_window``)."""
+        return self.guidance
 
     def after_call(self, module, args, kwargs, out):
-        if self.inside or not (len(self.open_terms) or self.cfg_ranged):
+        if self.inside or not (len(self.guidance) or self.cfg_ranged):
             return out
         own = self.rules.own_negative
         if own is not None and kwargs.get(own) is not None:
@@ -163,7 +161,7 @@ class _State:
         pred = call.read(out)
         positive = pred[idx]
         delta = None
-        if len(self.open_terms):
+        if len(self.guidance):
             self.inside = True
             try:
                 delta = guided_change(self.terms(tuple(call.x.shape[-2:])), self.model, self.multiple, sub, positive,
@@ -243,7 +241,7 @@ def _build(guidance, family: Family, net, weak, crop_positions: str) -> Guidance
         return weak_denoiser(weak, net, family.kind, crop_positions)
 
     skip = (lambda blocks: skip_layer_negative(net, family.kind, blocks)) if family.skip is not None else None
-    return spec.build(open_windows(guidance), spec.Context(net=None, load=load, skip=skip))
+    return spec.build(guidance, spec.Context(net=None, load=load, skip=skip))
 
 
 def _call_wrapper(cls, state: _State):
