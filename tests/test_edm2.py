@@ -254,7 +254,7 @@ def test_presets_expand_with_their_sources_and_converted_weights(capsys):
 def test_pixel_edm2_models_decode_as_the_authors_do():
     """NVlabs' StandardRGBEncoder.decode: uint8(clip(x * 127.5 + 128, 0, 255)), a truncation; half-way
     values land one level above windowguide's own rounding of (x + 1) * 127.5."""
-    from windowguide.adapters.latents import edm2_rgb_decode, pixel_decoder
+    from windowguide.models.latents import edm2_rgb_decode, pixel_decoder
     from windowguide.images import to_uint8
     levels = torch.tensor([2.5, 100.5, 101.5, 0.2, 254.9, -3.0, 300.0])
     x = ((levels - 127.5) / 127.5).double().float().view(1, 1, 1, -1)

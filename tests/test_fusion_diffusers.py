@@ -6,7 +6,7 @@ diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler, UNet2DConditionModel  # noqa: E402
 
 from windowguide import fusion  # noqa: E402
-from windowguide.adapters.diffusers import sd_denoiser  # noqa: E402
+from windowguide.adapters.sd import sd_denoiser  # noqa: E402
 from windowguide.guidance import CFG  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def test_multidiffusion_reproduces_diffusers_panorama_latents(circular, view_bat
 def test_vae_decode_tiles_large_latents_and_restores_the_vae():
     from diffusers import AutoencoderKL
 
-    from windowguide.adapters.diffusers import decode
+    from windowguide.adapters.sd import decode
     torch.manual_seed(0)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
@@ -70,7 +70,7 @@ def test_vae_decode_tiles_large_latents_and_restores_the_vae():
 
 
 def test_sd_denoiser_reads_the_prediction_type():
-    from windowguide.adapters.diffusers import sd_denoiser
+    from windowguide.adapters.sd import sd_denoiser
     from windowguide.denoiser import EpsDenoiser, VDenoiser
     unet = tiny_unet()
     assert isinstance(sd_denoiser(unet=unet, scheduler=DDIMScheduler())[0], EpsDenoiser)

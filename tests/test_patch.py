@@ -496,7 +496,7 @@ def test_ip_adapter_pipeline_under_the_patch_equals_windowguides_sampler(tmp_pat
     """Replayed: with an IP-adapter the crop calls lacked added_cond_kwargs and SD failed ("argument of
     type 'NoneType' is not iterable"). The crops now get their sample's image embedding: the patched
     pipeline equals windowguide's sampler on the same UNet with the embeddings in the condition."""
-    from windowguide.adapters.diffusers import schedule_of
+    from windowguide.adapters.base import schedule_of
     pipe = _ip_adapter_sd(tmp_path)
     emb = torch.randn(2, 1, 8, generator=torch.Generator().manual_seed(1))        # negative, positive
     with wg.patch(pipe, "cfg:w=2.5+mswg:w=0.5,window=12"):
@@ -519,7 +519,7 @@ def test_lcm_timestep_cond_reaches_the_crops_and_equals_windowguides_sampler(tmp
     ran without it, another network than the positive. Now equal to windowguide's sampler with the
     embedding in the condition."""
     from diffusers import UNet2DConditionModel
-    from windowguide.adapters.diffusers import schedule_of
+    from windowguide.adapters.base import schedule_of
     pipe = tiny_sd(tmp_path)
     torch.manual_seed(0)
     pipe.unet = UNet2DConditionModel(**{**pipe.unet.config, "time_cond_proj_dim": 8}).eval()

@@ -127,7 +127,7 @@ def test_ddim_matches_diffusers_scheduler(config, eta):
 def test_ddim_default_schedule_is_the_schedulers_config(eta):
     """SD's scheduler config (steps_offset 1, set_alpha_to_one False) reaches the default schedule,
     without passing sigmas; and the same options given to ``sample`` directly."""
-    from windowguide.adapters.diffusers import schedule_of
+    from windowguide.adapters.base import schedule_of
     sd = dict(steps_offset=1, set_alpha_to_one=False, beta_schedule="scaled_linear", beta_start=0.00085,
               beta_end=0.012)
     sched = DDIMScheduler(clip_sample=False, **sd)
@@ -276,7 +276,7 @@ def test_ddim_with_trailing_and_linspace_spacing_steps_as_diffusers(spacing, ste
 def test_clip_sample_and_thresholding_match_diffusers_schedulers(kind, sampler):
     """Replayed: clip_sample (the default of DDIMScheduler() and DDPMScheduler()) was ignored; with x0
     far outside [-1, 1] the results differed by up to 1.0."""
-    from windowguide.adapters.pipelines import scheduler_x0_clip
+    from windowguide.adapters.base import scheduler_x0_clip
     config = dict(clip_sample=True, clip_sample_range=0.8) if kind == "clip" else dict(
         clip_sample=False, thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5)
     sched = (DDIMScheduler if sampler == "ddim" else DDPMScheduler)(**config)

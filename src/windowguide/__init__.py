@@ -79,8 +79,8 @@ def recipe(spec, model=None, device="cpu"):
 
 
 def from_pipeline(pipe, **options):
-    """What sampling needs from a loaded diffusers pipeline (``adapters.pipelines.from_pipeline``)."""
-    from .adapters.pipelines import from_pipeline as _from_pipeline
+    """What sampling needs from a loaded diffusers pipeline (``adapters.registry.from_pipeline``)."""
+    from .adapters.registry import from_pipeline as _from_pipeline
     return _from_pipeline(pipe, **options)
 
 

@@ -190,7 +190,7 @@ def upscale(pipe: Any, image: np.ndarray, scale: float = 2, strength: float = 0.
     prompt as its null; ``window``: latent pixels (default the model's); ``sampler`` default ddim for the
     VP families, flow_euler for the flow ones."""
     from dataclasses import replace
-    from .adapters.pipelines import from_pipeline
+    from .adapters.registry import from_pipeline
     from .conds import cond_repeat
     from .guidance import CFG, Guidance
     if output_type not in ("np", "latent"):
@@ -199,7 +199,7 @@ def upscale(pipe: Any, image: np.ndarray, scale: float = 2, strength: float = 0.
     sampler = sampler or ("flow_euler" if m.flow else "ddim")
     start = start_step(steps, strength, m.flow)
     big = resize(image, scale, filter)
-    check_multiple(big.shape[:2], int(m.extras.get("vae_factor", 8)) * m.multiple, image.shape[:2])
+    check_multiple(big.shape[:2], m.vae_factor * m.multiple, image.shape[:2])
     z = encode_image(pipe, big)
     seeds = list(seeds)
     size = window or m.size[0]

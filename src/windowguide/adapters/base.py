@@ -2,20 +2,41 @@
 (a VP denoiser from a diffusers scheduler, a VAE decoder, the flow schedules with a dynamic shift)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..denoiser import Denoiser, EpsDenoiser, VDenoiser
+from ..denoiser import Denoiser, EpsDenoiser, VDenoiser, VPSchedule
 from ..errors import WindowguideError
-from .diffusers import schedule_of
+
+
+@dataclass(frozen=True)
+class Clip:
+    """What a video family's model was trained on: ``frames`` latent frames, ``vae_factor_temporal`` pixel
+    frames per latent frame, ``pixel_frames`` the pipeline's default frames (4k + 1 for Wan), ``patch``
+    the transformer's (t, h, w) patch."""
+    frames: int
+    vae_factor_temporal: int
+    pixel_frames: int
+    patch: tuple[int, ...] = ()
+    guidance: str = "none"             # the SPEC a command uses when --guidance is not given
 
 
 @dataclass
 class PipelineModel:
-    """What sampling needs from a pipeline: the EDM-form denoiser, its schedule, conditions, decoding."""
+    """What sampling needs from a pipeline: the EDM-form denoiser, its schedule, conditions, decoding.
+
+    Typed facts a family states (its module builds the object once; nothing is assigned onto it later):
+    ``vae_factor`` pixels per latent pixel (1: a pixel model); ``unconditional`` (no prompt or class);
+    ``square_only`` (diffusers' DiT un-patchifies square latents only); ``cfg_renorm`` (Qwen-Image's
+    CFG norm correction); ``guidance_convention(g, **options)`` (Z-Image's CFG normalisation and
+    truncation); ``max_latent`` (a position table's extent); ``sigma_schedule(steps, spacing=,
+    sampler=, shape=)`` (a family whose schedule is not the VP one); ``skip_negative(blocks)`` (the
+    skip-layer hook); ``clip`` (a video family); ``learned_variance`` and ``variance_probe`` (DiT);
+    ``shift`` (SD3's static shift); ``x0_clip`` and ``scheduler_note`` (from the pipeline's scheduler,
+    set by ``registry.from_pipeline``)."""
     family: str
     denoiser: Denoiser
     channels: int
@@ -24,14 +45,43 @@ class PipelineModel:
     encode: Callable[..., tuple[Any, Any]]
     decode: Callable[[torch.Tensor], np.ndarray]
     num_classes: int = 0
-    extras: dict = field(default_factory=dict)
+    vae_factor: int = 8
+    unconditional: bool = False
+    square_only: bool = False
+    cfg_renorm: Callable | None = None
+    guidance_convention: Callable | None = None
+    max_latent: tuple[int, int] | None = None
+    sigma_schedule: Callable | None = None
+    skip_negative: Callable | None = None
+    clip: Clip | None = None
+    learned_variance: bool = False
+    variance_probe: dict | None = None
+    shift: float | None = None
+    x0_clip: dict | None = None
+    scheduler_note: str | None = None
+
+    @property
+    def extras(self) -> dict:
+        """The typed facts as a read-only dict (the name earlier versions used); read the fields instead."""
+        names = ("vae_factor", "unconditional", "square_only", "cfg_renorm", "max_latent", "learned_variance",
+                 "variance_probe", "shift", "x0_clip", "scheduler_note")
+        out = {n: getattr(self, n) for n in names if getattr(self, n) not in (None, False)}
+        if self.clip is not None:
+            out.update(video=True, frames=self.clip.frames, vae_factor_temporal=self.clip.vae_factor_temporal)
+        return out
+
+    def skip_layers(self, blocks) -> Callable:
+        """The skip-layer negative D with ``blocks`` skipped (the family's hook), or a refusal by name."""
+        if self.skip_negative is None:
+            raise WindowguideError(f"skip-layer guidance: windowguide cannot skip blocks of the {self.family} network")
+        return self.skip_negative(blocks)
 
     def shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(C, H, W) of a sample, the trained size by default (in latent pixels)."""
         h, w = height or self.size[0], width or self.size[1]
         if h % self.multiple or w % self.multiple:
             raise WindowguideError(f"{self.family}: a {h}x{w} latent is not a multiple of {self.multiple}")
-        if self.extras.get("square_only") and (h != w or h > self.size[0]):
+        if self.square_only and (h != w or h > self.size[0]):
             raise WindowguideError(f"{self.family}: a {h}x{w} latent cannot run: diffusers' DiT un-patchifies square "
                                    f"latents only, up to its positional embedding's {self.size[0]}x{self.size[1]}")
         return (self.channels, h, w)
@@ -42,16 +92,18 @@ class PipelineModel:
         from ..denoiser import FlowDenoiser
         return isinstance(self.denoiser, FlowDenoiser)
 
-    def family_guidance(self, guidance):
+    def family_guidance(self, guidance, **options):
         """The guidance with the family's own CFG convention on its CFG terms (Qwen-Image's norm
-        correction, ``extras['cfg_renorm']``); the guidance as it is for the other families."""
+        correction ``cfg_renorm``, Z-Image's ``guidance_convention`` with its options); the guidance as
+        it is for the other families."""
         from dataclasses import replace
         from ..guidance import CFG, Guidance
+        if self.guidance_convention is not None:
+            return self.guidance_convention(guidance, **options)
         g = Guidance.of(guidance)
-        renorm = self.extras.get("cfg_renorm")
-        if renorm is None:
+        if self.cfg_renorm is None:
             return g
-        return Guidance(tuple(replace(t, renorm=renorm) if isinstance(t, CFG) else t for t in g))
+        return Guidance(tuple(replace(t, renorm=self.cfg_renorm) if isinstance(t, CFG) else t for t in g))
 
     def sigmas(self, steps: int, spacing: str | None = None, sampler: str | None = None,
                shape: tuple | None = None) -> torch.Tensor:
@@ -59,6 +111,8 @@ class PipelineModel:
         ``set_alpha_to_one=False``) in the sigma of t = 0; for ``sampler='ddim'`` with trailing or
         linspace spacing, ending where diffusers' last DDIM step goes (``VPSchedule.ddim_targets``).
         ``shape``: the sample's (C, H, W), for the families whose schedule depends on it (dynamic shift)."""
+        if self.sigma_schedule is not None:
+            return self.sigma_schedule(steps, spacing=spacing, sampler=sampler, shape=shape)
         sigmas = self.denoiser.schedule.step_sigmas(steps, spacing).float()
         targets = self.denoiser.schedule.ddim_targets(steps, spacing) if sampler == "ddim" else None
         if targets is not None:
@@ -69,8 +123,8 @@ class PipelineModel:
         """What ``wg.sample`` needs to take the steps of the pipeline's own scheduler: its x0 clipping
         or dynamic thresholding (``x0_clip``, DDIM and DDPM) and DDIM's step targets (``targets``)."""
         options = {}
-        if sampler in ("ddim", "ddpm") and self.extras.get("x0_clip") is not None:
-            options["x0_clip"] = self.extras["x0_clip"]
+        if sampler in ("ddim", "ddpm") and self.x0_clip is not None:
+            options["x0_clip"] = self.x0_clip
         if sampler == "ddim" and getattr(self.denoiser, "schedule", None) is not None:
             targets = self.denoiser.schedule.ddim_targets(steps, spacing)
             if targets is not None:
@@ -82,6 +136,16 @@ class PipelineModel:
         """Our VE state at the last sigma as the pipeline's latents: x_vp = x / sqrt(1 + sigma_last^2)
         (the same when the schedule ends in 0; SD's DDIM ends at t = 0, a 4e-4 relative scale)."""
         return x / (1 + float(sigmas[-1]) ** 2) ** 0.5
+
+
+def schedule_of(scheduler: Any) -> VPSchedule:
+    """The VP schedule of a diffusers scheduler (its ``alphas_cumprod``)."""
+    if not hasattr(scheduler, "alphas_cumprod"):
+        raise WindowguideError(f"{type(scheduler).__name__} has no alphas_cumprod; a discrete VP scheduler "
+                         f"(DDIM, DDPM, Euler, ...) is needed")
+    c = scheduler.config
+    return VPSchedule(scheduler.alphas_cumprod, getattr(c, "timestep_spacing", "leading"),
+                      getattr(c, "steps_offset", 0), getattr(c, "set_alpha_to_one", True))
 
 
 def scheduler_x0_clip(scheduler: Any) -> dict | None:
@@ -107,9 +171,19 @@ def vp_denoiser(model: Callable, scheduler, multiple: int, null=None):
     return cls(model, schedule, multiple=multiple, null_cond=null, quantize=True)
 
 
+def downsampling(module) -> int:
+    """2^(levels - 1) of a diffusers VAE or UNet (its ``block_out_channels``): how much it shrinks a side."""
+    return 2 ** (len(module.config.block_out_channels) - 1)
+
+
 def vae_factor(vae, default: int = 8) -> int:
     """Image pixels per latent pixel of a diffusers ``AutoencoderKL``: 2^(levels - 1)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else default
+    return downsampling(vae) if vae is not None else default
+
+
+def unet_multiple(unet) -> int:
+    """A crop's side must be a multiple of the UNet's downsampling, 2^(levels - 1)."""
+    return downsampling(unet)
 
 
 def vae_decoder(vae, tile_above: int = 96, shift: float = 0.0) -> Callable[[torch.Tensor], np.ndarray]:

@@ -67,8 +67,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     size = getattr(pipe, "default_sample_size", 128)
     m = PipelineModel("chroma", FlowDenoiser(model, time_scale=1.0, multiple=2), tr.config.in_channels // 4,
                       (size, size), 2, encode, vae_decoder(vae, shift=vae.config.shift_factor or 0.0),
-                      extras=dict(vae_factor=vae_factor(vae)))
-    m.sigmas = token_shifted_sigmas(pipe.scheduler, m.size)
+                      vae_factor=vae_factor(vae), sigma_schedule=token_shifted_sigmas(pipe.scheduler, (size, size)))
     m.denoiser.canvas_positions = crop_positions == "slice"     # panorama windows at their place
     return m
 

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import WindowguideError
 from ..windows import current_regions
-from .base import PipelineModel, vae_decoder, vp_denoiser
+from .base import PipelineModel, vae_decoder, vae_factor, vp_denoiser
 from .registry import Family
 
 ORIGINAL_TIMESTEPS_KEY = "windowguide_timesteps"     # config key of converted DiT folders
@@ -55,10 +55,8 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     denoiser.square_only = True          # diffusers' DiT un-patchifies with h = w = sqrt(tokens)
     return PipelineModel("dit", denoiser,
                          c, (size, size), dit.config.patch_size, encode, vae_decoder(pipe.vae), num_classes=classes,
-                         extras=dict(variance_probe=probe, learned_variance=dit.config.out_channels == 2 * c,
-                                     learned_variance_sampler=True,
-                                     square_only=True,
-                                     vae_factor=2 ** (len(pipe.vae.config.block_out_channels) - 1)))
+                         variance_probe=probe, learned_variance=dit.config.out_channels == 2 * c, square_only=True,
+                         vae_factor=vae_factor(pipe.vae))
 
 
 def ddpm_learned_step(x, denoised, frac, sigma, sigma_next, z):
@@ -89,9 +87,9 @@ def sample_dit_learned_variance(m: PipelineModel, seeds, steps: int = 250, guida
     windowguide guidance. One generator per seed draws the initial noise, then each step's noise."""
     from ..guidance import guided
     from ..sampling import PerSampleNoise
-    if not m.extras.get("learned_variance"):
+    if not m.learned_variance:
         raise WindowguideError("this DiT predicts no variance (out_channels == in_channels): use sampler='ddpm'")
-    probe, shape = m.extras["variance_probe"], m.shape()
+    probe, shape = m.variance_probe, m.shape()
     sigmas = m.denoiser.schedule.step_sigmas(steps, "linspace", 0, True).tolist()
     noise = PerSampleNoise.from_seeds(list(seeds))
     x = noise(torch.empty(len(seeds), *shape, device=device)) * (1 + sigmas[0] ** 2) ** 0.5

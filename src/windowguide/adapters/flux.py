@@ -114,8 +114,8 @@ def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = No
 
     size = getattr(pipe, "default_sample_size", 128)          # unpacked latent side (1024 px with an 8x VAE)
     m = PipelineModel("flux", FlowDenoiser(model, time_scale=1.0, multiple=2), c, (size, size), 2, encode,
-                      vae_decoder(vae, shift=vae.config.shift_factor or 0.0), extras=dict(vae_factor=vae_factor(vae)))
-    m.sigmas = token_shifted_sigmas(pipe.scheduler, m.size)
+                      vae_decoder(vae, shift=vae.config.shift_factor or 0.0), vae_factor=vae_factor(vae),
+                      sigma_schedule=token_shifted_sigmas(pipe.scheduler, (size, size)))
     m.denoiser.canvas_positions = crop_positions == "slice"     # panorama windows at their place
     return m
 

@@ -108,7 +108,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = No
 
     def sigmas(steps, spacing=None, shape=None, sampler=None):
         """The pipeline's schedule: t = linspace(1, 1/N, N) shifted by the empirical mu(tokens, N), then 0."""
-        h, w = (shape or m.shape())[-2:]
+        h, w = (shape or (size, size))[-2:]
         return dynamic_shift_sigmas(pipe.scheduler, steps, h * w, mu=compute_empirical_mu(h * w, steps))
 
     @torch.no_grad()
@@ -120,8 +120,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = No
 
     size = getattr(pipe, "default_sample_size", 128) // 2        # the patchified grid: 2 latent pixels a token
     m = PipelineModel("flux2", FlowDenoiser(model, time_scale=1.0, multiple=1), tr.config.in_channels, (size, size), 1,
-                      encode, decode, extras=dict(vae_factor=2 * getattr(pipe, "vae_scale_factor", 8)))
-    m.sigmas = sigmas
+                      encode, decode, vae_factor=2 * getattr(pipe, "vae_scale_factor", 8), sigma_schedule=sigmas)
     m.denoiser.canvas_positions = crop_positions == "slice"     # panorama windows at their place
     return m
 

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from ..errors import WindowguideError
-from .base import PipelineModel, vae_decoder, vp_denoiser
+from .base import PipelineModel, vae_decoder, vae_factor, vp_denoiser
 from .netcall import Call, rows_t, sample_of, with_sample
 from .registry import Family, Patched
 from .sd import vp_sigma
@@ -49,7 +49,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     tr = pipe.transformer
     c, patch = tr.config.in_channels, tr.config.patch_size
-    vf = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    vf = vae_factor(pipe.vae)
     model = pixart_model(tr, vf)
 
     @torch.no_grad()
@@ -64,7 +64,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
 
     size = tr.config.sample_size
     return PipelineModel("pixart", vp_denoiser(model, pipe.scheduler, patch), c, (size, size), patch, encode,
-                         vae_decoder(pipe.vae), extras=dict(vae_factor=vf))
+                         vae_decoder(pipe.vae), vae_factor=vf)
 
 
 

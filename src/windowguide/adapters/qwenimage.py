@@ -139,8 +139,8 @@ def build(pipe, crop_positions: str = "slice", guidance_embed: float | None = No
     size = getattr(pipe, "default_sample_size", 128)
     m = PipelineModel("qwenimage", FlowDenoiser(model, time_scale=1.0, multiple=2), tr.config.in_channels // 4,
                       (size, size), 2, encode, decode,
-                      extras=dict(vae_factor=getattr(pipe, "vae_scale_factor", 8), cfg_renorm=renorm_cfg))
-    m.sigmas = token_shifted_sigmas(pipe.scheduler, m.size)
+                      vae_factor=getattr(pipe, "vae_scale_factor", 8), cfg_renorm=renorm_cfg,
+                      sigma_schedule=token_shifted_sigmas(pipe.scheduler, (size, size)))
     m.denoiser.canvas_positions = crop_positions == "slice"     # panorama windows at their place
     return m
 

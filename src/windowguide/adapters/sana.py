@@ -93,8 +93,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     size = tr.config.sample_size
     m = PipelineModel("sana", FlowDenoiser(model, time_scale=T_MAX * scale, multiple=tr.config.patch_size),
                       tr.config.in_channels, (size, size), tr.config.patch_size, encode, decode,
-                      extras=dict(vae_factor=getattr(pipe, "vae_scale_factor", 32)))
-    m.sigmas = sigmas
+                      vae_factor=getattr(pipe, "vae_scale_factor", 32), sigma_schedule=sigmas)
     return m
 
 

@@ -9,19 +9,15 @@ carries SDXL's pooled text embedding); ``sdxl`` builds on it.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from ..errors import WindowguideError
-from .base import PipelineModel, negative_list, vae_decoder, vae_factor, vp_denoiser
+from ..denoiser import EpsDenoiser, VDenoiser
+from .base import PipelineModel, negative_list, schedule_of, unet_multiple, vae_decoder, vae_factor, vp_denoiser
 from .netcall import Call, current_static, rows_t, sample_of, same_dtype_write
 from .registry import Family, Patched
-
-
-def unet_multiple(unet) -> int:
-    """A crop's side must be a multiple of the UNet's downsampling, 2^(levels - 1)."""
-    return 2 ** (len(unet.config.block_out_channels) - 1)
 
 
 def unet_extras(cond: dict, size: tuple[int, int] | None = None) -> dict:
@@ -104,7 +100,6 @@ def vp_sigma(t: torch.Tensor, schedule=None) -> torch.Tensor:
 def sd_schedule():
     """SD's scaled-linear VP schedule (beta 0.00085..0.012, 1000 steps)."""
     from diffusers import DDPMScheduler
-    from .diffusers import schedule_of
     return schedule_of(DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"))
 
 
@@ -172,10 +167,49 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     denoiser.canvas_positions = control is not None      # panorama windows need their place: the control image's crop
     return PipelineModel("stable-diffusion", denoiser, unet.config.in_channels,
                          (size, size), factor, encode, vae_decoder(vae) if vae else None,
-                         extras=dict(vae_factor=vae_factor(vae)))
+                         vae_factor=vae_factor(vae))
 
 
 _PATCHED = Patched(net="unet", rows="batched", reads_cfg=True, cfg_possible=no_lcm)
+
+# the panorama benchmark's and the earliest API's direct use of an SD pipeline's parts
+def sd_denoiser(pipe: Any = None, unet: Any = None, scheduler: Any = None):
+    """(denoiser, schedule) for a pipeline's UNet, eps- or v-prediction as its scheduler says."""
+    unet = unet if unet is not None else pipe.unet
+    scheduler = scheduler if scheduler is not None else pipe.scheduler
+    schedule = schedule_of(scheduler)
+    factor = unet_multiple(unet)
+
+    def model(x, t, cond):
+        return unet(x, t, encoder_hidden_states=cond).sample
+
+    kind = getattr(scheduler.config, "prediction_type", "epsilon")
+    if kind == "epsilon":
+        return EpsDenoiser(model, schedule, multiple=factor), schedule
+    if kind == "v_prediction":
+        return VDenoiser(model, schedule, multiple=factor), schedule
+    raise WindowguideError(f"prediction_type {kind!r} is not supported; accepted: 'epsilon', 'v_prediction'")
+
+
+@torch.no_grad()
+def encode_prompt(pipe: Any, prompt: str | list[str], negative: str | list[str] = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt embeddings, negative embeddings) from the pipeline's own text encoder."""
+    pos, neg = pipe.encode_prompt(prompt, pipe.device, 1, True, negative)
+    return pos, neg
+
+
+@torch.no_grad()
+def decode(pipe: Any, latents: torch.Tensor, tile_above: int = 96) -> torch.Tensor:
+    """VAE decode of final latents to images in [-1, 1]. Latents larger than ``tile_above`` on a side
+    are decoded layer by layer with whole-image GroupNorm statistics and tiled convolutions
+    (``vae_tiling.decode_tiled``: the one-shot decode, no seams or colour shifts between tiles)."""
+    from .vae_tiling import decode_tiled
+    vae = pipe.vae
+    z = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+    if max(latents.shape[-2:]) > tile_above:
+        return decode_tiled(vae, z).to(latents.device).clamp(-1, 1)
+    return vae.decode(z).sample.clamp(-1, 1)
+
 FAMILY = Family(
     kind="sd", pipelines=("StableDiffusionPipeline", "StableDiffusionPanoramaPipeline", "StableDiffusionControlNetPipeline"),
     networks=("UNet2DConditionModel",), build=build, read_call=read_unet_call,

@@ -11,7 +11,7 @@ import torch
 
 from ..denoiser import FlowDenoiser
 from ..errors import WindowguideError
-from .base import PipelineModel, flow_sigma, to_uint8
+from .base import PipelineModel, flow_sigma, to_uint8, vae_factor
 from .netcall import Call, current_static, joint, rows_t, sample_of, same_dtype_write
 from .registry import Family, Patched
 
@@ -72,9 +72,8 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
         return to_uint8((x.float() / 2 + 0.5).clamp(0, 1))
 
     m = PipelineModel("sd3", FlowDenoiser(model, time_scale=train_steps, multiple=patch), tr.config.in_channels,
-                      (size, size), patch, encode, decode, extras=dict(shift=pipe.scheduler.config.shift))
-    m.skip_layers = skip_layers
-    m.sigmas = scheduler_sigmas(pipe.scheduler, size, patch)
+                      (size, size), patch, encode, decode, vae_factor=vae_factor(vae), shift=pipe.scheduler.config.shift,
+                      skip_negative=skip_layers, sigma_schedule=scheduler_sigmas(pipe.scheduler, size, patch))
     return m
 
 

@@ -13,7 +13,8 @@ from ..errors import WindowguideError
 from ..windows import current_regions
 from .base import PipelineModel, vae_decoder, vae_factor, vp_denoiser
 from .registry import Family, Patched
-from .sd import control_crop, no_lcm, unet_extras, unet_multiple, vp_sigma
+from .base import unet_multiple
+from .sd import control_crop, no_lcm, unet_extras, vp_sigma
 
 
 def sdxl_time_ids(regions: torch.Tensor | None, size, factor: int) -> torch.Tensor:
@@ -101,7 +102,7 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     # with a ControlNet, windows need their place (the control image's crop; the time ids then describe the crop)
     denoiser.canvas_positions = control is not None
     return PipelineModel("sdxl", denoiser, unet.config.in_channels, (size, size), factor, encode, vae_decoder(pipe.vae),
-                         extras=dict(vae_factor=vf))
+                         vae_factor=vf)
 
 
 _PATCHED = Patched(net="unet", rows="batched", reads_cfg=True, cfg_possible=no_lcm)

@@ -6,14 +6,14 @@ import numpy as np
 import torch
 
 from ..errors import WindowguideError
-from .base import PipelineModel, to_uint8, vp_denoiser
+from .base import PipelineModel, to_uint8, unet_multiple, vp_denoiser
 from .registry import Family
 
 
 def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineModel:
     """The ``PipelineModel`` of this family's pipeline (module docstring): denoiser, encode, schedule, decode."""
     unet = pipe.unet
-    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    factor = unet_multiple(unet)
 
     def model(x, t, cond):
         return unet(x.to(unet.dtype), t).sample.float()
@@ -28,9 +28,9 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     size = unet.config.sample_size
     size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
     return PipelineModel("unet2d", vp_denoiser(model, pipe.scheduler, factor), unet.config.in_channels, size, factor,
-                         encode, decode, extras=dict(unconditional=True))
+                         encode, decode, vae_factor=1, unconditional=True)
 
 
 
 FAMILY = Family(kind="unet2d", pipelines=("DDPMPipeline", "DDIMPipeline"), build=build,
-                multiple=lambda net: 2 ** (len(net.config.block_out_channels) - 1), net_attr="unet")
+                multiple=unet_multiple, net_attr="unet")

@@ -18,7 +18,7 @@ import torch
 from ..denoiser import FlowDenoiser
 from ..errors import WindowguideError
 from ..windows import current_regions
-from .base import PipelineModel, flow_sigma, needs_parts, needs_prompt
+from .base import Clip, PipelineModel, flow_sigma, needs_parts, needs_prompt
 from .netcall import Call, current_static, joint, rows_t, sample_of, same_dtype_write
 from .registry import Family, Patched
 
@@ -148,11 +148,13 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
 
     vt = getattr(pipe, "vae_scale_factor_temporal", 4)
     vs = getattr(pipe, "vae_scale_factor_spatial", 8)
+    # WanPipeline's defaults: 81 frames of 480 x 832, guidance_scale 5.0 (cfg:w=4)
+    clip = Clip(frames=latent_frames(81, vt), vae_factor_temporal=vt, pixel_frames=81, patch=(p_t, p_h, p_w),
+                guidance="cfg:w=4")
     m = PipelineModel("wan", FlowDenoiser(model, time_scale=T_MAX, multiple=p_h), tr.config.in_channels,
-                      (480 // vs, 832 // vs), p_h, encode, decode,
-                      extras=dict(vae_factor=vs, vae_factor_temporal=vt, frames=(81 - 1) // vt + 1, video=True,
-                                  patch=(p_t, p_h, p_w)))
-    m.sigmas = lambda steps, spacing=None, sampler=None, shape=None: scheduler_sigmas(pipe.scheduler, steps)
+                      (480 // vs, 832 // vs), p_h, encode, decode, vae_factor=vs, clip=clip,
+                      sigma_schedule=lambda steps, spacing=None, sampler=None, shape=None:
+                      scheduler_sigmas(pipe.scheduler, steps))
     m.denoiser.canvas_positions = crop_positions == "slice"     # windows at their place in the video
     return m
 

@@ -176,10 +176,10 @@ def build(pipe, crop_positions: str = "slice", guidance_embed=None) -> PipelineM
     m = PipelineModel("zimage", FlowDenoiser(zimage_flow_model(tr, crop_positions), time_scale=1.0, multiple=patch),
                       tr.config.in_channels, (size, size), patch, encode,
                       vae_decoder(vae, shift=vae.config.shift_factor or 0.0),
-                      extras=dict(vae_factor=pipe.vae_scale_factor, cfg_weight="scale", max_latent=max_latent(tr)))
-    m.sigmas = token_shifted_sigmas(pipe.scheduler, m.size)
+                      vae_factor=pipe.vae_scale_factor, max_latent=max_latent(tr),
+                      sigma_schedule=token_shifted_sigmas(pipe.scheduler, (size, size)),
+                      guidance_convention=family_guidance)
     m.denoiser.canvas_positions = crop_positions == "slice"     # panorama windows at their place
-    m.family_guidance = lambda g, **options: family_guidance(g, **options)
     return m
 
 

@@ -171,7 +171,7 @@ def run_speed(unet_size: str = "small", steps: int = 3, width: int = 640, repeat
     """Median seconds of our panorama and of diffusers' pipeline at each view_batch_size, interleaved."""
     from diffusers import DDIMScheduler, StableDiffusionPanoramaPipeline
 
-    from ..adapters.diffusers import sd_denoiser
+    from ..adapters.sd import sd_denoiser
     from ..guidance import CFG
     dev = torch.device(device)
     unet = _speed_unet(unet_size).to(dev)

@@ -23,7 +23,7 @@ def _tiny_dit(size: int, device):
 
 
 def measure_dit(size: int, steps: int, repeats: int, device) -> dict:
-    from ..adapters.pipelines import from_pipeline
+    from ..adapters.registry import from_pipeline
     from ..generate import sample
     from ..guidance import CFG, MSWG
     from ..windows import layout
@@ -58,7 +58,7 @@ def measure_dit(size: int, steps: int, repeats: int, device) -> dict:
 def measure_sd(size: int, steps: int, repeats: int, device) -> dict:
     """Our loop against StableDiffusionPipeline's own (CFG, DDIM, latents out) on a tiny random SD."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from ..adapters.pipelines import from_pipeline
+    from ..adapters.registry import from_pipeline
     from ..generate import sample
     from ..guidance import CFG
     from .timing import time_interleaved

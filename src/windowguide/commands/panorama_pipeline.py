@@ -31,7 +31,7 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
         circular: bool = False, guidance: str | None = None, klass: Any = None, seeds: Any = "0", out: str = "runs/panorama",
         max_batch: int | None = None, device: Any = "cpu", dtype: str = "float32", batch_size: int = 1,
         progress: bool = True, regions: list[dict] | None = None, **sampler_options) -> dict:
-    from ..adapters.pipelines import from_pipeline
+    from ..adapters.registry import from_pipeline
     from ..adapters.registry import default_guidance
     seeds = parse_seeds(seeds)
     if steps is not None:
@@ -53,14 +53,14 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
               latent_side(width, factor, m.multiple, "--width"))
     from ..fusion import canvas_layout
     wh, ww = min(wh, canvas[1]), min(ww, canvas[2])     # a canvas below the trained size: windows of its size
-    limit = m.extras.get("max_latent")                   # a position table's extent (Z-Image's RoPE axes_lens)
+    limit = m.max_latent                   # a position table's extent (Z-Image's RoPE axes_lens)
     if limit and (canvas[1] > limit[0] or canvas[2] + (ww - 1 if circular else 0) > limit[1]):
         raise WindowguideError(f"a {canvas[2] * factor}x{canvas[1] * factor} canvas runs past this {m.family} model's "
                                f"positions; accepted: up to {(limit[1] - (ww - 1 if circular else 0)) * factor}x"
                                f"{limit[0] * factor} pixels")
     canvas_layout(min(batch_size, len(seeds)), c, canvas[1:], (wh, ww), stride, circular, device,
                   f"a {canvas[2] * factor}x{canvas[1] * factor} panorama")
-    if regions and (m.num_classes or m.extras.get("unconditional")):
+    if regions and (m.num_classes or m.unconditional):
         raise WindowguideError(f"--region/--regions on a pipeline take prompts; this {m.family} pipeline takes "
                                f"{'class labels' if m.num_classes else 'no condition'}")
     first = prompt if prompt is not None or not regions else regions[0].get("prompt")

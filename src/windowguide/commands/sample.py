@@ -22,7 +22,7 @@ from .. import spec
 from ..errors import WindowguideError
 from ..files import check_out_dir, read_png, write_json, write_npz, write_png
 from ..generate import check_sampler_options, parse_seeds, sample, schedule_sigmas
-from ..adapters.latents import pixel_decoder
+from ..models.latents import pixel_decoder
 from ..images import grid
 from ..sampling import SAMPLERS
 from ..train.w2s import describe

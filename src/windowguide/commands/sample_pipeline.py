@@ -134,7 +134,7 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
         width: int | None = None, progress: bool = True, crop_positions: str = "slice",
         guidance_embed: float | None = None) -> dict:
     from ..adapters.dit import sample_dit_learned_variance
-    from ..adapters.pipelines import from_pipeline
+    from ..adapters.registry import from_pipeline
     seeds = parse_seeds(seeds)
     check_count(batch_size, "--batch-size")
     r, device = rank_device(device)
@@ -145,7 +145,7 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
                       **({} if guidance_embed is None else dict(guidance_embed=guidance_embed)))
     flow = m.flow
     sampler = sampler or ("flow_euler" if flow else "ddim")
-    if sampler == "dit_ddpm" and not m.extras.get("learned_variance_sampler"):
+    if sampler == "dit_ddpm" and m.variance_probe is None:
         raise WindowguideError(f"--sampler dit_ddpm is DiT's learned-variance DDPM; this is a {m.family} pipeline")
     steps = steps or (28 if flow else 50)
     check_count(steps, "--steps", maximum=MAX_STEPS)
@@ -189,16 +189,8 @@ def run(folder: str, guidance: str = "none", seeds: Any = "0-3", out: str = "run
 
 
 def latent_factor(m, pipe=None) -> int:
-    """Pixels per latent pixel: the pipeline's VAE downsampling, 2^(levels - 1) of its encoder as
-    diffusers computes ``vae_scale_factor``; 1 without a VAE (pixel-space DDPM)."""
-    if m.extras.get("unconditional"):
-        return 1
-    if "vae_factor" in m.extras:
-        return int(m.extras["vae_factor"])
-    vae = getattr(pipe, "vae", None)
-    if vae is None:
-        raise WindowguideError(f"cannot tell the VAE factor of this {m.family} pipeline: it has no VAE")
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+    """Pixels per latent pixel: the family's ``vae_factor`` (1 for a pixel-space model)."""
+    return m.vae_factor
 
 
 def latent_side(pixels: int | None, factor: int, multiple: int, flag: str) -> int | None:
@@ -222,7 +214,7 @@ def conditions_and_guidance(m, guidance: str, prompt, negative_prompt, klass):
             raise WindowguideError(f"--prompt: this {m.family} pipeline takes class labels (--class), not a prompt")
         klass = normalise_class(klass, m.num_classes)
         null, cond_of = torch.tensor(m.num_classes), (lambda batch: labels_for(batch, m.num_classes, klass))
-    elif m.extras.get("unconditional"):
+    elif m.unconditional:
         if prompt is not None or klass not in (None, "none"):
             raise WindowguideError("--prompt/--class: this pipeline is unconditional; leave them out")
         null, cond_of = None, (lambda batch: None)
@@ -252,7 +244,7 @@ def no_weak(name: str):
 
 
 def _skipper(m):
-    if not hasattr(m, "skip_layers"):
+    if m.skip_negative is None:
         return None
 
     def skip(blocks):

@@ -73,7 +73,7 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
 
 def _pipeline(folder, picture, scale, progressive, prompt, guidance, sampler, klass, device, dtype):
     """A diffusers pipeline folder: its default guidance and sampler (the rule ``panorama`` uses)."""
-    from ..adapters.pipelines import from_pipeline
+    from ..adapters.registry import from_pipeline
     from ..adapters.registry import default_guidance
     from ..upscaling import progressive_upscale, upscale
     if klass is not None:
@@ -85,7 +85,7 @@ def _pipeline(folder, picture, scale, progressive, prompt, guidance, sampler, kl
     sampler = sampler or ("flow_euler" if m.flow else "ddim")
     fn = lambda seed, **o: (progressive_upscale if progressive else upscale)(pipe, picture, scale, seeds=[seed], **o)[0]
     return dict(draw=fn, terms=g, sampler=sampler, guidance=guidance, klass=None, channels=m.channels,
-                factor=int(m.extras.get("vae_factor", 8)), window=tuple(m.size))
+                factor=m.vae_factor, window=tuple(m.size))
 
 
 def _bundled(folder, picture, scale, progressive, prompt, guidance, sampler, klass, device):

@@ -132,27 +132,27 @@ def _draw(src, seed, window, stride, mode, sampler, steps, vcf, style_alpha, cir
 
 def _pipeline_source(folder, prompt, negative_prompt, frames, height, width, guidance, device, dtype) -> dict:
     """A Wan pipeline folder: its denoiser, the prompt's condition and CFG null, its schedule and decoder."""
-    from ..adapters.pipelines import from_pipeline
+    from ..adapters.registry import from_pipeline
     from ..adapters.wan import latent_frames
     from .sample_pipeline import no_weak, load_pipeline
     pipe = load_pipeline(folder, device, dtype)
     m = from_pipeline(pipe)
-    if not m.extras.get("video"):
+    if m.clip is None:
         raise WindowguideError(f"{folder}: a {m.family} pipeline makes images; windowguide video takes a video "
                                f"pipeline (Wan)")
     if prompt is None:
         raise WindowguideError("a Wan pipeline needs a prompt (--prompt)")
-    vt, vs = m.extras["vae_factor_temporal"], m.extras["vae_factor"]
-    frames = frames or 81
+    vt, vs = m.clip.vae_factor_temporal, m.vae_factor
+    frames = frames or m.clip.pixel_frames
     t = latent_frames(frames, vt)
     h, w = (v // vs if v else d for v, d in ((height, m.size[0]), (width, m.size[1])))
     if h % m.multiple or w % m.multiple:
         raise WindowguideError(f"--height/--width must be multiples of {vs * m.multiple} pixels")
-    guidance = guidance or "cfg:w=4"               # WanPipeline's guidance_scale 5.0
+    guidance = guidance or m.clip.guidance         # the family's own default (Wan: its guidance_scale 5.0)
     pos, neg = m.encode(prompt=prompt, negative_prompt=negative_prompt)
     m.denoiser.null_cond = {k: v[0] for k, v in neg.items()}      # one null for every row
     terms = spec.build(guidance, spec.Context(net=None, load=no_weak))
-    return dict(shape=(m.channels, t, h, w), frames=frames, clip=m.extras["frames"], denoiser=m.denoiser, cond=pos, terms=terms,
+    return dict(shape=(m.channels, t, h, w), frames=frames, clip=m.clip.frames, denoiser=m.denoiser, cond=pos, terms=terms,
                 guidance=guidance, sigmas=lambda steps: m.sigmas(steps), sampler="flow_euler", steps=50,
                 decode=m.decode, latent_frames=lambda f: latent_frames(f, vt), latent_stride=lambda f: max(1, f // vt))
 

@@ -221,7 +221,7 @@ class _WindowguideGuidance(BaseGuidance):
     def _vp_schedule(self):
         if self.scheduler is None:
             return None
-        from ..adapters.diffusers import schedule_of
+        from ..adapters.base import schedule_of
         return schedule_of(self.scheduler)
 
     # --- the combination -------------------------------------------------------------------------------

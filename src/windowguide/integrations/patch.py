@@ -38,6 +38,7 @@ import torch
 from .. import spec
 from ..errors import WindowguideError
 from ..guidance import CFG, Guidance
+from ..adapters.base import vae_factor
 from ..adapters.registry import Family, by_pipeline, patched_names
 from .calls import (after_call_hook, default_sigma, guided_change, network_model, network_multiple, read_call,
                     skip_layer_negative, weak_denoiser)
@@ -57,7 +58,7 @@ class _State:
         vae = getattr(pipe, "vae", None)
         self.vae_factor = getattr(pipe, "vae_scale_factor", None)       # pixels per latent pixel (PixArt)
         if self.vae_factor is None and vae is not None and "block_out_channels" in vae.config:
-            self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+            self.vae_factor = vae_factor(vae)
         self.model = network_model(self.net, self.kind, crop_positions, self.vae_factor)
         self.multiple = network_multiple(self.net, self.kind)
         self.inside = False
@@ -76,7 +77,7 @@ class _State:
     def schedule(self):
         """The VP schedule of the pipeline's scheduler (read once per pipeline call); None for flow."""
         if self._schedule is None and not self.family.flow:
-            from ..adapters.diffusers import schedule_of
+            from ..adapters.base import schedule_of
             self._schedule = schedule_of(self.pipe.scheduler)
         return self._schedule
 
