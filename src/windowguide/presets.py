@@ -41,7 +41,7 @@ class Preset:
 
 _MSWG = "window=40,n=2"      # 64 x 64 latents: k = 5/8 of the side, two windows per side (stride 24)
 
-PRESETS = {
+_OWN = {   # the papers' EDM2 settings and the bundled models' fronts; the families add theirs
     "edm2-s-mswg-fid": Preset(f"mswg:w=0.2,{_MSWG}", "EDM2-S (ImageNet-512)", f"{MSWG_PAPER}, EDM2-S best FID",
                               "w = 0.2 as printed (the paper's convention is ours)"),
     "edm2-s-mswg-fd-dinov2": Preset(f"mswg:w=1.1,{_MSWG}", "EDM2-S (ImageNet-512)",
@@ -60,37 +60,6 @@ PRESETS = {
                                   "edm2-img512-xs-0134217-0.165 (--weak)",
                                   f"{AG_PAPER}, EDM2-S, FD-DINOv2 36.67 (EDM2's preset edm2-img512-s-autog-dino)",
                                   "guidance scale 2.45 -> w = 1.45"),
-    "dit-xl-2-mswg-fid": Preset("mswg:w=0.5,window=20,n=2", "DiT-XL/2 256 (pipeline folder)",
-                                f"{MSWG_PAPER}, DiT-XL/2 best FID", "w = 0.5 as printed; window 20 of the 32 x 32 "
-                                "latent; DiT's own sampler: 250 respaced DDPM steps with the learned variance; "
-                                "crops get the stretched embedding, as the authors resize it",
-                                steps=250, sampler="dit_ddpm", crop_positions="stretch"),
-    "dit-xl-2-mswg-fd-dinov2": Preset("mswg:w=1.5,window=20,n=2", "DiT-XL/2 256 (pipeline folder)",
-                                      f"{MSWG_PAPER}, DiT-XL/2 best FD-DINOv2", "w = 1.5 as printed; DDPM as above",
-                                      steps=250, sampler="dit_ddpm", crop_positions="stretch"),
-    "dit-xl-2-cfg-mswg": Preset("cfg:w=0.6+mswg:w=0.5,window=20,n=2", "DiT-XL/2 256 (pipeline folder)",
-                                f"{MSWG_PAPER}, DiT-XL/2 CFG + M-SWG", "0.6 + 0.5 in the paper's convention (ours); "
-                                "diffusers' guidance_scale would read 1.6", steps=250, sampler="dit_ddpm",
-                                crop_positions="stretch"),
-    "dit-xl-2-cfg-dit-paper": Preset("cfg:w=0.5,channels=3", "DiT-XL/2 256 (pipeline folder)",
-                                     "Peebles & Xie 2023 (DiT), FID 2.27 at CFG scale 1.5",
-                                     "scale 1.5 -> w 0.5 on the first 3 latent channels only, as the DiT code's "
-                                     "forward_with_cfg guides them (diffusers and the M-SWG authors guide all 4); "
-                                     "250 respaced DDPM steps with the learned variance", steps=250,
-                                     sampler="dit_ddpm"),
-    "sd35-slg": Preset("cfg:w=6.0+slg:w=2.8,skip=7/8/9,first=1,last=5", "SD3.5 Medium (pipeline folder)", SD35,
-                       "guidance_scale 7.0 -> w 6.0; skip-layer scale 2.8 is already an extra-term weight; "
-                       "start 0.01 / stop 0.2 of 28 steps = the pipeline's steps 1..5 (it skips when "
-                       "N start < i < N stop)", steps=28, sampler="flow_euler"),
-    "sd35-sgg": Preset("sgg:stepsplit=14,cfg=3.5,slg=3.0,skip=7/8/9", "SD3.5 Medium (pipeline folder)", SGG_PAPER,
-                       "CFG scale 4.5 -> w 3.5 on steps 1-14, skip-layer weight 3.0 on steps 15-28 (blocks 7, 8, 9); "
-                       "2 network evaluations per step (the authors' code makes a third, unused, in the second "
-                       "segment)", steps=28, sampler="flow_euler"),
-    "gvcf-sd2-panorama": Preset("cfg:w=6.5", "Stable Diffusion 2.x base 512 (pipeline folder, panorama)",
-                                f"{GVCF_PAPER}: 512 x 3584, stride 48 latent pixels, GF + VCF under DDPM",
-                                "SD's guidance_scale 7.5 -> w 6.5; the paper's DDPM has 1000 steps",
-                                steps=1000, sampler="ddpm",
-                                panorama=dict(height=512, width=3584, stride=48, mode="gf", vcf=True)),
     "edm2-xxl-cfg-fid": Preset("cfg:w=0.2,model={weak}", "edm2-img512-xxl-0939524-0.015 with the unconditional "
                                "edm2-img512-xs-uncond-2147483-0.015 (--weak)",
                                "EDM2 (Karras et al. 2024), preset edm2-img512-xxl-guid-fid, FID 1.81",
@@ -112,29 +81,28 @@ PRESETS = {
     "digits-cfg": Preset("cfg:w=0.2", "digits (bundled)", FRONTS.format(
         "the lowest FD on digits' dominant front, FD 0.623 +- 0.216 (none 0.826 +- 0.408); SWG and M-SWG gain "
         "no more than the spread there (best 0.786 +- 0.317)"), "the front's point", steps=10, sampler="heun"),
-    "flux2-klein-base": Preset("cfg:w=3", "FLUX.2 [klein] base 4B/9B (pipeline folder)",
-                               CARD.format(pipeline="Flux2KleinPipeline"),
-                               "guidance_scale 4.0 -> w 3 (diffusers' convention), the empty negative prompt; 50 steps",
-                               steps=50, sampler="flow_euler"),
-    "qwen-image": Preset("cfg:w=3", "Qwen-Image (pipeline folder)", CARD.format(pipeline="QwenImagePipeline"),
-                         "true_cfg_scale 4.0 -> w 3, with Qwen-Image's norm correction per token; 50 steps",
-                         steps=50, sampler="flow_euler"),
-    "z-image": Preset("cfg:w=5", "Z-Image base (pipeline folder)", CARD.format(pipeline="ZImagePipeline"),
-                      "guidance_scale 5.0 in the original formulation P_c + s (P_c - P_u): w = s = 5; 50 steps",
-                      steps=50, sampler="flow_euler"),
-    "chroma": Preset("cfg:w=4", "Chroma (pipeline folder)", CARD.format(pipeline="ChromaPipeline"),
-                     "guidance_scale 5.0 -> w 4; 35 steps", steps=35, sampler="flow_euler"),
-    "sana": Preset("cfg:w=3.5", "SANA 1600M / 600M (pipeline folder)", CARD.format(pipeline="SanaPipeline"),
-                   "guidance_scale 4.5 -> w 3.5; 20 steps (the pipeline's DPM-Solver++ steps; windowguide's flow "
-                   "Euler takes the same schedule)", steps=20, sampler="flow_euler"),
 }
+
+
+def all_presets() -> dict[str, Preset]:
+    """Every preset: the EDM2 and bundled ones here, then each model family's (``PRESETS`` of its module in
+    ``windowguide.adapters``, found through the registry)."""
+    from .adapters.registry import family_presets
+    return {**_OWN, **family_presets()}
+
+
+def __getattr__(name):                 # PRESETS is gathered when first asked for (the families load torch)
+    if name == "PRESETS":
+        return all_presets()
+    raise AttributeError(name)
 
 
 def expand(name: str, weak: str | None = None) -> Preset:
     """The preset with its weak model filled in (a clear error when it needs one and none is given)."""
-    if name not in PRESETS:
-        raise WindowguideError(f"--preset {name!r}: accepted: {', '.join(sorted(PRESETS))}")
-    p = PRESETS[name]
+    presets = all_presets()
+    if name not in presets:
+        raise WindowguideError(f"--preset {name!r}: accepted: {', '.join(sorted(presets))}")
+    p = presets[name]
     if p.needs_weak and not weak:
         raise WindowguideError(f"--preset {name} is for {p.model}: pass that second network with --weak FILE "
                                f"(its .pkl converted by windowguide convert)")
@@ -145,7 +113,7 @@ def expand(name: str, weak: str | None = None) -> Preset:
 
 
 def describe() -> str:
-    return "\n".join(f"{k}: {p.guidance}  [{p.model}; {p.source}; {p.weights}]" for k, p in PRESETS.items())
+    return "\n".join(f"{k}: {p.guidance}  [{p.model}; {p.source}; {p.weights}]" for k, p in all_presets().items())
 
 
-__all__ = ["Preset", "PRESETS", "expand", "describe"]
+__all__ = ["Preset", "PRESETS", "all_presets", "expand", "describe"]

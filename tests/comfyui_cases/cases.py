@@ -113,7 +113,7 @@ def test_sdxl_crops_get_their_own_size_conditioning():
     """SDXL's ADM vector of each crop: the user's original size, crop coordinates at the crop's place and
     the crop's size, in the user's target units (here ComfyUI's default: 128 pixels for a 16-pixel latent)."""
     from harness import tiny_sdxl
-    from windowguide.integrations.comfyui import sdxl_crop_cond
+    from windowguide.adapters.sdxl import comfy_crop_cond as sdxl_crop_cond
     from windowguide.windows import layout
     model = tiny_sdxl()
     pos, neg = conditioning(1, pooled=True), conditioning(2, pooled=True)

@@ -15,6 +15,7 @@ from .base import PipelineModel, token_shifted_sigmas, flow_sigma, needs_parts, 
 from .flux import flux_image_ids, ids_size, pack, packed_model, unpack
 from .netcall import Call, current_static, joint, rows_t, sample_of, with_sample
 from .registry import Family, Patched
+from ..presets import Preset, CARD
 
 
 def chroma_model(tr, crop_positions: str = "slice") -> Callable:
@@ -77,3 +78,9 @@ FAMILY = Family(
     read_call=read_call, model=lambda net, crop_positions="slice", vae_factor=None: chroma_model(net, crop_positions),
     multiple=lambda net: 2, sigma=lambda t, schedule=None: flow_sigma(t, 1.0), network_t=lambda ts: ts / 1000,
     flow=True, patched={"ChromaPipeline": Patched(rows="separate")})
+
+# the model card's and the papers' settings for this family (``windowguide sample --preset NAME``)
+PRESETS = {
+    "chroma": Preset("cfg:w=4", "Chroma (pipeline folder)", CARD.format(pipeline="ChromaPipeline"),
+                     "guidance_scale 5.0 -> w 4; 35 steps", steps=35, sampler="flow_euler"),
+}

@@ -16,6 +16,7 @@ from ..errors import WindowguideError
 from ..windows import current_regions
 from .base import PipelineModel, vae_decoder, vae_factor, vp_denoiser
 from .registry import Family
+from ..presets import Preset, MSWG_PAPER
 
 ORIGINAL_TIMESTEPS_KEY = "windowguide_timesteps"     # config key of converted DiT folders
 
@@ -141,3 +142,25 @@ class sliced_positions:
 
 
 FAMILY = Family(kind="dit", pipelines=("DiTPipeline",), build=build, multiple=lambda net: int(net.config.patch_size))
+
+# the model card's and the papers' settings for this family (``windowguide sample --preset NAME``)
+PRESETS = {
+    "dit-xl-2-mswg-fid": Preset("mswg:w=0.5,window=20,n=2", "DiT-XL/2 256 (pipeline folder)",
+                                f"{MSWG_PAPER}, DiT-XL/2 best FID", "w = 0.5 as printed; window 20 of the 32 x 32 "
+                                "latent; DiT's own sampler: 250 respaced DDPM steps with the learned variance; "
+                                "crops get the stretched embedding, as the authors resize it",
+                                steps=250, sampler="dit_ddpm", crop_positions="stretch"),
+    "dit-xl-2-mswg-fd-dinov2": Preset("mswg:w=1.5,window=20,n=2", "DiT-XL/2 256 (pipeline folder)",
+                                      f"{MSWG_PAPER}, DiT-XL/2 best FD-DINOv2", "w = 1.5 as printed; DDPM as above",
+                                      steps=250, sampler="dit_ddpm", crop_positions="stretch"),
+    "dit-xl-2-cfg-mswg": Preset("cfg:w=0.6+mswg:w=0.5,window=20,n=2", "DiT-XL/2 256 (pipeline folder)",
+                                f"{MSWG_PAPER}, DiT-XL/2 CFG + M-SWG", "0.6 + 0.5 in the paper's convention (ours); "
+                                "diffusers' guidance_scale would read 1.6", steps=250, sampler="dit_ddpm",
+                                crop_positions="stretch"),
+    "dit-xl-2-cfg-dit-paper": Preset("cfg:w=0.5,channels=3", "DiT-XL/2 256 (pipeline folder)",
+                                     "Peebles & Xie 2023 (DiT), FID 2.27 at CFG scale 1.5",
+                                     "scale 1.5 -> w 0.5 on the first 3 latent channels only, as the DiT code's "
+                                     "forward_with_cfg guides them (diffusers and the M-SWG authors guide all 4); "
+                                     "250 respaced DDPM steps with the learned variance", steps=250,
+                                     sampler="dit_ddpm"),
+}

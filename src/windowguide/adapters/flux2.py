@@ -22,6 +22,7 @@ from .base import PipelineModel, dynamic_shift_sigmas, flow_sigma, needs_parts, 
 from .flux import ids_size, packed_model
 from .netcall import Call, current_static, joint, rows_t, sample_of, with_sample
 from .registry import Family, Patched
+from ..presets import Preset, CARD
 
 
 def pack(z: torch.Tensor) -> torch.Tensor:
@@ -133,3 +134,11 @@ FAMILY = Family(
     flow=True,
     patched={"Flux2Pipeline": Patched(scale=None, rows="separate"),
              "Flux2KleinPipeline": Patched(rows="separate", cfg_possible=lambda pipe: not pipe.config.is_distilled)})
+
+# the model card's and the papers' settings for this family (``windowguide sample --preset NAME``)
+PRESETS = {
+    "flux2-klein-base": Preset("cfg:w=3", "FLUX.2 [klein] base 4B/9B (pipeline folder)",
+                               CARD.format(pipeline="Flux2KleinPipeline"),
+                               "guidance_scale 4.0 -> w 3 (diffusers' convention), the empty negative prompt; 50 steps",
+                               steps=50, sampler="flow_euler"),
+}

@@ -27,6 +27,7 @@ from .base import PipelineModel, token_shifted_sigmas, flow_sigma, needs_parts, 
 from .flux import pack, packed_model, unpack
 from .netcall import Call, current_static, joint, rows_t, sample_of, with_sample
 from .registry import Family, Patched
+from ..presets import Preset, CARD
 
 
 def token_norm(v: torch.Tensor) -> torch.Tensor:
@@ -161,3 +162,10 @@ FAMILY = Family(
     read_call=read_call, model=lambda net, crop_positions="slice", vae_factor=None: qwen_model(net, crop_positions),
     multiple=lambda net: 2, sigma=lambda t, schedule=None: flow_sigma(t, 1.0), network_t=lambda ts: ts / 1000,
     flow=True, patched={"QwenImagePipeline": Patched(scale="true_cfg_scale", rows="separate", negative=True)})
+
+# the model card's and the papers' settings for this family (``windowguide sample --preset NAME``)
+PRESETS = {
+    "qwen-image": Preset("cfg:w=3", "Qwen-Image (pipeline folder)", CARD.format(pipeline="QwenImagePipeline"),
+                         "true_cfg_scale 4.0 -> w 3, with Qwen-Image's norm correction per token; 50 steps",
+                         steps=50, sampler="flow_euler"),
+}

@@ -93,15 +93,28 @@ def output_layout(call, out, delta):
 
 
 @functools.lru_cache(maxsize=1)
-def families() -> tuple[Family, ...]:
-    """Every ``FAMILY`` of the modules of this package, in module-name order."""
+def family_modules() -> tuple:
+    """The modules of this package that define ``FAMILY``, in module-name order."""
     from .. import adapters
     found = []
     for info in sorted(pkgutil.iter_modules(adapters.__path__), key=lambda i: i.name):
         module = importlib.import_module(f"{adapters.__name__}.{info.name}")
         if isinstance(getattr(module, "FAMILY", None), Family):
-            found.append(module.FAMILY)
+            found.append(module)
     return tuple(found)
+
+
+def families() -> tuple[Family, ...]:
+    """Every ``FAMILY`` of the modules of this package, in module-name order."""
+    return tuple(module.FAMILY for module in family_modules())
+
+
+def family_presets() -> dict:
+    """Every family's ``PRESETS`` (the model card's and the papers' settings for it), by name."""
+    out = {}
+    for module in family_modules():
+        out.update(getattr(module, "PRESETS", {}))
+    return out
 
 
 def pipeline_names() -> tuple[str, ...]:

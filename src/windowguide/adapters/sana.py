@@ -19,6 +19,7 @@ from ..windows import current_regions
 from .base import PipelineModel, flow_sigma, needs_parts, needs_prompt, to_uint8
 from .netcall import Call, current_static, joint, rows_t, sample_of, with_sample
 from .registry import Family, Patched
+from ..presets import Preset, CARD
 
 T_MAX = 1000
 
@@ -103,3 +104,10 @@ FAMILY = Family(
     multiple=lambda net: int(net.config.patch_size),
     sigma=lambda t, schedule=None: flow_sigma(t, T_MAX),     # the call's t / timestep_scale: see ``network_t``
     flow=True, patched={"SanaPipeline": Patched(reads_cfg=True)})
+
+# the model card's and the papers' settings for this family (``windowguide sample --preset NAME``)
+PRESETS = {
+    "sana": Preset("cfg:w=3.5", "SANA 1600M / 600M (pipeline folder)", CARD.format(pipeline="SanaPipeline"),
+                   "guidance_scale 4.5 -> w 3.5; 20 steps (the pipeline's DPM-Solver++ steps; windowguide's flow "
+                   "Euler takes the same schedule)", steps=20, sampler="flow_euler"),
+}

@@ -18,6 +18,7 @@ from ..denoiser import EpsDenoiser, VDenoiser
 from .base import PipelineModel, negative_list, schedule_of, unet_multiple, vae_decoder, vae_factor, vp_denoiser
 from .netcall import Call, current_static, rows_t, sample_of, same_dtype_write
 from .registry import Family, Patched
+from ..presets import Preset, GVCF_PAPER
 
 
 def unet_extras(cond: dict, size: tuple[int, int] | None = None) -> dict:
@@ -217,3 +218,12 @@ FAMILY = Family(
     sigma=vp_sigma, net_attr="unet",
     patched={"StableDiffusionPipeline": _PATCHED, "StableDiffusionControlNetPipeline": _PATCHED,
              "StableDiffusionPanoramaPipeline": Patched(net="unet", rows="interleaved", cfg_possible=no_lcm)})
+
+# the model card's and the papers' settings for this family (``windowguide sample --preset NAME``)
+PRESETS = {
+    "gvcf-sd2-panorama": Preset("cfg:w=6.5", "Stable Diffusion 2.x base 512 (pipeline folder, panorama)",
+                                f"{GVCF_PAPER}: 512 x 3584, stride 48 latent pixels, GF + VCF under DDPM",
+                                "SD's guidance_scale 7.5 -> w 6.5; the paper's DDPM has 1000 steps",
+                                steps=1000, sampler="ddpm",
+                                panorama=dict(height=512, width=3584, stride=48, mode="gf", vcf=True)),
+}

@@ -14,6 +14,7 @@ from ..errors import WindowguideError
 from .base import PipelineModel, flow_sigma, to_uint8, vae_factor
 from .netcall import Call, current_static, joint, rows_t, sample_of, same_dtype_write
 from .registry import Family, Patched
+from ..presets import Preset, SGG_PAPER, SD35
 
 T_MAX = 1000          # SD3's transformer takes t = 1000 s
 
@@ -113,3 +114,15 @@ FAMILY = Family(
     read_call=read_call, model=lambda net, crop_positions="slice", vae_factor=None: sd3_model(net),
     multiple=lambda net: int(net.config.patch_size), sigma=lambda t, schedule=None: flow_sigma(t, T_MAX), flow=True,
     skip=skip_layer_negative, patched={"StableDiffusion3Pipeline": Patched(reads_cfg=True, own_negative="skip_layers")})
+
+# the model card's and the papers' settings for this family (``windowguide sample --preset NAME``)
+PRESETS = {
+    "sd35-slg": Preset("cfg:w=6.0+slg:w=2.8,skip=7/8/9,first=1,last=5", "SD3.5 Medium (pipeline folder)", SD35,
+                       "guidance_scale 7.0 -> w 6.0; skip-layer scale 2.8 is already an extra-term weight; "
+                       "start 0.01 / stop 0.2 of 28 steps = the pipeline's steps 1..5 (it skips when "
+                       "N start < i < N stop)", steps=28, sampler="flow_euler"),
+    "sd35-sgg": Preset("sgg:stepsplit=14,cfg=3.5,slg=3.0,skip=7/8/9", "SD3.5 Medium (pipeline folder)", SGG_PAPER,
+                       "CFG scale 4.5 -> w 3.5 on steps 1-14, skip-layer weight 3.0 on steps 15-28 (blocks 7, 8, 9); "
+                       "2 network evaluations per step (the authors' code makes a third, unused, in the second "
+                       "segment)", steps=28, sampler="flow_euler"),
+}

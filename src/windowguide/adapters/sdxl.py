@@ -39,11 +39,34 @@ def sdxl_crop_time_ids(ids: torch.Tensor, regions: torch.Tensor | None, size) ->
     offset and size."""
     if regions is None:
         return ids
+    return crop_time_ids64(ids, regions, size).float()
+
+
+def crop_time_ids64(ids: torch.Tensor, regions: torch.Tensor, size) -> torch.Tensor:
+    """``sdxl_crop_time_ids`` in float64 (ComfyUI's ADM encoder takes them as Python numbers)."""
     r, ids = regions.to(ids.device, torch.float64), ids.double()
     sy, sx = ids[:, 4] / r[:, 2], ids[:, 5] / r[:, 3]
     h, w = size
-    return torch.stack([ids[:, 0], ids[:, 1], ids[:, 2] + r[:, 0] * sy, ids[:, 3] + r[:, 1] * sx, h * sy, w * sx],
-                       1).float()
+    return torch.stack([ids[:, 0], ids[:, 1], ids[:, 2] + r[:, 0] * sy, ids[:, 3] + r[:, 1] * sx, h * sy, w * sx], 1)
+
+
+def comfy_crop_cond(model, cond: dict, regions: torch.Tensor, size: tuple[int, int]) -> dict:
+    """SDXL in ComfyUI: a cond whose ADM vector describes each row's crop (``sdxl_crop_time_ids``): the
+    user's original size (ComfyUI's ``width``/``height``; its default the latent's size x 8) kept, the
+    crop origin and target size in the user's target frame. ``model``: ComfyUI's SDXL model (its
+    ``encode_adm``); the ComfyUI host calls this for windows and crops."""
+    import comfy.conds
+    kw = {k: v for k, v in cond.items() if k not in ("model_conds", "uuid", "cross_attn", "area", "mask")}
+    own = []
+    for _, _, ch, cw in regions.tolist():
+        height, width = kw.get("height", ch * 8), kw.get("width", cw * 8)
+        own.append([height, width, kw.get("crop_h", 0), kw.get("crop_w", 0), kw.get("target_height", height),
+                    kw.get("target_width", width)])
+    ids = crop_time_ids64(torch.tensor(own, dtype=torch.float64), regions, size).tolist()
+    rows = [model.encode_adm(**{**kw, "height": h, "width": w, "crop_h": ct, "crop_w": cl, "target_height": th,
+                                "target_width": tw}) for h, w, ct, cl, th, tw in ids]
+    y = torch.cat(rows).to(cond["model_conds"]["y"].cond.device, cond["model_conds"]["y"].cond.dtype)
+    return {**cond, "model_conds": {**cond["model_conds"], "y": comfy.conds.CONDRegular(y)}}
 
 
 def sdxl_unet_model(unet, vae_factor: int | None, controlnet=None, scale: float = 1.0) -> Callable:

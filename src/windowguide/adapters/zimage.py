@@ -25,6 +25,7 @@ from ..windows import current_regions
 from .base import PipelineModel, flow_sigma, negative_list, needs_parts, needs_prompt, token_shifted_sigmas, vae_decoder
 from .netcall import Call, current_static, joint, rows_t, sample_of, with_sample
 from .registry import Family, Patched
+from ..presets import Preset, CARD
 
 
 def padded(embeds: list[torch.Tensor], length: int = 0) -> dict:
@@ -196,3 +197,10 @@ FAMILY = Family(
     network_t=lambda ts: (1000 - ts) / 1000, flow=True,
     guider_layout=lambda call, out, delta: -delta,     # the modular loop hands its guider -stack(outputs)
     patched={"ZImagePipeline": Patched(rows="cond_first", offset=0.0, cfg_now=cfg_now)})
+
+# the model card's and the papers' settings for this family (``windowguide sample --preset NAME``)
+PRESETS = {
+    "z-image": Preset("cfg:w=5", "Z-Image base (pipeline folder)", CARD.format(pipeline="ZImagePipeline"),
+                      "guidance_scale 5.0 in the original formulation P_c + s (P_c - P_u): w = s = 5; 50 steps",
+                      steps=50, sampler="flow_euler"),
+}

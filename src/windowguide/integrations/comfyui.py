@@ -201,7 +201,8 @@ class ComfyDenoiser(Denoiser):
         net = self.model.diffusion_model
         whole = regions is not None and tuple(regions[0, 2:].tolist()) == tuple(x.shape[-2:])
         if regions is not None and not whole and type(self.model).__name__ == "SDXL":
-            conds = [sdxl_crop_cond(self.model, c, regions, tuple(x.shape[-2:])) for c in conds]
+            from ..adapters.sdxl import comfy_crop_cond          # the family's crop conditioning
+            conds = [comfy_crop_cond(self.model, c, regions, tuple(x.shape[-2:])) for c in conds]
         if regions is None or whole or not hasattr(net, "process_img"):
             return cf.samplers.calc_cond_batch(self.model, [conds], x, sigma, self.options)[0]
         out = torch.empty_like(x)
@@ -224,25 +225,6 @@ def shifted_options(model_options: dict, dy: float, dx: float) -> dict:
     rope["shift_y"], rope["shift_x"] = rope.get("shift_y", 0.0) - wy + dy, rope.get("shift_x", 0.0) - wx + dx
     t["rope_options"], t["windowguide_window"] = rope, (dy, dx)
     return options
-
-
-def sdxl_crop_cond(model, cond: dict, regions: torch.Tensor, size: tuple[int, int]) -> dict:
-    """An SDXL cond whose ADM vector describes each row's crop, as windowguide's diffusers SDXL does:
-    the user's original size (``width``/``height``; ComfyUI's default: the latent's size x 8) kept; the
-    canvas of H x W latent pixels spans the user's target size, so a crop at (top, left) of h x w latent
-    pixels gets crop coordinates crop + (top, left) target / (H, W) and target size (h, w) target / (H, W)."""
-    import comfy.conds
-    kw = {k: v for k, v in cond.items() if k not in ("model_conds", "uuid", "cross_attn", "area", "mask")}
-    rows = []
-    for top, left, ch, cw in regions.tolist():
-        height, width = kw.get("height", ch * 8), kw.get("width", cw * 8)
-        th, tw = kw.get("target_height", height), kw.get("target_width", width)
-        sy, sx = th / ch, tw / cw
-        rows.append(model.encode_adm(**{**kw, "height": height, "width": width,
-                                        "crop_h": kw.get("crop_h", 0) + top * sy, "crop_w": kw.get("crop_w", 0) + left * sx,
-                                        "target_height": size[0] * sy, "target_width": size[1] * sx}))
-    y = torch.cat(rows).to(cond["model_conds"]["y"].cond.device, cond["model_conds"]["y"].cond.dtype)
-    return {**cond, "model_conds": {**cond["model_conds"], "y": comfy.conds.CONDRegular(y)}}
 
 
 def sigma_range(model, start_percent: float, end_percent: float, sigma_start: float = -1.0,
