@@ -335,7 +335,8 @@ def test_every_argument_of_the_pipelines_call_reaches_the_crops(tmp_path):
     ones of its own sample."""
     from types import SimpleNamespace
     from windowguide.adapters.sd import sd_unet_model
-    from windowguide.integrations.calls import guided_change, read_call
+    from windowguide.adapters.netcall import read_call
+    from windowguide.integrations.calls import guided_change
     pipe = tiny_sd(tmp_path)
     seen = []
     hook = pipe.unet.register_forward_pre_hook(
@@ -451,7 +452,7 @@ def test_pixart_micro_conditions_follow_the_vae_factor():
     """Replayed: PixArt's factor was fixed at 8 (with a 4x VAE the patch and the sampler differed by 0.46);
     the patch reads it from the pipeline's VAE."""
     from types import SimpleNamespace
-    from windowguide.integrations.calls import network_model
+    from windowguide.adapters.netcall import network_model
     seen = []
 
     class FakePixArt(torch.nn.Module):

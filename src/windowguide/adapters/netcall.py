@@ -1,5 +1,7 @@
 """One call of a pipeline's denoising network in windowguide's terms (``Call``), and the helpers the
-family modules use to read one: arguments by name, timesteps per row, the output's sample."""
+family modules use to read one: arguments by name, timesteps per row, the output's sample; and the one
+reader of a call for the hosts (``read_call``, ``network_model``, ``network_multiple``, ``default_sigma``:
+each asks the family of the network through the registry)."""
 from __future__ import annotations
 
 import functools
@@ -12,6 +14,8 @@ from typing import Any, Callable
 import torch
 
 from ..conds import Cond
+from ..errors import WindowguideError
+from .registry import by_kind, by_network
 
 
 @dataclass
@@ -94,3 +98,36 @@ def same_dtype_write(out, p: torch.Tensor):
 def joint(kwargs: dict, name: str = "joint_attention_kwargs") -> dict:
     """A transformer call's row-independent attention arguments (a LoRA scale), for its crops."""
     return {name: kwargs[name]} if kwargs.get(name) else {}
+
+
+SIGMA_FLOOR, SIGMA_CEIL = 1e-8, 1e8
+
+
+def read_call(net: torch.nn.Module, args: tuple, kwargs: dict) -> Call | None:
+    """The call in windowguide's terms (its family module reads it); None for a call that is not a
+    plain denoising call (SD3's own skip-layer call, a ControlNet call, ...), which windowguide leaves alone."""
+    return by_network(net).read_call(net, named(net, args, kwargs))
+
+
+def network_model(net: torch.nn.Module, kind: str, crop_positions: str = "slice",
+                  vae_factor: int | None = None) -> Callable:
+    """model(x, t, cond) -> prediction for the network of a call of this kind (its family module);
+    ``vae_factor``: pixels per latent pixel, read from the pipeline's VAE (PixArt's micro-conditions)."""
+    family = by_kind(kind)
+    if family.model is None:
+        raise WindowguideError(f"no network model for calls of kind {kind!r}")
+    return family.model(net, crop_positions, vae_factor)
+
+
+def network_multiple(net: torch.nn.Module, kind: str) -> int:
+    """The factor a crop's side must be a multiple of: the UNet's downsampling or the patch size."""
+    return int(by_kind(kind).multiple(net))
+
+
+def default_sigma(kind: str, t: torch.Tensor, schedule=None) -> torch.Tensor:
+    """The VE sigma of a call's timestep (its family's ``sigma``): the pipeline's VP schedule
+    (``schedule``; SD's scaled-linear beta 0.00085..0.012 over 1000 steps, shared by SD 1.x, 2.x and
+    SDXL, when none is given), or for flow matching sigma = s / (1 - s), s = t / 1000 (SD3) or s = t
+    (FLUX, whose pipeline divides by 1000)."""
+    sigma = by_kind(kind).sigma(t.double(), schedule)
+    return sigma.clamp(SIGMA_FLOOR, SIGMA_CEIL).float()     # flow's t = 1 is sigma = inf: a term's hi covers it

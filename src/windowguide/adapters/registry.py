@@ -22,9 +22,12 @@ import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import WindowguideError
+
+if TYPE_CHECKING:
+    from .base import PipelineModel
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ kept, so a noisy machine affects all of them alike.
 from __future__ import annotations
 
 import platform
-from typing import Callable
 
 import torch
 

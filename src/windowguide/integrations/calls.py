@@ -23,44 +23,11 @@ from typing import Any, Callable
 
 import torch
 
-from ..adapters.netcall import Call, current_static, named, static_kwargs
-from ..adapters.registry import by_kind, by_network, network_names
+from ..adapters.netcall import Call, network_model, network_multiple, static_kwargs
+from ..adapters.registry import by_kind
 from ..denoiser import Denoiser
 from ..errors import WindowguideError
 from ..guidance import CFG, Guidance, GuidedDenoiser
-
-SIGMA_FLOOR, SIGMA_CEIL = 1e-8, 1e8
-
-
-def read_call(net: torch.nn.Module, args: tuple, kwargs: dict) -> Call | None:
-    """The call in windowguide's terms (its family module reads it); None for a call that is not a
-    plain denoising call (SD3's own skip-layer call, a ControlNet call, ...), which windowguide leaves alone."""
-    return by_network(net).read_call(net, named(net, args, kwargs))
-
-
-def network_model(net: torch.nn.Module, kind: str, crop_positions: str = "slice",
-                  vae_factor: int | None = None) -> Callable:
-    """model(x, t, cond) -> prediction for the network of a call of this kind (its family module);
-    ``vae_factor``: pixels per latent pixel, read from the pipeline's VAE (PixArt's micro-conditions)."""
-    family = by_kind(kind)
-    if family.model is None:
-        raise WindowguideError(f"no network model for calls of kind {kind!r}")
-    return family.model(net, crop_positions, vae_factor)
-
-
-def network_multiple(net: torch.nn.Module, kind: str) -> int:
-    """The factor a crop's side must be a multiple of: the UNet's downsampling or the patch size."""
-    return int(by_kind(kind).multiple(net))
-
-
-def default_sigma(kind: str, t: torch.Tensor, schedule=None) -> torch.Tensor:
-    """The VE sigma of a call's timestep (its family's ``sigma``): the pipeline's VP schedule
-    (``schedule``; SD's scaled-linear beta 0.00085..0.012 over 1000 steps, shared by SD 1.x, 2.x and
-    SDXL, when none is given), or for flow matching sigma = s / (1 - s), s = t / 1000 (SD3) or s = t
-    (FLUX, whose pipeline divides by 1000)."""
-    sigma = by_kind(kind).sigma(t.double(), schedule)
-    return sigma.clamp(SIGMA_FLOOR, SIGMA_CEIL).float()     # flow's t = 1 is sigma = inf: a term's hi covers it
-
 
 class _Prediction(Denoiser):
     """The network as a "denoiser" that returns its raw prediction P: the condition carries the
@@ -142,6 +109,4 @@ def after_call_hook(after: Callable, before: Callable | None = None) -> Any:
     return AfterCall()
 
 
-__all__ = ["Call", "read_call", "network_model", "network_multiple", "default_sigma", "guided_change",
-           "weak_denoiser", "skip_layer_negative", "after_call_hook",
-           "network_names", "static_kwargs", "current_static"]
+__all__ = ["KnownPositive", "guided_change", "weak_denoiser", "skip_layer_negative", "after_call_hook"]

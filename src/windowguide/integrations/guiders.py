@@ -54,8 +54,8 @@ from ..errors import WindowguideError
 from ..denoiser import Denoiser
 from ..guidance import CFG, MAX_WEIGHT, SWG, check_weight, AutoGuidance, Custom, Guidance, Segmented, StepRange
 from ..windows import AUTO, default_window
-from .calls import (after_call_hook, default_sigma, guided_change, network_model, network_multiple, read_call,
-                    skip_layer_negative, weak_denoiser)
+from ..adapters.netcall import default_sigma, network_model, network_multiple, read_call
+from .calls import after_call_hook, guided_change, skip_layer_negative, weak_denoiser
 
 TESTED_DIFFUSERS = ("0.42", "0.43")            # [lo, hi): the versions these guiders were tested with
 HOOK = "windowguide_guider"

@@ -40,8 +40,8 @@ from ..errors import WindowguideError
 from ..guidance import CFG, Guidance
 from ..adapters.base import vae_factor
 from ..adapters.registry import Family, by_pipeline, patched_names
-from .calls import (after_call_hook, default_sigma, guided_change, network_model, network_multiple, read_call,
-                    skip_layer_negative, weak_denoiser)
+from ..adapters.netcall import default_sigma, network_model, network_multiple, read_call
+from .calls import after_call_hook, guided_change, skip_layer_negative, weak_denoiser
 
 HOOK = "windowguide"
 
