@@ -59,8 +59,8 @@ def long_video(denoiser, canvas, seeds, window, stride=4, **options):
 
 
 def upscale(pipe, image, scale=2, strength=0.35, **options):
-    """An image upscaled over windows by a diffusers pipeline (``upscale.upscale``); a bundled / EDM
-    denoiser in pixel space goes to ``upscale.upscale_pixels``."""
+    """An image upscaled over windows by a diffusers pipeline (``upscaling.upscale``); a bundled / EDM
+    denoiser in pixel space goes to ``upscaling.upscale_pixels``."""
     from .denoiser import Denoiser
     from .upscaling import upscale as _upscale, upscale_pixels
     if isinstance(pipe, Denoiser):

@@ -9,6 +9,8 @@ is r mod K. Since every seed has its own generator, the images do not depend on 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -95,6 +97,58 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:int(c.item())] for p, c in zip(parts, counts)])
 
 
+# One canvas across processes: under an open process group the fused loop splits each step's windows over
+# the ranks (``window_ranks``) unless this process draws samples of its own (``alone``, seed sharding); in a
+# joint draw only rank 0 writes (``writes``).
+_ALONE: ContextVar = ContextVar("windowguide_alone", default=False)
+_SILENT: ContextVar = ContextVar("windowguide_silent", default=False)
+
+
+@contextmanager
+def alone():
+    """Within the block this process draws its own samples: the fused loop splits no windows over ranks."""
+    token = _ALONE.set(True)
+    try:
+        yield
+    finally:
+        _ALONE.reset(token)
+
+
+@contextmanager
+def one_canvas(r: Ranks):
+    """Within the block every rank draws the same samples together (each step's windows split over the
+    ranks), and only rank 0 writes them."""
+    token = _SILENT.set(not r.main)
+    try:
+        yield
+    finally:
+        _SILENT.reset(token)
+
+
+def writes() -> bool:
+    """Whether this process writes what it draws (False for ranks other than 0 in a joint draw)."""
+    return not _SILENT.get()
+
+
+def window_ranks() -> Ranks:
+    """The ranks a fused step's windows are split over: every rank of the open process group, or this
+    process alone (no group, or inside ``alone``)."""
+    if _ALONE.get() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return Ranks()
+    return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def reduce_canvas(t: torch.Tensor) -> None:
+    """Sum a canvas-sized tensor over the ranks in place; a rank that stopped is said, with what to do."""
+    from .errors import WindowguideError
+    try:
+        dist.all_reduce(t)
+    except RuntimeError as exc:
+        raise WindowguideError(f"a process of this run stopped while the ranks combined a step's windows "
+                               f"(torch.distributed: {str(exc).splitlines()[0][:200]}); the finished results are "
+                               f"kept: run the same command again to resume") from exc
+
+
 def close() -> None:
     """Wait for every rank, then close the process group (so a command can run again in-process)."""
     if dist.is_initialized():
@@ -102,4 +156,5 @@ def close() -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["Ranks", "ranks", "init", "local_device", "shard", "barrier", "all_reduce_sum", "gather_rows", "close"]
+__all__ = ["Ranks", "ranks", "init", "local_device", "shard", "barrier", "all_reduce_sum", "gather_rows", "close",
+           "alone", "one_canvas", "writes", "window_ranks", "reduce_canvas"]

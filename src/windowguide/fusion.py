@@ -36,6 +36,7 @@ from .guidance import CFG, Guidance, GuidedDenoiser, guided
 from .sampling import (SAMPLERS, PerSampleNoise, churn_step, begin_step, check_finite, check_sigmas, finite_check,
                        init_noise_scale)
 from .windows import Layout, layout, regions_of_call
+from .distributed import Ranks, reduce_canvas, window_ranks
 from .errors import WindowguideError
 
 MODES = {   # mode -> (what is fused, window weights)
@@ -61,17 +62,24 @@ class FusedDenoiser(Denoiser):
 
     def forward(self, x, sigma, cond):
         lay, n = self.layout, x.shape[0]
-        if self.view_batch is None:
+        view_batch = self.view_batch
+        if view_batch is None and window_ranks().active:      # one canvas over several processes
+            view_batch = max(1, -(-lay.n // window_ranks().world))
+        if view_batch is None:
             with placed(self.inner, lay, n):
                 out = self.inner(lay.crop(x), sigma.repeat_interleave(lay.n), lay.window_conds(cond))
             return lay.fold(out, self.weighting)
-        total = lay.accumulator(x)
-        for ks in view_batches(lay, x.shape[1] * math.prod(lay.window), self.view_batch):
+        total, split = lay.accumulator(x), window_ranks()
+        for c, ks in enumerate(view_batches(lay, x.shape[1] * math.prod(lay.window), view_batch)):
+            if c % split.world != split.rank:        # another rank's windows
+                continue
             at = lay.regions(1)[torch.tensor(ks)].repeat(n, 1)
             with regions_of_call(at if getattr(getattr(self.inner, "denoiser", self.inner), "canvas_positions",
                                                False) else None):
                 out = self.inner(lay.crop_windows(x, ks), sigma.repeat_interleave(len(ks)), lay.window_conds(cond, ks))
             lay.accumulate(total, out, ks, self.weighting)
+        if split.active:
+            reduce_canvas(total)
         return lay.finish(total, self.weighting)
 
 
@@ -177,8 +185,11 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
     def windows(x_w, sigma, c):
         with placed(window_denoiser, lay, x_w.shape[0] // k):
             return window_denoiser(x_w, sigma, c)
+    split = window_ranks()
+    if split.active and view_batch is None:        # one canvas over several processes: a share of windows each
+        view_batch = max(1, -(-k // split.world))
     chunks = None
-    if check_view_batch(view_batch) is not None:                      # (view batch, its guided denoiser), made once for every step
+    if check_view_batch(view_batch) is not None:   # (view batch, its guided denoiser), made once for every step
         n = x.shape[0]
         chunks = [(ks, _rows_of(window_denoiser, torch.tensor([j * k + w for j in range(n) for w in ks])))
                   for ks in view_batches(lay, x.shape[1] * math.prod(lay.window), view_batch)]
@@ -192,7 +203,7 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
             for _, inner in chunks:
                 begin_step(inner, i, sigmas)
             x = _streamed_step(x, [s, sigmas[i + 1]], i, cond, lay, weighting, step, noise, scale, chunks, callback,
-                               options)
+                               options, split)
             continue
         states = step(windows, lay.crop(x), [s, sigmas[i + 1]], cond_w, noise=wnoise,
                       callback=_window_callback(callback, i, x, lay, weighting), **options)
@@ -213,30 +224,45 @@ def view_batches(lay: Any, window_values: int, size: int) -> list[list[int]]:
     return runs
 
 
-def _streamed_step(x, pair, i, cond, lay, weighting, step, noise, scale, chunks, callback, options) -> torch.Tensor:
+def _streamed_step(x, pair, i, cond, lay, weighting, step, noise, scale, chunks, callback, options,
+                   split: Ranks = Ranks()) -> torch.Tensor:
     """One fused step over view batches: each batch of windows is cropped, stepped and folded into the
     canvas accumulators at once, so no step holds every window's state (the sums are ``fold``'s, in its
-    order). The per-window CFG nulls are the rows of each batch's windows."""
+    order). The per-window CFG nulls are the rows of each batch's windows. Over several processes
+    (``split``) batch c is rank c mod K's; the others step it with a zero prediction, which draws its
+    noise exactly as the real step does (so every rank's noise streams stay aligned) and costs no network
+    call; the canvas sums are then added over the ranks."""
     n = x.shape[0]
     states_sum = lay.accumulator(x)
     pred_sum = lay.accumulator(x) if callback is not None else None
-    for ks, inner in chunks:
-        seen = {}
+    for c, (ks, inner) in enumerate(chunks):
+        seen, mine = {}, c % split.world == split.rank
 
         def windows(x_w, sigma, c, inner=inner, ks=ks):
             at = lay.regions(1)[torch.tensor(ks)].repeat(n, 1)
             with regions_of_call(at if getattr(getattr(inner, "denoiser", inner), "canvas_positions", False) else None):
                 return inner(x_w, sigma, c)
-        states = step(windows, lay.crop_windows(x, ks), pair, lay.window_conds(cond, ks),
+        states = step(windows if mine else _zero_prediction, lay.crop_windows(x, ks), pair, lay.window_conds(cond, ks),
                       noise=WindowNoise(noise, lay, scale, ks),
                       callback=(lambda _, x_w, d, sg: seen.setdefault("d", d)) if callback is not None else None,
                       **options)
+        if not mine:
+            continue
         lay.accumulate(states_sum, states, ks, weighting)
         if pred_sum is not None:
             lay.accumulate(pred_sum, seen["d"], ks, weighting)
+    if split.active:
+        for total in (states_sum, pred_sum):
+            if total is not None:
+                reduce_canvas(total)
     if callback is not None:
         callback(i, x, lay.finish(pred_sum, weighting), pair[0])
     return lay.finish(states_sum, weighting)
+
+
+def _zero_prediction(x_w, sigma, cond):
+    """Stands for the network on another rank's windows: the step's noise is drawn, nothing is evaluated."""
+    return torch.zeros_like(x_w)
 
 
 def _rows_of(denoiser: Any, rows: torch.Tensor) -> Any:

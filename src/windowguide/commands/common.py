@@ -107,25 +107,32 @@ def check_guidance(g: Guidance, denoiser, shape, klass: Any) -> None:
 
 
 def draw_missing(seeds, r, path_of: Callable[[int], str], batch_size: int, draw: Callable[[list[int]], None],
-                 progress: bool = True) -> int:
+                 progress: bool = True, finished: Callable[[int], bool] | None = None, fused: bool = False) -> int:
     """Draw the batches of this rank whose files are not all on disk; returns the seeds drawn.
 
     The batch is the unit: the seed list is cut into batches of ``batch_size`` in order, and batch j
     belongs to rank j mod K. A network's float results depend (in the last bits) on the batch it runs
     in, so keeping every seed in the same batch makes the images identical byte for byte whatever
     the number of ranks and however often a run was interrupted. A batch with some files missing
-    is drawn whole (its present files come out the same and are replaced atomically)."""
+    is drawn whole (its present files come out the same and are replaced atomically). ``finished(seed)``:
+    whether a seed's results are all there (default: its file decodes). A ``fused`` command (panorama,
+    upscale, video) with fewer seeds than ranks draws every seed on all ranks together, each step's windows
+    split over them (``distributed.one_canvas``: rank 0 writes); with as many seeds or more they shard."""
     from tqdm import tqdm
     from .. import distributed
     from .runfolder import done
+    finished = finished or (lambda s: done(path_of(s)))
+    joint = fused and r.active and len(seeds) < r.world
     bar = tqdm(total=len(seeds) if hasattr(seeds, "__len__") else None, desc="seeds", unit="img",
                disable=not (progress and r.main), leave=False)
     drawn = 0
-    for batch in distributed.shard(_batches(seeds, batch_size), r):
-        if not all(done(path_of(s)) for s in batch):      # a missing or broken file: the batch again
-            draw(batch)
+    batches = _batches(seeds, batch_size)
+    for batch in (batches if joint else distributed.shard(batches, r)):
+        if not all(finished(s) for s in batch):      # a missing or broken file: the batch again
+            with (distributed.one_canvas(r) if joint else distributed.alone()):
+                draw(batch)
             drawn += len(batch)
-        bar.update(len(batch) * r.world)
+        bar.update(len(batch) * (1 if joint else r.world))
     bar.close()
     if drawn == 0 and progress and r.world == 1:     # a finished run re-run: say so instead of nothing
         first = next(iter(seeds), None)

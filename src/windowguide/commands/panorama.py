@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed
 from .. import spec
 from ..errors import WindowguideError
 from ..files import check_out_dir, read_png, write_json, write_png
@@ -90,9 +91,10 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
         with torch.no_grad():
             x = draw(todo)
         for seed, im in zip(todo, to_uint8(x)):
-            write_png(im, panorama_path(out, seed))
+            if distributed.writes():
+                write_png(im, panorama_path(out, seed))
 
-    draw_missing(seeds, r, lambda s: panorama_path(out, s), batch_size, draw_and_write, progress)
+    draw_missing(seeds, r, lambda s: panorama_path(out, s), batch_size, draw_and_write, progress, fused=True)
     finish(out, r, lambda: write_stack(out, height))
     return settings
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from .. import spec
 from ..errors import WindowguideError
 from ..files import check_out_dir, write_png
@@ -97,9 +98,10 @@ def run(folder: str, prompt: str | None = None, negative_prompt: str = "", width
         with torch.no_grad():
             images = m.decode(m.pipeline_latents(fused(batch), sigmas))
         for s, im in zip(batch, images):
-            write_png(im, panorama_path(out, s))
+            if distributed.writes():
+                write_png(im, panorama_path(out, s))
 
-    draw_missing(seeds, r, lambda s: panorama_path(out, s), batch_size, draw, progress)
+    draw_missing(seeds, r, lambda s: panorama_path(out, s), batch_size, draw, progress, fused=True)
     finish(out, r, lambda: write_stack(out, canvas[1] * factor))
     return settings
 

@@ -7,15 +7,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .. import spec
+from .. import distributed, spec
 from ..errors import WindowguideError
 from ..files import check_out_dir, write_png
 from ..fusion import check_fusion
 from ..generate import parse_seeds
 from ..imageio import read_picture
 from ..memory import check_fused_run
-from .common import MAX_STEPS, check_count, labels_for, normalise_class, prepare
-from .runfolder import claim, done
+from .common import MAX_STEPS, check_count, draw_missing, finish, labels_for, normalise_class, prepare, rank_device
+from .runfolder import claim
 from .sample_pipeline import is_pipeline_dir, load_pipeline
 
 
@@ -26,7 +26,6 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
         klass: Any = None, max_batch: int | None = 8, progress: bool = True, view_batch: int | None = None) -> dict:
     """Upscale IMAGE with the pipeline folder's model for each seed (module docstring); returns the settings.
     Every input is checked before the run folder is claimed (``runfolder.claim``); a re-run resumes."""
-    from tqdm.auto import tqdm
     from ..upscaling import check_filter, progressive_stages, start_step, upscaled_size
     seeds = parse_seeds(seeds)
     start_step(steps, strength)                       # refuse a bad strength or scale before anything is read
@@ -39,6 +38,7 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
     if view_batch is not None:
         check_count(view_batch, "--view-batch")
     check_out_dir(out)
+    r, device = rank_device(device)
     if not os.path.lexists(image):
         raise WindowguideError(f"IMAGE {image}: no such file")
     picture, notes = read_picture(image)
@@ -62,12 +62,15 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
     claim(out, "upscale", settings, {"image": image})
     options = dict(strength=strength, steps=steps, prompt=prompt, negative_prompt=negative_prompt,
                    guidance=src["terms"], mode=mode, stride=stride, sampler=sampler, vcf=vcf, filter=filter,
-                   max_batch=max_batch, progress=progress, view_batch=view_batch)
-    for seed in tqdm(seeds, desc="images", unit="image", disable=not progress or len(seeds) < 2):
-        path = os.path.join(out, f"upscaled_{seed:06d}.png")
-        if done(path):
-            continue
-        write_png(src["draw"](seed, **options), path)
+                   max_batch=max_batch, progress=progress and r.main, view_batch=view_batch)
+    path_of = lambda seed: os.path.join(out, f"upscaled_{seed:06d}.png")
+
+    def draw(batch):                              # one seed at a time: a batch of one
+        image = src["draw"](batch[0], **options)
+        if distributed.writes():
+            write_png(image, path_of(batch[0]))
+    draw_missing(seeds, r, path_of, 1, draw, progress, fused=True)
+    finish(out, r, lambda: None)
     return settings
 
 

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import spec
+from .. import distributed, spec
 from ..errors import WindowguideError
 from ..files import check_out_dir, write_png
 from ..fusion import canvas_layout, check_fusion
 from ..generate import parse_seeds
-from .common import MAX_STEPS, check_count
+from .common import MAX_STEPS, check_count, draw_missing, finish, rank_device
 from .runfolder import claim, done, subfolder
 
 MIN_VIEW_SIDE = 64       # an MP4's frames are enlarged (whole pixels) to at least this many pixels a side
@@ -83,6 +83,7 @@ def run(model: str, prompt: str | None = None, negative_prompt: str = "", frames
         if v is not None:
             check_count(v, flag, maximum=MAX_STEPS if flag == "--steps" else None)
     check_out_dir(out)
+    r, device = rank_device(device)
     src = (_pipeline_source if is_pipeline_dir(model) else _bundled_source)(
         model, prompt, negative_prompt, frames, height, width, guidance, device, dtype)
     shape = src["shape"]
@@ -101,19 +102,24 @@ def run(model: str, prompt: str | None = None, negative_prompt: str = "", frames
                     stride=stride, mode=mode, sampler=sampler, steps=steps, vcf=vcf, style_alpha=style_alpha,
                     circular=circular, guidance=spec.canonical(src["guidance"]), fps=fps)
     claim(out, "video", settings)
-    from tqdm.auto import tqdm
-    for seed in tqdm(seeds, desc="videos", disable=not progress, unit="video"):
-        path = os.path.join(out, f"video_{seed:06d}.mp4")
-        frames_of = lambda i: os.path.join(out, f"video_{seed:06d}", f"frame_{i:04d}.png")
-        if done(path, read_mp4) and all(done(frames_of(i)) for i in range(src["frames"])):
-            continue                                # an MP4 with every frame beside it; else the seed again
+    path_of = lambda seed: os.path.join(out, f"video_{seed:06d}.mp4")
+    frame_of = lambda seed, i: os.path.join(out, f"video_{seed:06d}", f"frame_{i:04d}.png")
+    # an MP4 that decodes with every frame beside it; else the seed again
+    finished = lambda seed: done(path_of(seed), read_mp4) and all(done(frame_of(seed, i)) for i in range(src["frames"]))
+
+    def draw(batch):                              # one seed at a time: a batch of one
+        seed = batch[0]
         with torch.no_grad():
             video = src["decode"](_draw(src, seed, window, stride, mode, sampler, steps, vcf, style_alpha, circular,
-                                        progress))[0]
+                                        progress and r.main))[0]
+        if not distributed.writes():
+            return
         subfolder(out, f"video_{seed:06d}")
         for i, frame in enumerate(video):
-            write_png(frame, frames_of(i))
-        write_mp4(video, path, fps)
+            write_png(frame, frame_of(seed, i))
+        write_mp4(video, path_of(seed), fps)
+    draw_missing(seeds, r, path_of, 1, draw, progress, finished=finished, fused=True)
+    finish(out, r, lambda: None)
     return settings
 
 
