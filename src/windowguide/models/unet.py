@@ -151,10 +151,12 @@ class SmallUNet(nn.Module):
         c_skip = sd ** 2 / (s ** 2 + sd ** 2)
         c_out = s * sd / (s ** 2 + sd ** 2).sqrt()
         c_in = 1 / (s ** 2 + sd ** 2).sqrt()
-        out = self.raw(c_in * x, s.flatten().log() / 4, labels, skip, with_branch)
+        # mixed precision: the network in its weights' dtype (bf16 / fp16), the preconditioning in x's (fp32)
+        dt = next(self.parameters()).dtype
+        out = self.raw((c_in * x).to(dt), (s.flatten().log() / 4).to(dt), labels, skip, with_branch)
         if with_branch:
-            return c_skip * x + c_out * out[0], c_skip * x + c_out * out[1]
-        return c_skip * x + c_out * out
+            return c_skip * x + c_out * out[0].to(x.dtype), c_skip * x + c_out * out[1].to(x.dtype)
+        return c_skip * x + c_out * out.to(x.dtype)
 
     def denoiser(self) -> EDMDenoiser:
         """This net as a windowguide Denoiser (null label = num_classes for CFG)."""

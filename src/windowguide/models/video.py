@@ -89,7 +89,8 @@ class VideoUNet(nn.Module):
         sd = self.sigma_data
         s = sigma.to(x.dtype).reshape(-1, 1, 1, 1, 1)
         c_skip, c_out, c_in = sd ** 2 / (s ** 2 + sd ** 2), s * sd / (s ** 2 + sd ** 2).sqrt(), 1 / (s ** 2 + sd ** 2).sqrt()
-        return c_skip * x + c_out * self.raw(c_in * x, s.flatten().log() / 4)
+        dt = next(self.parameters()).dtype        # mixed precision: the network in its weights' dtype
+        return c_skip * x + c_out * self.raw((c_in * x).to(dt), (s.flatten().log() / 4).to(dt)).to(x.dtype)
 
     def denoiser(self) -> EDMDenoiser:
         """This net as a windowguide Denoiser (unconditional)."""
