@@ -80,3 +80,43 @@ def test_streamed_regional_pairs_equal_the_whole_step():
             assert torch.equal(regional_panorama(Elementwise(), (4, 8, 28), [5, 6], regions, view_batch=view, **kw),
                                whole), view
     assert not torch.equal(whole, regional_panorama(Elementwise(), (4, 8, 28), [5, 6], regions[:1], **kw))
+
+
+class Limited(Elementwise):
+    """Elementwise, except that a call of more than ``most`` samples runs out of memory (as a GPU would)."""
+
+    def __init__(self, most):
+        self.most, self.calls = most, []
+
+    def forward(self, x, sigma, cond):
+        self.calls.append(x.shape[0])
+        if x.shape[0] > self.most:
+            raise torch.OutOfMemoryError(f"simulated: {x.shape[0]} samples")
+        return super().forward(x, sigma, cond)
+
+
+@pytest.mark.parametrize("sampler, vcf", [("ddpm", True), ("euler", False), ("heun", False)])
+def test_a_view_batch_that_runs_out_of_memory_is_halved_and_the_step_kept(sampler, vcf):
+    kw = dict(window=8, stride=4, steps=3, mode="gf", sampler=sampler, vcf=vcf, cond=torch.tensor([0.3, -0.2]),
+              guidance=wg.MSWG(0.4, window=6))
+    with torch.no_grad():
+        whole = panorama(Elementwise(), (4, 8, 40), [5, 6], **kw)              # 9 windows
+        net = Limited(most=8)
+        assert torch.equal(panorama(net, (4, 8, 40), [5, 6], **kw), whole)   # noise streams put back: bit for bit
+    assert max(c for c in net.calls if c <= 8) <= 8 and any(c > 8 for c in net.calls)
+    assert net.calls.count(max(net.calls)) == 1            # once halved, later steps keep the smaller batches
+    with pytest.raises(wg.WindowguideError, match="ran out of memory and cannot be halved further"):
+        panorama(Limited(most=1), (4, 8, 40), [5, 6], **kw)
+
+
+def test_prediction_fusion_streams_with_per_window_nulls_and_halves_out_of_memory():
+    # gaussian prediction fusion in view batches: each batch takes its own rows of the per-sample CFG nulls
+    kw = dict(window=8, stride=4, steps=3, mode="gaussian", sampler="heun", cond=torch.tensor([0.3, -0.2]),
+              guidance=wg.CFG(0.7, null=torch.tensor([0.2, -0.1])) + wg.MSWG(0.4, window=6))
+    with torch.no_grad():
+        whole = panorama(Elementwise(), (4, 8, 40), [5, 6], **kw)
+        for view in (1, 3):
+            assert torch.equal(panorama(Elementwise(), (4, 8, 40), [5, 6], view_batch=view, **kw), whole), view
+        net = Limited(most=12)
+        assert torch.equal(panorama(net, (4, 8, 40), [5, 6], **kw), whole)
+    assert any(c > 12 for c in net.calls) and net.calls.count(max(net.calls)) == 1

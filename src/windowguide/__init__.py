@@ -14,6 +14,7 @@ _LAZY = {
                                       "VPSchedule", "as_denoiser")},
     **{name: ".generate" for name in ("parse_seeds", "sample")},
     "save_images": ".images",
+    "WindowguideError": ".errors",
     **{name: ".guidance" for name in ("CFG", "MSWG", "SWG", "AutoGuidance", "Custom", "Guidance", "GuidedDenoiser",
                                       "Interval", "Segmented", "guided")},
 }
@@ -86,4 +87,4 @@ def from_pipeline(pipe, **options):
 
 __all__ = ["from_pipeline", "patch", "sample", "save_images", "panorama", "long_video", "upscale", "recipe", "parse_seeds", "guidance", "sampling", "windows", "Denoiser", "EDMDenoiser", "EpsDenoiser",
            "VDenoiser", "FlowDenoiser", "VPSchedule", "as_denoiser", "CFG", "MSWG", "SWG", "AutoGuidance", "Custom",
-           "Guidance", "GuidedDenoiser", "Interval", "Segmented", "guided"]
+           "Guidance", "GuidedDenoiser", "Interval", "Segmented", "guided", "WindowguideError"]

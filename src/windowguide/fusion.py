@@ -48,7 +48,8 @@ MODES = {   # mode -> (what is fused, window weights)
 
 class FusedDenoiser(Denoiser):
     """Prediction fusion: D(x) = sum_i m_i ⊙ D(crop_i x) / sum_i m_i on the whole canvas; with a
-    ``view_batch`` the windows are evaluated and accumulated that many at a time."""
+    ``view_batch`` the windows are evaluated and accumulated that many at a time (``ViewBatches``: a batch
+    that runs out of memory is halved; under a process group the batches are split over the ranks)."""
 
     def __init__(self, window_denoiser: Any, lay: Layout, weighting: Any = "uniform", view_batch: int | None = None):
         self.inner = as_denoiser(window_denoiser)
@@ -56,31 +57,43 @@ class FusedDenoiser(Denoiser):
         self.multiple = 1
         self.sigma_min, self.sigma_max = self.inner.sigma_min, self.inner.sigma_max
         self.null_cond = self.inner.null_cond
+        self._batches = None
 
     def begin_step(self, i, sigmas):
         begin_step(self.inner, i, sigmas)
+        if self._batches is not None:
+            self._batches.begin_step(i, sigmas)
 
     def forward(self, x, sigma, cond):
-        lay, n = self.layout, x.shape[0]
-        view_batch = self.view_batch
-        if view_batch is None and window_ranks().active:      # one canvas over several processes
-            view_batch = max(1, -(-lay.n // window_ranks().world))
-        if view_batch is None:
-            with placed(self.inner, lay, n):
-                out = self.inner(lay.crop(x), sigma.repeat_interleave(lay.n), lay.window_conds(cond))
-            return lay.fold(out, self.weighting)
-        total, split = lay.accumulator(x), window_ranks()
-        for c, ks in enumerate(view_batches(lay, x.shape[1] * math.prod(lay.window), view_batch)):
-            if c % split.world != split.rank:        # another rank's windows
-                continue
-            at = lay.regions(1)[torch.tensor(ks)].repeat(n, 1)
-            with regions_of_call(at if getattr(getattr(self.inner, "denoiser", self.inner), "canvas_positions",
-                                               False) else None):
-                out = self.inner(lay.crop_windows(x, ks), sigma.repeat_interleave(len(ks)), lay.window_conds(cond, ks))
-            lay.accumulate(total, out, ks, self.weighting)
+        lay, split = self.layout, window_ranks()
+        if self._batches is None or self._batches.n != x.shape[0]:
+            size = self.view_batch
+            if size is None and split.active:          # one canvas over several processes: a share each
+                size = max(1, -(-lay.n // split.world))
+            self._batches = ViewBatches(self.inner, lay, x.shape[0], x.shape[1], size)
+        total = lay.accumulator(x)
+        for owner, ks in list(self._batches.runs):
+            if owner % split.world == split.rank:
+                self._predict(x, sigma, cond, total, owner, ks)
         if split.active:
             reduce_canvas(total)
         return lay.finish(total, self.weighting)
+
+    def _predict(self, x, sigma, cond, total, owner, ks) -> None:
+        """Add m_k D(crop_k x) of the windows ``ks`` to ``total``; out of memory, halve them and again."""
+        lay, n, inner = self.layout, x.shape[0], self._batches.inner(ks)
+        at = lay.regions(1)[torch.tensor(ks)].repeat(n, 1)
+        try:
+            with regions_of_call(at if getattr(getattr(inner, "denoiser", inner), "canvas_positions", False) else None):
+                out = inner(lay.crop_windows(x, ks), sigma.repeat_interleave(len(ks)), lay.window_conds(cond, ks))
+        except Exception as exc:
+            if not out_of_memory(exc):
+                raise
+            del exc
+            for part in self._batches.halve(owner, ks):
+                self._predict(x, sigma, cond, total, owner, part)
+            return
+        lay.accumulate(total, out, ks, self.weighting)
 
 
 def check_view_batch(view_batch: Any) -> int | None:
@@ -89,13 +102,6 @@ def check_view_batch(view_batch: Any) -> int | None:
         raise WindowguideError(f"view_batch {view_batch!r}: accepted: a positive integer (windows at a time) or None "
                                f"(all at once)")
     return view_batch
-
-
-def placed(denoiser: Any, lay: Layout, n: int):
-    """Within the block, a network that takes positions (``canvas_positions``: ids or RoPE) sees each
-    window's place on the canvas (``windows.current_regions``); others see each window as an image."""
-    base = getattr(denoiser, "denoiser", denoiser)
-    return regions_of_call(lay.regions(n) if getattr(base, "canvas_positions", False) else None)
 
 
 def vcf_fuse(states: torch.Tensor, means: torch.Tensor, lay: Layout, weighting: Any = "uniform") -> torch.Tensor:
@@ -159,55 +165,41 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
                         vcf: bool = False, progress: bool = False, callback: Callable | None = None,
                         view_batch: int | None = None, **options) -> torch.Tensor:
     """State fusion: each step, every window takes one ``sampler`` step (a windowguide sampler's name or a
-    step function, ``run_fused``) from its crop with its own noise,
-    and the canvas becomes the weighted mean of the window states (VCF-corrected if ``vcf``):
+    step function, ``run_fused``) from its crop with its own noise, and the canvas becomes the weighted
+    mean of the window states (VCF-corrected if ``vcf``):
 
         x' = sum_i m_i x'_i / sum_i m_i,   x'_i = step(crop_i x, D_i, z_i).
 
     EDM churn (noise added *before* the network is called) is drawn once on the canvas, so every
     window sees input noise of exactly sigma_hat; only noise added after the update (DDPM, DDIM
     eta > 0) is drawn per window and is what VCF corrects. ``noise`` holds one generator per sample
-    (default: seeds 0..N-1); ``callback(i, x, None, sigma)`` sees each fused state."""
+    (default: seeds 0..N-1); ``callback(i, x, denoised, sigma)`` sees each step's fused prediction.
+    ``view_batch``: windows stepped and folded at a time (None: all at once); a view batch that runs out
+    of memory is halved and retried (``ViewBatches``); under a process group the view batches are split
+    over the ranks (``_streamed_step``)."""
     from tqdm.auto import trange
     window_denoiser = as_denoiser(window_denoiser)
     sigmas = check_sigmas(sigmas).tolist()
-    k, n_steps = lay.n, len(sigmas) - 1
+    n_steps = len(sigmas) - 1
     churn = {key: options.pop(key) for key in ("churn", "s_tmin", "s_tmax", "s_noise") if key in options}
     if vcf:
         _check_vcf(sampler, options)
     step, name = (sampler, getattr(sampler, "__name__", "step")) if callable(sampler) else (SAMPLERS[sampler], sampler)
     noise = noise or PerSampleNoise.from_seeds(range(x.shape[0]))
     scale = vcf_ratio(lay, weighting, x.device, x.dtype) if vcf else None
-    wnoise = WindowNoise(noise, lay, scale)
-    cond_w = lay.window_conds(cond)
-    # the per-window step must not restart the step count: it sees a plain callable; a network with
-    # positional ids sees each window's place on the canvas (``placed``)
-    def windows(x_w, sigma, c):
-        with placed(window_denoiser, lay, x_w.shape[0] // k):
-            return window_denoiser(x_w, sigma, c)
     split = window_ranks()
-    if split.active and view_batch is None:        # one canvas over several processes: a share of windows each
-        view_batch = max(1, -(-k // split.world))
-    chunks = None
-    if check_view_batch(view_batch) is not None:   # (view batch, its guided denoiser), made once for every step
-        n = x.shape[0]
-        chunks = [(ks, _rows_of(window_denoiser, torch.tensor([j * k + w for j in range(n) for w in ks])))
-                  for ks in view_batches(lay, x.shape[1] * math.prod(lay.window), view_batch)]
+    if split.active and check_view_batch(view_batch) is None:   # one canvas over several processes: a share each
+        view_batch = max(1, -(-lay.n // split.world))
+    batches = ViewBatches(window_denoiser, lay, x.shape[0], x.shape[1], check_view_batch(view_batch))
     for i in trange(n_steps, disable=not progress, desc=f"{name} (fused states)", leave=False):
         begin_step(window_denoiser, i, sigmas)
+        batches.begin_step(i, sigmas)
         s = sigmas[i]
         if churn.get("churn", 0.0) > 0:
             x, s = churn_step(x, s, n_steps, churn["churn"], churn.get("s_tmin", 0.0), churn.get("s_tmax", math.inf),
-                          churn.get("s_noise", 1.0), noise)
-        if chunks is not None:
-            for _, inner in chunks:
-                begin_step(inner, i, sigmas)
-            x = _streamed_step(x, [s, sigmas[i + 1]], i, cond, lay, weighting, step, noise, scale, chunks, callback,
-                               options, split)
-            continue
-        states = step(windows, lay.crop(x), [s, sigmas[i + 1]], cond_w, noise=wnoise,
-                      callback=_window_callback(callback, i, x, lay, weighting), **options)
-        x = lay.fold(states, weighting)
+                              churn.get("s_noise", 1.0), noise)
+        x = _streamed_step(x, [s, sigmas[i + 1]], i, cond, lay, weighting, step, noise, scale, batches, callback,
+                           options, split)
     return x
 
 
@@ -224,40 +216,104 @@ def view_batches(lay: Any, window_values: int, size: int) -> list[list[int]]:
     return runs
 
 
-def _streamed_step(x, pair, i, cond, lay, weighting, step, noise, scale, chunks, callback, options,
+class ViewBatches:
+    """The view batches of a fused run: (owner, windows) runs (``view_batches``; all windows in one run when
+    ``size`` is None), each with its guided denoiser (per-window CFG nulls cut to its rows), made once and
+    kept across steps. ``owner`` is the run's index when it was made: a run halved after running out of
+    memory keeps it, so the ranks of one canvas agree on who steps what."""
+
+    def __init__(self, denoiser, lay, n: int, channels: int, size: int | None):
+        self.denoiser, self.lay, self.n = denoiser, lay, n
+        self.values = channels * math.prod(lay.window)
+        runs = [list(range(lay.n))] if size is None else view_batches(lay, self.values, size)
+        self.runs = list(enumerate(runs))
+        self._inner, self._step = {}, None
+
+    def inner(self, ks) -> Any:
+        """The guided denoiser of the windows ``ks`` (rows j K + w of every sample j)."""
+        key = tuple(ks)
+        if key not in self._inner:
+            k = self.lay.n
+            self._inner[key] = _rows_of(self.denoiser, torch.tensor([j * k + w for j in range(self.n) for w in ks]))
+            if self._step is not None:
+                begin_step(self._inner[key], *self._step)
+        return self._inner[key]
+
+    def begin_step(self, i: int, sigmas) -> None:
+        self._step = (i, sigmas)
+        for inner in self._inner.values():
+            begin_step(inner, i, sigmas)
+
+    def halve(self, owner: int, ks: list[int]) -> list[list[int]]:
+        """Replace the run ``ks`` by its two halves (each a multiple of 16 values per sample, so the noise
+        streams are drawn as before), for this and every later step; refused when it cannot be halved."""
+        half = max(1, len(ks) // 2)
+        while half < len(ks) and (half * self.values) % 16:
+            half += 1
+        if half >= len(ks):
+            raise WindowguideError(f"a view batch of {len(ks)} window(s) ran out of memory and cannot be halved "
+                                   f"further; accepted: a smaller canvas, window or model, or a larger device")
+        parts = [ks[:half], ks[half:]]
+        at = self.runs.index((owner, ks))
+        self.runs[at:at + 1] = [(owner, p) for p in parts]
+        return parts
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception is the device (or the machine) running out of memory."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def _streamed_step(x, pair, i, cond, lay, weighting, step, noise, scale, batches, callback, options,
                    split: Ranks = Ranks()) -> torch.Tensor:
     """One fused step over view batches: each batch of windows is cropped, stepped and folded into the
     canvas accumulators at once, so no step holds every window's state (the sums are ``fold``'s, in its
     order). The per-window CFG nulls are the rows of each batch's windows. Over several processes
-    (``split``) batch c is rank c mod K's; the others step it with a zero prediction, which draws its
-    noise exactly as the real step does (so every rank's noise streams stay aligned) and costs no network
-    call; the canvas sums are then added over the ranks."""
-    n = x.shape[0]
-    states_sum = lay.accumulator(x)
-    pred_sum = lay.accumulator(x) if callback is not None else None
-    for c, (ks, inner) in enumerate(chunks):
-        seen, mine = {}, c % split.world == split.rank
-
-        def windows(x_w, sigma, c, inner=inner, ks=ks):
-            at = lay.regions(1)[torch.tensor(ks)].repeat(n, 1)
-            with regions_of_call(at if getattr(getattr(inner, "denoiser", inner), "canvas_positions", False) else None):
-                return inner(x_w, sigma, c)
-        states = step(windows if mine else _zero_prediction, lay.crop_windows(x, ks), pair, lay.window_conds(cond, ks),
-                      noise=WindowNoise(noise, lay, scale, ks),
-                      callback=(lambda _, x_w, d, sg: seen.setdefault("d", d)) if callback is not None else None,
-                      **options)
-        if not mine:
-            continue
-        lay.accumulate(states_sum, states, ks, weighting)
-        if pred_sum is not None:
-            lay.accumulate(pred_sum, seen["d"], ks, weighting)
+    (``split``) run c is rank c mod K's; the others step it with a zero prediction, which draws its noise
+    exactly as the real step does (so every rank's noise streams stay aligned) and costs no network call;
+    the canvas sums are then added over the ranks."""
+    sums = (lay.accumulator(x), lay.accumulator(x) if callback is not None else None)
+    for owner, ks in list(batches.runs):
+        _step_run(x, pair, cond, lay, weighting, step, noise, scale, batches, options, sums, owner, ks,
+                  owner % split.world == split.rank)
     if split.active:
-        for total in (states_sum, pred_sum):
+        for total in sums:
             if total is not None:
                 reduce_canvas(total)
     if callback is not None:
-        callback(i, x, lay.finish(pred_sum, weighting), pair[0])
-    return lay.finish(states_sum, weighting)
+        callback(i, x, lay.finish(sums[1], weighting), pair[0])
+    return lay.finish(sums[0], weighting)
+
+
+def _step_run(x, pair, cond, lay, weighting, step, noise, scale, batches, options, sums, owner, ks, mine) -> None:
+    """Step the windows ``ks`` and fold them into ``sums`` (state, prediction); out of memory, the noise
+    streams are put back and the run is halved and stepped again (``ViewBatches.halve``)."""
+    n, seen, inner = x.shape[0], {}, batches.inner(ks)
+    states_before = [g.get_state() for g in noise.generators]
+
+    def windows(x_w, sigma, c):
+        at = lay.regions(1)[torch.tensor(ks)].repeat(n, 1)
+        with regions_of_call(at if getattr(getattr(inner, "denoiser", inner), "canvas_positions", False) else None):
+            return inner(x_w, sigma, c)
+    try:
+        states = step(windows if mine else _zero_prediction, lay.crop_windows(x, ks), pair, lay.window_conds(cond, ks),
+                      noise=WindowNoise(noise, lay, scale, ks),
+                      callback=(lambda _, x_w, d, sg: seen.setdefault("d", d)) if sums[1] is not None else None,
+                      **options)
+    except Exception as exc:
+        if not out_of_memory(exc):
+            raise
+        for g, state in zip(noise.generators, states_before):
+            g.set_state(state)
+        del exc
+        for part in batches.halve(owner, ks):
+            _step_run(x, pair, cond, lay, weighting, step, noise, scale, batches, options, sums, owner, part, mine)
+        return
+    if mine:
+        lay.accumulate(sums[0], states, ks, weighting)
+        if sums[1] is not None:
+            lay.accumulate(sums[1], seen["d"], ks, weighting)
 
 
 def _zero_prediction(x_w, sigma, cond):
@@ -278,13 +334,6 @@ def _rows_of(denoiser: Any, rows: torch.Tensor) -> Any:
         terms.append(t)
     inner = GuidedDenoiser(denoiser.denoiser, Guidance(tuple(terms)), denoiser.max_batch)
     return inner
-
-
-def _window_callback(callback: Callable | None, i: int, x: torch.Tensor, lay: Layout, weighting: Any):
-    """The per-window step's callback, passed on as the fused prediction of canvas step i."""
-    if callback is None:
-        return None
-    return lambda _, x_w, denoised, sigma: callback(i, x, lay.fold(denoised, weighting), sigma)
 
 
 def style_aligned_noise(z: torch.Tensor, window: Sequence[int], alpha: float,
