@@ -120,3 +120,18 @@ def test_prediction_fusion_streams_with_per_window_nulls_and_halves_out_of_memor
         net = Limited(most=12)
         assert torch.equal(panorama(net, (4, 8, 40), [5, 6], **kw), whole)
     assert any(c > 12 for c in net.calls) and net.calls.count(max(net.calls)) == 1
+
+
+def test_max_memory_chooses_the_view_batch_and_refuses_a_canvas_that_cannot_fit(tmp_path):
+    from windowguide.cli import main
+    from windowguide.memory import GIB, STATE_COPIES, WINDOW_COPIES, view_batch_for
+    # 3 x 24 x 200 canvas, 23 windows of 24 x 24: canvas 6 copies, each window 4 copies, 4 bytes a value
+    canvas, window = 4 * 3 * STATE_COPIES * 24 * 200, 4 * 3 * WINDOW_COPIES * 24 * 24
+    assert view_batch_for(1, 3, (24, 200), (24, 24), 8, canvas + 7 * window, "p") == 7
+    assert view_batch_for(1, 3, (24, 200), (24, 24), 8, canvas + 23 * window, "p") is None     # all fit
+    args = ["panorama", "--model", "scenes", "--width", "200", "--steps", "2", "--seeds", "0"]
+    assert main(args + ["--max-memory", str((canvas + 7 * window) / GIB), "--out", str(tmp_path / "a")]) == 0
+    import json
+    assert json.loads((tmp_path / "a" / "settings.json").read_text())["view_batch"] == 7
+    assert main(args + ["--max-memory", str(canvas / 2 / GIB), "--out", str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "b").exists()                  # refused before the folder is claimed

@@ -29,7 +29,8 @@ def _upscale(args) -> int:
     from .commands import upscale
     upscale.run(args.image, args.model, args.scale, args.strength, args.prompt, args.negative_prompt, args.guidance,
                 args.seeds, args.steps, args.mode, args.stride, args.sampler, args.vcf, args.filter, args.progressive,
-                args.out, args.device or "cpu", args.dtype, args.klass, args.max_batch, view_batch=args.view_batch)
+                args.out, args.device or "cpu", args.dtype, args.klass, args.max_batch, view_batch=args.view_batch,
+                max_memory=args.max_memory)
     print(f"upscaled: {args.out}/ (upscaled_SEED.png, settings.json)")
     return 0
 
@@ -189,6 +190,8 @@ def _panorama(args) -> int:
     options = {k: v for k, v in (("eta", args.eta), ("churn", args.churn)) if v is not None}
     if args.view_batch is not None and not is_pipeline_dir(args.model):
         options["view_batch"] = args.view_batch
+    if args.max_memory is not None and not is_pipeline_dir(args.model):
+        options["max_memory"] = args.max_memory
     regions = _regions(args, text_key="prompt" if is_pipeline_dir(args.model) else "class")
     if is_pipeline_dir(args.model):
         from .commands import panorama_pipeline
@@ -408,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     pano.add_argument("--batch-size", type=int, default=4, help="panoramas drawn together (default 4)")
     pano.add_argument("--view-batch", type=int, help="bundled / EDM models: windows stepped and folded at a time, so a "
                       "step holds one view batch's states instead of every window's (default: all at once)")
+    pano.add_argument("--max-memory", type=float, help="bundled / EDM models: GiB the canvas and the window states may "
+                      "take; the view batch is chosen to fit, a canvas that cannot is refused (default: all windows "
+                      "at once; on a GPU, its free memory)")
     pano.add_argument("--device", help=_DEVICE)
     pano.set_defaults(func=_panorama, resumable=True)
 
@@ -469,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the network's activations are held for that many windows at a time")
     up.add_argument("--view-batch", type=int, help="windows stepped and folded at a time, so a step holds one view "
                     "batch's states instead of every window's (default: all at once)")
+    up.add_argument("--max-memory", type=float, help="GiB the canvas and the window states may take; the view batch "
+                    "is chosen to fit, a canvas that cannot is refused (default: all windows at once; on a GPU, its "
+                    "free memory)")
     up.add_argument("--out", default="runs/upscale", help="folder for upscaled_SEED.png and settings.json")
     up.add_argument("--device", help=_DEVICE)
     up.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],

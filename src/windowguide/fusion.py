@@ -400,7 +400,8 @@ def check_fusion(mode: str, fuse: str | None, weighting: Any, sampler: str, vcf:
 
 
 def canvas_layout(n: int, channels: int, sizes: Sequence[int], window: Any, stride: Any = 8,
-                  circular: Any = False, device: Any = None, what: str = "this canvas") -> Any:
+                  circular: Any = False, device: Any = None, what: str = "this canvas",
+                  view_batch: int | None = None) -> Any:
     """The window layout of a fused run of n samples on a canvas of ``sizes`` (H, W or T, H, W), after
     refusing one whose canvas and windows cannot fit in the device's memory (``memory.check_fused_run``)
     before anything is allocated; cheap, so a command calls it before it writes anything."""
@@ -408,7 +409,7 @@ def canvas_layout(n: int, channels: int, sizes: Sequence[int], window: Any, stri
     from .windows import layout_nd
     sizes = tuple(int(v) for v in sizes)
     win = (window,) * len(sizes) if isinstance(window, int) else tuple(window)
-    check_fused_run(n, channels, sizes, win, stride, what, device)
+    check_fused_run(n, channels, sizes, win, stride, what, device, view_batch=view_batch)
     if len(sizes) == 2:
         return layout(sizes[0], sizes[1], window, stride=stride, circular=bool(circular))
     flags = tuple(circular) if isinstance(circular, (tuple, list)) else (bool(circular),) + (False,) * (len(sizes) - 1)
@@ -437,7 +438,7 @@ def panorama(denoiser: Any, canvas: Sequence[int], seeds: Any, window: Any, stri
     c, height, width = (int(v) for v in canvas)
     seeds = parse_seeds(seeds)
     check_cond(cond, len(seeds))
-    lay = canvas_layout(len(seeds), c, (height, width), window, stride, circular, device, "the panorama")
+    lay = canvas_layout(len(seeds), c, (height, width), window, stride, circular, device, "the panorama", view_batch)
     base = as_denoiser(denoiser)
     inner = guided(base, per_window_nulls(guidance, len(seeds), lay.n), max_batch)
     check_size(base, (c, *lay.window), "window")

@@ -33,11 +33,29 @@ def window_count(sizes: Sequence[int], window: Sequence[int], stride: Any) -> in
 
 
 def fused_bytes(n: int, channels: int, sizes: Sequence[int], window: Sequence[int], stride: Any,
-                bytes_per_value: int = 4) -> int:
-    """The memory a fused run holds at once, besides the network (module docstring)."""
+                bytes_per_value: int = 4, view_batch: int | None = None) -> int:
+    """The memory a fused run holds at once, besides the network (module docstring); with a view batch
+    only that many windows' states are held (K replaced by min(K, view batch))."""
     p, k = math.prod(sizes), window_count(sizes, window, stride)
+    k = k if view_batch is None else min(k, int(view_batch))
     w = math.prod(min(a, b) for a, b in zip(window, sizes))
     return bytes_per_value * n * channels * (STATE_COPIES * p + WINDOW_COPIES * k * w)
+
+
+def view_batch_for(n: int, channels: int, sizes: Sequence[int], window: Sequence[int], stride: Any,
+                   limit: int, what: str, bytes_per_value: int = 4) -> int | None:
+    """The largest view batch v whose fused run fits in ``limit`` bytes (``--max-memory``, or a GPU's free
+    memory): b N C (STATE_COPIES P + WINDOW_COPIES v p) <= limit; None when every window fits at once. A
+    canvas that cannot fit even with one window at a time is refused before it starts, with the figure."""
+    one = fused_bytes(n, channels, sizes, window, stride, bytes_per_value, view_batch=1)
+    if one > limit:
+        raise WindowguideError(f"{what}: its canvas alone needs about {amount(one)} besides the network (one window "
+                               f"at a time), over the {amount(limit)} allowed; accepted: a smaller canvas, fewer seeds "
+                               f"at once, or more memory")
+    k = window_count(sizes, window, stride)
+    per_window = bytes_per_value * n * channels * WINDOW_COPIES * math.prod(min(a, b) for a, b in zip(window, sizes))
+    v = 1 + (limit - one) // per_window
+    return None if v >= k else int(v)
 
 
 def available_bytes(device: Any = "cpu") -> int:
@@ -61,6 +79,11 @@ def available_bytes(device: Any = "cpu") -> int:
         return 1 << 62
 
 
+def amount(n_bytes: float) -> str:
+    """A memory figure in GiB, or MiB below one GiB."""
+    return f"{n_bytes / GIB:.2f} GiB" if n_bytes >= GIB else f"{n_bytes / (1 << 20):.2f} MiB"
+
+
 def check_fits(need: int, what: str, device: Any = "cpu", limit: int | None = None) -> None:
     """Refuse a run that needs more than the device has free (or than ``limit`` bytes, --max-memory)."""
     have = available_bytes(device) if limit is None else int(limit)
@@ -71,11 +94,12 @@ def check_fits(need: int, what: str, device: Any = "cpu", limit: int | None = No
 
 
 def check_fused_run(n: int, channels: int, sizes: Sequence[int], window: Sequence[int], stride: Any, what: str,
-                    device: Any = "cpu", bytes_per_value: int = 4) -> int:
-    """``check_fits`` for a fused run of these sizes; returns the estimate in bytes."""
-    need = fused_bytes(n, channels, sizes, window, stride, bytes_per_value)
+                    device: Any = "cpu", bytes_per_value: int = 4, view_batch: int | None = None) -> int:
+    """``check_fits`` for a fused run of these sizes (``view_batch`` windows at a time); returns the
+    estimate in bytes."""
+    need = fused_bytes(n, channels, sizes, window, stride, bytes_per_value, view_batch)
     check_fits(need, what, device)
     return need
 
 
-__all__ = ["window_count", "fused_bytes", "available_bytes", "check_fits", "check_fused_run"]
+__all__ = ["window_count", "fused_bytes", "view_batch_for", "available_bytes", "check_fits", "check_fused_run"]

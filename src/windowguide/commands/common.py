@@ -106,6 +106,25 @@ def check_guidance(g: Guidance, denoiser, shape, klass: Any) -> None:
     GuidedDenoiser(denoiser, g).check(tuple(shape))
 
 
+def memory_view_batch(view_batch: int | None, max_memory: float | None, n: int, channels: int, sizes, window,
+                      stride, device: Any, what: str) -> int | None:
+    """The view batch of a fused command: the one given, capped by what ``max_memory`` GiB allow
+    (``memory.view_batch_for``; a canvas that cannot fit even one window at a time is refused now); on a
+    GPU without either, the one its free memory allows. None: every window at once."""
+    import torch
+    from ..memory import GIB, available_bytes, view_batch_for
+    if max_memory is not None:
+        if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)) or not 0 < max_memory < 1e6:
+            raise WindowguideError(f"--max-memory {max_memory!r}: accepted: a number of GiB above 0")
+        limit = int(max_memory * GIB)
+    elif view_batch is None and torch.device(device).type == "cuda":
+        limit = available_bytes(device)
+    else:
+        return view_batch
+    v = view_batch_for(n, channels, sizes, window, stride, limit, what)
+    return v if view_batch is None else view_batch if v is None else min(view_batch, v)
+
+
 def draw_missing(seeds, r, path_of: Callable[[int], str], batch_size: int, draw: Callable[[list[int]], None],
                  progress: bool = True, finished: Callable[[int], bool] | None = None, fused: bool = False) -> int:
     """Draw the batches of this rank whose files are not all on disk; returns the seeds drawn.

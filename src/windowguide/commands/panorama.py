@@ -27,7 +27,7 @@ from ..images import grid, to_uint8
 from ..sampling import karras_sigmas
 from .runfolder import claim, region_inputs
 from .common import (MAX_STEPS, check_count, check_guidance, draw_missing, finish, labels_for, normalise_class, prepare,
-                     rank_device)
+                     memory_view_batch, rank_device)
 
 STACK_LIMIT = 16       # panoramas.png stacks the first 16 panoramas (by seed)
 _PNG = re.compile(r"^panorama_(\d+)\.png$")
@@ -47,6 +47,7 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
     if max_batch is not None:
         check_count(max_batch, "--max-batch")
     view_batch = sampler_options.pop("view_batch", None)
+    max_memory = sampler_options.pop("max_memory", None)
     if view_batch is not None:
         check_count(view_batch, "--view-batch")
     check_fusion(mode, fuse, None, sampler, vcf, sampler_options)
@@ -59,8 +60,10 @@ def run(model: str = "scenes", width: int = 96, height: int | None = None, strid
     c, h, w = info["shape"]
     height = height or h
     check_count(height, "--height")
+    view_batch = memory_view_batch(view_batch, max_memory, min(batch_size, len(seeds)), c, (height, width), (h, w),
+                                   stride, device, f"a {width}x{height} panorama")
     canvas_layout(min(batch_size, len(seeds)), c, (height, width), (h, w), stride, circular, device,
-                  f"a {width}x{height} panorama")            # refuses a bad canvas or stride, or one too large, now
+                  f"a {width}x{height} panorama", view_batch)   # refuses a bad canvas or stride, or one too large, now
     klass = normalise_class(klass, net.num_classes)
     check_guidance(g, denoiser, (c, h, w), klass)
     settings = dict(model=model, canvas=[c, height, width], window=[h, w], stride=stride, mode=mode, fuse=fuse,

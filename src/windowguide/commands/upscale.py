@@ -14,7 +14,8 @@ from ..fusion import check_fusion
 from ..generate import parse_seeds
 from ..imageio import read_picture
 from ..memory import check_fused_run
-from .common import MAX_STEPS, check_count, draw_missing, finish, labels_for, normalise_class, prepare, rank_device
+from .common import (MAX_STEPS, check_count, draw_missing, finish, labels_for, memory_view_batch, normalise_class,
+                     prepare, rank_device)
 from .runfolder import claim
 from .sample_pipeline import is_pipeline_dir, load_pipeline
 
@@ -23,7 +24,8 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
         negative_prompt: str = "", guidance: str | None = None, seeds: Any = "0", steps: int = 50,
         mode: str = "gf", stride: int = 8, sampler: str | None = None, vcf: bool = False,
         filter: str = "lanczos", progressive: bool = False, out: str = "runs/upscale", device: Any = "cpu", dtype: str = "float32",
-        klass: Any = None, max_batch: int | None = 8, progress: bool = True, view_batch: int | None = None) -> dict:
+        klass: Any = None, max_batch: int | None = 8, progress: bool = True, view_batch: int | None = None,
+        max_memory: float | None = None) -> dict:
     """Upscale IMAGE with the pipeline folder's model for each seed (module docstring); returns the settings.
     Every input is checked before the run folder is claimed (``runfolder.claim``); a re-run resumes."""
     from ..upscaling import check_filter, progressive_stages, start_step, upscaled_size
@@ -53,7 +55,10 @@ def run(image: str, folder: str, scale: float = 2, strength: float = 0.35, promp
     if mode not in ("gf", "multidiffusion"):
         raise WindowguideError(f"--mode {mode!r}: upscale fuses window states; accepted: gf, multidiffusion")
     canvas = [v // src["factor"] for v in size]
-    check_fused_run(1, src["channels"], canvas, src["window"], stride, f"an upscale to {size[1]}x{size[0]}", device)
+    what = f"an upscale to {size[1]}x{size[0]}"
+    view_batch = memory_view_batch(view_batch, max_memory, 1, src["channels"], canvas, src["window"], stride, device,
+                                   what)
+    check_fused_run(1, src["channels"], canvas, src["window"], stride, what, device, view_batch=view_batch)
     settings = dict(image=os.path.abspath(image), model=folder if not os.path.exists(folder) else
                     os.path.abspath(folder), klass=klass, scale=scale, strength=strength,
                     prompt=prompt, negative_prompt=negative_prompt, guidance=spec.canonical(guidance), steps=steps,
