@@ -81,7 +81,7 @@ def _bench(args) -> int:
         print(demo.format_report(report))
     elif args.what == "scale":
         from .bench import scale
-        report = scale.run(args.json, quick=args.quick)
+        report = scale.run(args.json, quick=args.quick, sdxl_step_seconds=args.sdxl_step_seconds)
         print(scale.format_report(report))
     elif args.what == "quality":
         from .bench import quality
@@ -328,11 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "learned in training vs CFG; generate: the sample command's overhead and 1 vs 2 "
                             "processes; positions: crop positional embeddings on a tiny DiT; demo: 'windowguide "
                             "demo' timed as a fresh process, alone and beside a busy core; scale: the fused loop's memory against "
-                            "the windows and the canvas, all windows at once and in view batches")
+                            "the windows and the canvas, all windows at once and in view batches, one canvas on 2 "
+                            "processes against 1, and SDXL upscale estimates")
     bench.add_argument("--json", help="write the report here")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     bench.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     bench.add_argument("--out", help="folder for plots and grids")
+    bench.add_argument("--sdxl-step-seconds", type=float, help="scale: one SDXL UNet evaluation of a 128 x 128 latent "
+                       "on your GPU, in seconds, for the time of the SDXL upscale estimates")
     bench.add_argument("--train-steps", type=int, help="w2s: training steps of every model (default 400)")
     bench.add_argument("--datasets", help="w2s, fronts: comma-separated, default digits,mirror")
     bench.set_defaults(func=_bench)
