@@ -207,3 +207,21 @@ def test_region_weights_that_would_overflow_are_refused(tmp_path, capsys):
     assert "appears twice" in capsys.readouterr().err
     (tmp_path / "r.json").write_text('{"regions": ' + "[" * 100000 + "]" * 100000 + "}")
     assert main(["panorama", "--width", "48", "--regions", str(tmp_path / "r.json"), "--out", str(tmp_path / "p4")]) == 2
+
+
+def test_train_claims_its_folder_like_every_other_command(tmp_path, capsys):
+    # train refuses another command's folder and a changed data file by name, before any step
+    import numpy as np
+    from windowguide.cli import main
+    data = tmp_path / "tiny.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, images=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), labels=np.arange(16) % 2)
+    small = ["--steps", "2", "--base", "8", "--mults", "1,2", "--batch", "4"]
+    assert main(["sample", "--model", "digits", "--steps", "2", "--seeds", "0", "--out", str(tmp_path / "s")]) == 0
+    assert main(["train", "--dataset", str(data), "--out", str(tmp_path / "s"), *small]) == 2
+    assert "holds the results of 'windowguide sample'" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "state.safetensors").exists()
+    assert main(["train", "--dataset", str(data), "--out", str(tmp_path / "t"), *small]) == 0
+    np.savez(data, images=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), labels=np.arange(16) % 2)
+    assert main(["train", "--dataset", str(data), "--out", str(tmp_path / "t"), *small]) == 2
+    assert "was made from other input files: dataset" in capsys.readouterr().err

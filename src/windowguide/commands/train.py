@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 
 from ..errors import WindowguideError
 from ..files import check_out_dir
 from ..train.classifier import ClassifierConfig, train_classifier
 from ..train.edm import config_from, train
+from .runfolder import claim
 
 
 def run(dataset: str | None, out: str, preset: str | None = None, classifier: bool = False,
@@ -17,6 +19,8 @@ def run(dataset: str | None, out: str, preset: str | None = None, classifier: bo
         cfg = ClassifierConfig(dataset=dataset or "digits",
                                **{k: v for k, v in settings.items() if v is not None and k in
                                   ClassifierConfig.__dataclass_fields__})
+        claim(out, "train", dict(classifier=asdict(cfg)), _data_file(cfg.dataset))   # another command's folder or
+        # recipe, or other data, refused by name
         path = os.path.join(out, "model.safetensors")
         acc = train_classifier(cfg, path, progress)
         print(f"test accuracy {acc:.4f}")
@@ -26,4 +30,10 @@ def run(dataset: str | None, out: str, preset: str | None = None, classifier: bo
     if settings.get("w2s") is not None and settings.get("w2s_weight") is None:
         raise WindowguideError(f"--w2s {settings['w2s']} needs --w2s-weight W")
     cfg = config_from(preset, dataset=dataset, **settings)
+    claim(out, "train", dict(model_config=cfg.record(), preset=preset), _data_file(cfg.dataset))   # before any step
     return train(cfg, out, progress, name=preset)
+
+
+def _data_file(dataset: str | None) -> dict:
+    """The user's data file as an input of the run folder (fingerprinted by content); none for bundled data."""
+    return {"dataset": dataset} if dataset and os.path.isfile(dataset) else {}
