@@ -31,7 +31,7 @@ def _upscale(args) -> int:
                 args.seeds, args.steps, args.mode, args.stride, args.sampler, args.vcf, args.filter, args.progressive,
                 args.out, args.device or "cpu", args.dtype, args.klass, args.max_batch, view_batch=args.view_batch,
                 max_memory=args.max_memory)
-    print(f"upscaled: {args.out}/ (upscaled_SEED.png, settings.json)")
+    _said_once(f"upscaled: {args.out}/ (upscaled_SEED.png, settings.json)")
     return 0
 
 
@@ -184,6 +184,13 @@ def _sample(args) -> int:
     return 0
 
 
+def _said_once(text: str) -> None:
+    """Print a command's closing line once: on rank 0 under torchrun."""
+    from .distributed import ranks
+    if ranks().main:
+        print(text)
+
+
 def _panorama(args) -> int:
     from .commands import panorama
     from .commands.sample_pipeline import is_pipeline_dir
@@ -209,7 +216,7 @@ def _panorama(args) -> int:
                               settings["vcf"], args.style_alpha, args.circular, settings["guidance"], args.klass,
                               args.seeds, args.out, args.max_batch, args.device or "cpu", args.dtype, args.batch_size,
                               True, regions, **options)
-        print(f"panoramas: {args.out}/ (panorama_SEED.png, panoramas.png, manifest.json, settings.json)")
+        _said_once(f"panoramas: {args.out}/ (panorama_SEED.png, panoramas.png, manifest.json, settings.json)")
         return 0
     if args.prompt is not None or args.preset:
         raise WindowguideError("--prompt and --preset need a diffusers pipeline folder as --model")
@@ -217,7 +224,7 @@ def _panorama(args) -> int:
                  32 if args.steps is None else args.steps,
                  args.vcf, args.style_alpha, args.circular, args.guidance or "none", args.klass, args.seeds, args.out,
                  args.max_batch, args.device or "cpu", True, args.batch_size, regions, **options)
-    print(f"panoramas: {args.out}/ (panorama_SEED.png, panoramas.png, manifest.json, settings.json)")
+    _said_once(f"panoramas: {args.out}/ (panorama_SEED.png, panoramas.png, manifest.json, settings.json)")
     return 0
 
 
@@ -237,7 +244,7 @@ def _video(args) -> int:
     video.run(args.model, args.prompt, args.negative_prompt, args.frames, args.height, args.width, args.guidance,
               args.window_frames, args.stride_frames, args.mode, args.sampler, args.steps, args.vcf, args.style_alpha,
               args.circular, args.seeds, args.out, args.fps, args.device or "cpu", args.dtype)
-    print(f"videos: {args.out}/ (video_SEED.mp4, video_SEED/frame_NNNN.png, settings.json)")
+    _said_once(f"videos: {args.out}/ (video_SEED.mp4, video_SEED/frame_NNNN.png, settings.json)")
     return 0
 
 

@@ -173,10 +173,12 @@ def _check_weights(net, ema, step: int, out_dir: str, saved: int) -> None:
                                  f"{out_dir} are from step {saved} (lower --lr?)")
 
 
-def train(cfg: TrainConfig, out_dir: str, progress: bool = True, name: str | None = None) -> str:
+def train(cfg: TrainConfig, out_dir: str, progress: bool = True, name: str | None = None,
+          data: Dataset | None = None) -> str:
     """Train (or resume) into ``out_dir``: ``state.safetensors`` (resumable) and ``model.safetensors``
-    (the EMA net with its record), both rewritten every ``checkpoint_every`` steps. Returns the model path."""
-    data = load(cfg.dataset, "train")
+    (the EMA net with its record), both rewritten every ``checkpoint_every`` steps. Returns the model path.
+    ``data``: the training split of ``cfg.dataset`` when the caller has read it already."""
+    data = data if data is not None else load(cfg.dataset, "train")
     if cfg.conditional and data.labels is None:
         print(f"dataset {cfg.dataset!r} has no labels: training an unconditional model", flush=True)
         cfg = replace(cfg, conditional=False)
