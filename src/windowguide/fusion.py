@@ -67,10 +67,7 @@ class FusedDenoiser(Denoiser):
     def forward(self, x, sigma, cond):
         lay, split = self.layout, window_ranks()
         if self._batches is None or self._batches.n != x.shape[0]:
-            size = self.view_batch
-            if size is None and split.active:          # one canvas over several processes: a share each
-                size = max(1, -(-lay.n // split.world))
-            self._batches = ViewBatches(self.inner, lay, x.shape[0], x.shape[1], size)
+            self._batches = ViewBatches(self.inner, lay, x.shape[0], x.shape[1], self.view_batch, split)
         total = lay.accumulator(x)
         for owner, ks in list(self._batches.runs):
             if owner % split.world == split.rank:
@@ -81,10 +78,9 @@ class FusedDenoiser(Denoiser):
 
     def _predict(self, x, sigma, cond, total, owner, ks) -> None:
         """Add m_k D(crop_k x) of the windows ``ks`` to ``total``; out of memory, halve them and again."""
-        lay, n, inner = self.layout, x.shape[0], self._batches.inner(ks)
-        at = lay.regions(1)[torch.tensor(ks)].repeat(n, 1)
+        lay, inner = self.layout, self._batches.inner(ks)
         try:
-            with regions_of_call(at if getattr(getattr(inner, "denoiser", inner), "canvas_positions", False) else None):
+            with placed(inner, lay, ks, x.shape[0]):
                 out = inner(lay.crop_windows(x, ks), sigma.repeat_interleave(len(ks)), lay.window_conds(cond, ks))
         except Exception as exc:
             if not out_of_memory(exc):
@@ -94,6 +90,16 @@ class FusedDenoiser(Denoiser):
                 self._predict(x, sigma, cond, total, owner, part)
             return
         lay.accumulate(total, out, ks, self.weighting)
+
+
+def placed(denoiser: Any, lay: Any, ks, n: int):
+    """Within the block, a network that takes positions (``canvas_positions``: ids or RoPE) sees each of
+    the windows ``ks`` of each of the n samples at its place on the canvas (``windows.current_regions``);
+    others see each window as an image."""
+    base = getattr(denoiser, "denoiser", denoiser)
+    if not getattr(base, "canvas_positions", False):
+        return regions_of_call(None)
+    return regions_of_call(lay.regions(1)[torch.tensor(list(ks))].repeat(n, 1))
 
 
 def check_view_batch(view_batch: Any) -> int | None:
@@ -188,9 +194,7 @@ def sample_fused_states(window_denoiser: Callable, x: torch.Tensor, sigmas, cond
     noise = noise or PerSampleNoise.from_seeds(range(x.shape[0]))
     scale = vcf_ratio(lay, weighting, x.device, x.dtype) if vcf else None
     split = window_ranks()
-    if split.active and check_view_batch(view_batch) is None:   # one canvas over several processes: a share each
-        view_batch = max(1, -(-lay.n // split.world))
-    batches = ViewBatches(window_denoiser, lay, x.shape[0], x.shape[1], check_view_batch(view_batch))
+    batches = ViewBatches(window_denoiser, lay, x.shape[0], x.shape[1], check_view_batch(view_batch), split)
     for i in trange(n_steps, disable=not progress, desc=f"{name} (fused states)", leave=False):
         begin_step(window_denoiser, i, sigmas)
         batches.begin_step(i, sigmas)
@@ -218,13 +222,16 @@ def view_batches(lay: Any, window_values: int, size: int) -> list[list[int]]:
 
 class ViewBatches:
     """The view batches of a fused run: (owner, windows) runs (``view_batches``; all windows in one run when
-    ``size`` is None), each with its guided denoiser (per-window CFG nulls cut to its rows), made once and
-    kept across steps. ``owner`` is the run's index when it was made: a run halved after running out of
-    memory keeps it, so the ranks of one canvas agree on who steps what."""
+    ``size`` is None, or a 1/K share each over K ranks of ``split``), each with its guided denoiser
+    (per-window CFG nulls cut to its rows), made once and kept across steps. ``owner`` is the run's index
+    when it was made: a run halved after running out of memory keeps it, so the ranks of one canvas agree
+    on who steps what."""
 
-    def __init__(self, denoiser, lay, n: int, channels: int, size: int | None):
+    def __init__(self, denoiser, lay, n: int, channels: int, size: int | None, split: Ranks = Ranks()):
         self.denoiser, self.lay, self.n = denoiser, lay, n
         self.values = channels * math.prod(lay.window)
+        if size is None and split.active:           # one canvas over several processes: a share each
+            size = -(-lay.n // split.world)
         runs = [list(range(lay.n))] if size is None else view_batches(lay, self.values, size)
         self.runs = list(enumerate(runs))
         self._inner, self._step = {}, None
@@ -289,12 +296,11 @@ def _streamed_step(x, pair, i, cond, lay, weighting, step, noise, scale, batches
 def _step_run(x, pair, cond, lay, weighting, step, noise, scale, batches, options, sums, owner, ks, mine) -> None:
     """Step the windows ``ks`` and fold them into ``sums`` (state, prediction); out of memory, the noise
     streams are put back and the run is halved and stepped again (``ViewBatches.halve``)."""
-    n, seen, inner = x.shape[0], {}, batches.inner(ks)
+    seen, inner = {}, batches.inner(ks)
     states_before = [g.get_state() for g in noise.generators]
 
     def windows(x_w, sigma, c):
-        at = lay.regions(1)[torch.tensor(ks)].repeat(n, 1)
-        with regions_of_call(at if getattr(getattr(inner, "denoiser", inner), "canvas_positions", False) else None):
+        with placed(inner, lay, ks, x.shape[0]):
             return inner(x_w, sigma, c)
     try:
         states = step(windows if mine else _zero_prediction, lay.crop_windows(x, ks), pair, lay.window_conds(cond, ks),

@@ -89,7 +89,7 @@ def check_fits(need: int, what: str, device: Any = "cpu", limit: int | None = No
     have = available_bytes(device) if limit is None else int(limit)
     if need > have:
         source = "the limit given" if limit is not None else f"free on {device if device is not None else 'cpu'}"
-        raise WindowguideError(f"{what} needs about {need / GIB:.1f} GiB besides the network, and {have / GIB:.1f} GiB "
+        raise WindowguideError(f"{what} needs about {amount(need)} besides the network, and {amount(have)} "
                                f"is {source}; accepted: a smaller size, fewer seeds at once, or a larger machine")
 
 

@@ -22,7 +22,7 @@ over each latent pixel's block.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -211,6 +211,7 @@ class PairLayout:
     base: Layout
     chosen: tuple[tuple[int, int], ...]
     masks: torch.Tensor
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
@@ -233,25 +234,29 @@ class PairLayout:
     def accumulator(self, like: torch.Tensor) -> torch.Tensor:
         return self.base.accumulator(like)
 
-    def _pair_weight(self, j: int, weighting: Any, like: torch.Tensor) -> torch.Tensor:
-        """m_k M_r(k) of pair j = (r, k), [h, w]."""
-        r, k = self.chosen[j]
-        mask = self.base.crop_windows(self.masks[r][None, None].to(like), [k])[0, 0]
-        return self.base.weights(weighting, like.device, like.dtype) * mask
+    def _pair_weights(self, weighting: Any, like: torch.Tensor) -> torch.Tensor:
+        """m_k M_r(k) of every pair j = (r, k), [P, h, w]: every region's mask cropped once (one stacked
+        crop), kept for the run's dtype and device."""
+        key = (weighting if isinstance(weighting, str) else id(weighting), like.device, like.dtype)
+        if key not in self._cache:
+            crops = self.base.crop(self.masks[:, None].to(like))                  # [R*K, 1, h, w]
+            m = self.base.weights(weighting, like.device, like.dtype)
+            self._cache[key] = torch.stack([m * crops[r * self.base.n + k, 0] for r, k in self.chosen])
+        return self._cache[key]
 
     def accumulate(self, out: torch.Tensor, states: torch.Tensor, ks, weighting: Any = "uniform") -> None:
         """out += m_k M_r(k) x_{r,k} at window k's place, for the pairs ``ks``."""
-        y = states.reshape(-1, len(ks), *states.shape[1:])
+        y, w = states.reshape(-1, len(ks), *states.shape[1:]), self._pair_weights(weighting, states)
         pos = self.base.positions
         for j, p in enumerate(ks):
-            out[self.base.window_slices(pos[self.chosen[p][1]])] += y[:, j] * self._pair_weight(p, weighting, states)
+            out[self.base.window_slices(pos[self.chosen[p][1]])] += y[:, j] * w[p]
 
     def finish(self, out: torch.Tensor, weighting: Any = "uniform") -> torch.Tensor:
         """unwrap(out) / sum_{r,k} m_k M_r(k)."""
-        den = out.new_zeros(self.base.extended_shape())
+        den, w = out.new_zeros(self.base.extended_shape()), self._pair_weights(weighting, out)
         pos = self.base.positions
         for j, (_, k) in enumerate(self.chosen):
-            den[self.base.window_slices(pos[k])] += self._pair_weight(j, weighting, out)
+            den[self.base.window_slices(pos[k])] += w[j]
         return self.base.unwrap(out) / self.base.unwrap(den[None, None])[0, 0]
 
     def fold(self, states: torch.Tensor, weighting: Any = "uniform") -> torch.Tensor:

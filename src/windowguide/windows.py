@@ -228,9 +228,6 @@ class Layout:
         return (self.count(device) > 1).to(dtype)
 
 
-GridLayout = Layout  # the name the video code used for the N-D form, which is now the one layout
-
-
 @functools.lru_cache(maxsize=256)
 def _cached_total(layout: Layout, weighting: str, device, dtype) -> torch.Tensor:
     return layout._total(window_weights(weighting, layout.window, device, dtype))
@@ -345,13 +342,7 @@ def _weights_args(window, device, dtype):
     return tuple(int(k) for k in window), device, dtype
 
 
-def window_weights_nd(weighting, window: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
-    """``window_weights`` with the sizes as one tuple (the name the video code used)."""
-    return window_weights(weighting, tuple(window), device=device, dtype=dtype)
-
-
-__all__ = ["Layout", "layout", "axis_positions", "window_weights", "WEIGHTINGS", "CONE_EPS", "GridLayout", "layout_nd",
-           "window_weights_nd"]
+__all__ = ["Layout", "layout", "axis_positions", "window_weights", "WEIGHTINGS", "CONE_EPS", "layout_nd"]
 
 
 # Where the samples of the network call in progress sit on their canvas: set by the guided denoiser

@@ -27,7 +27,7 @@ T_MAX = 1000           # Wan's transformer takes t = 1000 s
 
 def wan_rope(rope, shape: tuple[int, int, int], regions: torch.Tensor | None, n: int):
     """(cos, sin) of Wan's RoPE for ``n`` rows of latent crops of ``shape`` (T, H, W); with ``regions``
-    (``GridLayout.regions``: the crop's start in latent frames, rows, columns, then the canvas's size),
+    (``Layout.regions``: the crop's start in latent frames, rows, columns, then the canvas's size),
     each row's frequencies are the canvas's at the crop's place: f = freqs[start / p + i], per axis."""
     p_t, p_h, p_w = rope.patch_size
     dims = [rope.t_dim, rope.h_dim, rope.w_dim]

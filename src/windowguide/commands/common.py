@@ -115,7 +115,7 @@ def memory_view_batch(view_batch: int | None, max_memory: float | None, n: int, 
     from ..memory import GIB, available_bytes, view_batch_for
     if max_memory is not None:
         if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)) or not 0 < max_memory < 1e6:
-            raise WindowguideError(f"--max-memory {max_memory!r}: accepted: a number of GiB above 0")
+            raise WindowguideError(f"--max-memory {max_memory!r}: accepted: a number of GiB above 0 and below 1e6")
         limit = int(max_memory * GIB)
     elif view_batch is None and torch.device(device).type == "cuda":
         limit = available_bytes(device)
