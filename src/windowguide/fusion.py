@@ -99,7 +99,8 @@ def placed(denoiser: Any, lay: Any, ks, n: int):
     base = getattr(denoiser, "denoiser", denoiser)
     if not getattr(base, "canvas_positions", False):
         return regions_of_call(None)
-    return regions_of_call(lay.regions(1)[torch.tensor(list(ks))].repeat(n, 1))
+    return regions_of_call(lay.regions(1)[torch.tensor(list(ks))].repeat(n, 1),
+                           torch.arange(n).repeat_interleave(len(ks)))       # rows are sample-major
 
 
 def check_view_batch(view_batch: Any) -> int | None:

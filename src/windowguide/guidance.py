@@ -20,7 +20,7 @@ import torch
 
 from .conds import Cond, broadcast_null, cond_cat, cond_repeat, cond_select
 from .denoiser import Denoiser, as_denoiser
-from .windows import AUTO, Layout, current_regions, default_window, layout, layout_nd, regions_of_call
+from .windows import AUTO, Layout, current_regions, current_samples, default_window, layout, layout_nd, regions_of_call
 from .errors import WindowguideError
 
 INF = math.inf
@@ -218,6 +218,7 @@ class _Request:
     result: torch.Tensor | None = None
     region: torch.Tensor | None = None     # [n, 4] crop placement; None = the whole image
     source: torch.Tensor | None = None     # [n] the row of the guided denoiser's input each row comes from
+    samples: torch.Tensor | None = None    # [n] the canvas sample each row belongs to (``current_samples``)
 
     def regions(self) -> torch.Tensor:
         if self.region is not None:
@@ -621,11 +622,12 @@ class GuidedDenoiser(Denoiser):
         """Evaluate all requests, one stacked batch per (network, spatial size, dtype). When the input
         itself is placed on a larger canvas (a fusion window: ``current_regions`` of this call), each
         request's placement is composed with its row's: (top + top_i, left + left_i, canvas H, W)."""
-        outer = current_regions()
-        if outer is not None:
-            for r in requests:
-                inner, src = r.regions(), (torch.arange(r.x.shape[0]) if r.source is None else r.source)
-                o = outer[src].to(inner.dtype)
+        outer, outer_samples = current_regions(), current_samples()
+        for r in requests:
+            src = torch.arange(r.x.shape[0]) if r.source is None else r.source
+            r.samples = src if outer_samples is None else outer_samples[src.to(outer_samples.device)]
+            if outer is not None:
+                inner, o = r.regions(), outer[src].to(r.regions().dtype)
                 r.region = torch.stack([o[:, 0] + inner[:, 0], o[:, 1] + inner[:, 1], o[:, 2], o[:, 3]], 1)
         groups: dict[tuple, list[_Request]] = {}
         for r in requests:
@@ -636,18 +638,20 @@ class GuidedDenoiser(Denoiser):
             sigma = torch.cat([r.sigma for r in group]) if len(group) > 1 else group[0].sigma
             cond = cond_cat([r.cond for r in group]) if len(group) > 1 else group[0].cond
             regions = torch.cat([r.regions() for r in group])
-            out = self._call_chunked(net, x, sigma, cond, regions)
+            samples = torch.cat([r.samples for r in group])
+            out = self._call_chunked(net, x, sigma, cond, regions, samples)
             for r, res in zip(group, out.split([r.x.shape[0] for r in group])):
                 r.result = res
 
-    def _call_chunked(self, net: Denoiser, x, sigma, cond, regions=None) -> torch.Tensor:
+    def _call_chunked(self, net: Denoiser, x, sigma, cond, regions=None, samples=None) -> torch.Tensor:
         n = x.shape[0]
         size = n if self.max_batch is None else self.max_batch
         outs = []
         for start in range(0, n, size):
             idx = None if size >= n else torch.arange(start, min(start + size, n), device=x.device)
             xs = x if idx is None else x[start:start + size]
-            with regions_of_call(None if regions is None else regions[start:start + xs.shape[0]]):
+            part = slice(start, start + xs.shape[0])
+            with regions_of_call(None if regions is None else regions[part], None if samples is None else samples[part]):
                 outs.append(net(xs, sigma if idx is None else sigma[start:start + size], cond_select(cond, idx)))
             self.calls[id(net)] = self.calls.get(id(net), 0) + 1
             self.evaluations[id(net)] = self.evaluations.get(id(net), 0) + xs.shape[0]

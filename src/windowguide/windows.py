@@ -347,8 +347,10 @@ __all__ = ["Layout", "layout", "axis_positions", "window_weights", "WEIGHTINGS",
 
 # Where the samples of the network call in progress sit on their canvas: set by the guided denoiser
 # around each call, read by model adapters whose conditioning depends on it (SDXL's crop time ids, a
-# transformer's positional embedding). None outside windowguide's calls.
+# transformer's positional embedding, ComfyUI's area / mask / ControlNet conditioning). None outside
+# windowguide's calls.
 _REGIONS: ContextVar = ContextVar("windowguide_regions", default=None)
+_SAMPLES: ContextVar = ContextVar("windowguide_samples", default=None)
 
 
 def current_regions() -> torch.Tensor | None:
@@ -357,11 +359,25 @@ def current_regions() -> torch.Tensor | None:
     return _REGIONS.get()
 
 
+def current_samples() -> torch.Tensor | None:
+    """[N] the sample of the canvas batch each row of the network call in progress belongs to (the
+    canvas's own batch index, whatever windows or crops the row went through); None when unknown."""
+    return _SAMPLES.get()
+
+
 @contextmanager
-def regions_of_call(regions: torch.Tensor | None):
-    token = _REGIONS.set(regions)
+def regions_of_call(regions: torch.Tensor | None, samples: torch.Tensor | None = None):
+    tokens = _REGIONS.set(regions), _SAMPLES.set(None if regions is None else samples)
     try:
         yield
     finally:
-        _REGIONS.reset(token)
+        _REGIONS.reset(tokens[0])
+        _SAMPLES.reset(tokens[1])
 
+
+def rows_of_call(idx: torch.Tensor):
+    """``regions_of_call`` narrowed to the rows ``idx`` of the call in progress (a call split in parts)."""
+    regions, samples = current_regions(), current_samples()
+    if regions is None:
+        return regions_of_call(None)
+    return regions_of_call(regions[idx.to(regions.device)], None if samples is None else samples[idx.to(samples.device)])

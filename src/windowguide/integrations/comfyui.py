@@ -24,6 +24,7 @@ per place); other networks take a crop as an image of its size.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable
@@ -33,7 +34,8 @@ import torch
 from ..denoiser import Denoiser
 from ..errors import WindowguideError
 from ..guidance import SWG, Guidance, GuidedDenoiser
-from ..windows import current_regions, default_window
+from ..windows import current_regions, current_samples, default_window, rows_of_call
+from .comfyplace import Rows, canvas_cond, check_placeable, placed_groups, placed_tensor, positional
 from .calls import KnownPositive
 
 KEY = "windowguide"
@@ -129,7 +131,7 @@ def _post_cfg(args):
     if rules is None or not rules.makers:
         return args["denoised"]
     x, sigma, positive, model = args["input"], args["sigma"], args["cond_denoised"], args["model"]
-    check_conds(args["cond"])
+    check_placeable(args["cond"])
     net = ComfyDenoiser(model, [args["cond"]], args["model_options"])
     terms = rules.terms(tuple(x.shape[-2:]), net.multiple, model)
     guided = GuidedDenoiser(KnownPositive(net, x, positive), terms, rules.max_batch)
@@ -143,19 +145,6 @@ def _post_cfg(args):
     finally:
         for var, token in zip((_STEP_CONDS, _STEP_OPTIONS, _STEP_MODEL), tokens):
             var.reset(token)
-
-
-def check_conds(conds) -> None:
-    """Crops cannot take what depends on the whole image's pixels: say so instead of a wrong image."""
-    for c in conds or []:
-        if c.get("control") is not None:
-            raise WindowguideError("windowguide's window terms with a ControlNet: the crops would not get the "
-                                   "control image's crop (not supported yet); apply the ControlNet without them")
-        if "c_concat" in c.get("model_conds", {}) or "concat_latent_image" in c:
-            raise WindowguideError("windowguide's window terms on an inpainting / image-conditioned model: the "
-                                   "crops would not get their part of the image (not supported yet)")
-        if c.get("area") is not None or c.get("mask") is not None:
-            raise WindowguideError("windowguide's window terms with area or mask conditioning: not supported yet")
 
 
 def network_multiple(model) -> int:
@@ -182,36 +171,49 @@ class ComfyDenoiser(Denoiser):
         return self
 
     def forward(self, x, sigma, cond):
-        from ..windows import regions_of_call
         which = cond["which"] if isinstance(cond, dict) else torch.zeros(x.shape[0], dtype=torch.long)
-        regions = current_regions()
         out = torch.empty_like(x)
         for k in torch.unique(which).tolist():
             idx = (which == k).nonzero().flatten()
             if len(idx) == x.shape[0]:
                 out = self._placed(x, sigma, self.conds[k])
                 continue
-            with regions_of_call(None if regions is None else regions[idx.to(regions.device)]):
+            with rows_of_call(idx):
                 out[idx] = self._placed(x[idx], sigma[idx], self.conds[k])
         return out
 
     def _placed(self, x, sigma, conds):
+        """The conditions ``conds`` on the rows of x: each group of rows that shares its conditions' places
+        (``comfyplace.placed_groups``) in one call; a FLUX-style network one call per place."""
         cf = comfy()
         regions = current_regions()
         net = self.model.diffusion_model
-        whole = regions is not None and tuple(regions[0, 2:].tolist()) == tuple(x.shape[-2:])
-        if regions is not None and not whole and type(self.model).__name__ == "SDXL":
+        by_place = hasattr(net, "process_img")
+        if regions is None:
+            return cf.samplers.calc_cond_batch(self.model, [conds], x, sigma, self.options)[0]
+        rows = Rows.of(regions, current_samples(), x.shape[2:])
+        canvas = [canvas_cond(c) for c in conds]
+        if rows.whole():
+            return cf.samplers.calc_cond_batch(self.model, [canvas], x, sigma, self.options)[0]
+        if not (by_place or positional(canvas)):
+            return self._call(x, sigma, canvas, regions, self.options)
+        out = torch.zeros_like(x)
+        for idx, (placed,) in placed_groups([canvas], rows, by_place):
+            options = self.options
+            if by_place:
+                top, left = rows.starts[idx[0]].tolist()[-2:]
+                patch = network_multiple(self.model)
+                options = shifted_options(self.options, top // patch, left // patch)
+            i = idx.to(x.device)
+            with rows_of_call(idx):
+                out[i] = self._call(x[i], sigma[i], placed, current_regions(), options)
+        return out
+
+    def _call(self, x, sigma, conds, regions, options):
+        if type(self.model).__name__ == "SDXL":
             from ..adapters.sdxl import comfy_crop_cond          # the family's crop conditioning
             conds = [comfy_crop_cond(self.model, c, regions, tuple(x.shape[-2:])) for c in conds]
-        if regions is None or whole or not hasattr(net, "process_img"):
-            return cf.samplers.calc_cond_batch(self.model, [conds], x, sigma, self.options)[0]
-        out = torch.empty_like(x)
-        patch = network_multiple(self.model)
-        for top, left in {(int(r[0]), int(r[1])) for r in regions}:
-            idx = ((regions[:, 0] == top) & (regions[:, 1] == left)).nonzero().flatten().to(x.device)
-            options = shifted_options(self.options, top // patch, left // patch)
-            out[idx] = cf.samplers.calc_cond_batch(self.model, [conds], x[idx], sigma[idx], options)[0]
-        return out
+        return comfy().samplers.calc_cond_batch(self.model, [conds], x, sigma, options)[0]
 
 
 def shifted_options(model_options: dict, dy: float, dx: float) -> dict:
@@ -365,25 +367,59 @@ def _block(b) -> int:
 
 class ComfyWindows(Denoiser):
     """ComfyUI's k-diffusion model wrapper (``model(x, sigma, **extra_args)``, CFG and every node's
-    guidance included) as the window denoiser of windowguide's fusion; a FLUX-style network's windows are
-    called at their place on the canvas (``rope_options``), one call per place."""
+    guidance included) as the window denoiser of windowguide's fusion. Where the conditioning depends on
+    the place (area, mask, ControlNet hint, an inpainting model's latent, the inpainting noise mask:
+    ``placed``), each group of windows that shares its conditions' places is called with them cut at its
+    windows (``comfyplace``); a FLUX-style network's windows are called at their place on the canvas
+    (``rope_options``), one call per place."""
 
-    def __init__(self, model, extra_args: dict, placed: bool, patch: int):
-        self.model, self.extra, self.canvas_positions, self.patch = model, extra_args, placed, patch
+    def __init__(self, model, extra_args: dict, by_place: bool, patch: int, placed: bool = False):
+        self.model, self.extra, self.by_place, self.patch = model, extra_args, by_place, patch
+        self.canvas_positions = by_place or placed
         self.multiple, self.null_cond = 1, None
 
     def forward(self, x, sigma, cond):
         regions = current_regions()
         if regions is None or not self.canvas_positions:
             return self.model(x, sigma, **self.extra)
+        rows = Rows.of(regions, current_samples(), x.shape[2:])
+        guider = self.model.inner_model
+        keys = list(guider.conds)
         out = torch.empty_like(x)
-        for top, left in {(int(r[0]), int(r[1])) for r in regions}:
-            idx = ((regions[:, 0] == top) & (regions[:, 1] == left)).nonzero().flatten().to(x.device)
+        for idx, placed in placed_groups([guider.conds[k] for k in keys], rows, self.by_place):
             extra = dict(self.extra)
-            extra["model_options"] = shifted_options(self.extra.get("model_options", {}), top // self.patch,
-                                                     left // self.patch)
-            out[idx] = self.model(x[idx], sigma[idx], **extra)
+            if self.by_place:
+                top, left = rows.starts[idx[0]].tolist()[-2:]
+                extra["model_options"] = shifted_options(self.extra.get("model_options", {}), top // self.patch,
+                                                         left // self.patch)
+            i = idx.to(x.device)
+            with rows_of_call(idx), _swapped(guider, "conds", dict(zip(keys, placed))), self._inpaint_at(
+                    rows.select(idx), extra):
+                out[i] = self.model(x[i], sigma[i], **extra)
         return out
+
+    @contextmanager
+    def _inpaint_at(self, rows: Rows, extra: dict):
+        """ComfyUI's inpainting (a noise mask: the start latent and its noise kept outside the mask) at
+        the rows' windows."""
+        mask = self.extra.get("denoise_mask")
+        if mask is None:
+            yield
+            return
+        extra["denoise_mask"] = placed_tensor(mask, rows)
+        with _swapped(self.model, "latent_image", placed_tensor(self.model.latent_image, rows)), _swapped(
+                self.model, "noise", placed_tensor(getattr(self.model, "noise", None), rows)):
+            yield
+
+
+@contextmanager
+def _swapped(obj, name: str, value):
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
 
 
 FUSION_SAMPLERS = ("euler", "heun", "ddim", "ddpm")
@@ -457,8 +493,10 @@ def fuse_canvas(model, x, sigmas, extra, mode, sampler, window, stride, vcf, opt
             -1, 1, 1, 1)
     inner = model.inner_model.inner_model if hasattr(model, "inner_model") else None
     net = getattr(inner, "diffusion_model", None)
-    placed = net is not None and hasattr(net, "process_img")
-    windows = ComfyWindows(model, extra, placed, network_multiple(inner) if placed else 1)
+    by_place = net is not None and hasattr(net, "process_img")
+    conds = getattr(model.inner_model, "conds", None) or {}
+    placed = extra.get("denoise_mask") is not None or any(positional(c) for c in conds.values())
+    windows = ComfyWindows(model, extra, by_place, network_multiple(inner) if by_place else 1, placed)
     step = comfy_step(sampler, model) if sampler in COMFY_SAMPLERS else sampler
     report = None if callback is None else (lambda i, x_, d, s: callback({"i": i, "x": x_, "denoised": d}))
     return run_fused(windows, x, sigmas.to(torch.float64), None, lay, fuse, weighting, step, noise, vcf, seeds,
