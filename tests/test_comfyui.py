@@ -12,7 +12,7 @@ COMFYUI = os.environ.get("COMFYUI_PATH") or os.path.join(ROOT, "..", "shared", "
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(COMFYUI, "comfy")), reason=f"no ComfyUI at {COMFYUI}")
-@pytest.mark.parametrize("cases", ["cases.py", "server.py"])
+@pytest.mark.parametrize("cases", ["cases.py", "placed.py", "server.py"])
 def test_nodes_inside_comfyui(cases):
     folder = os.path.join(ROOT, "tests", "comfyui_cases")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", folder,

@@ -278,6 +278,23 @@ def weak_maker(weight: float, weak, lo: float, hi: float) -> Callable:
     return make
 
 
+def check_weak(model, weak) -> None:
+    """A weak model must take the strong one's latents and conditioning: the same latent space, input
+    channels, text context width and class / size embedding; say which differs."""
+    def spec(m):
+        unet = getattr(getattr(m, "model_config", None), "unet_config", {}) or {}
+        return {"model": type(m).__name__, "latent space": type(getattr(m, "latent_format", None)).__name__,
+                "input channels": unet.get("in_channels"), "text context width": unet.get("context_dim"),
+                "class / size embedding width": unet.get("adm_in_channels")}
+    strong, other = spec(model), spec(weak)
+    differ = [k for k in strong if strong[k] != other[k]]
+    if differ:
+        said = "; ".join(f"{k}: {strong[k]} vs {other[k]}" for k in differ)
+        raise WindowguideError(f"the weak model is of another architecture than the model it guides ({said}); "
+                               f"autoguidance needs a weaker model of the same kind (fewer steps trained, smaller, "
+                               f"or weight-decayed) on the same latents and conditioning")
+
+
 class _WeakNet(Denoiser):
     """The weak MODEL's network, called on the conditional conditioning of the step in progress."""
 
@@ -289,6 +306,8 @@ class _WeakNet(Denoiser):
         return self
 
     def forward(self, x, sigma, cond):
+        if _STEP_MODEL.get() is not None:
+            check_weak(_STEP_MODEL.get(), self.patcher.model)
         if self.load:                          # ComfyUI loads (and patches) the models a sampler names; this
             import comfy.model_management as mm    # one it does not know of
             mm.load_models_gpu([self.patcher])
