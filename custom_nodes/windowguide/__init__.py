@@ -1,6 +1,6 @@
-"""ComfyUI's entry to windowguide's nodes: put this folder in ComfyUI's ``custom_nodes`` (copy or link
-it) with windowguide installed in ComfyUI's Python (``pip install windowguide``). The nodes are in
-``windowguide.comfyui``; every formula is windowguide's own."""
-from windowguide.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+"""ComfyUI's entry to windowguide's nodes, for a ComfyUI where windowguide is pip-installed: copy or link
+this folder into ComfyUI's ``custom_nodes``. (A clone of the whole repository in ``custom_nodes`` loads
+through the repository's root ``__init__.py`` instead.) The nodes are in ``windowguide.comfyui``."""
+from windowguide.comfyui import WEB_DIRECTORY, comfy_entrypoint
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

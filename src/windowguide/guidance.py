@@ -216,15 +216,15 @@ class _Request:
     sigma: torch.Tensor
     cond: Cond
     result: torch.Tensor | None = None
-    region: torch.Tensor | None = None     # [n, 4] crop placement; None = the whole image
+    region: torch.Tensor | None = None     # [n, 2D] crop placement (starts, canvas); None = the whole input
     source: torch.Tensor | None = None     # [n] the row of the guided denoiser's input each row comes from
     samples: torch.Tensor | None = None    # [n] the canvas sample each row belongs to (``current_samples``)
 
     def regions(self) -> torch.Tensor:
         if self.region is not None:
             return self.region
-        h, w = self.x.shape[-2:]
-        return torch.tensor([[0, 0, h, w]], dtype=torch.long).repeat(self.x.shape[0], 1)
+        sizes = tuple(self.x.shape[2:])
+        return torch.tensor([(0,) * len(sizes) + sizes], dtype=torch.long).repeat(self.x.shape[0], 1)
 
 
 @dataclass
@@ -628,7 +628,8 @@ class GuidedDenoiser(Denoiser):
             r.samples = src if outer_samples is None else outer_samples[src.to(outer_samples.device)]
             if outer is not None:
                 inner, o = r.regions(), outer[src].to(r.regions().dtype)
-                r.region = torch.stack([o[:, 0] + inner[:, 0], o[:, 1] + inner[:, 1], o[:, 2], o[:, 3]], 1)
+                d = inner.shape[1] // 2            # starts add up on every axis; the canvas is the outer one's
+                r.region = torch.cat([o[:, :d] + inner[:, :d], o[:, d:]], 1)
         groups: dict[tuple, list[_Request]] = {}
         for r in requests:
             groups.setdefault((id(r.net), tuple(r.x.shape[1:]), r.x.dtype), []).append(r)

@@ -16,13 +16,13 @@ def sd15():
 def test_mswg_weight_zero_is_the_unpatched_sampler_bit_for_bit(sd15):
     pos, neg = conditioning(1), conditioning(2)
     plain = ksample(sd15, pos, neg, 3.0)
-    (m,) = nodes.SlidingWindowGuidance().patch(sd15, 0.0, True, 0.625, 2, 0.0, 1.0)
+    (m,) = nodes.SlidingWindowGuidance.execute(sd15, 0.0, True, 0.625, 2, 0.0, 1.0)
     assert torch.equal(ksample(m, pos, neg, 3.0), plain)
 
 
 def test_mswg_equals_windowguides_sampler_with_one_crop_call_per_step(sd15):
     pos, neg = conditioning(1), conditioning(2)
-    (m,) = nodes.SlidingWindowGuidance().patch(sd15, 0.5, True, 0.625, 2, 0.0, 1.0)
+    (m,) = nodes.SlidingWindowGuidance.execute(sd15, 0.5, True, 0.625, 2, 0.0, 1.0)
     m, calls = counted(m)
     out = ksample(m, pos, neg, 3.0)
     ref = ours(sd15, pos, neg, 3.0, wg.MSWG(0.5, window=10))
@@ -33,7 +33,7 @@ def test_mswg_equals_windowguides_sampler_with_one_crop_call_per_step(sd15):
 
 def test_sgg_is_cfg_above_the_split_and_mswg_below_with_two_evaluations_per_step(sd15):
     pos, neg = conditioning(1), conditioning(2)
-    (m,) = nodes.SegmentedGuidance().patch(sd15, 0.5, "mswg", 0.5, 0.625, 2, "7,8,9")
+    (m,) = nodes.SegmentedGuidance.execute(sd15, 0.5, "mswg", 0.5, 0.625, 2, "7,8,9")
     m, calls = counted(m)
     out = ksample(m, pos, neg, 3.0)
     split = sd15.get_model_object("model_sampling").percent_to_sigma(0.5)
@@ -51,9 +51,9 @@ def test_sgg_is_cfg_above_the_split_and_mswg_below_with_two_evaluations_per_step
 def test_two_model_autoguidance_and_its_interval(sd15):
     pos, neg = conditioning(1), conditioning(2)
     weak = tiny_sd15(seed=5)
-    (m,) = nodes.TwoModelAutoguidance().patch(sd15, weak, 0.0, 0.0, 1.0)
+    (m,) = nodes.TwoModelAutoguidance.execute(sd15, weak, 0.0, 0.0, 1.0)
     assert torch.equal(ksample(m, pos, neg, 1.0), ksample(sd15, pos, neg, 1.0))
-    (m,) = nodes.TwoModelAutoguidance().patch(sd15, weak, 1.0, 0.25, 1.0)
+    (m,) = nodes.TwoModelAutoguidance.execute(sd15, weak, 1.0, 0.25, 1.0)
     out = ksample(m, pos, neg, 1.0)
     hi = sd15.get_model_object("model_sampling").percent_to_sigma(0.25)
     from windowguide.integrations.comfyui import _WeakNet
@@ -63,9 +63,9 @@ def test_two_model_autoguidance_and_its_interval(sd15):
 
 def test_cfg_interval_runs_cfg_only_inside_and_skips_the_uncond_outside(sd15):
     pos, neg = conditioning(1), conditioning(2)
-    (m,) = nodes.GuidanceInterval().patch(sd15, 0.0, 1.0)
+    (m,) = nodes.GuidanceInterval.execute(sd15, 0.0, 1.0)
     assert torch.equal(ksample(m, pos, neg, 3.0), ksample(sd15, pos, neg, 3.0))
-    (m,) = nodes.GuidanceInterval().patch(sd15, 0.3, 0.8)
+    (m,) = nodes.GuidanceInterval.execute(sd15, 0.3, 0.8)
     m, calls = counted(m)
     out = ksample(m, pos, neg, 3.0)
     sampling = sd15.get_model_object("model_sampling")
@@ -76,32 +76,32 @@ def test_cfg_interval_runs_cfg_only_inside_and_skips_the_uncond_outside(sd15):
 
 def test_recipe_node_and_the_clis_messages(sd15):
     pos, neg = conditioning(1), conditioning(2)
-    (m,) = nodes.Recipe().patch(sd15, "cfg:w=2+swg:w=0.3,window=12")
+    (m,) = nodes.Recipe.execute(sd15, "cfg:w=2+swg:w=0.3,window=12")
     out = ksample(m, pos, neg, 3.0)
     assert close(sd15, out, ours(sd15, pos, neg, 3.0, wg.SWG(0.3, window=12)))
     from windowguide.errors import WindowguideError
-    (m,) = nodes.Recipe().patch(sd15, "cfg:w=2+mswg:w=0.5")
+    (m,) = nodes.Recipe.execute(sd15, "cfg:w=2+mswg:w=0.5")
     with pytest.raises(WindowguideError, match="cfg:w=2 is the sampler's cfg = 1 \\+ w = 3"):
         ksample(m, pos, neg, 5.0)
-    for bad, match in ((lambda: nodes.Recipe().patch(sd15, "mswg:w=0.5,first=2"), "step ranges"),
-                       (lambda: nodes.Recipe().patch(sd15, "mswg:w=abc"), "w"),
-                       (lambda: nodes.SlidingWindowGuidance().patch(sd15, 0.5, True, 0.625, 1, 0.0, 1.0),
+    for bad, match in ((lambda: nodes.Recipe.execute(sd15, "mswg:w=0.5,first=2"), "step ranges"),
+                       (lambda: nodes.Recipe.execute(sd15, "mswg:w=abc"), "w"),
+                       (lambda: nodes.SlidingWindowGuidance.execute(sd15, 0.5, True, 0.625, 1, 0.0, 1.0),
                         "windows_per_side 1"),
-                       (lambda: nodes.SlidingWindowGuidance().patch(sd15, 0.5, True, 0.625, 2, 0.7, 0.2),
+                       (lambda: nodes.SlidingWindowGuidance.execute(sd15, 0.5, True, 0.625, 2, 0.7, 0.2),
                         "start_percent 0.7 must be below"),
-                       (lambda: nodes.SegmentedGuidance().patch(sd15, 0.5, "autoguidance", 0.5, 0.6, 2, "7"),
+                       (lambda: nodes.SegmentedGuidance.execute(sd15, 0.5, "autoguidance", 0.5, 0.6, 2, "7"),
                         "needs the weak model")):
         with pytest.raises(WindowguideError, match=match):
             bad()
-    (m,) = nodes.SlidingWindowGuidance().patch(sd15, 0.5, True, 16.0, 2, 0.0, 1.0)    # 16 + 16 = 16: no overlap
+    (m,) = nodes.SlidingWindowGuidance.execute(sd15, 0.5, True, 16.0, 2, 0.0, 1.0)    # 16 + 16 = 16: no overlap
     with pytest.raises(WindowguideError, match="window"):
         ksample(m, pos, neg, 3.0)
 
 
 def test_nodes_chain_with_each_other(sd15):
     pos, neg = conditioning(1), conditioning(2)
-    (m,) = nodes.SlidingWindowGuidance().patch(sd15, 0.4, True, 0.625, 2, 0.0, 1.0)
-    (m,) = nodes.GuidanceInterval().patch(m, 0.0, 0.5)
+    (m,) = nodes.SlidingWindowGuidance.execute(sd15, 0.4, True, 0.625, 2, 0.0, 1.0)
+    (m,) = nodes.GuidanceInterval.execute(m, 0.0, 0.5)
     out = ksample(m, pos, neg, 3.0)
     sampling = sd15.get_model_object("model_sampling")
     lo = sampling.percent_to_sigma(0.5)
@@ -117,7 +117,7 @@ def test_sdxl_crops_get_their_own_size_conditioning():
     from windowguide.windows import layout
     model = tiny_sdxl()
     pos, neg = conditioning(1, pooled=True), conditioning(2, pooled=True)
-    (m,) = nodes.SlidingWindowGuidance().patch(model, 0.5, True, 0.625, 2, 0.0, 1.0)
+    (m,) = nodes.SlidingWindowGuidance.execute(model, 0.5, True, 0.625, 2, 0.0, 1.0)
     out = ksample(m, pos, neg, 3.0)
     assert close(model, out, ours(model, pos, neg, 3.0, wg.MSWG(0.5, window=10)))
     from harness import captured
@@ -143,7 +143,7 @@ def test_flux_crops_are_placed_on_the_canvas_through_rope_options():
         img, ids = original(x, *args, **kw)
         seen.append((tuple(x.shape[-2:]), ids[0].clone()))
         return img, ids
-    (m,) = nodes.SlidingWindowGuidance().patch(model, 0.5, True, 0.625, 2, 0.0, 1.0)
+    (m,) = nodes.SlidingWindowGuidance.execute(model, 0.5, True, 0.625, 2, 0.0, 1.0)
     net.process_img = process_img
     try:
         out = ksample(m, pos, neg, 2.0, steps=2)
@@ -192,7 +192,7 @@ def test_fusion_sampler_equals_windowguides_fusion(sd15, mode, sampler, vcf, eta
     import comfy.sample
     import comfy.samplers
     pos, neg = conditioning(1), conditioning(2)
-    (ks,) = nodes.FusionSampler().build(sampler, mode, 16, 8, vcf, eta, 0.0, False)
+    (ks,) = nodes.FusionSampler.execute(sampler, mode, 16, 8, vcf, eta, 0.0, False)
     shape, seed = (1, 4, 16, 40), 11
     sigmas = comfy.samplers.calculate_sigmas(sd15.get_model_object("model_sampling"), "normal", 3)
     noise = comfy.sample.prepare_noise(torch.zeros(shape), seed)
@@ -206,17 +206,17 @@ def test_fusion_sampler_equals_windowguides_fusion(sd15, mode, sampler, vcf, eta
 def test_fusion_sampler_refuses_what_it_cannot_do(sd15):
     from windowguide.errors import WindowguideError
     with pytest.raises(WindowguideError, match="VCF corrects noise added after the fused update"):
-        nodes.FusionSampler().build("euler", "gf", 16, 8, True, 0.0, 0.0, False)
+        nodes.FusionSampler.execute("euler", "gf", 16, 8, True, 0.0, 0.0, False)
     with pytest.raises(WindowguideError, match="sampler 'dpmpp_2m'"):
-        nodes.FusionSampler().build("dpmpp_2m", "gf", 16, 8, False, 0.0, 0.0, False)
+        nodes.FusionSampler.execute("dpmpp_2m", "gf", 16, 8, False, 0.0, 0.0, False)
     with pytest.raises(WindowguideError, match="style_alpha 1.5"):
-        nodes.FusionSampler().build("euler", "gf", 16, 8, False, 0.0, 1.5, False)
+        nodes.FusionSampler.execute("euler", "gf", 16, 8, False, 0.0, 1.5, False)
 
 
 def test_max_batch_splits_the_crops_and_changes_nothing_else(sd15):
     pos, neg = conditioning(1), conditioning(2)
-    (a,) = nodes.SlidingWindowGuidance().patch(sd15, 0.5, True, 0.625, 2, 0.0, 1.0)
-    (b,) = nodes.SlidingWindowGuidance().patch(sd15, 0.5, True, 0.625, 2, 0.0, 1.0, max_batch=1)
+    (a,) = nodes.SlidingWindowGuidance.execute(sd15, 0.5, True, 0.625, 2, 0.0, 1.0)
+    (b,) = nodes.SlidingWindowGuidance.execute(sd15, 0.5, True, 0.625, 2, 0.0, 1.0, max_batch=1)
     b, calls = counted(b)
     assert close(sd15, ksample(b, pos, neg, 3.0), ksample(a, pos, neg, 3.0), 1e-6)
     assert calls == [(2, 4, 16, 16)] + [(1, 4, 10, 10)] * 4 + [(2, 4, 16, 16)] + [(1, 4, 10, 10)] * 4 + \
@@ -232,7 +232,7 @@ def test_fusion_view_batch_caps_the_windows_per_call(sd15):
     noise = comfy.sample.prepare_noise(torch.zeros(shape), seed)
     outs, counts = [], []
     for view_batch in (0, 2):
-        (ks,) = nodes.FusionSampler().build("euler", "gf", 16, 8, False, 0.0, 0.0, False, view_batch)
+        (ks,) = nodes.FusionSampler.execute("euler", "gf", 16, 8, False, 0.0, 0.0, False, view_batch)
         m, calls = counted(sd15)
         outs.append(comfy.sample.sample_custom(m, noise, 3.0, ks, sigmas, pos, neg, torch.zeros(shape), seed=seed,
                                                disable_pbar=True))
@@ -246,7 +246,7 @@ def test_sgg_with_skip_layer_on_a_flux_transformer():
     from windowguide.integrations.comfyui import skip_negative
     model = tiny_flux()
     pos, neg = conditioning(1, pooled=True), conditioning(2, pooled=True)
-    (m,) = nodes.SegmentedGuidance().patch(model, 0.5, "skip_layer", 3.0, 0.625, 2, "0")
+    (m,) = nodes.SegmentedGuidance.execute(model, 0.5, "skip_layer", 3.0, 0.625, 2, "0")
     out = ksample(m, pos, neg, 2.0, steps=4)
     split = model.get_model_object("model_sampling").percent_to_sigma(0.5)
     g = wg.Custom(skip_negative([0]), 3.0, name="skip_layer", sigma_hi=split)
@@ -255,7 +255,7 @@ def test_sgg_with_skip_layer_on_a_flux_transformer():
     plain = ksample(model, pos, neg, 2.0, steps=4)           # the term changes the result far beyond round-off
     assert (out - plain).abs().max() > 100 * max((out - ref).abs().max(), 1e-7)
     from windowguide.errors import WindowguideError
-    (bad,) = nodes.SegmentedGuidance().patch(model, 0.5, "skip_layer", 1.5, 0.625, 2, "5")
+    (bad,) = nodes.SegmentedGuidance.execute(model, 0.5, "skip_layer", 1.5, 0.625, 2, "5")
     with pytest.raises(WindowguideError, match="skip-layer blocks \\[5\\]: this model has 1"):
         ksample(bad, pos, neg, 2.0, steps=4)
 
@@ -275,7 +275,7 @@ def test_fusion_under_comfyuis_euler_ancestral_with_vcf(sd15, vcf):
     pos, neg = conditioning(1), conditioning(2)
     shape, seed = (1, 4, 16, 40), 11
     sigmas = comfy.samplers.calculate_sigmas(sd15.get_model_object("model_sampling"), "normal", 3)
-    (ks,) = nodes.FusionSampler().build("euler_ancestral", "multidiffusion", 16, 8, vcf, 0.0, 0.0, False)
+    (ks,) = nodes.FusionSampler.execute("euler_ancestral", "multidiffusion", 16, 8, vcf, 0.0, 0.0, False)
     out = comfy.sample.sample_custom(sd15, comfy.sample.prepare_noise(torch.zeros(shape), seed), 3.0, ks, sigmas,
                                      pos, neg, torch.zeros(shape), seed=seed, disable_pbar=True)
     seen = captured(sd15, pos, neg, 3.0, shape=shape, seed=seed)
@@ -308,16 +308,16 @@ def test_vcf_under_comfyuis_samplers_reuses_the_predictions_and_refuses_what_has
     sigmas = comfy.samplers.calculate_sigmas(sd15.get_model_object("model_sampling"), "normal", 2)
     counts = []
     for vcf in (False, True):
-        (ks,) = nodes.FusionSampler().build("euler_ancestral", "gf", 16, 8, vcf, 0.0, 0.0, False)
+        (ks,) = nodes.FusionSampler.execute("euler_ancestral", "gf", 16, 8, vcf, 0.0, 0.0, False)
         m, calls = counted(sd15)
         comfy.sample.sample_custom(m, comfy.sample.prepare_noise(torch.zeros(shape), 1), 3.0, ks, sigmas, pos, neg,
                                    torch.zeros(shape), seed=1, disable_pbar=True)
         counts.append(calls)
     assert counts[0] == counts[1] == [(8, 4, 16, 16)] * 2        # one batched call of 4 windows x (cond, uncond)
     with pytest.raises(WindowguideError, match="VCF with 'dpm_2'"):
-        nodes.FusionSampler().build("dpm_2", "gf", 16, 8, True, 0.0, 0.0, False)
+        nodes.FusionSampler.execute("dpm_2", "gf", 16, 8, True, 0.0, 0.0, False)
     with pytest.raises(WindowguideError, match="mode 'gaussian'"):
-        nodes.FusionSampler().build("euler_ancestral", "gaussian", 16, 8, False, 0.0, 0.0, False)
+        nodes.FusionSampler.execute("euler_ancestral", "gaussian", 16, 8, False, 0.0, 0.0, False)
 
 
 @pytest.mark.parametrize("sampler", ["dpm_2", "lcm", "dpm_2_ancestral"])
@@ -328,7 +328,7 @@ def test_fusion_runs_every_offered_comfy_sampler_through_the_one_loop(sd15, samp
     pos, neg = conditioning(1), conditioning(2)
     shape = (1, 4, 16, 40)
     sigmas = comfy.samplers.calculate_sigmas(sd15.get_model_object("model_sampling"), "normal", 2)
-    (ks,) = nodes.FusionSampler().build(sampler, "gf", 16, 8, False, 0.0, 0.0, False)
+    (ks,) = nodes.FusionSampler.execute(sampler, "gf", 16, 8, False, 0.0, 0.0, False)
     out = comfy.sample.sample_custom(sd15, comfy.sample.prepare_noise(torch.zeros(shape), 3), 3.0, ks, sigmas, pos,
                                      neg, torch.zeros(shape), seed=3, disable_pbar=True)
     assert out.shape == shape and bool(torch.isfinite(out).all())
@@ -344,7 +344,7 @@ def test_fusion_sampler_stops_on_a_non_finite_state_with_a_message(sd15):
     pos, neg = conditioning(1), conditioning(2)
     shape = (1, 4, 16, 40)
     sigmas = comfy.samplers.calculate_sigmas(sd15.get_model_object("model_sampling"), "normal", 2)
-    (ks,) = nodes.FusionSampler().build("euler", "gf", 16, 8, False, 0.0, 0.0, False)
+    (ks,) = nodes.FusionSampler.execute("euler", "gf", 16, 8, False, 0.0, 0.0, False)
     with pytest.raises(WindowguideError, match="prediction is NaN or infinite for seeds \\[3\\]"):
         comfy.sample.sample_custom(m, comfy.sample.prepare_noise(torch.zeros(shape), 3), 3.0, ks, sigmas, pos, neg,
                                    torch.zeros(shape), seed=3, disable_pbar=True)

@@ -141,7 +141,7 @@ def test_every_controlnet_call_gets_the_hint_cut_at_its_place(sd15, how):
     positive, negative = with_controlnet(conditioning(1), conditioning(2), control, image)
     model = sd15
     if "mswg" in how:
-        model = nodes.SlidingWindowGuidance().patch(sd15, 0.5, True, 0.625, 2, 0.0, 1.0)[0]
+        model = nodes.SlidingWindowGuidance.execute(sd15, 0.5, True, 0.625, 2, 0.0, 1.0)[0]
     canvas = (24, 32) if "fusion" in how else (16, 16)
     start = latent((2, 4) + canvas)
     if "fusion" in how:
@@ -253,7 +253,7 @@ def test_an_inpainting_model_under_the_fusion_sampler(sd15):
 def test_a_weak_model_of_another_architecture_is_named(sd15):
     """Autoguidance with a weak model of another architecture: a message naming what differs, not
     ComfyUI's tensor error."""
-    model = nodes.TwoModelAutoguidance().patch(sd15, tiny_inpainting(), 1.0, 0.0, 1.0)[0]
+    model = nodes.TwoModelAutoguidance.execute(sd15, tiny_inpainting(), 1.0, 0.0, 1.0)[0]
     with pytest.raises(WindowguideError, match="input channels: 4 vs 9"):
         ksampler(model, conditioning(1), conditioning(2), latent((1, 4, 16, 16)), denoise=1.0, steps=1)
 

@@ -104,7 +104,7 @@ def test_the_example_workflow_runs_in_comfyuis_server(server, tmp_path):
     from PIL import Image
     got = np.asarray(Image.open(base / "output" / image["subfolder"] / image["filename"]))
     # the same workflow in this process: the node, ComfyUI's KSampler, the latent-to-image stand-in
-    (guided,) = nodes.SlidingWindowGuidance().patch(model, 0.5, True, 0.625, 2, 0.0, 1.0)
+    (guided,) = nodes.SlidingWindowGuidance.execute(model, 0.5, True, 0.625, 2, 0.0, 1.0)
     latent = ksample(guided, conditioning(1), conditioning(2), 3.0, steps=3, shape=(1, 4, 16, 16), seed=3)
     want = np.clip(255.0 * latent_to_image(latent)[0].numpy(), 0, 255).astype(np.uint8)
     assert got.shape == (16, 16, 3) and np.abs(got.astype(int) - want.astype(int)).max() <= 1

@@ -49,13 +49,17 @@ def _group_norm(norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 def _resnet(block, x: torch.Tensor, tile: int, device) -> torch.Tensor:
-    h = block.nonlinearity(_group_norm(block.norm1, x))
+    """A VAE resnet block, x + conv2(act(norm2(conv1(act(norm1 x))))), in diffusers' layout (``nonlinearity``,
+    ``conv_shortcut``, ``output_scale_factor``) or the original LDM one (``swish``, ``nin_shortcut``)."""
+    act = getattr(block, "nonlinearity", None) or F.silu
+    h = act(_group_norm(block.norm1, x))
     h = _conv(block.conv1, h, tile, device)
-    h = block.nonlinearity(_group_norm(block.norm2, h))
+    h = act(_group_norm(block.norm2, h))
     h = _conv(block.conv2, h, tile, device)
-    if block.conv_shortcut is not None:
-        x = _conv(block.conv_shortcut, x, tile, device)
-    return (x + h) / block.output_scale_factor
+    shortcut = getattr(block, "conv_shortcut", None) or getattr(block, "nin_shortcut", None)
+    if shortcut is not None:
+        x = _conv(shortcut, x, tile, device)
+    return (x + h) / getattr(block, "output_scale_factor", 1.0)
 
 
 def _check(vae) -> None:
@@ -132,4 +136,68 @@ def encode_tiled(vae, x: torch.Tensor, tile: int = 256, store: str | torch.devic
     return h
 
 
-__all__ = ["decode_tiled", "encode_tiled"]
+def _check_ldm(model) -> None:
+    """The original LDM layout (ComfyUI's ``AutoencoderKL``): ``encoder.down[i].block / .downsample``,
+    ``decoder.up[i].block / .upsample``, ``mid.block_1 / attn_1 / block_2``, 2-D convolutions, no attention
+    outside the middle block."""
+    enc, dec = getattr(model, "encoder", None), getattr(model, "decoder", None)
+    name = type(model).__name__
+    if enc is None or dec is None or not hasattr(enc, "down") or not hasattr(dec, "up"):
+        raise WindowguideError(f"exact tiled VAE: {name} is not an AutoencoderKL of the LDM layout (the SD 1.x / 2.x / "
+                               f"XL / SD3 / FLUX VAEs); use ComfyUI's VAE Decode (Tiled) for it")
+    for level in list(enc.down) + list(dec.up):
+        if len(getattr(level, "attn", [])) or any(b.conv1.weight.ndim != 4 for b in level.block):
+            raise WindowguideError(f"exact tiled VAE: {name} has attention or 3-D convolutions outside its middle block "
+                                   f"(a video VAE?); supported: the image AutoencoderKL")
+        for r in ("downsample", "upsample"):
+            if hasattr(level, r) and not getattr(level, r).with_conv:
+                raise WindowguideError(f"exact tiled VAE: {name} resamples without a convolution")
+    if getattr(dec, "tanh_out", False) or getattr(dec, "give_pre_end", False):
+        raise WindowguideError(f"exact tiled VAE: {name}'s decoder ends otherwise than norm, SiLU, conv")
+
+
+@torch.no_grad()
+def ldm_decode_tiled(model, z: torch.Tensor, tile: int = 256, store: str | torch.device = "cpu") -> torch.Tensor:
+    """``model.decode(z)`` of an LDM-layout AutoencoderKL (ComfyUI's ``first_stage_model``), as
+    ``decode_tiled``: every GroupNorm over the whole image, every convolution in ``tile`` x ``tile``
+    output tiles, the middle block (global attention at latent size) whole."""
+    _check_ldm(model)
+    dec, device = model.decoder, next(model.parameters()).device
+    h = z.to(device, next(model.parameters()).dtype)
+    if getattr(model, "post_quant_conv", None) is not None:
+        h = model.post_quant_conv(h)
+    h = dec.conv_in(h)
+    h = dec.mid.block_2(dec.mid.attn_1(dec.mid.block_1(h, None)), None).to(store)
+    for level in reversed(range(len(dec.up))):
+        up = dec.up[level]
+        for block in up.block:
+            h = _resnet(block, h, tile, device)
+        if level != 0:
+            h = _conv(up.upsample.conv, F.interpolate(h, scale_factor=2.0, mode="nearest"), tile, device)
+    h = F.silu(_group_norm(dec.norm_out, h))
+    return _conv(dec.conv_out, h, tile, device)
+
+
+@torch.no_grad()
+def ldm_encode_tiled(model, x: torch.Tensor, tile: int = 256, store: str | torch.device = "cpu") -> torch.Tensor:
+    """The latent mean of ``model.encode(x)`` (x in [-1, 1]) of an LDM-layout AutoencoderKL: the encoder
+    as ``encode_tiled`` runs it (each strided downsampling conv after the layout's (0, 1, 0, 1) padding),
+    then ``quant_conv``, then the mean half of the moments (the mode ComfyUI encodes to)."""
+    _check_ldm(model)
+    enc, device = model.encoder, next(model.parameters()).device
+    h = _conv(enc.conv_in, x.to(store, next(model.parameters()).dtype), tile, device)
+    for level, down in enumerate(enc.down):
+        for block in down.block:
+            h = _resnet(block, h, tile, device)
+        if level != len(enc.down) - 1:
+            h = _conv(down.downsample.conv, F.pad(h, (0, 1, 0, 1)), tile, device)
+    h = h.to(device)
+    h = enc.mid.block_2(enc.mid.attn_1(enc.mid.block_1(h, None)), None).to(store)
+    h = _conv(enc.conv_out, F.silu(_group_norm(enc.norm_out, h)), tile, device)
+    if getattr(model, "quant_conv", None) is not None:
+        h = _conv(model.quant_conv, h, tile, device)
+    gaussian = type(getattr(model, "regularization", None)).__name__ == "DiagonalGaussianRegularizer"
+    return h.chunk(2, dim=1)[0] if gaussian else h
+
+
+__all__ = ["decode_tiled", "encode_tiled", "ldm_decode_tiled", "ldm_encode_tiled"]

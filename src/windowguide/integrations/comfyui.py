@@ -53,9 +53,21 @@ def comfy():
 
 @dataclass(frozen=True)
 class Window:
-    """A window size given as a fraction of the latent side (<= 1) or in latent pixels (> 1)."""
+    """A window size given as a fraction of the latent side (<= 1) or in latent pixels (> 1); on a video
+    latent, ``frames`` latent frames long (0: the whole clip)."""
     size: float
     per_side: int = 2
+    frames: int = 0
+
+    def sizes(self, shape, multiple: int) -> tuple:
+        """The window on a latent of ``shape``: (h, w) for an image, (t, h, w) for a video."""
+        h, w = self.pixels(shape[-2], multiple), self.pixels(shape[-1], multiple)
+        if len(shape) == 2:
+            return h, w
+        if self.frames > shape[0]:
+            raise WindowguideError(f"window_frames {self.frames} on a clip of {shape[0]} latent frames: accepted: "
+                                   f"1 to {shape[0]}, or 0 for the whole clip")
+        return (self.frames or shape[0], h, w)
 
     def pixels(self, side: int, multiple: int) -> int:
         """The window side for a latent side: a fraction f is ``windows.default_window(side, multiple, f)``
@@ -133,7 +145,7 @@ def _post_cfg(args):
     x, sigma, positive, model = args["input"], args["sigma"], args["cond_denoised"], args["model"]
     check_placeable(args["cond"])
     net = ComfyDenoiser(model, [args["cond"]], args["model_options"])
-    terms = rules.terms(tuple(x.shape[-2:]), net.multiple, model)
+    terms = rules.terms(tuple(x.shape[2:]), net.multiple, model)
     guided = GuidedDenoiser(KnownPositive(net, x, positive), terms, rules.max_batch)
     guided.check(tuple(x.shape[1:]))
     if not any(bool(t.active(sigma.flatten()[:1]).any()) for t in terms):
@@ -252,8 +264,7 @@ def swg_maker(weight: float, window: Window, masked: bool, lo: float, hi: float)
     cls = MSWG if masked else SWG
 
     def make(shape, multiple, model):
-        size = (window.pixels(shape[0], multiple), window.pixels(shape[1], multiple))
-        return cls(float(weight), size, window.per_side, sigma_lo=lo, sigma_hi=hi)
+        return cls(float(weight), window.sizes(shape, multiple), window.per_side, sigma_lo=lo, sigma_hi=hi)
     return make
 
 
@@ -441,6 +452,38 @@ def _swapped(obj, name: str, value):
         setattr(obj, name, old)
 
 
+def vae_decode_tiled(vae, samples: torch.Tensor, tile: int) -> torch.Tensor:
+    """ComfyUI's ``VAE.decode`` (IMAGE [B, H, W, C] in [0, 1]) computed as ``vae_tiling.ldm_decode_tiled``:
+    whole-image GroupNorm statistics, convolutions in ``tile`` x ``tile`` output tiles; equal to the
+    one-piece decode up to float rounding, at any tile size (ComfyUI's VAE Decode (Tiled) averages three
+    overlapping tilings instead, each tile normalised by itself)."""
+    from ..adapters.vae_tiling import ldm_decode_tiled
+    import comfy.model_management as mm
+    vae.throw_exception_if_invalid()
+    mm.load_models_gpu([vae.patcher])
+    z = samples[:, :, 0] if samples.ndim == 5 else samples
+    out = ldm_decode_tiled(vae.first_stage_model, z.to(vae.vae_dtype), _tile(tile), store=vae.output_device)
+    return vae.process_output(out.to(vae.output_device).float()).movedim(1, -1)
+
+
+def vae_encode_tiled(vae, pixels: torch.Tensor, tile: int) -> torch.Tensor:
+    """ComfyUI's ``VAE.encode`` (the latent mean, its pixels cropped to the VAE's multiple as ComfyUI does)
+    computed as ``vae_tiling.ldm_encode_tiled``: equal to the one-piece encode up to float rounding."""
+    from ..adapters.vae_tiling import ldm_encode_tiled
+    import comfy.model_management as mm
+    vae.throw_exception_if_invalid()
+    mm.load_models_gpu([vae.patcher])
+    x = vae.process_input(vae.vae_encode_crop_pixels(pixels).movedim(-1, 1))
+    return ldm_encode_tiled(vae.first_stage_model, x.to(vae.vae_dtype), _tile(tile), store=vae.output_device).to(
+        vae.output_device).float()
+
+
+def _tile(tile) -> int:
+    if isinstance(tile, bool) or int(tile) != tile or int(tile) < 8:
+        raise WindowguideError(f"tile_size {tile!r}: accepted: an integer >= 8 (pixels of a convolution's output tile)")
+    return int(tile)
+
+
 FUSION_SAMPLERS = ("euler", "heun", "ddim", "ddpm")
 # ComfyUI's own samplers that take one step at a time (no history across steps), run per step on all
 # windows; those that add their noise after the update can take VCF (the step's mean is the same step
@@ -450,7 +493,8 @@ COMFY_VCF = ("euler_ancestral", "dpm_2_ancestral", "lcm")
 
 
 def fusion_sampler(mode: str = "gf", sampler: str = "euler", window: int = 64, stride: int = 16, vcf: bool = False,
-                   eta: float = 0.0, style_alpha: float = 0.0, circular: bool = False, view_batch: int = 0):
+                   eta: float = 0.0, style_alpha: float = 0.0, circular: bool = False, view_batch: int = 0,
+                   window_frames: int = 0, frame_stride: int = 0):
     """A ComfyUI KSAMPLER that denoises a canvas larger than the model from overlapping windows
     (``windowguide.fusion``): MultiDiffusion (uniform state fusion), Guided Fusion (cone weights), gaussian
     prediction fusion; VCF for DDPM / DDIM with eta > 0; style alignment of the initial noise; circular
@@ -474,31 +518,51 @@ def fusion_sampler(mode: str = "gf", sampler: str = "euler", window: int = 64, s
     for name, v in (("window", window), ("stride", stride)):
         if int(v) < 1:
             raise WindowguideError(f"{name} {v!r}: accepted: an integer >= 1 (latent pixels)")
+    for name, v in (("window_frames", window_frames), ("frame_stride", frame_stride)):
+        if int(v) < 0:
+            raise WindowguideError(f"{name} {v!r}: accepted: 0 (the default) or latent frames")
+    frames = (int(window_frames), int(frame_stride))
     if int(view_batch) < 0:
         raise WindowguideError(f"view_batch {view_batch!r}: accepted: 0 (all windows in one call) or a positive integer")
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
         return fuse_canvas(model, x, sigmas, dict(extra_args or {}), mode, sampler, int(window), int(stride), vcf,
-                           options, float(style_alpha), bool(circular), callback, disable, int(view_batch))
+                           options, float(style_alpha), bool(circular), callback, disable, int(view_batch), frames)
     return comfy().samplers.KSAMPLER(sample)
 
 
+def canvas_windows(shape, window: int, stride: int, circular: bool, frames: tuple = (0, 0)):
+    """The fusion windows on a latent canvas of ``shape`` (H, W), or (T, H, W) for a video: ``window`` x
+    ``window`` latent pixels at ``stride`` in space; on a video ``frames[0]`` latent frames (0: the whole
+    clip) at ``frames[1]`` (0: half a window) in time. ``circular`` wraps the width."""
+    from ..windows import layout, layout_nd
+    h, w = shape[-2:]
+    if len(shape) == 2:
+        return layout(h, w, (min(window, h), min(window, w)), stride=stride, circular=circular)
+    t = shape[0]
+    if frames[0] > t:
+        raise WindowguideError(f"window_frames {frames[0]} on a clip of {t} latent frames: accepted: 1 to {t}, or 0 "
+                               f"for the whole clip")
+    tw = frames[0] or t
+    return layout_nd((t, h, w), (tw, min(window, h), min(window, w)), (frames[1] or max(1, tw // 2), stride, stride),
+                     circular=(False, False, bool(circular)), whole_side_once=False)
+
+
 def fuse_canvas(model, x, sigmas, extra, mode, sampler, window, stride, vcf, options, style_alpha, circular,
-                callback=None, disable=None, view_batch: int = 0):
+                callback=None, disable=None, view_batch: int = 0, frames: tuple = (0, 0)):
     """The fused canvas from ComfyUI's noised canvas ``x`` (its noise drawn from ``extra['seed']``, one
     generator per sample, seed + i, continued for the windows' noise as ``windowguide.fusion.panorama``),
     through windowguide's one fused loop (``fusion.run_fused``) with ComfyUI's one-step samplers as its
     step (``comfy_step``)."""
     from ..fusion import check_fusion, run_fused, style_aligned_noise
     from ..sampling import PerSampleNoise
-    from ..windows import layout
     if sampler in COMFY_SAMPLERS:
         fuse, weighting, opts = check_fusion(mode, None, None, "ddpm", False, {})
     else:
         fuse, weighting, opts = check_fusion(mode, None, None, sampler, vcf, dict(options))
     seed = int(extra.get("seed", 0))
-    n, c, h, w = x.shape
-    lay = layout(h, w, (min(window, h), min(window, w)), stride=stride, circular=circular)
+    n = x.shape[0]
+    lay = canvas_windows(tuple(x.shape[2:]), window, stride, circular, frames)
     seeds = [seed + i for i in range(n)]
     noise = PerSampleNoise.from_seeds(seeds)
     z = noise(torch.empty_like(x))                 # the draw ComfyUI made from these seeds; windows' noise follows
@@ -508,8 +572,8 @@ def fuse_canvas(model, x, sigmas, extra, mode, sampler, window, stride, vcf, opt
             raise WindowguideError("style_alpha aligns the initial noise of an empty latent; this run starts from "
                                    "an image (img2img): set style_alpha to 0")
         scale = x.flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1)
-        x = style_aligned_noise(x / scale.view(-1, 1, 1, 1), lay.window, style_alpha, noise.generators) * scale.view(
-            -1, 1, 1, 1)
+        scale = scale.view(-1, *[1] * (x.ndim - 1))
+        x = style_aligned_noise(x / scale, lay.window, style_alpha, noise.generators) * scale
     inner = model.inner_model.inner_model if hasattr(model, "inner_model") else None
     net = getattr(inner, "diffusion_model", None)
     by_place = net is not None and hasattr(net, "process_img")
