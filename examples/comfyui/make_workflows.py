@@ -18,12 +18,20 @@ WIDGETS = {
     "WindowguideFusionSampler": ["sampler", "mode", "window", "stride", "vcf", "eta", "style_alpha", "circular"],
     "KSamplerSelect": ["sampler_name"], "BasicScheduler": ["scheduler", "steps", "denoise"],
     "SamplerCustom": ["add_noise", "noise_seed", "control_after_generate", "cfg"],
+    "LoadImage": ["image", "upload"], "ImageScaleBy": ["upscale_method", "scale_by"],
+    "ControlNetLoader": ["control_net_name"], "ControlNetApplyAdvanced": ["strength", "start_percent", "end_percent"],
+    "ConditioningSetArea": ["width", "height", "x", "y", "strength"], "ConditioningCombine": [],
+    "WindowguideVAEEncodeTiled": ["tile_size"], "WindowguideVAEDecodeTiled": ["tile_size"],
 }
 OUTPUTS = {"CheckpointLoaderSimple": ["MODEL", "CLIP", "VAE"], "CLIPTextEncode": ["CONDITIONING"],
            "EmptyLatentImage": ["LATENT"], "EmptySD3LatentImage": ["LATENT"], "KSampler": ["LATENT"],
            "VAEDecode": ["IMAGE"], "SaveImage": [], "WindowguideSlidingWindowGuidance": ["MODEL"],
            "WindowguideSegmentedGuidance": ["MODEL"], "WindowguideFusionSampler": ["SAMPLER"],
-           "KSamplerSelect": ["SAMPLER"], "BasicScheduler": ["SIGMAS"], "SamplerCustom": ["LATENT", "LATENT"]}
+           "KSamplerSelect": ["SAMPLER"], "BasicScheduler": ["SIGMAS"], "SamplerCustom": ["LATENT", "LATENT"],
+           "LoadImage": ["IMAGE", "MASK"], "ImageScaleBy": ["IMAGE"], "ControlNetLoader": ["CONTROL_NET"],
+           "ControlNetApplyAdvanced": ["CONDITIONING", "CONDITIONING"], "ConditioningSetArea": ["CONDITIONING"],
+           "ConditioningCombine": ["CONDITIONING"], "WindowguideVAEEncodeTiled": ["LATENT"],
+           "WindowguideVAEDecodeTiled": ["IMAGE"]}
 
 
 def mswg_sdxl():
@@ -81,6 +89,52 @@ def gvcf_panorama():
     }
 
 
+def upscale(factor: int, source: int = 512):
+    """Tiled img2img upscaling with SD 1.5: the image scaled by ``factor`` (lanczos), encoded by the exact
+    tiled VAE, then re-denoised from 35 % noise by the fusion sampler: Guided Fusion of 64 x 64 latent
+    windows (the model's 512 px) at stride 32 under DDPM with VCF, M-SWG inside each window, a tile
+    ControlNet whose hint each window gets cut at its place, and a region prompt (the top third: sky) that
+    reaches the windows it covers; decoded by the exact tiled VAE."""
+    out = source * factor
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a detailed photograph of a harbour town, sharp "
+                                                                 "focus", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, lowres, jpeg artefacts", "clip": ["1", 1]}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "example.png", "upload": "image"}},
+        "5": {"class_type": "ImageScaleBy", "inputs": {"image": ["4", 0], "upscale_method": "lanczos",
+                                                       "scale_by": float(factor)}},
+        "6": {"class_type": "WindowguideVAEEncodeTiled", "inputs": {"vae": ["1", 2], "pixels": ["5", 0],
+                                                                    "tile_size": 512}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "clear blue sky, soft clouds", "clip": ["1", 1]}},
+        "8": {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["7", 0], "width": out,
+                                                              "height": out // 3 // 8 * 8, "x": 0, "y": 0,
+                                                              "strength": 1.0}},
+        "9": {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["2", 0], "conditioning_2": ["8", 0]}},
+        "10": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "control_v11f1e_sd15_tile.safetensors"}},
+        "11": {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["9", 0], "negative": ["3", 0],
+                                                                   "control_net": ["10", 0], "image": ["5", 0],
+                                                                   "strength": 0.8, "start_percent": 0.0,
+                                                                   "end_percent": 1.0}},
+        "12": {"class_type": "WindowguideSlidingWindowGuidance",
+               "inputs": {"model": ["1", 0], "weight": 0.5, "masked": True, "window": 0.625, "windows_per_side": 2,
+                          "start_percent": 0.0, "end_percent": 1.0}},
+        "13": {"class_type": "WindowguideFusionSampler",
+               "inputs": {"sampler": "ddpm", "mode": "gf", "window": 64, "stride": 32, "vcf": True, "eta": 0.0,
+                          "style_alpha": 0.0, "circular": False}},
+        "14": {"class_type": "BasicScheduler", "inputs": {"model": ["12", 0], "scheduler": "normal", "steps": 20,
+                                                          "denoise": 0.35}},
+        "15": {"class_type": "SamplerCustom", "inputs": {"model": ["12", 0], "add_noise": True, "noise_seed": 0,
+                                                         "cfg": 5.0, "positive": ["11", 0], "negative": ["11", 1],
+                                                         "sampler": ["13", 0], "sigmas": ["14", 0],
+                                                         "latent_image": ["6", 0]}},
+        "16": {"class_type": "WindowguideVAEDecodeTiled", "inputs": {"vae": ["1", 2], "samples": ["15", 0],
+                                                                     "tile_size": 512}},
+        "17": {"class_type": "SaveImage", "inputs": {"images": ["16", 0],
+                                                     "filename_prefix": f"windowguide_upscale_{factor}x"}},
+    }
+
+
 def ui_format(api: dict) -> dict:
     """The editor's format of an API workflow: nodes with their widget values and links between slots."""
     nodes, links = [], []
@@ -114,13 +168,19 @@ def _type_of(api, links, link):
     return OUTPUTS[api[str(src)]["class_type"]][slot]
 
 
-WORKFLOWS = {"mswg_sdxl": mswg_sdxl, "sgg_sd3": sgg_sd3, "gvcf_panorama": gvcf_panorama}
+WORKFLOWS = {"mswg_sdxl": mswg_sdxl, "sgg_sd3": sgg_sd3, "gvcf_panorama": gvcf_panorama,
+             "upscale_2x": lambda: upscale(2), "upscale_4x": lambda: upscale(4, source=256)}
+# what ComfyUI lists as the node pack's templates (its editor's format): <pack>/example_workflows/*.json
+TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(HERE)), "example_workflows")
 
 if __name__ == "__main__":
+    os.makedirs(TEMPLATES, exist_ok=True)
     for name, make in WORKFLOWS.items():
         api = make()
         with open(os.path.join(HERE, f"{name}_api.json"), "w") as f:
             json.dump(api, f, indent=1)
         with open(os.path.join(HERE, f"{name}.json"), "w") as f:
             json.dump(ui_format(api), f, indent=1)
-        print(f"{name}: {name}_api.json, {name}.json")
+        with open(os.path.join(TEMPLATES, f"windowguide_{name}.json"), "w") as f:
+            json.dump(ui_format(api), f, indent=1)
+        print(f"{name}: {name}_api.json, {name}.json, example_workflows/windowguide_{name}.json")
