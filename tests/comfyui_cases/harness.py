@@ -22,6 +22,20 @@ def torchvision_stand_in() -> str:
     return folder
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url):
+    import json
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
 sys.argv = [sys.argv[0], "--cpu"]
 sys.path[:0] = [COMFYUI, torchvision_stand_in()]
 import comfy.options  # noqa: E402
@@ -35,7 +49,7 @@ import comfy.supported_models as supported  # noqa: E402
 CPU = torch.device("cpu")
 
 
-from tiny_models import UNET, conditioning, patcher as _patcher, tiny_sd15  # noqa: E402,F401
+from tiny_models import UNET, conditioning, patcher as _patcher, tiny_sd15  # noqa: E402,F401  (re-exported)
 
 
 def tiny_sdxl(seed=0):

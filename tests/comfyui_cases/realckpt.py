@@ -14,16 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from harness import COMFYUI, ROOT, torchvision_stand_in
+from harness import COMFYUI, ROOT, free_port as _free_port, get_json as _get, ksample, torchvision_stand_in
 import comfy.sample
 import comfy.samplers
 import comfy.sd
 import nodes as comfy_nodes
 import fullsize
-from server import _free_port, _get
 from windowguide.comfyui import nodes
 from windowguide.errors import WindowguideError
 from windowguide.integrations import comfyui as host
+from tiny_models import conditioning, latent_to_image, tiny_sd15
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
@@ -43,29 +45,38 @@ def test_exact_tiled_vae_against_comfyuis_one_piece_and_tiled(sd15):
     tile sizes; ComfyUI's VAE Decode (Tiled) beside them (its tiles normalised one by one)."""
     _, _, vae = sd15
     g = torch.Generator().manual_seed(0)
-    latent = {"samples": torch.randn(1, 4, 24, 32, generator=g)}
-    whole = comfy_nodes.VAEDecode().decode(vae, latent)[0]
-    for tile in (32, 64, 128):
-        ours = nodes.VAEDecodeTiled.execute(vae, latent, tile)[0]
-        theirs = comfy_nodes.VAEDecodeTiled().decode(vae, latent, tile_size=max(64, tile), overlap=16)[0]
-        err, their_err = float((ours - whole).abs().max()), float((theirs - whole).abs().max())
-        print(f"decode tile {tile}: windowguide max |diff| {err:.2e}, ComfyUI VAEDecodeTiled "
-              f"(tile {max(64, tile)}, overlap 16) {their_err:.2e}")
-        assert ours.shape == whole.shape and err <= 1e-4
-    pixels = torch.rand(1, 192, 256, 3, generator=g)
-    one = comfy_nodes.VAEEncode().encode(vae, pixels)[0]["samples"]
-    for tile in (32, 64, 128):
+    latent = {"samples": torch.randn(1, 4, 8, 12, generator=g)}
+    with torch.no_grad():
+        whole = comfy_nodes.VAEDecode().decode(vae, latent)[0]
+        for tile in (16, 32, 64):
+            ours = nodes.VAEDecodeTiled.execute(vae, latent, tile)[0]
+            err = float((ours - whole).abs().max())
+            said = f"decode tile {tile}: windowguide max |diff| {err:.2e}"
+            if tile >= 64:                                  # ComfyUI's smallest tile is 64 pixels
+                theirs = comfy_nodes.VAEDecodeTiled().decode(vae, latent, tile_size=tile, overlap=16)[0]
+                said += f", ComfyUI VAEDecodeTiled (overlap 16) {float((theirs - whole).abs().max()):.2e}"
+            print(said + " (pixels in [0, 1])")
+            assert ours.shape == whole.shape and err <= 1e-4
+        pixels = torch.rand(1, 64, 96, 3, generator=g)
+        one = comfy_nodes.VAEEncode().encode(vae, pixels)[0]["samples"]
+    for tile in (16, 32, 64):
         ours = nodes.VAEEncodeTiled.execute(vae, pixels, tile)[0]["samples"]
         err = float((ours - one).abs().max())
         print(f"encode tile {tile}: windowguide max |diff| {err:.2e} (latents up to {float(one.abs().max()):.2f})")
         assert ours.shape == one.shape and err <= 1e-4 * max(1.0, float(one.abs().max()))
 
 
-def test_an_inpainting_unet_under_the_fusion_sampler(sd15):
+@pytest.fixture(scope="module")
+def inpainting():
+    """The random inpainting UNet through UNETLoader's call."""
+    return comfy.sd.load_diffusion_model(fullsize.inpainting_unet())
+
+
+def test_an_inpainting_unet_under_the_fusion_sampler(sd15, inpainting):
     """A 9-channel inpainting UNet from UNETLoader's loader with InpaintModelConditioning, under the fusion
     sampler on two windows: it runs (no size mismatch), and the image outside the mask is kept."""
     _, clip, vae = sd15
-    inpaint = comfy.sd.load_diffusion_model(fullsize.inpainting_unet())
+    inpaint = inpainting
     g = torch.Generator().manual_seed(1)
     pixels = torch.rand(1, 128, 192, 3, generator=g)
     mask = torch.zeros(1, 128, 192)
@@ -83,9 +94,9 @@ def test_an_inpainting_unet_under_the_fusion_sampler(sd15):
     assert torch.allclose(out[keep.expand_as(out)], latent["samples"][keep.expand_as(out)], atol=1e-4)
 
 
-def test_a_weak_model_of_another_architecture_is_named(sd15):
+def test_a_weak_model_of_another_architecture_is_named(sd15, inpainting):
     model, clip, _ = sd15
-    weak = comfy.sd.load_diffusion_model(fullsize.inpainting_unet())
+    weak = inpainting
     guided = nodes.TwoModelAutoguidance.execute(model, weak, 1.0, 0.0, 1.0)[0]
     noise = torch.randn(1, 4, 8, 8)
     with pytest.raises(WindowguideError, match="input channels: 4 vs 9"):
@@ -101,12 +112,14 @@ def server(tmp_path_factory):
         os.makedirs(base / "models" / sub, exist_ok=True)
         os.symlink(made, base / "models" / sub / os.path.basename(made))
     os.makedirs(base / "custom_nodes")
-    os.symlink(ROOT, base / "custom_nodes" / "windowguide")
+    os.symlink(ROOT, base / "custom_nodes" / "windowguide")           # the repository as the node pack
+    shutil.copytree(os.path.join(HERE, "fixture_nodes"), base / "custom_nodes" / "wg_fixtures")
+    shutil.copy(os.path.join(HERE, "tiny_models.py"), base / "custom_nodes" / "wg_fixtures" / "tiny_models.py")
     os.makedirs(base / "input")
     from PIL import Image
     rng = np.random.default_rng(0)
-    for name, side in (("example_96.png", 96), ("example_32.png", 32)):
-        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(base / "input" / name)
+    for name, (h, w) in (("example_2x.png", (64, 96)), ("example_4x.png", (32, 32))):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(base / "input" / name)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([torchvision_stand_in(), os.environ.get("PYTHONPATH", "")])}
     log = open(base / "server.log", "w")
@@ -146,26 +159,30 @@ def _run(url, workflow: dict) -> dict:
     for _ in range(1200):
         history = _get(url + f"/history/{prompt_id}")
         entry = history.get(prompt_id, {})
-        assert entry.get("status", {}).get("status_str") != "error", entry.get("status")
+        if entry.get("status", {}).get("status_str") == "error":
+            said = [m[1].get("exception_message") for m in entry["status"]["messages"] if m[0] == "execution_error"]
+            raise AssertionError(f"the workflow failed: {said}")
         if entry.get("outputs"):
             return entry["outputs"]
         time.sleep(0.25)
     raise AssertionError("the workflow did not finish")
 
 
-def _small(factor: int, image: str, side: int) -> dict:
-    """The example workflow as written, with this test's files and a small image, one step."""
+def _small(factor: int, image: str, size: tuple) -> dict:
+    """The example workflow as written, with this test's files and a small image, one step: 16 x 16
+    latent windows at stride 8 (2 on the 2x canvas of 16 x 24, 1 on the 4x one of 16 x 16)."""
     with open(os.path.join(ROOT, "examples", "comfyui", f"upscale_{factor}x_api.json")) as f:
         wf = json.load(f)
-    out = side * factor
+    out = size[1] * factor
     wf["1"]["inputs"]["ckpt_name"] = os.path.basename(fullsize.checkpoint())
     wf["10"]["inputs"]["control_net_name"] = os.path.basename(fullsize.controlnet())
     wf["4"]["inputs"]["image"] = image
     wf["6"]["inputs"]["tile_size"] = wf["16"]["inputs"]["tile_size"] = 64
-    wf["8"]["inputs"].update(width=out, height=out // 3 // 8 * 8)
-    wf["12"]["inputs"]["window"] = 0.5                       # 8-pixel crops inside 16-pixel windows
+    wf["8"]["inputs"].update(width=out, height=64)          # the top 8 latent rows: the top window row's part
+    wf["12"]["inputs"].update(window=0.5, windows_per_side=3)   # 8-pixel crops inside 16-pixel windows
     wf["13"]["inputs"].update(window=16, stride=8)
     wf["14"]["inputs"].update(steps=1, denoise=0.5)
+    wf["15"]["inputs"]["cfg"] = 1.0                          # no unconditional batch: CI's time
     return wf
 
 
@@ -179,11 +196,45 @@ def test_the_upscale_workflows_run_in_comfyuis_server(server):
     assert {"windowguide_upscale_2x", "windowguide_upscale_4x"} <= set(templates["windowguide"])
     with urllib.request.urlopen(url + "/extensions/windowguide/docs/WindowguideFusionSampler.md", timeout=10) as r:
         assert b"# Large-Canvas Fusion Sampler" in r.read()
-    for factor, image, side in ((2, "example_96.png", 96), (4, "example_32.png", 32)):
-        outputs = _run(url, _small(factor, image, side))
+    for factor, image, (h, w) in ((2, "example_2x.png", (64, 96)), (4, "example_4x.png", (32, 32))):
+        outputs = _run(url, _small(factor, image, (h, w)))
         saved = outputs["17"]["images"][0]
         from PIL import Image
         got = np.asarray(Image.open(base / "output" / saved["subfolder"] / saved["filename"]))
-        print(f"upscale {factor}x: {side} px -> {got.shape[1]} x {got.shape[0]} px")
-        assert got.shape == (side * factor, side * factor, 3)
+        print(f"upscale {factor}x: {w} x {h} px -> {got.shape[1]} x {got.shape[0]} px")
+        assert got.shape == (h * factor, w * factor, 3)
         assert got.std() > 0
+
+
+
+def _fixture_workflow(weights: str) -> dict:
+    """The M-SWG example (API format) with its loader, text encoders and VAE swapped for fixture nodes (a
+    tiny model the test saved; ComfyUI's model detection knows no model that small)."""
+    with open(os.path.join(ROOT, "examples", "comfyui", "mswg_sdxl_api.json")) as f:
+        wf = json.load(f)
+    wf["1"] = {"class_type": "WGFixtureModel", "inputs": {"path": weights}}
+    wf["2"] = {"class_type": "WGFixtureConditioning", "inputs": {"seed": 1}}
+    wf["3"] = {"class_type": "WGFixtureConditioning", "inputs": {"seed": 2}}
+    wf["4"]["inputs"].update(width=128, height=128)
+    wf["6"]["inputs"].update(steps=3, cfg=3.0, seed=3)
+    wf["7"] = {"class_type": "WGFixtureLatentToImage", "inputs": {"samples": ["6", 0]}}
+    return wf
+
+
+def test_the_server_runs_a_node_as_this_process_does(server, tmp_path):
+    """The M-SWG example through the server equals the same workflow in this process (within one level)."""
+    import safetensors.torch
+    url, base = server
+    info = _get(url + "/object_info/WindowguideSlidingWindowGuidance")["WindowguideSlidingWindowGuidance"]
+    assert info["display_name"].startswith("Sliding-Window Guidance") and info["category"] == "sampling/windowguide"
+    model = tiny_sd15(seed=4)
+    weights = str(tmp_path / "tiny.safetensors")
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.model.diffusion_model.state_dict().items()}, weights)
+    outputs = _run(url, _fixture_workflow(weights))
+    image = outputs["8"]["images"][0]
+    from PIL import Image
+    got = np.asarray(Image.open(base / "output" / image["subfolder"] / image["filename"]))
+    (guided,) = nodes.SlidingWindowGuidance.execute(model, 0.5, True, 0.625, 2, 0.0, 1.0)
+    latent = ksample(guided, conditioning(1), conditioning(2), 3.0, steps=3, shape=(1, 4, 16, 16), seed=3)
+    want = np.clip(255.0 * latent_to_image(latent)[0].numpy(), 0, 255).astype(np.uint8)
+    assert got.shape == (16, 16, 3) and np.abs(got.astype(int) - want.astype(int)).max() <= 1
