@@ -14,10 +14,10 @@ COMFYUI = os.environ.get("COMFYUI_PATH") or os.path.join(ROOT, "..", "shared", "
 @pytest.mark.skipif(not os.path.isdir(os.path.join(COMFYUI, "comfy")), reason=f"no ComfyUI at {COMFYUI}")
 def test_nodes_inside_comfyui():
     """cases.py: the nodes against windowguide's own samplers (tiny models); placed.py: conditioning at each
-    window's place; realckpt.py: full-size random SD 1.5 files through ComfyUI's loaders and server. One
+    window's place; video.py: video latents (crops in frames, fusion along time); realckpt.py: full-size random SD 1.5 files through ComfyUI's loaders and server. One
     process: ComfyUI is imported once."""
     folder = os.path.join(ROOT, "tests", "comfyui_cases")
-    files = [os.path.join(folder, name) for name in ("cases.py", "placed.py", "realckpt.py")]
+    files = [os.path.join(folder, name) for name in ("cases.py", "placed.py", "video.py", "realckpt.py")]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5",
                           "--rootdir", folder, *files], cwd=ROOT, capture_output=True, text=True, timeout=1200,
                          env={**os.environ, "COMFYUI_PATH": COMFYUI})

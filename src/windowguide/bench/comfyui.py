@@ -57,8 +57,8 @@ def _inside(steps: int, repeats: int) -> dict:
     model = supported.SD15(config).get_model({}, "")
     cpu = torch.device("cpu")
     plain = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
-    (batched,) = nodes.SlidingWindowGuidance().patch(plain, 0.5, True, 0.625, 2, 0.0, 1.0)
-    (one_by_one,) = nodes.SlidingWindowGuidance().patch(plain, 0.5, True, 0.625, 2, 0.0, 1.0, max_batch=1)
+    (batched,) = nodes.SlidingWindowGuidance.execute(plain, 0.5, True, 0.625, 2, 0.0, 1.0)
+    (one_by_one,) = nodes.SlidingWindowGuidance.execute(plain, 0.5, True, 0.625, 2, 0.0, 1.0, max_batch=1)
     g = torch.Generator().manual_seed(1)
     pos, neg = [[torch.randn(1, 8, 64, generator=g), {}]], [[torch.randn(1, 8, 64, generator=g), {}]]
     side, window, shape = 32, 20, (1, 4, 32, 32)
