@@ -178,13 +178,39 @@ def run_memory(size: str = "sd", canvases=((64, 128), (64, 256)), max_batches=(2
     return dict(unet=size, rows=rows)
 
 
+def run_comfyui(s: Settings, out_dir: str, stride: int = 16) -> dict | None:
+    """The ComfyUI rows at 2x: the fusion sampler against the tiles one after another (Ultimate SD Upscale's
+    way), same ComfyUI model (the bundled scenes model), windows, steps and sigmas (``bench.comfyui``);
+    seconds side by side and the upscale figures of both. None where there is no ComfyUI."""
+    from .comfyui import measure_comfyui_upscale
+    _, info, _ = load_denoiser("scenes")
+    window = info["shape"][1]
+    real_u8 = (((scenes(s.samples, window, 4 * window, seed=3).images.clamp(-1, 1) + 1) * 127.5).round()
+               .to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    low = np.stack([resize(r, 0.5, "lanczos") for r in real_u8])
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "comfyui_upscale.npz")
+    row = measure_comfyui_upscale(low, 2, s.steps, s.strength, window, stride, path)
+    if row is None:
+        return None
+    images = np.load(path)
+    um = UpscaleMetrics(to_unit(real_u8), window, stride)
+    row["figures"] = {k: um(torch.tensor(images[k])) for k in ("fused", "tiles")}
+    n = min(6, len(low))                    # rows: real, fusion sampler, tiles one after another
+    save_png(grid(torch.cat([to_unit(real_u8)[:n], torch.tensor(images["fused"][:n]), torch.tensor(images["tiles"][:n])]),
+                  nrow=n, scale=3), os.path.join(out_dir, "comfyui_upscale_2x.png"))
+    return row
+
+
 def run(json_path: str | None = None, quick: bool = False, out_dir: str = "runs/bench/upscale",
-        progress: bool = True, memory: bool = True) -> dict:
-    """The upscale benchmark (quality, and unless ``quick`` the memory part); writes the JSON report and
-    the grids."""
+        progress: bool = True, memory: bool = True, comfyui: bool = True) -> dict:
+    """The upscale benchmark (quality, the ComfyUI rows where ComfyUI is found, and unless ``quick`` the
+    memory part); writes the JSON report and the grids."""
     s = QUICK if quick else Settings()
     t0 = time.perf_counter()
     report = dict(quality=run_quality(s, out_dir, progress))
+    if comfyui:
+        report["comfyui"] = run_comfyui(s, out_dir)
     if memory and not quick:
         report["memory"] = run_memory()
     report["seconds"] = time.perf_counter() - t0
@@ -206,6 +232,15 @@ def format_report(report: dict) -> str:
     for r in q["rows"]:
         lines.append(f"{r['scale']:<5d} {r['method']:16s} {r['mswg']!s:5s} | {r['seam']:6.3f} {r['hf_ratio']:6.3f} "
                      f"{r['fd']:7.3f} {r['psnr']:6.2f} {r['psnr_se']:5.2f} {r['ssim']:6.3f} {r['seconds']:6.1f}")
+    c = report.get("comfyui")
+    if c:
+        lines.append(f"\nComfyUI 2x, {c['model']}, {c['windows']} windows, {c['steps']} euler steps, {c['images']} "
+                     f"images (the same windows, sigmas and model both ways):")
+        for name, label in (("fused", "fusion sampler (windows batched, fused every step)"),
+                            ("tiles", "tiles one after another (Ultimate SD Upscale's way)")):
+            f = c["figures"][name]
+            lines.append(f"  {label:54s} seam {f['seam']:6.3f}  PSNR {f['psnr']:6.2f}  {c['seconds'][name]:6.1f} s")
+        lines.append(f"  speed-up of the fusion sampler: {c['speedup']:.2f}x")
     if "memory" in report:
         lines.append(f"\nmemory of one fused img2img step with CFG, UNet {report['memory']['unet']} (fp32, random "
                      f"weights), windows 64 stride 32, peak RSS over the loaded model:")
