@@ -263,3 +263,47 @@ def test_gligen_and_wrapping_areas_are_refused_with_a_message(sd15):
     with pytest.raises(WindowguideError, match="circular"):
         fused(sd15, positive, conditioning(2), latent((1, 4, 16, 24)), denoise=0.7, window=16, stride=8, steps=1,
               circular=True)
+
+
+def test_a_model_patch_controlnet_is_refused_under_windows(sd15):
+    """ComfyUI's model-patch ControlNets (Qwen-Image's DiffSynth patch) scale the whole image to each call:
+    under the fusion sampler or M-SWG each window would get the whole image, so they are refused by name."""
+    from comfy_extras.nodes_model_patch import DiffSynthCnetPatch
+
+    class Patch(DiffSynthCnetPatch):                    # what QwenImageDiffsynthControlnet sets, without its nets
+        def __init__(self):
+            self.encoded_image, self.encoded_image_size = None, (128, 128)
+
+        def models(self):
+            return []
+
+        def to(self, device):
+            return self
+    model = sd15.clone()
+    model.set_model_double_block_patch(Patch())
+    with pytest.raises(WindowguideError, match="model-patch ControlNet \\(Patch, double_block"):
+        fused(model, conditioning(1), conditioning(2), latent((1, 4, 16, 24)), denoise=0.7, window=16, stride=8,
+              steps=1)
+    guided = nodes.SlidingWindowGuidance.execute(model, 0.5, True, 0.625, 2, 0.0, 1.0)[0]
+    with pytest.raises(WindowguideError, match="model-patch ControlNet"):
+        ksampler(guided, conditioning(1), conditioning(2), latent((1, 4, 16, 16)), denoise=0.7, steps=1)
+
+
+def test_an_sdxl_controlnet_gets_its_crop_too():
+    """SDXL: a ControlNet of the SDXL UNet's shape (its size embedding beside the time) under the fusion
+    sampler; every call's hint is the image cut at its window."""
+    from harness import tiny_sdxl
+    model = tiny_sdxl(seed=0)
+    cfg = {k: v for k, v in model.model.model_config.unet_config.items()
+           if k not in ("use_temporal_attention", "use_temporal_resblock", "transformer_depth_output")}
+    torch.manual_seed(2)
+    net = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init, device=CPU, **cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.05)
+    control, image = comfy.controlnet.ControlNet(net, load_device=CPU), hint_image()
+    seen = record_control_calls(control)
+    pos, neg = conditioning(1, pooled=True), conditioning(2, pooled=True)
+    positive, negative = with_controlnet(pos, neg, control, image)
+    out = fused(model, positive, negative, latent((1, 4, 24, 32)), denoise=0.7, window=16, stride=8, steps=1)
+    assert torch.isfinite(out).all() and check_hints(seen, image, (24, 32)) > 0

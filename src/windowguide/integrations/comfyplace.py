@@ -115,6 +115,20 @@ def check_placeable(conds) -> None:
                                    "would need moving into each window); remove the GLIGEN conditioning")
 
 
+def check_patches(model_options: dict) -> None:
+    """Refuse model patches that scale one whole image to every call (the model-patch ControlNets of
+    ComfyUI's newer families: Qwen-Image's DiffSynth, Z-Image's control patch): every window and crop would
+    get the whole image at its own size, a silent wrong result."""
+    patches = (model_options or {}).get("transformer_options", {}).get("patches", {})
+    for kind, found in patches.items():
+        for patch in found if isinstance(found, (list, tuple)) else [found]:
+            if hasattr(patch, "encoded_image_size"):
+                raise WindowguideError(f"a model-patch ControlNet ({type(patch).__name__}, {kind} patch) with "
+                                       f"windowguide's windows or crops: it scales the whole control image to each "
+                                       f"call, so every window would get the whole image; not supported: apply it "
+                                       f"without windows, or use a ControlNet through Apply ControlNet")
+
+
 def _area_at(area, rows: Rows):
     """Each row's part of a canvas area (sizes then offsets, ComfyUI's order): the intersection in the
     row's pixels, or None where the area misses the row."""
@@ -247,5 +261,5 @@ def placed_tensor(t: torch.Tensor | None, rows: Rows) -> torch.Tensor | None:
     return None if t is None else crop(t, rows)
 
 
-__all__ = ["Rows", "crop", "check_placeable", "positional", "placed_groups", "place_cond", "placed_control", "placed_tensor",
+__all__ = ["Rows", "crop", "check_placeable", "check_patches", "positional", "placed_groups", "place_cond", "placed_control", "placed_tensor",
            "canvas_cond", "CANVAS"]

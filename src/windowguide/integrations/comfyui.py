@@ -35,7 +35,7 @@ from ..denoiser import Denoiser
 from ..errors import WindowguideError
 from ..guidance import SWG, Guidance, GuidedDenoiser
 from ..windows import current_regions, current_samples, default_window, rows_of_call
-from .comfyplace import Rows, canvas_cond, check_placeable, placed_groups, placed_tensor, positional
+from .comfyplace import Rows, canvas_cond, check_patches, check_placeable, placed_groups, placed_tensor, positional
 from .calls import KnownPositive
 
 KEY = "windowguide"
@@ -144,6 +144,7 @@ def _post_cfg(args):
         return args["denoised"]
     x, sigma, positive, model = args["input"], args["sigma"], args["cond_denoised"], args["model"]
     check_placeable(args["cond"])
+    check_patches(args["model_options"])
     net = ComfyDenoiser(model, [args["cond"]], args["model_options"])
     terms = rules.terms(tuple(x.shape[2:]), net.multiple, model)
     guided = GuidedDenoiser(KnownPositive(net, x, positive), terms, rules.max_batch)
@@ -577,6 +578,7 @@ def fuse_canvas(model, x, sigmas, extra, mode, sampler, window, stride, vcf, opt
     inner = model.inner_model.inner_model if hasattr(model, "inner_model") else None
     net = getattr(inner, "diffusion_model", None)
     by_place = net is not None and hasattr(net, "process_img")
+    check_patches(extra.get("model_options"))
     conds = getattr(model.inner_model, "conds", None) or {}
     placed = extra.get("denoise_mask") is not None or any(positional(c) for c in conds.values())
     windows = ComfyWindows(model, extra, by_place, network_multiple(inner) if by_place else 1, placed)
