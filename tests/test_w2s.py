@@ -169,7 +169,7 @@ def test_command_line_trains_and_sampling_says_one_evaluation(tmp_path, tiny_npz
 
 def test_bench_rows_compare_every_target_at_one_budget(tmp_path):
     from windowguide.bench import w2s as bench
-    s = bench.W2SSettings(datasets=("mirror",), train_steps=2, samples=12, steps=2)
+    s = bench.W2SSettings(datasets=("mirror",), train_steps=2, samples=12, steps=2, cost_repeats=1)
     r = bench.run(str(tmp_path / "w.json"), out_dir=str(tmp_path), settings=s, progress=False)
     rows = r["datasets"]["mirror"]
     assert [x["evaluations_per_step"] for x in rows] == [1, 2, 1, 1, 1, 1, 0]

@@ -180,7 +180,9 @@ def _small(factor: int, image: str, size: tuple) -> dict:
     wf["10"]["inputs"]["control_net_name"] = os.path.basename(fullsize.controlnet())
     wf["4"]["inputs"]["image"] = image
     wf["6"]["inputs"]["tile_size"] = wf["16"]["inputs"]["tile_size"] = 64
-    wf["8"]["inputs"].update(width=out, height=64)          # the top 8 latent rows: the top window row's part
+    # the region: the top 8 latent rows on the 2x canvas (the top half of each window); on the 4x one all of
+    # it, so that M-SWG's crops share one call (areas cutting crops apart are checked on tiny models)
+    wf["8"]["inputs"].update(width=out, height=64 if factor == 2 else size[0] * factor)
     wf["12"]["inputs"].update(window=0.5, windows_per_side=3)   # 8-pixel crops inside 16-pixel windows
     if factor == 2:       # CI's time: M-SWG's crops on the full-size UNet run in the 4x workflow only
         wf["12"]["inputs"].update(start_percent=0.999)

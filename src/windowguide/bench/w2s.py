@@ -36,6 +36,7 @@ class W2SSettings:
     weight: float = 1.0
     samples: int = 300
     steps: int = 16
+    cost_repeats: int = 7        # timed training iterations per recipe (medians kept)
 
 
 def _config(dataset: str, kind: str | None, s: W2SSettings):
@@ -90,7 +91,7 @@ def iteration_costs(dataset: str, s: W2SSettings, repeats: int = 7) -> dict:
 def rows(dataset: str, s: W2SSettings, out_dir: str, progress: bool = True) -> list[dict]:
     """The benchmark rows of one dataset (see the module docstring)."""
     models = train_variants(dataset, s, out_dir, progress)
-    cost = iteration_costs(dataset, s)
+    cost = iteration_costs(dataset, s, s.cost_repeats)
     ev = Evaluator(dataset, s.samples)
     seeds = list(range(s.samples))
     table = []
