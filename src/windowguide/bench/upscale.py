@@ -196,6 +196,7 @@ def run_comfyui(s: Settings, out_dir: str, stride: int = 16) -> dict | None:
     images = np.load(path)
     um = UpscaleMetrics(to_unit(real_u8), window, stride)
     row["figures"] = {k: um(torch.tensor(images[k])) for k in ("fused", "tiles")}
+    row["figures"]["real"] = um(to_unit(real_u8))
     n = min(6, len(low))                    # rows: real, fusion sampler, tiles one after another
     save_png(grid(torch.cat([to_unit(real_u8)[:n], torch.tensor(images["fused"][:n]), torch.tensor(images["tiles"][:n])]),
                   nrow=n, scale=3), os.path.join(out_dir, "comfyui_upscale_2x.png"))
@@ -236,10 +237,12 @@ def format_report(report: dict) -> str:
     if c:
         lines.append(f"\nComfyUI 2x, {c['model']}, {c['windows']} windows, {c['steps']} euler steps, {c['images']} "
                      f"images (the same windows, sigmas and model both ways):")
-        for name, label in (("fused", "fusion sampler (windows batched, fused every step)"),
+        for name, label in (("real", "real images"), ("fused", "fusion sampler (windows batched, fused every step)"),
                             ("tiles", "tiles one after another (Ultimate SD Upscale's way)")):
             f = c["figures"][name]
-            lines.append(f"  {label:54s} seam {f['seam']:6.3f}  PSNR {f['psnr']:6.2f}  {c['seconds'][name]:6.1f} s")
+            said = f"{c['seconds'][name]:6.1f} s" if name in c["seconds"] else ""
+            psnr = "   inf" if name == "real" else f"{f['psnr']:6.2f}"
+            lines.append(f"  {label:54s} seam {f['seam']:6.3f}  hf {f['hf_ratio']:5.3f}  PSNR {psnr}  {said}")
         lines.append(f"  speed-up of the fusion sampler: {c['speedup']:.2f}x")
     if "memory" in report:
         lines.append(f"\nmemory of one fused img2img step with CFG, UNet {report['memory']['unet']} (fp32, random "
