@@ -92,8 +92,8 @@ def test_one_window_over_the_image_is_comfyuis_img2img(sd15, kind):
     ours = fused(sd15, positive, negative, start, denoise=0.6, window=16, stride=8)
     assert close(sd15, ours, ref, tol=1e-5)
     assert not torch.equal(ref, ksampler(sd15, positive, negative, start, denoise=0.9))   # denoise matters
-    if kind != "none":                                    # and the conditioning does (0.23 of 44 here)
-        assert float((ref - ksampler(sd15, conditioning(1), conditioning(2), start, denoise=0.6)).abs().max()) > 1e-2
+    if kind != "none":                     # and the conditioning does (0.23 of 44 here; the mask 0.006)
+        assert float((ref - ksampler(sd15, conditioning(1), conditioning(2), start, denoise=0.6)).abs().max()) > 1e-3
 
 
 def record_control_calls(control):
