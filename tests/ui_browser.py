@@ -166,11 +166,14 @@ def run_panorama(d, steps: int = 8) -> None:
     wait(d, lambda d: gallery_count(d, "panorama-out") == 2)
 
 
-def every_tab(d, url: str, folder: str) -> list[str]:
+def every_tab(d, url: str, folder: str, compared: dict | None = None) -> list[str]:
     """Each tab run on the bundled models and screenshotted into ``folder``: ui_compare.png, ui_sweep.png,
-    ui_panorama.png (the README's screenshots come from here)."""
+    ui_panorama.png (the README's screenshots come from here); the compare tab's result (``run_compare``'s
+    defaults) goes into ``compared`` when given."""
     os.makedirs(folder, exist_ok=True)
-    run_compare(d, url)
+    got = run_compare(d, url)
+    if compared is not None:
+        compared.update(got)
     shots = [screenshot(d, os.path.join(folder, "ui_compare.png"))]
     d.set_window_size(1500, 1800)
     run_sweep(d)
