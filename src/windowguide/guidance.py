@@ -621,13 +621,15 @@ class GuidedDenoiser(Denoiser):
     def _run(self, requests: list[_Request]) -> None:
         """Evaluate all requests, one stacked batch per (network, spatial size, dtype). When the input
         itself is placed on a larger canvas (a fusion window: ``current_regions`` of this call), each
-        request's placement is composed with its row's: (top + top_i, left + left_i, canvas H, W)."""
+        request's placement is composed with its row's: (top + top_i, left + left_i, canvas H, W), on every
+        axis of the latent; each row also carries its canvas sample (``current_samples``)."""
         outer, outer_samples = current_regions(), current_samples()
         for r in requests:
             src = torch.arange(r.x.shape[0]) if r.source is None else r.source
             r.samples = src if outer_samples is None else outer_samples[src.to(outer_samples.device)]
             if outer is not None:
-                inner, o = r.regions(), outer[src].to(r.regions().dtype)
+                inner = r.regions()
+                o = outer[src].to(inner.dtype)
                 d = inner.shape[1] // 2            # starts add up on every axis; the canvas is the outer one's
                 r.region = torch.cat([o[:, :d] + inner[:, :d], o[:, d:]], 1)
         groups: dict[tuple, list[_Request]] = {}

@@ -367,6 +367,8 @@ def current_samples() -> torch.Tensor | None:
 
 @contextmanager
 def regions_of_call(regions: torch.Tensor | None, samples: torch.Tensor | None = None):
+    """Within the block, ``current_regions`` is ``regions`` ([N, 2D]: each row's starts on the D axes, then
+    the canvas's sizes) and ``current_samples`` is ``samples`` ([N] canvas batch indices, or None)."""
     tokens = _REGIONS.set(regions), _SAMPLES.set(None if regions is None else samples)
     try:
         yield

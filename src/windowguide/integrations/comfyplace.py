@@ -79,7 +79,9 @@ def crop(t: torch.Tensor, rows: Rows, scale: int = 1) -> torch.Tensor:
     d = len(rows.size)
     want = tuple(c * scale for c in rows.canvas)
     if tuple(t.shape[-d:]) != want:
-        raise WindowguideError(f"a conditioning tensor of spatial shape {tuple(t.shape[-d:])} on a canvas of {want}")
+        raise WindowguideError(f"a conditioning tensor of spatial shape {tuple(t.shape[-d:])} with windows on a "
+                               f"canvas of {want}: accepted: masks, hints and image latents of the canvas's size "
+                               f"(ComfyUI resizes them to it before sampling)")
     out = t[(rows.samples % t.shape[0]).to(t.device)]
     for a in range(d):
         idx = (rows.starts[:, a:a + 1] * scale + torch.arange(rows.size[a] * scale)) % want[a]

@@ -211,12 +211,9 @@ class ComfyDenoiser(Denoiser):
         if not (by_place or positional(canvas)):
             return self._call(x, sigma, canvas, regions, self.options)
         out = torch.zeros_like(x)
+        patch = network_multiple(self.model)
         for idx, (placed,) in placed_groups([canvas], rows, by_place):
-            options = self.options
-            if by_place:
-                top, left = rows.starts[idx[0]].tolist()[-2:]
-                patch = network_multiple(self.model)
-                options = shifted_options(self.options, top // patch, left // patch)
+            options = at_place(self.options, rows, idx, patch) if by_place else self.options
             i = idx.to(x.device)
             with rows_of_call(idx):
                 out[i] = self._call(x[i], sigma[i], placed, current_regions(), options)
@@ -240,6 +237,13 @@ def shifted_options(model_options: dict, dy: float, dx: float) -> dict:
     rope["shift_y"], rope["shift_x"] = rope.get("shift_y", 0.0) - wy + dy, rope.get("shift_x", 0.0) - wx + dx
     t["rope_options"], t["windowguide_window"] = rope, (dy, dx)
     return options
+
+
+def at_place(model_options: dict, rows: Rows, idx: torch.Tensor, patch: int) -> dict:
+    """``shifted_options`` for a group of rows at one place (their common top-left, in tokens of
+    ``patch`` latent pixels)."""
+    top, left = rows.starts[idx[0]].tolist()[-2:]
+    return shifted_options(model_options, top // patch, left // patch)
 
 
 def sigma_range(model, start_percent: float, end_percent: float, sigma_start: float = -1.0,
@@ -420,9 +424,7 @@ class ComfyWindows(Denoiser):
         for idx, placed in placed_groups([guider.conds[k] for k in keys], rows, self.by_place):
             extra = dict(self.extra)
             if self.by_place:
-                top, left = rows.starts[idx[0]].tolist()[-2:]
-                extra["model_options"] = shifted_options(self.extra.get("model_options", {}), top // self.patch,
-                                                         left // self.patch)
+                extra["model_options"] = at_place(self.extra.get("model_options", {}), rows, idx, self.patch)
             i = idx.to(x.device)
             with rows_of_call(idx), _swapped(guider, "conds", dict(zip(keys, placed))), self._inpaint_at(
                     rows.select(idx), extra):
